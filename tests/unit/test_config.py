@@ -1,0 +1,142 @@
+"""Every option of every config group composes with real Hydra and instantiates into a real object."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hydra.utils import instantiate
+
+from tests.conftest import write_image_folder, write_meta_mat
+from vit_exp.config import CONFIG_DIR
+
+GROUPS = ["model", "data", "optim", "sched", "device", "trainer"]
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+def test_required_options_exist():
+    required = {
+        "model": {"vit_tiny", "vit_small", "vit_b16", "vit_b32", "vit_l16", "vit_l32"},
+        "data": {"digits", "imagenet", "image_folder"},
+        "optim": {"adam", "adamw", "sgd"},
+        "sched": {"cosine", "warmup_cosine", "constant"},
+        "device": {"cpu", "gpu", "ascend"},
+    }
+    for group, names in required.items():
+        assert names <= set(options(group)), group
+
+
+def test_default_config_composes(compose):
+    cfg = compose()
+    assert cfg.model.name == "vit_tiny"
+    assert cfg.data.name == "digits"
+    assert cfg.device.target == "cpu"
+    assert cfg.device.amp_level == "O0"
+
+
+def test_issue_example_command_composes(compose):
+    cfg = compose(["model=vit_b16", "optim.lr=5e-5"])
+    assert cfg.model.embed_dim == 768 and cfg.model.patch_size == 16
+    assert cfg.optim.lr == pytest.approx(5e-5)
+
+
+# Published parameter counts of the standard sizes with a 1000-class head.
+STANDARD_PARAMS = {
+    "vit_b16": 86_567_656,
+    "vit_b32": 88_224_232,
+    "vit_l16": 304_326_632,
+    "vit_l32": 306_535_400,
+}
+
+
+@pytest.mark.parametrize("option", options("model"))
+def test_model_options_instantiate(compose, option):
+    from vit_exp.models.vit import ViT, count_parameters
+
+    cfg = compose([f"model={option}"])
+    net = instantiate(cfg.model, num_classes=1000)
+    assert isinstance(net, ViT)
+    if option in STANDARD_PARAMS:
+        assert count_parameters(net) == STANDARD_PARAMS[option]
+    grid = cfg.model.image_size // cfg.model.patch_size
+    assert tuple(net.pos_embedding.shape) == (1, grid * grid + 1, cfg.model.embed_dim)
+
+
+def test_data_options_instantiate(compose, tmp_path):
+    from vit_exp.data.folder import ImageFolderData
+
+    folder = write_image_folder(tmp_path / "folder", ["b_cat", "a_dog"], per_class=2)
+    imagenet = write_image_folder(tmp_path / "imnet", ["n02", "n01"], per_class=2)
+    write_meta_mat(imagenet / "ILSVRC2012_devkit_t12/data/meta.mat", [("n01", "one"), ("n02", "two"), ("n03", "three")])
+    made = {
+        "digits": instantiate(compose(["data=digits"]).data),
+        "imagenet": instantiate(compose(["data=imagenet", f"data.root={imagenet}"]).data),
+        "image_folder": instantiate(compose(["data=image_folder", f"data.root={folder}"]).data),
+    }
+    assert set(made) == set(options("data"))
+    for data in made.values():
+        assert isinstance(data, ImageFolderData)
+    assert made["digits"].num_classes == 10
+    assert made["imagenet"].class_names == ["one", "two", "three"]
+    assert made["image_folder"].class_names == ["a_dog", "b_cat"]
+
+
+@pytest.mark.parametrize("option", options("optim"))
+def test_optim_options_instantiate(compose, option):
+    from mindspore import nn
+
+    expected = {"adam": nn.Adam, "adamw": nn.AdamWeightDecay, "sgd": nn.Momentum}
+    cfg = compose([f"optim={option}"])
+    net = nn.Dense(4, 3)
+    factors = np.linspace(1.0, 0.5, 6, dtype=np.float32)
+    optimizer = instantiate(cfg.optim)(params=net.trainable_params(), lr_factors=factors)
+    assert isinstance(optimizer, expected[option])
+    np.testing.assert_allclose(optimizer.lr_values, factors * cfg.optim.lr, rtol=1e-6)
+
+
+@pytest.mark.parametrize("option", options("sched"))
+def test_sched_options_instantiate(compose, option):
+    cfg = compose([f"sched={option}"])
+    factors = instantiate(cfg.sched)(total_steps=50, steps_per_epoch=10)
+    assert factors.shape == (50,) and factors.dtype == np.float32
+    assert factors.max() == pytest.approx(1.0)
+    if option == "constant":
+        assert np.all(factors == 1.0)
+    if option == "cosine":
+        assert factors[0] == pytest.approx(1.0) and np.all(np.diff(factors) < 0) and factors[-1] < 0.01
+    if option == "warmup_cosine":
+        warm = int(cfg.sched.warmup_epochs * 10)
+        assert np.all(np.diff(factors[:warm]) > 0) and np.all(np.diff(factors[warm:]) < 0)
+
+
+@pytest.mark.parametrize("option", options("device"))
+def test_device_options_instantiate(compose, option):
+    from vit_exp.device import DeviceSettings
+
+    device = instantiate(compose([f"device={option}"]).device)
+    assert isinstance(device, DeviceSettings)
+    assert device.amp_level == ("O2" if option == "ascend" else "O0")
+    assert device.mindspore_target == {"cpu": "CPU", "gpu": "GPU", "ascend": "Ascend"}[option]
+    if option == "cpu":
+        device.apply(seed=1)
+
+
+@pytest.mark.parametrize("option", options("trainer"))
+def test_trainer_options_instantiate(compose, option):
+    from vit_exp.train.trainer import TrainSettings
+
+    settings = instantiate(compose([f"trainer={option}", "trainer.max_steps=5"]).trainer)
+    assert isinstance(settings, TrainSettings)
+    settings.validate()
+    assert settings.max_steps == 5
+
+
+def test_recipe_experiment_composes(compose):
+    cfg = compose(["experiment=recipe_vit_b16", "data.root=/data/imagenet"])
+    assert cfg.model.name == "vit_b16"
+    assert cfg.data.class_map == "imagenet"
+    assert cfg.optim.name == "adam" and cfg.optim.lr == pytest.approx(5e-5)
+    assert cfg.trainer.epochs == 10 and cfg.trainer.batch_size == 16
+    assert cfg.model.pretrained.endswith("vit_b_16_224.ckpt")

@@ -1,0 +1,83 @@
+"""Shared start-up for the CLI entries: turn Hydra's multi-line composition errors into one line.
+
+Hydra reports a bad override (unknown key, unknown group option, unparsable value) in several
+lines. ``check_overrides`` composes the command line once up front (fast: no MindSpore, no MLflow)
+and raises a ConfigError whose message names what to fix.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from vit_exp.config import CONFIG_DIR, register_resolvers
+from vit_exp.errors import ConfigError, first_line
+
+# Flags after which Hydra does not compose a job config the usual way.
+_SKIP_FLAGS = {"-m", "--multirun", "-h", "--help", "--hydra-help", "--info", "-i", "--shell-completion", "-sc"}
+_FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--experimental-rerun"}
+
+
+def command_line_overrides(argv: Sequence[str]) -> list[str] | None:
+    """The ``key=value`` overrides in ``argv``; None when a flag means we should not pre-check."""
+    overrides, skip_next = [], False
+    for arg in argv:
+        if skip_next:
+            skip_next = False
+            continue
+        if arg in _SKIP_FLAGS:
+            return None
+        if arg in _FLAGS_WITH_VALUE:
+            skip_next = True
+            continue
+        if arg.startswith("-"):
+            continue
+        overrides.append(arg)
+    return overrides
+
+
+def _describe(exc: Exception) -> str:
+    from hydra.errors import MissingConfigException, OverrideParseException  # noqa: PLC0415
+
+    if isinstance(exc, MissingConfigException) and getattr(exc, "options", None):
+        group = (exc.missing_cfg_file or "").split("/")[0]
+        wanted = (exc.missing_cfg_file or "").split("/")[-1]
+        return f"{group}={wanted}: no such option in '{group}'; choose one of: {', '.join(exc.options)}"
+    if isinstance(exc, OverrideParseException):
+        return f"cannot parse the command line: {first_line(str(exc))}"
+    message = first_line(str(exc))
+    cause = exc.__cause__ or exc.__context__
+    if "Could not override" in message and cause is not None and "not in struct" in str(cause):
+        key = message.split("'")[1] if "'" in message else message
+        return f"unknown config key '{key}' (check the spelling, or add a new key with +{key}=...)"
+    if cause is not None and first_line(str(cause)):
+        return f"{message} {first_line(str(cause))}"
+    return message
+
+
+def check_overrides(config_name: str, argv: Sequence[str] | None = None) -> None:
+    """Compose ``config_name`` with the command line's overrides; ConfigError when that fails."""
+    overrides = command_line_overrides(sys.argv[1:] if argv is None else argv)
+    if overrides is None:
+        return
+    from hydra import compose, initialize_config_dir  # noqa: PLC0415
+    from hydra.core.global_hydra import GlobalHydra  # noqa: PLC0415
+
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+    except Exception as exc:  # noqa: BLE001 - Hydra raises several exception types here
+        raise ConfigError(_describe(exc)) from None
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def exit_on_bad_overrides(config_name: str) -> None:
+    """Print ``error: ...`` and exit 1 when the command line does not compose."""
+    try:
+        check_overrides(config_name)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(1)

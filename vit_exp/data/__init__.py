@@ -1,0 +1,1 @@
+"""Datasets: the embedded digits folder, ImageNet labels from meta.mat, image folders, pipelines."""

@@ -1,0 +1,121 @@
+"""An ImageNet-style image folder (``<root>/<split>/<class>/<image>``) and its explicit label mapping."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+from vit_exp.errors import ConfigError, DataError
+
+IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+CLASS_MAPS = ("folder", "imagenet")
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files directly inside ``folder`` (by extension, case-insensitive), sorted."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def class_folders(split_dir: Path) -> list[str]:
+    """Sorted names of the class folders in a split that hold at least one image."""
+    return sorted(d.name for d in split_dir.iterdir() if d.is_dir() and list_images(d))
+
+
+@dataclass
+class ImageFolderData:
+    """Describes an image-folder dataset: its splits, label mapping, class names and transforms.
+
+    ``class_map="folder"`` numbers the class folders in sorted order (a new head on a subset);
+    ``class_map="imagenet"`` numbers wnid folders by their ImageNet index from ``meta_mat`` (so a
+    5-folder subset keeps the 1000-class pretrained head's indices). Class names come from
+    ``meta_mat`` when it is given, otherwise from the folder names.
+    """
+
+    root: str | Path
+    train_split: str = "train"
+    val_split: str = "val"
+    infer_split: str = "infer"
+    class_map: str = "folder"
+    meta_mat: str | Path | None = None
+    mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
+    std: tuple[float, float, float] = (58.395, 57.12, 57.375)
+    train_crop_scale: tuple[float, float] = (0.08, 1.0)
+    train_crop_ratio: tuple[float, float] = (0.75, 1.333)
+    hflip_prob: float = 0.5
+    val_resize_margin: int = 32
+    num_workers: int = 2
+    prefetch_size: int = 8
+    name: str = "image_folder"
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root).expanduser()
+        if self.class_map not in CLASS_MAPS:
+            raise ConfigError(f"data.class_map must be one of {CLASS_MAPS}, got {self.class_map!r}")
+        if self.class_map == "imagenet" and not self.meta_mat:
+            raise ConfigError("data.class_map=imagenet needs data.meta_mat (the devkit's meta.mat)")
+        if not self.root.is_dir():
+            raise DataError(f"data.root: folder not found: {self.root}")
+        self.split_dir(self.train_split, key="data.train_split")
+
+    def split_dir(self, split: str, key: str = "split") -> Path:
+        """The folder of ``split``; DataError when it is missing or holds no class folder with images."""
+        path = self.root / split
+        if not path.is_dir():
+            raise DataError(f"{key}: split folder not found: {path}")
+        if not class_folders(path):
+            raise DataError(f"{key}: split folder {path} has no class folders with images")
+        return path
+
+    @cached_property
+    def _imagenet_classes(self) -> list[tuple[str, str]] | None:
+        if not self.meta_mat:
+            return None
+        from vit_exp.data.imagenet import load_imagenet_classes  # noqa: PLC0415
+
+        return load_imagenet_classes(self.meta_mat)
+
+    @cached_property
+    def folders(self) -> list[str]:
+        """Class folder names of the train split, sorted."""
+        return class_folders(self.root / self.train_split)
+
+    @cached_property
+    def class_indexing(self) -> dict[str, int]:
+        """Folder name -> label index, as passed to MindSpore's ``ImageFolderDataset``."""
+        if self.class_map == "folder":
+            return {name: i for i, name in enumerate(self.folders)}
+        index = {wnid: i for i, (wnid, _) in enumerate(self._imagenet_classes)}
+        unknown = [f for f in self.folders if f not in index]
+        if unknown:
+            raise DataError(
+                f"data.class_map=imagenet: folders {unknown[:5]} under {self.root / self.train_split} "
+                f"are not ImageNet wnids in {self.meta_mat}; use data.class_map=folder"
+            )
+        return {f: index[f] for f in self.folders}
+
+    @cached_property
+    def class_names(self) -> list[str]:
+        """Human-readable name of each label index (length = ``num_classes``)."""
+        imagenet = self._imagenet_classes
+        if self.class_map == "imagenet":
+            return [name for _, name in imagenet]
+        if imagenet:
+            names = dict(imagenet)
+            return [names.get(folder, folder) for folder in self.folders]
+        return list(self.folders)
+
+    @property
+    def num_classes(self) -> int:
+        """Size of the classification head this data needs."""
+        return len(self.class_names)
+
+    def check_split_classes(self, split: str, key: str) -> Path:
+        """Validate a non-train split: it exists and its class folders are known to the train split."""
+        path = self.split_dir(split, key=key)
+        unknown = sorted(set(class_folders(path)) - set(self.class_indexing))
+        if unknown:
+            raise DataError(
+                f"{key}: class folders {unknown[:5]} in {path} do not exist in the train split"
+            )
+        return path

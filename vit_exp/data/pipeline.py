@@ -1,0 +1,103 @@
+"""MindSpore dataset pipelines (train / val / infer) for an ImageFolderData, per the reference recipe.
+
+- train: RandomCropDecodeResize(size, scale, ratio), RandomHorizontalFlip, Normalize, HWC2CHW;
+  shuffled, batched with drop_remainder.
+- val: Decode, Resize(size + margin), CenterCrop(size), Normalize, HWC2CHW; batched.
+- infer: Decode, Resize([size, size]), Normalize, HWC2CHW.
+"""
+
+from __future__ import annotations
+
+from vit_exp.data.folder import ImageFolderData
+from vit_exp.errors import ConfigError
+
+
+def _vision():
+    import mindspore.dataset.vision as vision  # noqa: PLC0415
+
+    return vision
+
+
+def train_transforms(data: ImageFolderData, image_size: int) -> list:
+    """Decode + augment ops for training images."""
+    vision = _vision()
+    ops = [
+        vision.RandomCropDecodeResize(
+            image_size, scale=tuple(data.train_crop_scale), ratio=tuple(data.train_crop_ratio)
+        )
+    ]
+    if data.hflip_prob > 0:
+        ops.append(vision.RandomHorizontalFlip(prob=data.hflip_prob))
+    ops += [vision.Normalize(mean=list(data.mean), std=list(data.std)), vision.HWC2CHW()]
+    return ops
+
+
+def val_transforms(data: ImageFolderData, image_size: int) -> list:
+    """Decode, resize to ``image_size + val_resize_margin``, centre-crop, normalise."""
+    vision = _vision()
+    return [
+        vision.Decode(),
+        vision.Resize(image_size + data.val_resize_margin),
+        vision.CenterCrop(image_size),
+        vision.Normalize(mean=list(data.mean), std=list(data.std)),
+        vision.HWC2CHW(),
+    ]
+
+
+def infer_transforms(data: ImageFolderData, image_size: int, decode: bool = True) -> list:
+    """Resize to a square ``image_size`` and normalise (decoding first unless ``decode=False``)."""
+    vision = _vision()
+    ops = [vision.Decode()] if decode else []
+    return ops + [
+        vision.Resize([image_size, image_size]),
+        vision.Normalize(mean=list(data.mean), std=list(data.std)),
+        vision.HWC2CHW(),
+    ]
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if not isinstance(batch_size, int) or batch_size <= 0:
+        raise ConfigError(f"trainer.batch_size must be a positive integer, got {batch_size!r}")
+
+
+def _folder_dataset(data: ImageFolderData, split_dir, shuffle: bool):
+    import mindspore.dataset as ds  # noqa: PLC0415
+
+    ds.config.set_prefetch_size(max(1, int(data.prefetch_size)))
+    return ds.ImageFolderDataset(
+        str(split_dir),
+        shuffle=shuffle,
+        class_indexing=data.class_indexing,
+        num_parallel_workers=max(1, int(data.num_workers)),
+    )
+
+
+def _batched(dataset, transforms: list, data: ImageFolderData, batch_size: int, drop_remainder: bool):
+    import mindspore as ms  # noqa: PLC0415
+    import mindspore.dataset.transforms as T  # noqa: PLC0415
+
+    workers = max(1, int(data.num_workers))
+    dataset = dataset.map(operations=transforms, input_columns="image", num_parallel_workers=workers)
+    dataset = dataset.map(operations=T.TypeCast(ms.int32), input_columns="label", num_parallel_workers=1)
+    return dataset.batch(batch_size, drop_remainder=drop_remainder)
+
+
+def train_dataset(data: ImageFolderData, image_size: int, batch_size: int):
+    """Shuffled, augmented, batched training data (last partial batch dropped)."""
+    _check_batch_size(batch_size)
+    split = data.split_dir(data.train_split, key="data.train_split")
+    dataset = _folder_dataset(data, split, shuffle=True)
+    if dataset.get_dataset_size() < batch_size:
+        raise ConfigError(
+            f"trainer.batch_size={batch_size} is larger than the {dataset.get_dataset_size()} "
+            f"training images in {split}"
+        )
+    return _batched(dataset, train_transforms(data, image_size), data, batch_size, drop_remainder=True)
+
+
+def val_dataset(data: ImageFolderData, image_size: int, batch_size: int):
+    """Validation data in file order, with the val transforms, all images kept."""
+    _check_batch_size(batch_size)
+    split = data.check_split_classes(data.val_split, key="data.val_split")
+    dataset = _folder_dataset(data, split, shuffle=False)
+    return _batched(dataset, val_transforms(data, image_size), data, batch_size, drop_remainder=False)

@@ -1,0 +1,67 @@
+"""MindSpore execution context: device target, id, graph/pynative mode, AMP level, seed, threads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vit_exp.errors import ConfigError
+
+TARGETS = {"cpu": "CPU", "gpu": "GPU", "ascend": "Ascend"}
+MODES = ("graph", "pynative")
+AMP_LEVELS = ("O0", "O1", "O2", "O3", "auto")
+
+
+@dataclass
+class DeviceSettings:
+    """The ``device`` config group. ``apply()`` sets MindSpore's global context."""
+
+    target: str = "cpu"
+    device_id: int = 0
+    mode: str = "graph"
+    amp_level: str = "O0"
+    jit_level: str | None = None
+    max_device_memory: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.target.lower() not in TARGETS:
+            raise ConfigError(f"device.target must be one of {tuple(TARGETS)}, got {self.target!r}")
+        if self.mode not in MODES:
+            raise ConfigError(f"device.mode must be one of {MODES}, got {self.mode!r}")
+        if self.amp_level not in AMP_LEVELS:
+            raise ConfigError(f"device.amp_level must be one of {AMP_LEVELS}, got {self.amp_level!r}")
+
+    @property
+    def mindspore_target(self) -> str:
+        """MindSpore's spelling of the target ("CPU", "GPU", "Ascend")."""
+        return TARGETS[self.target.lower()]
+
+    def apply(self, seed: int | None = None) -> None:
+        """Set the device, execution mode and seed for this process."""
+        import mindspore as ms  # noqa: PLC0415
+
+        try:
+            ms.set_device(self.mindspore_target, self.device_id)
+        except (RuntimeError, ValueError) as exc:
+            # Once MindSpore's runtime is up (e.g. a second run in one process) the device is fixed;
+            # that is fine when it is already the one asked for.
+            if ms.get_context("device_target") != self.mindspore_target:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                raise ConfigError(f"device.target={self.target} is not usable here: {first}") from None
+        ms.set_context(mode=ms.GRAPH_MODE if self.mode == "graph" else ms.PYNATIVE_MODE)
+        if self.jit_level:
+            ms.set_context(jit_config={"jit_level": self.jit_level})
+        if self.max_device_memory:
+            ms.set_context(max_device_memory=self.max_device_memory)
+        if seed is not None:
+            set_seed(seed)
+
+
+def set_seed(seed: int) -> None:
+    """Seed MindSpore, its dataset engine and NumPy."""
+    import mindspore as ms  # noqa: PLC0415
+    import mindspore.dataset as ds  # noqa: PLC0415
+    import numpy as np  # noqa: PLC0415
+
+    ms.set_seed(seed)
+    ds.config.set_seed(seed)
+    np.random.seed(seed)

@@ -1,0 +1,188 @@
+"""Load published or our own MindSpore checkpoints into a ViT: fetch, rename, check, load.
+
+The reference checkpoint's names equal our ViT's, so it loads with no renaming. timm-style names
+(``cls_token``, ``pos_embed``, ``blocks.{i}.attn.qkv``, ``head``; used by mindcv) are mapped with
+``name_map="timm"`` (or detected with ``"auto"``). Optimizer state and anything else the network
+does not own is ignored; a head whose class count differs is re-initialised with a warning; every
+other missing or mis-shaped parameter is a CheckpointError listing names and shapes.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+from vit_exp.errors import CheckpointError, ConfigError
+
+log = logging.getLogger(__name__)
+
+NAME_MAPS = ("auto", "none", "timm")
+HEAD_NAMES = ("dense.weight", "dense.bias")
+_MAX_LISTED = 8
+
+# timm / mindcv style -> our (reference) names. Applied in order to each checkpoint key.
+_TIMM_RULES: list[tuple[str, str]] = [
+    (r"^backbone\.", ""),
+    (r"^cls_token$", "cls"),
+    (r"^pos_embed$", "pos_embedding"),
+    (r"^patch_embed\.proj\.", "patch_embedding.conv."),
+    (r"^blocks\.(\d+)\.norm1\.", r"transformer.layers.\1.0.cell.0."),
+    (r"^blocks\.(\d+)\.attn\.qkv\.", r"transformer.layers.\1.0.cell.1.qkv."),
+    (r"^blocks\.(\d+)\.attn\.proj\.", r"transformer.layers.\1.0.cell.1.out."),
+    (r"^blocks\.(\d+)\.norm2\.", r"transformer.layers.\1.1.cell.0."),
+    (r"^blocks\.(\d+)\.mlp\.fc1\.", r"transformer.layers.\1.1.cell.1.dense1."),
+    (r"^blocks\.(\d+)\.mlp\.fc2\.", r"transformer.layers.\1.1.cell.1.dense2."),
+    (r"^head\.classifier\.", "dense."),
+    (r"^head\.", "dense."),
+    (r"^fc_norm\.", "norm."),
+]
+_NORM_PARAM = re.compile(r"^(transformer\.layers\.\d+\.[01]\.cell\.0|norm)\.(weight|bias)$")
+
+
+@dataclass
+class LoadReport:
+    """What ``load_pretrained`` did: loaded names, ignored checkpoint entries, re-initialised head."""
+
+    path: Path
+    loaded: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+    reinitialised: list[str] = field(default_factory=list)
+
+
+def is_url(source: str) -> bool:
+    """True for http(s)/ftp URLs, false for local paths."""
+    return urlparse(str(source)).scheme in ("http", "https", "ftp")
+
+
+def fetch_checkpoint(source: str | Path, cache_dir: str | Path) -> Path:
+    """Return a local path for ``source``: a file path as is, a URL downloaded once into ``cache_dir``."""
+    source = str(source)
+    if not is_url(source):
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise CheckpointError(f"model.pretrained: checkpoint file not found: {path}")
+        return path
+    name = Path(urlparse(source).path).name or "checkpoint.ckpt"
+    target = Path(cache_dir).expanduser() / name
+    if target.is_file() and target.stat().st_size > 0:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    from download import download  # noqa: PLC0415 - only needed for URLs
+
+    partial = target.with_suffix(target.suffix + ".part")
+    try:
+        download(source, str(partial), progressbar=True, replace=True)
+    except Exception as exc:  # noqa: BLE001 - network failures come in many types
+        partial.unlink(missing_ok=True)
+        raise CheckpointError(
+            f"model.pretrained: could not download {source} ({type(exc).__name__}: {exc}); "
+            f"download it yourself and pass the file path"
+        ) from None
+    partial.replace(target)
+    return target
+
+
+def rename_timm(name: str) -> str:
+    """Map one timm/mindcv-style parameter name to our reference name (unknown names unchanged)."""
+    for pattern, repl in _TIMM_RULES:
+        name = re.sub(pattern, repl, name)
+    match = _NORM_PARAM.match(name)
+    if match:
+        name = f"{match.group(1)}.{'gamma' if match.group(2) == 'weight' else 'beta'}"
+    return name
+
+
+def apply_name_map(params: dict, name_map: str) -> dict:
+    """Rename checkpoint entries by ``name_map`` ("none", "timm", or "auto" = timm when detected)."""
+    if name_map not in NAME_MAPS:
+        raise ConfigError(f"model.pretrained_name_map must be one of {NAME_MAPS}, got {name_map!r}")
+    if name_map == "auto":
+        looks_timm = any(k in params for k in ("cls_token", "pos_embed", "backbone.cls_token"))
+        name_map = "timm" if looks_timm else "none"
+    if name_map == "none":
+        return dict(params)
+    return {rename_timm(k): v for k, v in params.items()}
+
+
+def _read_checkpoint(path: Path) -> dict:
+    import mindspore as ms  # noqa: PLC0415
+
+    try:
+        return ms.load_checkpoint(str(path))
+    except Exception as exc:  # noqa: BLE001 - MindSpore raises ValueError/RuntimeError with C++ text
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"model.pretrained: cannot read checkpoint {path}: {first}") from None
+
+
+def _listing(items: list[str]) -> str:
+    shown = ", ".join(items[:_MAX_LISTED])
+    more = len(items) - _MAX_LISTED
+    return shown + (f", and {more} more" if more > 0 else "")
+
+
+def load_into(net, params: dict, path: Path, head_names: tuple[str, ...] = HEAD_NAMES) -> LoadReport:
+    """Check ``params`` against ``net`` and load them; see the module docstring for the rules."""
+    import mindspore as ms  # noqa: PLC0415
+
+    report = LoadReport(path=path)
+    own = {p.name: p for p in net.get_parameters()}
+    missing, mismatched, to_load = [], [], {}
+    for name, param in own.items():
+        if name not in params:
+            if name in head_names:
+                report.reinitialised.append(name)
+            else:
+                missing.append(f"{name} {tuple(param.shape)}")
+            continue
+        value = params[name]
+        if tuple(value.shape) != tuple(param.shape):
+            if name in head_names:
+                report.reinitialised.append(name)
+            else:
+                mismatched.append(f"{name} checkpoint {tuple(value.shape)} vs model {tuple(param.shape)}")
+            continue
+        to_load[name] = value
+    if missing or mismatched:
+        parts = []
+        if mismatched:
+            parts.append(f"shape mismatch: {_listing(mismatched)}")
+        if missing:
+            parts.append(f"missing from checkpoint: {_listing(missing)}")
+        raise CheckpointError(
+            f"checkpoint {path} does not fit the model ({'; '.join(parts)}); "
+            "check the model.* sizes or model.pretrained_name_map"
+        )
+    report.ignored = sorted(set(params) - set(own))
+    ms.load_param_into_net(net, to_load, strict_load=True)
+    report.loaded = sorted(to_load)
+    if report.reinitialised:
+        log.warning(
+            "checkpoint %s: classification head (%s) does not match model.num_classes=%s; "
+            "it was re-initialised and must be trained",
+            path,
+            ", ".join(report.reinitialised),
+            getattr(net, "num_classes", "?"),
+        )
+    if report.ignored:
+        log.info("checkpoint %s: ignored %d entries the network does not own", path, len(report.ignored))
+    return report
+
+
+def load_pretrained(net, source: str | Path, cache_dir: str | Path, name_map: str = "auto") -> LoadReport:
+    """Fetch ``source`` (path or URL), rename by ``name_map``, check and load it into ``net``."""
+    path = fetch_checkpoint(source, cache_dir)
+    params = apply_name_map(_read_checkpoint(path), name_map)
+    return load_into(net, params, path)
+
+
+def save_checkpoint(net, path: str | Path) -> Path:
+    """Save the network's parameters (no optimizer state) to ``path``."""
+    import mindspore as ms  # noqa: PLC0415
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ms.save_checkpoint(net, str(path))
+    return path

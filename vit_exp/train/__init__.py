@@ -1,0 +1,1 @@
+"""Training pieces (plain MindSpore): loss, metrics, LR schedules, optimizers, callbacks, the fit loop."""

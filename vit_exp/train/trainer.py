@@ -1,0 +1,126 @@
+"""The fit loop: ``mindspore.train.Model.fit`` wired with loss, metrics, schedule and callbacks."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from vit_exp.errors import ConfigError
+
+log = logging.getLogger("vit_exp.train")
+
+
+@dataclass
+class TrainSettings:
+    """Loop settings from the ``trainer`` config group."""
+
+    epochs: int = 10
+    max_steps: int | None = None
+    batch_size: int = 16
+    seed: int = 42
+    label_smoothing: float = 0.1
+    val_every_n_epochs: int = 1
+    log_every_n_steps: int = 10
+    checkpoint_every_n_epochs: int = 1
+    keep_checkpoints: int = 100
+    dataset_sink_mode: bool = False
+
+    def validate(self) -> None:
+        """ConfigError naming the ``trainer.*`` key for impossible values."""
+        for key in ("epochs", "batch_size", "val_every_n_epochs", "log_every_n_steps", "checkpoint_every_n_epochs", "keep_checkpoints"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"trainer.{key} must be a positive integer, got {value!r}")
+        if self.max_steps is not None and (not isinstance(self.max_steps, int) or self.max_steps <= 0):
+            raise ConfigError(f"trainer.max_steps must be a positive integer or null, got {self.max_steps!r}")
+
+
+@dataclass
+class TrainResult:
+    """What a fit produced: the history callback (metrics per step/epoch) and saved checkpoints."""
+
+    history: object
+    checkpoints: list
+    steps_per_epoch: int
+    total_steps: int
+
+
+def planned_steps(settings: TrainSettings, steps_per_epoch: int) -> int:
+    """Optimizer steps the run will take: epochs x steps, capped by ``max_steps``."""
+    total = settings.epochs * steps_per_epoch
+    return min(total, settings.max_steps) if settings.max_steps else total
+
+
+def validation_epochs(epochs: int, every_n_epochs: int) -> list[int]:
+    """Epochs (1-based) after which validation runs: every n-th, and always the last."""
+    return sorted({e for e in range(1, epochs + 1) if e % every_n_epochs == 0} | {epochs})
+
+
+def fit(
+    net,
+    train_ds,
+    val_ds,
+    *,
+    settings: TrainSettings,
+    num_classes: int,
+    optimizer_factory: Callable,
+    schedule_factory: Callable,
+    checkpoint_dir: str | Path,
+    checkpoint_prefix: str,
+    amp_level: str = "O0",
+    extra_callbacks: list | None = None,
+) -> TrainResult:
+    """Train ``net`` with Model.fit; validation every ``settings.val_every_n_epochs`` epochs.
+
+    ``schedule_factory(total_steps=, steps_per_epoch=)`` returns per-step LR factors;
+    ``optimizer_factory(params=, lr_factors=)`` returns the optimizer.
+    ``extra_callbacks`` receive the same run (e.g. tracking) after the built-in ones.
+    """
+    from mindspore.train import Model  # noqa: PLC0415
+
+    from vit_exp.train.callbacks import EpochCheckpoint, ProgressLogger, StepLimit, TrainHistory  # noqa: PLC0415
+    from vit_exp.train.losses import CrossEntropySmooth  # noqa: PLC0415
+    from vit_exp.train.metrics import classification_metrics  # noqa: PLC0415
+
+    settings.validate()
+    steps_per_epoch = train_ds.get_dataset_size()
+    if steps_per_epoch == 0:
+        raise ConfigError("the training split yields no full batch; lower trainer.batch_size")
+    total_steps = planned_steps(settings, steps_per_epoch)
+    epochs = min(settings.epochs, int(np.ceil(total_steps / steps_per_epoch)))
+    factors = schedule_factory(total_steps=total_steps, steps_per_epoch=steps_per_epoch)
+    optimizer = optimizer_factory(params=net.trainable_params(), lr_factors=factors)
+    lr_values = optimizer.lr_values
+    loss_fn = CrossEntropySmooth(num_classes, settings.label_smoothing)
+    model = Model(
+        net,
+        loss_fn=loss_fn,
+        optimizer=optimizer,
+        metrics=classification_metrics(num_classes),
+        amp_level=amp_level,
+    )
+    history = TrainHistory(settings.batch_size, lr_values)
+    checkpoints = EpochCheckpoint(
+        net, checkpoint_dir, checkpoint_prefix, settings.checkpoint_every_n_epochs, settings.keep_checkpoints, history
+    )
+    callbacks = [history]
+    if settings.max_steps:
+        callbacks.append(StepLimit(total_steps, history))
+    callbacks += [ProgressLogger(history, epochs, steps_per_epoch, settings.log_every_n_steps), checkpoints]
+    callbacks += list(extra_callbacks or [])
+    log.info(
+        "training %d epoch(s) x %d steps (batch %d) = %d steps", epochs, steps_per_epoch, settings.batch_size, total_steps
+    )
+    model.fit(
+        epochs,
+        train_ds,
+        valid_dataset=val_ds,
+        valid_frequency=validation_epochs(epochs, settings.val_every_n_epochs),
+        callbacks=callbacks,
+        dataset_sink_mode=settings.dataset_sink_mode,
+    )
+    return TrainResult(history=history, checkpoints=checkpoints.saved, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
