@@ -76,7 +76,9 @@ def write_image_folder(
     return root
 
 
-def write_meta_mat(path: Path, leaves: Sequence[tuple[str, str]], non_leaves: Sequence[tuple[str, str]] = ()) -> Path:
+def write_meta_mat(
+    path: Path, leaves: Sequence[tuple[str, str]], non_leaves: Sequence[tuple[str, str]] = ()
+) -> Path:
     """Write an ImageNet devkit-style ``meta.mat`` whose ``synsets`` hold ``leaves`` (and parents)."""
     import scipy.io
 
@@ -99,7 +101,9 @@ def write_meta_mat(path: Path, leaves: Sequence[tuple[str, str]], non_leaves: Se
     return path
 
 
-def run_cli(module: str, *args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+def run_cli(
+    module: str, *args: str, cwd: Path | None = None, timeout: int = 600
+) -> subprocess.CompletedProcess:
     """Run ``python -m <module> args`` in a fresh process, as a user would."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", GLOG_v="3")
     return subprocess.run(

@@ -14,8 +14,30 @@ from vit_exp.config import CONFIG_DIR, register_resolvers
 from vit_exp.errors import ConfigError, first_line
 
 # Flags after which Hydra does not compose a job config the usual way.
-_SKIP_FLAGS = {"-m", "--multirun", "-h", "--help", "--hydra-help", "--info", "-i", "--shell-completion", "-sc"}
-_FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--experimental-rerun"}
+_SKIP_FLAGS = {
+    "-m",
+    "--multirun",
+    "-h",
+    "--help",
+    "--hydra-help",
+    "--info",
+    "-i",
+    "--shell-completion",
+    "-sc",
+}
+_FLAGS_WITH_VALUE = {
+    "--cfg",
+    "-c",
+    "--package",
+    "-p",
+    "--config-path",
+    "-cp",
+    "--config-name",
+    "-cn",
+    "--config-dir",
+    "-cd",
+    "--experimental-rerun",
+}
 
 
 def command_line_overrides(argv: Sequence[str]) -> list[str] | None:
@@ -37,7 +59,7 @@ def command_line_overrides(argv: Sequence[str]) -> list[str] | None:
 
 
 def _describe(exc: Exception) -> str:
-    from hydra.errors import MissingConfigException, OverrideParseException  # noqa: PLC0415
+    from hydra.errors import MissingConfigException, OverrideParseException
 
     if isinstance(exc, MissingConfigException) and getattr(exc, "options", None):
         group = (exc.missing_cfg_file or "").split("/")[0]
@@ -60,15 +82,15 @@ def check_overrides(config_name: str, argv: Sequence[str] | None = None) -> None
     overrides = command_line_overrides(sys.argv[1:] if argv is None else argv)
     if overrides is None:
         return
-    from hydra import compose, initialize_config_dir  # noqa: PLC0415
-    from hydra.core.global_hydra import GlobalHydra  # noqa: PLC0415
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
 
     register_resolvers()
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
-    except Exception as exc:  # noqa: BLE001 - Hydra raises several exception types here
+    except Exception as exc:
         raise ConfigError(_describe(exc)) from None
     finally:
         GlobalHydra.instance().clear()

@@ -37,7 +37,7 @@ class DeviceSettings:
 
     def apply(self, seed: int | None = None) -> None:
         """Set the device, execution mode and seed for this process."""
-        import mindspore as ms  # noqa: PLC0415
+        import mindspore as ms
 
         try:
             ms.set_device(self.mindspore_target, self.device_id)
@@ -58,9 +58,9 @@ class DeviceSettings:
 
 def set_seed(seed: int) -> None:
     """Seed MindSpore, its dataset engine and NumPy."""
-    import mindspore as ms  # noqa: PLC0415
-    import mindspore.dataset as ds  # noqa: PLC0415
-    import numpy as np  # noqa: PLC0415
+    import mindspore as ms
+    import mindspore.dataset as ds
+    import numpy as np
 
     ms.set_seed(seed)
     ds.config.set_seed(seed)

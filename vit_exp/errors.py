@@ -36,18 +36,28 @@ def first_line(message: str) -> str:
     return ""
 
 
+def _chain(exc: BaseException):
+    """``exc`` and the exceptions it wraps (Hydra's instantiate wraps ours in its own)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
 def user_message(exc: BaseException) -> str | None:
     """One-line message for errors the user can fix (ours and OmegaConf's), else None."""
-    if isinstance(exc, VitExpError):
-        return str(exc)
-    from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException  # noqa: PLC0415
+    from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-    if isinstance(exc, MissingMandatoryValue):
-        key = getattr(exc, "full_key", None) or "a config key"
-        return f"{key} is required: set it on the command line ({key}=...)"
-    if isinstance(exc, OmegaConfBaseException):
-        key = getattr(exc, "full_key", None)
-        return f"config{f' key {key}' if key else ''}: {first_line(str(exc))}"
+    for inner in _chain(exc):
+        if isinstance(inner, VitExpError):
+            return str(inner)
+        if isinstance(inner, MissingMandatoryValue):
+            key = getattr(inner, "full_key", None) or "a config key"
+            return f"{key} is required: set it on the command line ({key}=...)"
+        if isinstance(inner, OmegaConfBaseException):
+            key = getattr(inner, "full_key", None)
+            return f"config{f' key {key}' if key else ''}: {first_line(str(inner))}"
     return None
 
 
@@ -76,7 +86,7 @@ def report_errors(traceback_dir: Callable[[], Path | None] | None = None) -> Cal
             except KeyboardInterrupt:
                 print("interrupted", file=sys.stderr, flush=True)
                 sys.exit(130)
-            except Exception as exc:  # noqa: BLE001 - the CLI boundary summarises everything
+            except Exception as exc:
                 message = user_message(exc)
                 if message is None:
                     summary = first_line(str(exc)) or "no message"

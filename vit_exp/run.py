@@ -1,6 +1,6 @@
 """Train a ViT: compose the config -> build device, data, model -> fit -> report.
 
-    python -m vit_exp.run [group=option ...] [key=value ...]
+python -m vit_exp.run [group=option ...] [key=value ...]
 """
 
 from __future__ import annotations
@@ -34,11 +34,11 @@ def resolve_num_classes(configured: int | None, data) -> int:
 
 def train(cfg: DictConfig) -> float | None:
     """Run one training job from a composed config; return the best validation top-1."""
-    from hydra.utils import instantiate  # noqa: PLC0415
+    from hydra.utils import instantiate
 
-    from vit_exp.data.pipeline import train_dataset, val_dataset  # noqa: PLC0415
-    from vit_exp.models.vit import count_parameters  # noqa: PLC0415
-    from vit_exp.train.trainer import fit  # noqa: PLC0415
+    from vit_exp.data.pipeline import train_dataset, val_dataset
+    from vit_exp.models.vit import count_parameters
+    from vit_exp.train.trainer import fit
 
     settings = instantiate(cfg.trainer)
     settings.validate()
@@ -58,10 +58,11 @@ def train(cfg: DictConfig) -> float | None:
         device.mode,
     )
     image_size = int(cfg.model.image_size)
+    val_ds = val_dataset(data, image_size, settings.batch_size)  # checks the val split before training
     result = fit(
         net,
         train_dataset(data, image_size, settings.batch_size),
-        val_dataset(data, image_size, settings.batch_size),
+        val_ds,
         settings=settings,
         num_classes=num_classes,
         optimizer_factory=instantiate(cfg.optim),
@@ -86,16 +87,27 @@ def report(result) -> float | None:
         " (stopped at trainer.max_steps)" if history.stopped_early else "",
     )
     if last and last.val:
-        log.info("last epoch %d: val top1 %.4f  top5 %.4f  loss %.4f", last.epoch, last.val["top1"], last.val["top5"], last.val["loss"])
+        log.info(
+            "last epoch %d: val top1 %.4f  top5 %.4f  loss %.4f",
+            last.epoch,
+            last.val["top1"],
+            last.val["top5"],
+            last.val["loss"],
+        )
     if best:
         log.info("best epoch %d: val top1 %.4f  top5 %.4f", best.epoch, best.val["top1"], best.val["top5"])
     if result.checkpoints:
-        log.info("checkpoints: %d in %s (last: %s)", len(result.checkpoints), result.checkpoints[-1][0].parent, result.checkpoints[-1][0].name)
+        log.info(
+            "checkpoints: %d in %s (last: %s)",
+            len(result.checkpoints),
+            result.checkpoints[-1][0].parent,
+            result.checkpoints[-1][0].name,
+        )
     return best.val["top1"] if best else None
 
 
 def _run_dir() -> Path | None:
-    from hydra.core.hydra_config import HydraConfig  # noqa: PLC0415
+    from hydra.core.hydra_config import HydraConfig
 
     return Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
 

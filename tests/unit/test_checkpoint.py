@@ -17,7 +17,9 @@ from vit_exp.models.checkpoint import load_pretrained, rename_timm, save_checkpo
 def tiny_vit(**overrides):
     from vit_exp.models.vit import ViT
 
-    args = dict(image_size=32, patch_size=8, embed_dim=32, num_layers=2, num_heads=2, mlp_dim=64, num_classes=5)
+    args = dict(
+        image_size=32, patch_size=8, embed_dim=32, num_layers=2, num_heads=2, mlp_dim=64, num_classes=5
+    )
     return ViT(**{**args, **overrides})
 
 
@@ -87,7 +89,9 @@ def test_shape_mismatch_lists_names_and_shapes(tmp_path):
 
 def test_missing_parameters_are_listed(tmp_path):
     path = save_checkpoint(tiny_vit(num_layers=1), tmp_path / "shallow.ckpt")
-    with pytest.raises(CheckpointError, match=r"missing from checkpoint: transformer\.layers\.1\.0\.cell\.0\.gamma \(32,\)"):
+    with pytest.raises(
+        CheckpointError, match=r"missing from checkpoint: transformer\.layers\.1\.0\.cell\.0\.gamma \(32,\)"
+    ):
         load_pretrained(tiny_vit(num_layers=2), path, tmp_path / "cache")
 
 
@@ -119,7 +123,9 @@ def test_timm_style_names_are_mapped(tmp_path):
         name = name.replace("dense.", "head.")
         ours_to_timm[p.name] = name
     assert rename_timm("blocks.3.norm1.weight") == "transformer.layers.3.0.cell.0.gamma"
-    path = save_dict(tmp_path / "timm.ckpt", {ours_to_timm[p.name]: p.asnumpy() for p in source.get_parameters()})
+    path = save_dict(
+        tmp_path / "timm.ckpt", {ours_to_timm[p.name]: p.asnumpy() for p in source.get_parameters()}
+    )
     target = tiny_vit()
     load_pretrained(target, path, tmp_path / "cache", name_map="auto")
     np.testing.assert_array_equal(logits(source), logits(target))

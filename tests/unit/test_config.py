@@ -69,7 +69,9 @@ def test_data_options_instantiate(compose, tmp_path):
 
     folder = write_image_folder(tmp_path / "folder", ["b_cat", "a_dog"], per_class=2)
     imagenet = write_image_folder(tmp_path / "imnet", ["n02", "n01"], per_class=2)
-    write_meta_mat(imagenet / "ILSVRC2012_devkit_t12/data/meta.mat", [("n01", "one"), ("n02", "two"), ("n03", "three")])
+    write_meta_mat(
+        imagenet / "ILSVRC2012_devkit_t12/data/meta.mat", [("n01", "one"), ("n02", "two"), ("n03", "three")]
+    )
     made = {
         "digits": instantiate(compose(["data=digits"]).data),
         "imagenet": instantiate(compose(["data=imagenet", f"data.root={imagenet}"]).data),

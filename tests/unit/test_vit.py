@@ -50,14 +50,18 @@ def test_vit_b16_parameters_equal_recipe_table(compose):
 def tiny_vit(**overrides):
     from vit_exp.models.vit import ViT
 
-    args = dict(image_size=32, patch_size=8, embed_dim=32, num_layers=2, num_heads=2, mlp_dim=64, num_classes=5)
+    args = dict(
+        image_size=32, patch_size=8, embed_dim=32, num_layers=2, num_heads=2, mlp_dim=64, num_classes=5
+    )
     return ViT(**{**args, **overrides})
 
 
 def copy_params(src, dst):
     import mindspore as ms
 
-    ms.load_param_into_net(dst, {p.name: ms.Parameter(p.data.copy(), name=p.name) for p in src.get_parameters()})
+    ms.load_param_into_net(
+        dst, {p.name: ms.Parameter(p.data.copy(), name=p.name) for p in src.get_parameters()}
+    )
 
 
 def reference_forward(params: dict, x: np.ndarray, heads: int, patch: int, eps: float = 1e-7) -> np.ndarray:
@@ -72,7 +76,7 @@ def reference_forward(params: dict, x: np.ndarray, heads: int, patch: int, eps: 
     def dense(v, name):
         return v @ params[f"{name}.weight"].T + params[f"{name}.bias"]
 
-    b, c, h, _ = x.shape
+    b, _, h, _ = x.shape
     g = h // patch
     w = params["patch_embedding.conv.weight"]
     tokens = np.zeros((b, g * g, w.shape[0]), dtype=np.float64)

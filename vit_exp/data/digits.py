@@ -30,14 +30,14 @@ def _split_indices(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[
     train, val = [], []
     for cls in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == cls))
-        n_val = int(round(len(idx) * val_fraction))
+        n_val = round(len(idx) * val_fraction)
         val.extend(idx[:n_val])
         train.extend(idx[n_val:])
     return np.sort(np.array(train)), np.sort(np.array(val))
 
 
 def _write_split(folder: Path, images: np.ndarray, labels: np.ndarray, indices: np.ndarray) -> None:
-    from PIL import Image  # noqa: PLC0415
+    from PIL import Image
 
     for i in indices:
         class_dir = folder / str(int(labels[i]))
@@ -57,7 +57,7 @@ def ensure_digits_folder(root: str | Path, val_fraction: float = 0.2, seed: int 
                 return root
         except (OSError, json.JSONDecodeError):
             pass
-    from sklearn.datasets import load_digits  # noqa: PLC0415 - ships inside the wheel, no network
+    from sklearn.datasets import load_digits
 
     digits = load_digits()
     train_idx, val_idx = _split_indices(digits.target, val_fraction, seed)
@@ -68,7 +68,7 @@ def ensure_digits_folder(root: str | Path, val_fraction: float = 0.2, seed: int 
     # One image per class for the predict demo, as in the reference layout.
     first_per_class = [int(val_idx[digits.target[val_idx] == c][0]) for c in np.unique(digits.target)]
     _write_split(staging / "infer", digits.images, digits.target, np.array(first_per_class))
-    counts = {"train": len(train_idx), "val": len(val_idx), "classes": int(len(np.unique(digits.target)))}
+    counts = {"train": len(train_idx), "val": len(val_idx), "classes": len(np.unique(digits.target))}
     (staging / MARKER).write_text(json.dumps({"spec": expected, "counts": counts}, indent=2))
     if root.exists():
         shutil.rmtree(root)
@@ -80,7 +80,7 @@ def ensure_digits_folder(root: str | Path, val_fraction: float = 0.2, seed: int 
 
 def digits_data(root: str | Path, val_fraction: float = 0.2, seed: int = 0, **folder_args):
     """Ensure the digits folder exists under ``root`` and describe it as an ImageFolderData."""
-    from vit_exp.data.folder import ImageFolderData  # noqa: PLC0415
+    from vit_exp.data.folder import ImageFolderData
 
     ensure_digits_folder(root, val_fraction=val_fraction, seed=seed)
     return ImageFolderData(root=root, **folder_args)

@@ -71,7 +71,7 @@ class ImageFolderData:
     def _imagenet_classes(self) -> list[tuple[str, str]] | None:
         if not self.meta_mat:
             return None
-        from vit_exp.data.imagenet import load_imagenet_classes  # noqa: PLC0415
+        from vit_exp.data.imagenet import load_imagenet_classes
 
         return load_imagenet_classes(self.meta_mat)
 
@@ -115,7 +115,5 @@ class ImageFolderData:
         path = self.split_dir(split, key=key)
         unknown = sorted(set(class_folders(path)) - set(self.class_indexing))
         if unknown:
-            raise DataError(
-                f"{key}: class folders {unknown[:5]} in {path} do not exist in the train split"
-            )
+            raise DataError(f"{key}: class folders {unknown[:5]} in {path} do not exist in the train split")
         return path

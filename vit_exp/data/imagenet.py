@@ -16,7 +16,7 @@ def load_imagenet_classes(meta_mat: str | Path) -> list[tuple[str, str]]:
     path = Path(meta_mat).expanduser()
     if not path.is_file():
         raise DataError(f"data.meta_mat: file not found: {path}")
-    import scipy.io  # noqa: PLC0415
+    import scipy.io
 
     try:
         synsets = scipy.io.loadmat(str(path), squeeze_me=True)["synsets"]
@@ -25,7 +25,7 @@ def load_imagenet_classes(meta_mat: str | Path) -> list[tuple[str, str]]:
             for row in synsets
             if int(row["num_children"]) == 0
         ]
-    except Exception as exc:  # noqa: BLE001 - scipy raises many types for a bad file
+    except Exception as exc:
         raise DataError(f"data.meta_mat: cannot read ImageNet synsets from {path}: {exc}") from None
     if not leaves:
         raise DataError(f"data.meta_mat: {path} has no leaf synsets (num_children == 0)")

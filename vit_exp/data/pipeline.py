@@ -13,7 +13,7 @@ from vit_exp.errors import ConfigError
 
 
 def _vision():
-    import mindspore.dataset.vision as vision  # noqa: PLC0415
+    from mindspore.dataset import vision
 
     return vision
 
@@ -47,8 +47,9 @@ def val_transforms(data: ImageFolderData, image_size: int) -> list:
 def infer_transforms(data: ImageFolderData, image_size: int, decode: bool = True) -> list:
     """Resize to a square ``image_size`` and normalise (decoding first unless ``decode=False``)."""
     vision = _vision()
-    ops = [vision.Decode()] if decode else []
-    return ops + [
+    decode_ops = [vision.Decode()] if decode else []
+    return [
+        *decode_ops,
         vision.Resize([image_size, image_size]),
         vision.Normalize(mean=list(data.mean), std=list(data.std)),
         vision.HWC2CHW(),
@@ -61,7 +62,7 @@ def _check_batch_size(batch_size: int) -> None:
 
 
 def _folder_dataset(data: ImageFolderData, split_dir, shuffle: bool):
-    import mindspore.dataset as ds  # noqa: PLC0415
+    import mindspore.dataset as ds
 
     ds.config.set_prefetch_size(max(1, int(data.prefetch_size)))
     return ds.ImageFolderDataset(
@@ -73,8 +74,8 @@ def _folder_dataset(data: ImageFolderData, split_dir, shuffle: bool):
 
 
 def _batched(dataset, transforms: list, data: ImageFolderData, batch_size: int, drop_remainder: bool):
-    import mindspore as ms  # noqa: PLC0415
-    import mindspore.dataset.transforms as T  # noqa: PLC0415
+    import mindspore as ms
+    import mindspore.dataset.transforms as T
 
     workers = max(1, int(data.num_workers))
     dataset = dataset.map(operations=transforms, input_columns="image", num_parallel_workers=workers)

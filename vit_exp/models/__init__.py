@@ -22,11 +22,11 @@ def build_vit(
     ``vit_args`` are the :class:`vit_exp.models.vit.ViT` arguments (``image_size``, ``patch_size``,
     ``embed_dim``, ``num_layers``, ``num_heads``, ``mlp_dim``, ...). ``name`` is only a label.
     """
-    from vit_exp.models.vit import ViT  # noqa: PLC0415 - keeps mindspore out of CLI start-up
+    from vit_exp.models.vit import ViT
 
     net = ViT(num_classes=num_classes, **vit_args)
     if pretrained:
-        from vit_exp.models.checkpoint import load_pretrained  # noqa: PLC0415
+        from vit_exp.models.checkpoint import load_pretrained
 
         report = load_pretrained(net, pretrained, checkpoint_cache_dir, pretrained_name_map)
         log.info("model %s: loaded %d tensors from %s", name, len(report.loaded), report.path)

@@ -70,12 +70,12 @@ def fetch_checkpoint(source: str | Path, cache_dir: str | Path) -> Path:
     if target.is_file() and target.stat().st_size > 0:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    from download import download  # noqa: PLC0415 - only needed for URLs
+    from download import download
 
     partial = target.with_suffix(target.suffix + ".part")
     try:
         download(source, str(partial), progressbar=True, replace=True)
-    except Exception as exc:  # noqa: BLE001 - network failures come in many types
+    except Exception as exc:
         partial.unlink(missing_ok=True)
         raise CheckpointError(
             f"model.pretrained: could not download {source} ({type(exc).__name__}: {exc}); "
@@ -108,11 +108,11 @@ def apply_name_map(params: dict, name_map: str) -> dict:
 
 
 def _read_checkpoint(path: Path) -> dict:
-    import mindspore as ms  # noqa: PLC0415
+    import mindspore as ms
 
     try:
         return ms.load_checkpoint(str(path))
-    except Exception as exc:  # noqa: BLE001 - MindSpore raises ValueError/RuntimeError with C++ text
+    except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"model.pretrained: cannot read checkpoint {path}: {first}") from None
 
@@ -125,7 +125,7 @@ def _listing(items: list[str]) -> str:
 
 def load_into(net, params: dict, path: Path, head_names: tuple[str, ...] = HEAD_NAMES) -> LoadReport:
     """Check ``params`` against ``net`` and load them; see the module docstring for the rules."""
-    import mindspore as ms  # noqa: PLC0415
+    import mindspore as ms
 
     report = LoadReport(path=path)
     own = {p.name: p for p in net.get_parameters()}
@@ -180,7 +180,7 @@ def load_pretrained(net, source: str | Path, cache_dir: str | Path, name_map: st
 
 def save_checkpoint(net, path: str | Path) -> Path:
     """Save the network's parameters (no optimizer state) to ``path``."""
-    import mindspore as ms  # noqa: PLC0415
+    import mindspore as ms
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

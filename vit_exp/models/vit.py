@@ -3,8 +3,8 @@
 Parameter names follow the reference recipe (see ``shared/RECIPE.md``):
 ``cls``, ``pos_embedding``, ``patch_embedding.conv.*``, ``transformer.layers.{i}.0.cell.0.*``
 (pre-attention LayerNorm), ``transformer.layers.{i}.0.cell.1.{qkv,out}.*``,
-``transformer.layers.{i}.1.cell.0.*`` (pre-MLP LayerNorm), ``transformer.layers.{i}.1.cell.1.{dense1,dense2}.*``,
-``norm.*`` and ``dense.*`` (the classification head).
+``transformer.layers.{i}.1.cell.0.*`` (pre-MLP LayerNorm),
+``transformer.layers.{i}.1.cell.1.{dense1,dense2}.*``, ``norm.*`` and ``dense.*`` (the classification head).
 """
 
 from __future__ import annotations
@@ -44,13 +44,9 @@ def validate_vit_args(
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise ConfigError(f"model.{key} must be a positive integer, got {value!r}")
     if image_size % patch_size:
-        raise ConfigError(
-            f"model.image_size={image_size} is not divisible by model.patch_size={patch_size}"
-        )
+        raise ConfigError(f"model.image_size={image_size} is not divisible by model.patch_size={patch_size}")
     if embed_dim % num_heads:
-        raise ConfigError(
-            f"model.embed_dim={embed_dim} is not divisible by model.num_heads={num_heads}"
-        )
+        raise ConfigError(f"model.embed_dim={embed_dim} is not divisible by model.num_heads={num_heads}")
     for key, value in (("keep_prob", keep_prob), ("attention_keep_prob", attention_keep_prob)):
         if not 0.0 < value <= 1.0:
             raise ConfigError(f"model.{key} must be in (0, 1] (1.0 = no dropout), got {value}")

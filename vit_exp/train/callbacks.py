@@ -179,7 +179,9 @@ class EpochCheckpoint(Callback):
     Files are ``<directory>/<prefix>-e<epoch>-s<step>.ckpt``; ``saved`` lists ``(path, EpochRecord)``.
     """
 
-    def __init__(self, net, directory: str | Path, prefix: str, every_n_epochs: int, keep: int, history: TrainHistory):
+    def __init__(
+        self, net, directory: str | Path, prefix: str, every_n_epochs: int, keep: int, history: TrainHistory
+    ):
         super().__init__()
         self.net = net
         self.directory = Path(directory)
@@ -190,7 +192,7 @@ class EpochCheckpoint(Callback):
         self.saved: list[tuple[Path, EpochRecord]] = []
 
     def _save(self, record: EpochRecord) -> None:
-        import mindspore as ms  # noqa: PLC0415
+        import mindspore as ms
 
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / f"{self.prefix}-e{record.epoch:03d}-s{record.step:06d}.ckpt"

@@ -18,7 +18,7 @@ def _check(total_steps: int, steps_per_epoch: int, warmup_epochs: float) -> int:
         raise ConfigError(f"the schedule needs at least one step (got {total_steps} total steps)")
     if warmup_epochs < 0:
         raise ConfigError(f"sched.warmup_epochs must be >= 0, got {warmup_epochs}")
-    return min(total_steps, int(round(warmup_epochs * steps_per_epoch)))
+    return min(total_steps, round(warmup_epochs * steps_per_epoch))
 
 
 def _warmup(warmup_steps: int, start_factor: float) -> np.ndarray:

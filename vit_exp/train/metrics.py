@@ -5,7 +5,7 @@ from __future__ import annotations
 
 def classification_metrics(num_classes: int) -> dict:
     """``{"top1": ..., "top5": ...}``; top-5 becomes top-k with k = num_classes below 5 classes."""
-    from mindspore.train import Top1CategoricalAccuracy, TopKCategoricalAccuracy  # noqa: PLC0415
+    from mindspore.train import Top1CategoricalAccuracy, TopKCategoricalAccuracy
 
     return {
         "top1": Top1CategoricalAccuracy(),

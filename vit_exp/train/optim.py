@@ -38,7 +38,7 @@ def build_optimizer(
     nesterov: bool = False,
 ):
     """Build optimizer ``name`` with a per-step learning rate ``lr * lr_factors`` (kept as ``.lr_values``)."""
-    from mindspore import Tensor, nn  # noqa: PLC0415
+    from mindspore import Tensor, nn
 
     if name not in OPTIMIZERS:
         raise ConfigError(f"optim.name must be one of {OPTIMIZERS}, got {name!r}")

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -31,7 +31,14 @@ class TrainSettings:
 
     def validate(self) -> None:
         """ConfigError naming the ``trainer.*`` key for impossible values."""
-        for key in ("epochs", "batch_size", "val_every_n_epochs", "log_every_n_steps", "checkpoint_every_n_epochs", "keep_checkpoints"):
+        for key in (
+            "epochs",
+            "batch_size",
+            "val_every_n_epochs",
+            "log_every_n_steps",
+            "checkpoint_every_n_epochs",
+            "keep_checkpoints",
+        ):
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"trainer.{key} must be a positive integer, got {value!r}")
@@ -80,11 +87,11 @@ def fit(
     ``optimizer_factory(params=, lr_factors=)`` returns the optimizer.
     ``extra_callbacks`` receive the same run (e.g. tracking) after the built-in ones.
     """
-    from mindspore.train import Model  # noqa: PLC0415
+    from mindspore.train import Model
 
-    from vit_exp.train.callbacks import EpochCheckpoint, ProgressLogger, StepLimit, TrainHistory  # noqa: PLC0415
-    from vit_exp.train.losses import CrossEntropySmooth  # noqa: PLC0415
-    from vit_exp.train.metrics import classification_metrics  # noqa: PLC0415
+    from vit_exp.train.callbacks import EpochCheckpoint, ProgressLogger, StepLimit, TrainHistory
+    from vit_exp.train.losses import CrossEntropySmooth
+    from vit_exp.train.metrics import classification_metrics
 
     settings.validate()
     steps_per_epoch = train_ds.get_dataset_size()
@@ -105,7 +112,12 @@ def fit(
     )
     history = TrainHistory(settings.batch_size, lr_values)
     checkpoints = EpochCheckpoint(
-        net, checkpoint_dir, checkpoint_prefix, settings.checkpoint_every_n_epochs, settings.keep_checkpoints, history
+        net,
+        checkpoint_dir,
+        checkpoint_prefix,
+        settings.checkpoint_every_n_epochs,
+        settings.keep_checkpoints,
+        history,
     )
     callbacks = [history]
     if settings.max_steps:
@@ -113,7 +125,11 @@ def fit(
     callbacks += [ProgressLogger(history, epochs, steps_per_epoch, settings.log_every_n_steps), checkpoints]
     callbacks += list(extra_callbacks or [])
     log.info(
-        "training %d epoch(s) x %d steps (batch %d) = %d steps", epochs, steps_per_epoch, settings.batch_size, total_steps
+        "training %d epoch(s) x %d steps (batch %d) = %d steps",
+        epochs,
+        steps_per_epoch,
+        settings.batch_size,
+        total_steps,
     )
     model.fit(
         epochs,
@@ -123,4 +139,9 @@ def fit(
         callbacks=callbacks,
         dataset_sink_mode=settings.dataset_sink_mode,
     )
-    return TrainResult(history=history, checkpoints=checkpoints.saved, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
+    return TrainResult(
+        history=history,
+        checkpoints=checkpoints.saved,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+    )

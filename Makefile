@@ -1,0 +1,37 @@
+# vit-exp developer entry points. `make run` and `make test` create .venv on first use.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+ARGS ?=
+
+.PHONY: install run test test-all lint format clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"vit-exp needs Python 3.11, {sys.executable} is {sys.version.split()[0]} (set PYTHON=...)"'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev,sweep]"
+	@touch $(STAMP)
+
+install: $(STAMP)   ## create .venv and install vit-exp with its dev and sweep extras
+
+run: $(STAMP)       ## train the default experiment (override with ARGS="model=vit_small ...")
+	$(BIN)/python -m vit_exp.run $(ARGS)
+
+test: $(STAMP)      ## run the test suite (slow tests excluded)
+	$(BIN)/python -m pytest $(ARGS)
+
+test-all: $(STAMP)  ## run every test, slow ones included
+	$(BIN)/python -m pytest -m "" $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/python -m ruff format --check .
+	$(BIN)/python -m ruff check .
+
+format: $(STAMP)
+	$(BIN)/python -m ruff format .
+	$(BIN)/python -m ruff check --fix .
+
+clean:
+	rm -rf $(VENV) .cache outputs .pytest_cache .ruff_cache

@@ -1,0 +1,106 @@
+"""Bad input ends with one line naming what to fix, a non-zero exit, and no traceback."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import TINY_MODEL, run_cli, write_image_folder
+
+
+def assert_one_line_error(proc, *expected: str) -> None:
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and not line.startswith("[WARNING]")]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ")
+    for text in expected:
+        assert text in lines[0], lines[0]
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+@pytest.fixture
+def cli(tmp_path):
+    def _run(*overrides: str):
+        return run_cli(
+            "vit_exp.run",
+            *TINY_MODEL,
+            "trainer.max_steps=1",
+            f"paths.cache_dir={tmp_path / 'cache'}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+            *overrides,
+        )
+
+    return _run
+
+
+def test_image_size_not_divisible_by_patch(cli):
+    assert_one_line_error(cli("model.image_size=30"), "model.image_size=30", "model.patch_size=8")
+
+
+def test_embed_dim_not_divisible_by_heads(cli):
+    assert_one_line_error(
+        cli("model.embed_dim=30", "model.num_heads=4"), "model.embed_dim=30", "model.num_heads=4"
+    )
+
+
+def test_missing_data_root(cli, tmp_path):
+    assert_one_line_error(
+        cli("data=image_folder", f"data.root={tmp_path / 'nowhere'}"), "data.root", "nowhere"
+    )
+
+
+def test_data_root_not_given(cli):
+    assert_one_line_error(cli("data=image_folder"), "data.root is required")
+
+
+def test_missing_and_empty_split(cli, tmp_path):
+    root = write_image_folder(tmp_path / "ds", ["a", "b"], per_class=2, splits=("train",))
+    args = ("data=image_folder", f"data.root={root}", "trainer.batch_size=2")
+    assert_one_line_error(cli(*args), "data.val_split", "not found")
+    (root / "val" / "a").mkdir(parents=True)
+    assert_one_line_error(cli(*args), "data.val_split", "no class folders")
+
+
+def test_batch_larger_than_the_training_split(cli, tmp_path):
+    root = write_image_folder(tmp_path / "ds", ["a", "b"], per_class=2)
+    assert_one_line_error(
+        cli("data=image_folder", f"data.root={root}", "trainer.batch_size=8"), "trainer.batch_size=8"
+    )
+
+
+def test_unknown_config_key_and_option(cli):
+    assert_one_line_error(cli("optim.lrate=0.1"), "unknown config key 'optim.lrate'")
+    assert_one_line_error(cli("model=vit_huge"), "model=vit_huge", "vit_b16")
+
+
+def test_missing_checkpoint_file(cli, tmp_path):
+    assert_one_line_error(cli(f"model.pretrained={tmp_path / 'nope.ckpt'}"), "model.pretrained", "nope.ckpt")
+
+
+def test_checkpoint_with_wrong_shapes(cli, tmp_path):
+    from vit_exp.models.checkpoint import save_checkpoint
+    from vit_exp.models.vit import ViT
+
+    path = save_checkpoint(
+        ViT(image_size=32, patch_size=8, embed_dim=64, num_layers=2, num_heads=2, mlp_dim=64, num_classes=10),
+        tmp_path / "wide.ckpt",
+    )
+    assert_one_line_error(
+        cli(f"model.pretrained={path}"), "does not fit the model", "cls checkpoint (1, 1, 64)"
+    )
+
+
+@pytest.mark.parametrize("flag", ["--help", "--cfg"])
+def test_help_and_cfg_do_not_import_mindspore_or_mlflow(flag):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        f"sys.argv = ['vit_exp.run', {flag!r}] + (['job'] if {flag!r} == '--cfg' else [])\n"
+        "from vit_exp.run import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print('HEAVY', sorted(m for m in ('mindspore', 'mlflow') if m in sys.modules))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "HEAVY []" in proc.stdout, proc.stdout[-500:] + proc.stderr[-2000:]
+    assert ("model:" in proc.stdout) and ("patch_size" in proc.stdout)
