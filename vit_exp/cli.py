@@ -96,6 +96,14 @@ def check_overrides(config_name: str, argv: Sequence[str] | None = None) -> None
         GlobalHydra.instance().clear()
 
 
+def quiet_libraries() -> None:
+    """Keep MindSpore's C++ warnings and MLflow's progress bars out of the console (env wins)."""
+    import os
+
+    os.environ.setdefault("GLOG_v", "3")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
 def exit_on_bad_overrides(config_name: str) -> None:
     """Print ``error: ...`` and exit 1 when the command line does not compose."""
     try:

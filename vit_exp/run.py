@@ -11,7 +11,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from vit_exp.cli import exit_on_bad_overrides
+from vit_exp.cli import exit_on_bad_overrides, quiet_libraries
 from vit_exp.config import CONFIG_DIR, register_resolvers
 from vit_exp.errors import ConfigError, report_errors
 
@@ -38,10 +38,12 @@ def train(cfg: DictConfig) -> float | None:
 
     from vit_exp.data.pipeline import train_dataset, val_dataset
     from vit_exp.models.vit import count_parameters
+    from vit_exp.tracking.session import JobContext, TrainingTracker
     from vit_exp.train.trainer import fit
 
     settings = instantiate(cfg.trainer)
     settings.validate()
+    tracker = TrainingTracker(cfg, JobContext.from_hydra())
     device = instantiate(cfg.device)
     device.apply(seed=settings.seed)
     data = instantiate(cfg.data)
@@ -59,22 +61,26 @@ def train(cfg: DictConfig) -> float | None:
     )
     image_size = int(cfg.model.image_size)
     val_ds = val_dataset(data, image_size, settings.batch_size)  # checks the val split before training
-    result = fit(
-        net,
-        train_dataset(data, image_size, settings.batch_size),
-        val_ds,
-        settings=settings,
-        num_classes=num_classes,
-        optimizer_factory=instantiate(cfg.optim),
-        schedule_factory=instantiate(cfg.sched),
-        checkpoint_dir=cfg.paths.checkpoint_dir,
-        checkpoint_prefix=cfg.model.name,
-        amp_level=device.amp_level,
-    )
-    return report(result)
+    train_ds = train_dataset(data, image_size, settings.batch_size)
+    with tracker.run():
+        tracker.log_inputs(data, net)
+        result = fit(
+            net,
+            train_ds,
+            val_ds,
+            settings=settings,
+            num_classes=num_classes,
+            optimizer_factory=instantiate(cfg.optim),
+            schedule_factory=instantiate(cfg.sched),
+            checkpoint_dir=cfg.paths.checkpoint_dir,
+            checkpoint_prefix=cfg.model.name,
+            amp_level=device.amp_level,
+            extra_callbacks=tracker.callbacks,
+        )
+        return report(result, tracker)
 
 
-def report(result) -> float | None:
+def report(result, tracker=None) -> float | None:
     """Log the end-of-run summary; return the best validation top-1."""
     history = result.history
     best = history.best("top1")
@@ -103,6 +109,12 @@ def report(result) -> float | None:
             result.checkpoints[-1][0].parent,
             result.checkpoints[-1][0].name,
         )
+    registrar = getattr(tracker, "registrar", None)
+    if registrar and registrar.versions:
+        versions = ", ".join(v for v, _, _ in registrar.versions)
+        log.info("registered model '%s' version(s): %s", registrar.settings.name, versions)
+    if tracker is not None and tracker.run_id:
+        log.info("mlflow run: %s (%s)", tracker.run_id, tracker.settings.tracking_uri)
     return best.val["top1"] if best else None
 
 
@@ -121,6 +133,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
 
 def main() -> None:
     """CLI entry: reject a command line that does not compose, then hand over to Hydra."""
+    quiet_libraries()
     exit_on_bad_overrides("config")
     hydra_main()
 

@@ -176,7 +176,8 @@ class ProgressLogger(Callback):
 class EpochCheckpoint(Callback):
     """Saves the network's parameters every ``every_n_epochs`` epochs (and at the end), keeping ``keep``.
 
-    Files are ``<directory>/<prefix>-e<epoch>-s<step>.ckpt``; ``saved`` lists ``(path, EpochRecord)``.
+    Files are ``<directory>/<prefix>-e<epoch>-s<step>.ckpt``. ``saved`` lists the ``(path, EpochRecord)``
+    still on disk; ``saved_all`` every checkpoint written, in order (pruned files included).
     """
 
     def __init__(
@@ -190,6 +191,7 @@ class EpochCheckpoint(Callback):
         self.keep = max(1, int(keep))
         self.history = history
         self.saved: list[tuple[Path, EpochRecord]] = []
+        self.saved_all: list[tuple[Path, EpochRecord]] = []
 
     def _save(self, record: EpochRecord) -> None:
         import mindspore as ms
@@ -198,6 +200,7 @@ class EpochCheckpoint(Callback):
         path = self.directory / f"{self.prefix}-e{record.epoch:03d}-s{record.step:06d}.ckpt"
         ms.save_checkpoint(self.net, str(path))
         self.saved.append((path, record))
+        self.saved_all.append((path, record))
         while len(self.saved) > self.keep:
             old, _ = self.saved.pop(0)
             old.unlink(missing_ok=True)

@@ -79,13 +79,14 @@ def fit(
     checkpoint_dir: str | Path,
     checkpoint_prefix: str,
     amp_level: str = "O0",
-    extra_callbacks: list | None = None,
+    extra_callbacks: Callable | None = None,
 ) -> TrainResult:
     """Train ``net`` with Model.fit; validation every ``settings.val_every_n_epochs`` epochs.
 
     ``schedule_factory(total_steps=, steps_per_epoch=)`` returns per-step LR factors;
     ``optimizer_factory(params=, lr_factors=)`` returns the optimizer.
-    ``extra_callbacks`` receive the same run (e.g. tracking) after the built-in ones.
+    ``extra_callbacks(history, checkpoints)`` returns callbacks (e.g. tracking) that run after the
+    built-in ones and may read the history and the saved checkpoints.
     """
     from mindspore.train import Model
 
@@ -123,7 +124,7 @@ def fit(
     if settings.max_steps:
         callbacks.append(StepLimit(total_steps, history))
     callbacks += [ProgressLogger(history, epochs, steps_per_epoch, settings.log_every_n_steps), checkpoints]
-    callbacks += list(extra_callbacks or [])
+    callbacks += list(extra_callbacks(history, checkpoints)) if extra_callbacks else []
     log.info(
         "training %d epoch(s) x %d steps (batch %d) = %d steps",
         epochs,

@@ -1,0 +1,1 @@
+"""MLflow integration: run lifecycle, the training callback, model registry and the pyfunc model."""

@@ -1,0 +1,188 @@
+"""Checkpoints as MLflow model versions: log the pyfunc (models-from-code) and register it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger("vit_exp.tracking")
+
+PYFUNC_MODEL_FILE = Path(__file__).with_name("pyfunc_model.py")
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
+POLICIES = ("every", "best", "last", "none")
+
+
+@dataclass
+class RegistrySettings:
+    """The ``registry`` config group: which checkpoints become versions of which registered model."""
+
+    register: str = "every"
+    name: str = "vit"
+    top_k: int = 5
+
+    def __post_init__(self) -> None:
+        from vit_exp.errors import ConfigError
+
+        if self.register not in POLICIES:
+            raise ConfigError(f"registry.register must be one of {POLICIES}, got {self.register!r}")
+        if not self.name:
+            raise ConfigError("registry.name must be a non-empty model name")
+
+
+def pyfunc_signature():
+    """Input: an ``image`` column of encoded bytes; output: top-1 and top-k columns; param ``top_k``."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+    from mlflow.types.schema import Array
+
+    return ModelSignature(
+        inputs=Schema([ColSpec("binary", "image")]),
+        outputs=Schema(
+            [
+                ColSpec("long", "class_index"),
+                ColSpec("string", "class_name"),
+                ColSpec("double", "probability"),
+                ColSpec(Array("long"), "top_k_indices"),
+                ColSpec(Array("string"), "top_k_names"),
+                ColSpec(Array("double"), "top_k_probabilities"),
+            ]
+        ),
+        params=ParamSchema([ParamSpec("top_k", "long", 5)]),
+    )
+
+
+def pip_requirements() -> list[str]:
+    """What a fresh environment needs to load the model (vit_exp itself travels as code)."""
+    import mlflow
+
+    return [
+        "mindspore==2.10.0",
+        "numpy<2",
+        "pandas<3",
+        f"mlflow=={mlflow.__version__}",
+        "pillow",
+        "pyyaml",
+        "scipy",
+    ]
+
+
+def write_model_inputs(folder: Path, config_yaml: str, class_names: list[str]) -> dict[str, Path]:
+    """Write the config and class-name artifacts shared by all versions of one run."""
+    folder.mkdir(parents=True, exist_ok=True)
+    config_path = folder / "config.yaml"
+    config_path.write_text(config_yaml)
+    names_path = folder / "class_names.json"
+    names_path.write_text(json.dumps(class_names, indent=1))
+    return {"config": config_path, "class_names": names_path}
+
+
+def log_checkpoint_version(
+    checkpoint: Path,
+    shared_artifacts: Mapping[str, Path],
+    example_image: bytes,
+    registered_name: str,
+    step: int,
+    tags: Mapping[str, object],
+    staging_dir: Path,
+) -> str:
+    """Save ``checkpoint`` as a pyfunc model, log it to the active run, register it, tag the version.
+
+    The model is written with ``save_model`` and logged as run artifacts (``runs:/<run>/<name>``)
+    rather than with ``log_model``, which would load and run every version once to validate its
+    input example. ``tests/`` load and serve the model instead.
+    """
+    import mlflow
+    import pandas as pd
+
+    name = checkpoint.stem.replace(".", "_")
+    local = staging_dir / name
+    if local.exists():
+        shutil.rmtree(local)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "add type hints to predict": we give a signature
+        mlflow.pyfunc.save_model(
+            path=str(local),
+            python_model=str(PYFUNC_MODEL_FILE),
+            artifacts={"checkpoint": str(checkpoint), **{k: str(v) for k, v in shared_artifacts.items()}},
+            code_paths=[str(PACKAGE_DIR)],
+            signature=pyfunc_signature(),
+            input_example=pd.DataFrame({"image": [example_image]}),
+            pip_requirements=pip_requirements(),
+            metadata={"global_step": step, "checkpoint": checkpoint.name},
+        )
+    mlflow.log_artifacts(str(local), artifact_path=f"models/{name}")
+    shutil.rmtree(local, ignore_errors=True)
+    run_id = mlflow.active_run().info.run_id
+    version = mlflow.register_model(f"runs:/{run_id}/models/{name}", registered_name, tags=dict(tags)).version
+    return str(version)
+
+
+class CheckpointRegistrar:
+    """Applies ``registry.register`` to each saved checkpoint: every | best | last | none.
+
+    Called as ``registrar(path, record, final)`` by the MLflow callback; ``versions`` lists what was
+    registered as ``(version, path, record)``.
+    """
+
+    def __init__(
+        self,
+        settings: RegistrySettings,
+        run_id: str,
+        shared_artifacts: Mapping[str, Path],
+        example_image: bytes,
+        staging_dir: Path,
+    ):
+        self.settings = settings
+        self.staging_dir = staging_dir
+        self.run_id = run_id
+        self.shared_artifacts = shared_artifacts
+        self.example_image = example_image
+        self.versions: list[tuple[str, Path, object]] = []
+        self._best = float("-inf")
+
+    def wants(self, record, final: bool) -> bool:
+        """Whether the policy registers this checkpoint."""
+        policy = self.settings.register
+        if policy == "every":
+            return not final
+        if policy == "last":
+            return final
+        if policy == "best" and not final:
+            score = record.val.get("top1", float("-inf"))
+            if score > self._best or not self.versions:
+                self._best = max(self._best, score)
+                return True
+        return False
+
+    def __call__(self, path: Path, record, final: bool) -> None:
+        if not self.wants(record, final):
+            return
+        if not path.is_file():
+            log.warning("mlflow: checkpoint %s was pruned before it could be registered", path)
+            return
+        tags = {"epoch": record.epoch, "global_step": record.step, "source_run_id": self.run_id}
+        tags |= {f"val/{k}": f"{v:.6g}" for k, v in record.val.items() if k in ("top1", "top5", "loss")}
+        started = time.perf_counter()
+        version = log_checkpoint_version(
+            path,
+            self.shared_artifacts,
+            self.example_image,
+            self.settings.name,
+            record.step,
+            tags,
+            self.staging_dir,
+        )
+        self.versions.append((version, path, record))
+        log.info(
+            "mlflow: registered %s as models:/%s/%s (%.1fs)",
+            path.name,
+            self.settings.name,
+            version,
+            time.perf_counter() - started,
+        )

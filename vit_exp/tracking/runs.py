@@ -1,0 +1,252 @@
+"""MLflow run lifecycle for one training job: store, experiment, run name, params, tags, artifacts.
+
+``tracked_run`` opens a run and guarantees it ends: FINISHED, FAILED (with ``traceback.txt`` as an
+artifact) or KILLED on Ctrl-C. In a ``--multirun`` sweep the run is a child of the sweep's parent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import platform
+import subprocess
+import traceback
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from vit_exp.config import PROJECT_ROOT
+from vit_exp.errors import ConfigError
+
+log = logging.getLogger("vit_exp.tracking")
+
+PARENT_RUN_FILE = ".mlflow_parent_run_id"
+MAX_PARAM_LENGTH = 6000
+
+
+@dataclass
+class MlflowSettings:
+    """The ``mlflow`` config group."""
+
+    tracking_uri: str
+    experiment: str = "vit-exp"
+    run_name: str | None = None
+    artifact_location: str | None = None
+    enabled: bool = True
+    log_every_n_steps: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.tracking_uri:
+            raise ConfigError(
+                "mlflow.tracking_uri must be set (e.g. sqlite:///mlruns/mlflow.db or http://host:5000)"
+            )
+        if self.log_every_n_steps < 1:
+            raise ConfigError(f"mlflow.log_every_n_steps must be >= 1, got {self.log_every_n_steps}")
+
+
+def default_artifact_location(tracking_uri: str, experiment: str) -> str | None:
+    """For a local SQLite store, artifacts live next to the database file; servers decide themselves."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    db_path = Path(tracking_uri[len("sqlite:///") :])
+    return (db_path.parent / "artifacts" / experiment).resolve().as_uri()
+
+
+def connect(settings: MlflowSettings) -> str:
+    """Point MLflow at the store, create the experiment if needed; return the experiment id."""
+    import mlflow
+
+    if settings.tracking_uri.startswith("sqlite:///"):
+        Path(settings.tracking_uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    mlflow.set_registry_uri(settings.tracking_uri)
+    client = mlflow.MlflowClient()
+    try:
+        experiment = client.get_experiment_by_name(settings.experiment)
+        if experiment is not None:
+            return experiment.experiment_id
+        location = settings.artifact_location or default_artifact_location(
+            settings.tracking_uri, settings.experiment
+        )
+        return client.create_experiment(settings.experiment, artifact_location=location)
+    except Exception as exc:
+        if "RESOURCE_ALREADY_EXISTS" in str(exc):  # created by a parallel sweep job
+            return client.get_experiment_by_name(settings.experiment).experiment_id
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(
+            f"mlflow.tracking_uri={settings.tracking_uri}: tracking store unusable ({first})"
+        ) from None
+
+
+def flatten(config: Mapping | DictConfig, prefix: str = "") -> dict[str, str]:
+    """``{"optim.lr": "0.001", ...}``: dotted keys for every leaf; Hydra's own node is skipped."""
+    if isinstance(config, DictConfig):
+        config = OmegaConf.to_container(config, resolve=True)
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        if not prefix and key == "hydra":
+            continue
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = str(value)[:MAX_PARAM_LENGTH]
+    return flat
+
+
+def readable_run_name(cfg: DictConfig, overrides: list[str]) -> str:
+    """``vit_tiny-digits optim.lr=0.001 trainer.batch_size=32`` (paths and hydra overrides left out)."""
+    keep = [
+        o for o in overrides if not o.lstrip("+~").startswith(("paths.", "hydra.", "mlflow.", "registry."))
+    ]
+    keep = [o for o in keep if not o.startswith(("model=", "data="))]
+    name = f"{cfg.model.name}-{cfg.data.name}"
+    if keep:
+        name += " " + " ".join(keep)
+    return name[:250]
+
+
+def git_state(folder: Path = PROJECT_ROOT) -> dict[str, str]:
+    """``git.commit`` and ``git.dirty`` of the project's checkout (empty when not a git tree)."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {"git.commit": commit, "git.dirty": str(bool(status.strip())).lower()}
+
+
+def environment_listing() -> str:
+    """``name==version`` of every installed distribution, sorted (the run's environment artifact)."""
+    from importlib.metadata import distributions
+
+    names = {f"{d.metadata['Name']}=={d.version}" for d in distributions() if d.metadata["Name"]}
+    return "\n".join(sorted(names, key=str.lower)) + "\n"
+
+
+def run_tags(cfg: DictConfig, overrides: list[str]) -> dict[str, str]:
+    """Tags of a training run: overrides, git state, library versions, device."""
+    import mindspore
+    import mlflow
+
+    return {
+        "hydra.overrides": " ".join(overrides) or "(none)",
+        "mindspore.version": mindspore.__version__,
+        "mlflow.version": mlflow.__version__,
+        "python.version": platform.python_version(),
+        "device.target": str(cfg.device.target),
+        "device.mode": str(cfg.device.mode),
+        "model.name": str(cfg.model.name),
+        "data.name": str(cfg.data.name),
+        **git_state(),
+    }
+
+
+def _parent_run_id(sweep_dir: Path | None, run_dir: Path | None) -> str | None:
+    """The sweep's parent run id, written by the sweep callback into the sweep directory."""
+    if sweep_dir is None:
+        return None
+    candidates = [sweep_dir, *(list(run_dir.parents)[:3] if run_dir else [])]
+    for folder in candidates:
+        path = folder / PARENT_RUN_FILE
+        if path.is_file():
+            return path.read_text().strip()
+    log.warning("mlflow: no sweep parent run found in %s; this job's run is not nested", sweep_dir)
+    return None
+
+
+@contextlib.contextmanager
+def tracked_run(
+    settings: MlflowSettings,
+    run_name: str,
+    tags: Mapping[str, str],
+    sweep_dir: Path | None = None,
+    run_dir: Path | None = None,
+) -> Iterator[object]:
+    """Start an MLflow run (a child when a sweep parent exists) and always end it with a status."""
+    import mlflow
+
+    experiment_id = connect(settings)
+    parent = _parent_run_id(sweep_dir, run_dir)
+    run = mlflow.start_run(
+        experiment_id=experiment_id,
+        run_name=settings.run_name or run_name,
+        parent_run_id=parent,
+        tags=dict(tags),
+    )
+    log.info(
+        "mlflow: run %s (%s) in experiment '%s' at %s",
+        run.info.run_id,
+        run.info.run_name,
+        settings.experiment,
+        settings.tracking_uri,
+    )
+    status = "FINISHED"
+    try:
+        yield run
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    except BaseException:
+        status = "FAILED"
+        _log_traceback(run_dir)
+        raise
+    finally:
+        with contextlib.suppress(Exception):
+            mlflow.flush_async_logging()
+        mlflow.end_run(status=status)
+        log.info("mlflow: run %s ended %s", run.info.run_id, status)
+
+
+def _log_traceback(run_dir: Path | None) -> None:
+    import mlflow
+
+    text = traceback.format_exc()
+    try:
+        if run_dir is not None:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            path = run_dir / "traceback.txt"
+            path.write_text(text)
+            mlflow.log_artifact(str(path))
+        else:
+            mlflow.log_text(text, "traceback.txt")
+    except Exception as exc:  # the run must still end FAILED
+        log.warning("mlflow: could not log the traceback (%s)", exc)
+
+
+def log_run_inputs(
+    cfg: DictConfig,
+    hydra_dir: Path | None,
+    class_names: list[str],
+    model_summary: str,
+    num_parameters: int,
+) -> None:
+    """Params (flattened config + parameter count) and artifacts (Hydra files, config, environment, model)."""
+    import mlflow
+
+    params = flatten(cfg)
+    params["model.num_parameters"] = str(num_parameters)
+    items = list(params.items())
+    client = mlflow.MlflowClient()
+    run_id = mlflow.active_run().info.run_id
+    from mlflow.entities import Param
+
+    for start in range(0, len(items), 100):
+        client.log_batch(run_id, params=[Param(k, v) for k, v in items[start : start + 100]])
+    if hydra_dir is not None and hydra_dir.is_dir():
+        mlflow.log_artifacts(str(hydra_dir), artifact_path="hydra")
+    mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config_resolved.yaml")
+    mlflow.log_text(environment_listing(), "environment.txt")
+    mlflow.log_text(model_summary, "model_summary.txt")
+    mlflow.log_dict({"class_names": class_names}, "class_names.json")
