@@ -26,6 +26,15 @@ TINY_MODEL = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def tracking_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test (and every CLI it starts) records into its own SQLite MLflow store."""
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    return uri
+
+
 @pytest.fixture
 def compose(tmp_path: Path) -> Callable[..., object]:
     """Compose ``conf/config.yaml`` with overrides; paths point into the test's temp dir."""

@@ -48,7 +48,7 @@ class ViTImageClassifier(PythonModel):
             class_names = json.load(fh)
         self.predictor = Predictor.from_checkpoint(context.artifacts["checkpoint"], config, class_names)
 
-    def predict(self, context, model_input, params=None) -> pd.DataFrame:
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         from vit_exp.data.images import decode_rgb
 
         if isinstance(model_input, pd.DataFrame):

@@ -6,7 +6,6 @@ import json
 import logging
 import shutil
 import time
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,23 +103,44 @@ def log_checkpoint_version(
     local = staging_dir / name
     if local.exists():
         shutil.rmtree(local)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "add type hints to predict": we give a signature
-        mlflow.pyfunc.save_model(
-            path=str(local),
-            python_model=str(PYFUNC_MODEL_FILE),
-            artifacts={"checkpoint": str(checkpoint), **{k: str(v) for k, v in shared_artifacts.items()}},
-            code_paths=[str(PACKAGE_DIR)],
-            signature=pyfunc_signature(),
-            input_example=pd.DataFrame({"image": [example_image]}),
-            pip_requirements=pip_requirements(),
-            metadata={"global_step": step, "checkpoint": checkpoint.name},
-        )
-    mlflow.log_artifacts(str(local), artifact_path=f"models/{name}")
+    mlflow.pyfunc.save_model(
+        path=str(local),
+        python_model=str(PYFUNC_MODEL_FILE),
+        artifacts={"checkpoint": str(checkpoint), **{k: str(v) for k, v in shared_artifacts.items()}},
+        code_paths=[str(PACKAGE_DIR)],
+        signature=pyfunc_signature(),
+        input_example=pd.DataFrame({"image": [example_image]}),
+        pip_requirements=pip_requirements(),
+        metadata={"global_step": step, "checkpoint": checkpoint.name},
+    )
+    artifact_path = f"models/{name}"
+    mlflow.log_artifacts(str(local), artifact_path=artifact_path)
     shutil.rmtree(local, ignore_errors=True)
-    run_id = mlflow.active_run().info.run_id
-    version = mlflow.register_model(f"runs:/{run_id}/models/{name}", registered_name, tags=dict(tags)).version
-    return str(version)
+    client = mlflow.MlflowClient()
+    ensure_registered_model(client, registered_name)
+    version = client.create_model_version(
+        registered_name,
+        source=mlflow.get_artifact_uri(artifact_path),
+        run_id=mlflow.active_run().info.run_id,
+        tags={k: str(v) for k, v in tags.items()},
+    )
+    return str(version.version)
+
+
+def ensure_registered_model(client, name: str) -> None:
+    """Create the registered model ``name`` unless it exists (parallel sweep jobs may race)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        try:
+            client.create_registered_model(
+                name, description="MindSpore ViT checkpoints registered by vit-exp"
+            )
+        except MlflowException as exc:
+            if "RESOURCE_ALREADY_EXISTS" not in str(exc) and "already exists" not in str(exc):
+                raise
 
 
 class CheckpointRegistrar:

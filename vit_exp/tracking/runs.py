@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import platform
+import signal
 import subprocess
+import threading
 import traceback
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -58,6 +60,7 @@ def connect(settings: MlflowSettings) -> str:
     """Point MLflow at the store, create the experiment if needed; return the experiment id."""
     import mlflow
 
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # mlflow sets INFO on import; keep the console ours
     if settings.tracking_uri.startswith("sqlite:///"):
         Path(settings.tracking_uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(settings.tracking_uri)
@@ -193,6 +196,7 @@ def tracked_run(
         settings.tracking_uri,
     )
     status = "FINISHED"
+    previous_handler = _interrupt_on_sigterm()
     try:
         yield run
     except KeyboardInterrupt:
@@ -203,10 +207,27 @@ def tracked_run(
         _log_traceback(run_dir)
         raise
     finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
         with contextlib.suppress(Exception):
             mlflow.flush_async_logging()
         mlflow.end_run(status=status)
         log.info("mlflow: run %s ended %s", run.info.run_id, status)
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _interrupt_on_sigterm():
+    """Treat SIGTERM like Ctrl-C while a run is open; return the previous handler (None off the main thread).
+
+    MindSpore's runtime answers Ctrl-C (SIGINT) by sending the process SIGTERM, which would end it
+    before Python could close the run; a cluster's preemption also arrives as SIGTERM.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_interrupt)
 
 
 def _log_traceback(run_dir: Path | None) -> None:

@@ -1,0 +1,246 @@
+"""A tiny real training run recorded in a real MLflow SQLite store, queried with MlflowClient."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import TINY_MODEL, run_cli, write_image_folder
+
+STEPS_PER_EPOCH = 4  # 1438 digits / batch 32 = 44 steps; max_steps keeps runs tiny
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """Two short epochs of a tiny ViT on a 3-class image folder, tracked in a temp store."""
+    tmp = tmp_path_factory.mktemp("tracked")
+    uri = f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}"
+    root = write_image_folder(tmp / "ds", ["ant", "bee", "cat"], per_class=12, size=16)
+    proc = run_cli(
+        "vit_exp.run",
+        *TINY_MODEL,
+        "data=image_folder",
+        f"data.root={root}",
+        "trainer.epochs=2",
+        "trainer.batch_size=8",
+        "trainer.log_every_n_steps=2",
+        "optim.lr=3e-3",
+        "registry.name=tiny-vit",
+        f"mlflow.tracking_uri={uri}",
+        "mlflow.experiment=tracked-test",
+        f"paths.cache_dir={tmp / 'cache'}",
+        f"hydra.run.dir={tmp / 'run'}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("tracked-test")
+    (run,) = client.search_runs([experiment.experiment_id])
+    return {"client": client, "run": run, "uri": uri, "root": root, "tmp": tmp, "stdout": proc.stdout}
+
+
+def test_params_tags_and_run_name(tiny_run):
+    run = tiny_run["run"]
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    assert float(params["optim.lr"]) == pytest.approx(3e-3)
+    assert params["model.embed_dim"] == "32" and params["trainer.epochs"] == "2"
+    assert int(params["model.num_parameters"]) > 10_000
+    assert not any(k.startswith("hydra.") for k in params)
+    tags = run.data.tags
+    assert "optim.lr=3e-3" in tags["hydra.overrides"]
+    assert tags["mindspore.version"] == "2.10.0" and tags["mlflow.version"].startswith("3.")
+    assert tags["device.target"] == "cpu"
+    assert len(tags["git.commit"]) == 40 and tags["git.dirty"] in ("true", "false")
+    assert run.info.run_name.startswith("vit_tiny-image_folder") and "optim.lr=3e-3" in run.info.run_name
+
+
+def test_metric_histories(tiny_run):
+    client, run_id = tiny_run["client"], tiny_run["run"].info.run_id
+    steps_per_epoch = 36 // 8
+    loss = client.get_metric_history(run_id, "train/loss")
+    assert [m.step for m in loss] == list(range(1, 2 * steps_per_epoch + 1))
+    for key in ("train/lr", "train/step_time_ms", "train/throughput_img_s"):
+        assert len(client.get_metric_history(run_id, key)) == 2 * steps_per_epoch, key
+    lr = [m.value for m in sorted(client.get_metric_history(run_id, "train/lr"), key=lambda m: m.step)]
+    assert lr[0] == pytest.approx(3e-3) and lr[-1] < lr[0]
+    for key in ("val/top1", "val/top5", "val/loss", "train/epoch_time_s"):
+        history = client.get_metric_history(run_id, key)
+        assert [m.step for m in history] == [steps_per_epoch, 2 * steps_per_epoch], key
+    assert all(0.0 <= m.value <= 1.0 for m in client.get_metric_history(run_id, "val/top1"))
+
+
+def test_artifacts(tiny_run):
+    client, run_id = tiny_run["client"], tiny_run["run"].info.run_id
+    top = {a.path for a in client.list_artifacts(run_id)}
+    assert {
+        "hydra",
+        "config_resolved.yaml",
+        "environment.txt",
+        "model_summary.txt",
+        "class_names.json",
+    } <= top
+    hydra_files = {a.path for a in client.list_artifacts(run_id, "hydra")}
+    assert {"hydra/config.yaml", "hydra/overrides.yaml", "hydra/hydra.yaml"} <= hydra_files
+    local = Path(client.download_artifacts(run_id, "class_names.json"))
+    assert json.loads(local.read_text())["class_names"] == ["ant", "bee", "cat"]
+    env = Path(client.download_artifacts(run_id, "environment.txt")).read_text()
+    assert "mindspore==2.10.0" in env
+
+
+def test_every_checkpoint_is_a_tagged_model_version(tiny_run):
+    client, run = tiny_run["client"], tiny_run["run"]
+    versions = sorted(client.search_model_versions("name='tiny-vit'"), key=lambda v: int(v.version))
+    assert [str(v.version) for v in versions] == ["1", "2"]
+    assert [v.tags["epoch"] for v in versions] == ["1", "2"]
+    assert [v.tags["global_step"] for v in versions] == ["4", "8"]
+    history = client.get_metric_history(run.info.run_id, "val/top1")
+    assert float(versions[-1].tags["val/top1"]) == pytest.approx(history[-1].value, abs=1e-5)
+    assert "val/top5" in versions[0].tags
+    assert all(v.tags["source_run_id"] == run.info.run_id == v.run_id for v in versions)
+
+
+def test_pyfunc_in_fresh_process_equals_direct_inference(tiny_run):
+    """models:/NAME/V loaded in a new process gives the same top-k as MindSpore on the checkpoint."""
+    images = sorted((tiny_run["root"] / "val").rglob("*.png"))[::4]
+    script = (
+        "import json, sys, pandas as pd, mlflow\n"
+        "paths = json.loads(sys.argv[1])\n"
+        "model = mlflow.pyfunc.load_model('models:/tiny-vit/2')\n"
+        "frame = pd.DataFrame({'image': [open(p, 'rb').read() for p in paths]})\n"
+        "out = model.predict(frame)\n"
+        "print(json.dumps({'idx': out['top_k_indices'].tolist(), 'p': out['top_k_probabilities'].tolist(),"
+        " 'names': out['class_name'].tolist()}))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, json.dumps([str(p) for p in images])],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tiny_run["tmp"],
+        env={**os.environ, "MLFLOW_TRACKING_URI": tiny_run["uri"]},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    served = json.loads(proc.stdout.strip().splitlines()[-1])
+
+    # Direct MindSpore inference on the checkpoint file the version was made from.
+    import mindspore as ms
+    from PIL import Image
+
+    from vit_exp.data.images import preprocess
+    from vit_exp.models.vit import ViT
+
+    ckpt = sorted((tiny_run["tmp"] / "run/checkpoints").glob("*.ckpt"))[-1]
+    net = ViT(
+        image_size=32,
+        patch_size=8,
+        embed_dim=32,
+        num_layers=2,
+        num_heads=2,
+        mlp_dim=64,
+        num_classes=3,
+        gelu_approximate=False,
+    )
+    net.set_train(False)
+    ms.load_param_into_net(net, ms.load_checkpoint(str(ckpt)), strict_load=True)
+    arrays = [np.asarray(Image.open(p).convert("RGB")) for p in images]
+    batch = preprocess(arrays, 32, [123.675, 116.28, 103.53], [58.395, 57.12, 57.375])
+    probs = ms.ops.softmax(net(ms.Tensor(batch)), axis=-1).asnumpy()
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :3]
+    assert served["idx"] == order.tolist()
+    np.testing.assert_allclose(served["p"], np.take_along_axis(probs, order, axis=1), rtol=1e-6, atol=1e-7)
+    assert served["names"] == [["ant", "bee", "cat"][i] for i in order[:, 0]]
+
+
+def test_a_run_that_raises_ends_failed_with_traceback(tmp_path, tracking_store):
+    """A corrupt training image makes MindSpore fail mid-training: the run ends FAILED, not RUNNING."""
+    root = write_image_folder(tmp_path / "ds", ["a", "b"], per_class=6, size=16)
+    (root / "train" / "a" / "zz_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+    proc = run_cli(
+        "vit_exp.run",
+        *TINY_MODEL,
+        "data=image_folder",
+        f"data.root={root}",
+        "trainer.batch_size=13",
+        "trainer.epochs=1",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: ")
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_store)
+    (run,) = client.search_runs([client.get_experiment_by_name("vit-exp").experiment_id])
+    assert run.info.status == "FAILED"
+    text = Path(client.download_artifacts(run.info.run_id, "traceback.txt")).read_text()
+    assert "Traceback" in text
+
+
+def test_ctrl_c_ends_the_run_killed(tmp_path, tracking_store):
+    import mlflow
+
+    args = [
+        *TINY_MODEL,
+        "trainer.epochs=500",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vit_exp.run", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    client = mlflow.MlflowClient(tracking_uri=tracking_store)
+    deadline = time.time() + 120
+    run = None
+    while time.time() < deadline and run is None:
+        time.sleep(1)
+        experiment = client.get_experiment_by_name("vit-exp")
+        runs = client.search_runs([experiment.experiment_id]) if experiment else []
+        if runs and client.get_metric_history(runs[0].info.run_id, "val/top1"):
+            run = runs[0]
+    assert run is not None, "training did not get to its first validation"
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert client.get_run(run.info.run_id).info.status == "KILLED"
+
+
+def test_multirun_gives_one_parent_and_a_child_per_job(tmp_path, tracking_store):
+    proc = run_cli(
+        "vit_exp.run",
+        "--multirun",
+        *TINY_MODEL,
+        "trainer.max_steps=2",
+        "trainer.batch_size=32,64",
+        "registry.register=none",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_store)
+    runs = client.search_runs([client.get_experiment_by_name("vit-exp").experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and len(children) == 2
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["hydra.sweep.dir"] == str(tmp_path / "sweep")
+    assert "trainer.batch_size=32,64" in parent.data.tags["hydra.sweep.overrides"]
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    assert sorted(c.data.params["trainer.batch_size"] for c in children) == ["32", "64"]
+    assert all(c.info.status == "FINISHED" for c in children)
+    assert "sweep results (2 job(s))" in proc.stdout and "val/top1" in proc.stdout

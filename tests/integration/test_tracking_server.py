@@ -1,0 +1,102 @@
+"""The same tiny training run against a real `mlflow server` on a free 127.0.0.1 port."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TINY_MODEL, run_cli
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    port = free_port()
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    env.pop("MLFLOW_TRACKING_URI", None)
+    log = open(tmp_path / "server.log", "w")  # noqa: SIM115 - closed below
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--artifacts-destination",
+            str(tmp_path / "server-artifacts"),
+            "--workers",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=tmp_path,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.5)
+        if server.poll() is not None:
+            break
+    else:
+        server.terminate()
+        pytest.fail("mlflow server did not start: " + (tmp_path / "server.log").read_text()[-2000:])
+    assert server.poll() is None, (tmp_path / "server.log").read_text()[-2000:]
+    yield url
+    server.terminate()
+    try:
+        server.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        server.kill()
+    log.close()
+
+
+def test_tiny_run_against_a_real_tracking_server(mlflow_server, tmp_path):
+    proc = run_cli(
+        "vit_exp.run",
+        *TINY_MODEL,
+        "trainer.max_steps=3",
+        "trainer.batch_size=32",
+        "registry.name=served-vit",
+        f"mlflow.tracking_uri={mlflow_server}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
+    (run,) = client.search_runs([client.get_experiment_by_name("vit-exp").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [1, 2, 3]
+    assert len(client.get_metric_history(run.info.run_id, "val/top1")) == 1
+    assert "hydra" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    (version,) = client.search_model_versions("name='served-vit'")
+    assert version.tags["global_step"] == "3" and version.run_id == run.info.run_id
+    model_files = {
+        a.path.rsplit("/", 1)[-1]
+        for a in client.list_artifacts(run.info.run_id, "models/vit_tiny-e001-s000003")
+    }
+    assert {"MLmodel", "serving_input_example.json", "artifacts"} <= model_files
