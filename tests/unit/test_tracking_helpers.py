@@ -43,9 +43,9 @@ def test_sqlite_artifacts_live_beside_the_database(tmp_path):
 
 
 def test_settings_validation():
-    with pytest.raises(ConfigError, match="registry.register"):
+    with pytest.raises(ConfigError, match=r"registry.register"):
         RegistrySettings(register="sometimes")
-    with pytest.raises(ConfigError, match="mlflow.tracking_uri"):
+    with pytest.raises(ConfigError, match=r"mlflow.tracking_uri"):
         MlflowSettings(tracking_uri="")
 
 
