@@ -91,7 +91,7 @@ class TrainHistory(Callback):
         cb = run_context.original_args()
         seconds = time.perf_counter() - self._epoch_start
         steps = len(self._epoch_losses)
-        results = dict(getattr(cb, "eval_results", None) or {})
+        results = dict(cb.get("eval_results") or {})
         val = {}
         if results:
             val = {key: float(value) for key, value in results.items() if key != "eval_loss"}
