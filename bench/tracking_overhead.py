@@ -130,8 +130,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cost, stored = logger_cost(Path(tmp), args.steps)
         print(
-            f"MlflowLogger.on_train_step_end: {cost * 1e6:.1f} us/step = {100 * cost / step_s:.3f}% of a step "
-            f"({stored}/{args.steps} train/loss points stored)"
+            f"MlflowLogger.on_train_step_end: {cost * 1e6:.1f} us/step = {100 * cost / step_s:.3f}% of a step"
+            f" ({stored}/{args.steps} train/loss points stored)"
         )
         results = {False: [], True: []}
         model_train_ips(parts, Path(tmp), 30, False)  # warm the Model graph
