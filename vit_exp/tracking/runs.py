@@ -209,9 +209,7 @@ def tracked_run(
     finally:
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
-        with contextlib.suppress(Exception):
-            mlflow.flush_async_logging()
-        mlflow.end_run(status=status)
+        mlflow.end_run(status=status)  # also drains MLflow's asynchronous logging queue
         log.info("mlflow: run %s ended %s", run.info.run_id, status)
 
 
