@@ -124,8 +124,17 @@ class MlflowLogger(Callback):
         if self.checkpoints is None or self.on_checkpoint is None:
             return
         saved = self.checkpoints.saved_all
-        for path, record in saved[self._handled_checkpoints :]:
-            self.on_checkpoint(path, record, final=False)
+        todo = [(path, record, False) for path, record in saved[self._handled_checkpoints :]]
         self._handled_checkpoints = len(saved)
         if final and saved:
-            self.on_checkpoint(saved[-1][0], saved[-1][1], final=True)
+            todo.append((saved[-1][0], saved[-1][1], True))
+        for path, record, is_final in todo:
+            try:
+                self.on_checkpoint(path, record, final=is_final)
+            except Exception as exc:  # the checkpoint stays on disk; training goes on
+                log.warning(
+                    "mlflow: could not register %s (%s: %s); the checkpoint file is kept",
+                    path,
+                    type(exc).__name__,
+                    str(exc).strip().splitlines()[0] if str(exc).strip() else "",
+                )

@@ -49,6 +49,7 @@ class TrainHistory(Callback):
         self._epoch_start = 0.0
         self._epoch_losses: list[float] = []
         self._epoch_step_seconds = 0.0
+        self._epoch_steps = 0
         self._train_start = 0.0
         self.train_seconds = 0.0
 
@@ -71,6 +72,7 @@ class TrainHistory(Callback):
         self._epoch_start = time.perf_counter()
         self._epoch_losses = []
         self._epoch_step_seconds = 0.0
+        self._epoch_steps = 0
 
     def on_train_step_begin(self, run_context) -> None:
         self._step_start = time.perf_counter()
@@ -82,15 +84,18 @@ class TrainHistory(Callback):
             loss = loss[0]
         self.last_loss = float(loss.asnumpy()) if hasattr(loss, "asnumpy") else float(loss)
         elapsed = time.perf_counter() - self._step_start
-        self.last_step_ms = elapsed * 1000.0
+        # In dataset sink mode this hook runs once per sink of several steps.
+        steps = max(1, int(cb.cur_step_num) - self.global_step)
+        self.last_step_ms = elapsed * 1000.0 / steps
         self._epoch_step_seconds += elapsed
         self.global_step = int(cb.cur_step_num)
         self._epoch_losses.append(self.last_loss)
+        self._epoch_steps += steps
 
     def on_train_epoch_end(self, run_context) -> None:
         cb = run_context.original_args()
         seconds = time.perf_counter() - self._epoch_start
-        steps = len(self._epoch_losses)
+        steps = self._epoch_steps
         results = dict(cb.get("eval_results") or {})
         val = {}
         if results:
@@ -101,7 +106,7 @@ class TrainHistory(Callback):
             EpochRecord(
                 epoch=int(cb.cur_epoch_num),
                 step=self.global_step,
-                train_loss=float(np.mean(self._epoch_losses)) if steps else math.nan,
+                train_loss=float(np.mean(self._epoch_losses)) if self._epoch_losses else math.nan,
                 seconds=seconds,
                 images_per_s=images / self._epoch_step_seconds if self._epoch_step_seconds else math.nan,
                 val=val,
