@@ -8,10 +8,12 @@ and raises a ConfigError whose message names what to fix.
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 from vit_exp.config import CONFIG_DIR, register_resolvers
-from vit_exp.errors import ConfigError, first_line
+from vit_exp.errors import ConfigError, first_line, report_errors
 
 # Flags after which Hydra does not compose a job config the usual way.
 _SKIP_FLAGS = {
@@ -111,3 +113,32 @@ def exit_on_bad_overrides(config_name: str) -> None:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         sys.exit(1)
+
+
+def hydra_run_dir() -> Path | None:
+    """The current Hydra job's output directory (None outside a Hydra app)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
+
+
+def make_main(config_name: str, task: Callable[[Any], Any]) -> Callable[[], None]:
+    """A CLI ``main()``: quiet libraries, pre-check the command line, run ``task`` under Hydra.
+
+    Errors inside ``task`` become one ``error: ...`` line (full traceback in the run directory).
+    """
+    import hydra
+
+    register_resolvers()
+
+    @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)
+    @report_errors(traceback_dir=hydra_run_dir)
+    def hydra_main(cfg):
+        return task(cfg)
+
+    def main() -> None:
+        quiet_libraries()
+        exit_on_bad_overrides(config_name)
+        hydra_main()
+
+    return main

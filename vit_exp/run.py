@@ -6,16 +6,12 @@ python -m vit_exp.run [group=option ...] [key=value ...]
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig
 
-from vit_exp.cli import exit_on_bad_overrides, quiet_libraries
-from vit_exp.config import CONFIG_DIR, register_resolvers
-from vit_exp.errors import ConfigError, report_errors
+from vit_exp.cli import make_main
+from vit_exp.errors import ConfigError
 
-register_resolvers()
 log = logging.getLogger("vit_exp.run")
 
 
@@ -118,25 +114,7 @@ def report(result, tracker=None) -> float | None:
     return best.val["top1"] if best else None
 
 
-def _run_dir() -> Path | None:
-    from hydra.core.hydra_config import HydraConfig
-
-    return Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
-
-
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
-@report_errors(traceback_dir=_run_dir)
-def hydra_main(cfg: DictConfig) -> float | None:
-    """Hydra task: train from the composed config (one job of a run or sweep)."""
-    return train(cfg)
-
-
-def main() -> None:
-    """CLI entry: reject a command line that does not compose, then hand over to Hydra."""
-    quiet_libraries()
-    exit_on_bad_overrides("config")
-    hydra_main()
-
+main = make_main("config", train)
 
 if __name__ == "__main__":
     main()

@@ -28,7 +28,7 @@ def _as_bytes(value) -> bytes:
         return bytes(value)
     if isinstance(value, str):
         try:
-            return base64.b64decode(value, validate=True)
+            return base64.b64decode(value)
         except (binascii.Error, ValueError):
             raise ValueError("image values must be bytes or base64-encoded strings") from None
     raise ValueError(f"unsupported image value of type {type(value).__name__}")

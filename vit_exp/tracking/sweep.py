@@ -44,7 +44,8 @@ class MlflowSweepCallback(Callback):
         experiment_id = connect(settings)
         overrides = " ".join(config.hydra.overrides.task) or "(none)"
         sweeper = str(config.hydra.sweeper.get("_target_", "")).rsplit(".", 1)[-1]
-        name = f"sweep {config.model.name}-{config.data.name} {overrides}"[:250]
+        what = "-".join(str(config[g].name) for g in ("model", "data") if g in config and "name" in config[g])
+        name = f"sweep {what or config.get('task_name', '')} {overrides}"[:250]
         run = MlflowClient().create_run(
             experiment_id,
             run_name=name,

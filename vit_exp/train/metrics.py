@@ -11,3 +11,32 @@ def classification_metrics(num_classes: int) -> dict:
         "top1": Top1CategoricalAccuracy(),
         "top5": TopKCategoricalAccuracy(min(5, num_classes)),
     }
+
+
+def classification_report(probabilities, labels, num_classes: int, k: int = 5) -> dict:
+    """Top-1/top-k accuracy, unsmoothed cross-entropy, per-class accuracy and the confusion matrix.
+
+    ``probabilities`` is (N, C) softmax output, ``labels`` (N,) int. Top-1 counts argmax hits and
+    top-k counts labels among the k largest, as MindSpore's Top1/TopKCategoricalAccuracy do.
+    """
+    import numpy as np
+
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    k = min(k, num_classes)
+    predicted = probabilities.argmax(axis=1)
+    top_k = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(confusion, (labels, predicted), 1)
+    support = confusion.sum(axis=1)
+    correct = np.diag(confusion)
+    eps = np.finfo(np.float64).tiny
+    return {
+        "top1": float((predicted == labels).mean()),
+        "top5": float((top_k == labels[:, None]).any(axis=1).mean()),  # top-k, k = min(5, classes)
+        "loss": float(-np.log(np.maximum(probabilities[np.arange(len(labels)), labels], eps)).mean()),
+        "count": len(labels),
+        "per_class_accuracy": np.where(support > 0, correct / np.maximum(support, 1), np.nan),
+        "support": support,
+        "confusion": confusion,
+    }

@@ -1,0 +1,76 @@
+"""Evaluate a registered ViT on a val split: resolve URI -> load -> predict -> metrics -> MLflow eval run.
+
+python -m vit_exp.eval model_uri=models:/NAME/V [data=...]
+"""
+
+from __future__ import annotations
+
+import logging
+
+from omegaconf import DictConfig
+
+from vit_exp.cli import hydra_run_dir, make_main
+from vit_exp.errors import DataError
+
+log = logging.getLogger("vit_exp.eval")
+
+
+def predict_dataset(predictor, dataset):
+    """Softmax probabilities and labels for every batch of a MindSpore dataset."""
+    import numpy as np
+
+    probs, labels = [], []
+    for images, batch_labels in dataset.create_tuple_iterator(output_numpy=True):
+        probs.append(predictor.probabilities(images))
+        labels.append(batch_labels)
+    return np.concatenate(probs), np.concatenate(labels)
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    """Evaluate ``cfg.model_uri`` on ``cfg.data``'s val split; log an eval run; return the metrics."""
+    from hydra.utils import instantiate
+
+    from vit_exp.data.pipeline import val_dataset
+    from vit_exp.tracking.eval_run import log_eval_run
+    from vit_exp.tracking.resolve import check_store, load_predictor, resolve
+    from vit_exp.train.metrics import classification_report
+
+    client = check_store(cfg.mlflow.tracking_uri)
+    ref = resolve(client, cfg.model_uri)
+    instantiate(cfg.device).apply()
+    predictor = load_predictor(ref.uri)
+    data = instantiate(cfg.data)
+    data.mean, data.std = predictor.mean, predictor.std  # normalise as the model was trained
+    num_classes = len(predictor.class_names)
+    top_label = max(data.class_indexing.values())
+    if top_label >= num_classes:
+        raise DataError(
+            f"data ({data.name}, class_map={data.class_map}) has labels up to {top_label} "
+            f"but {cfg.model_uri} predicts {num_classes} classes; pick the data the model was trained for"
+        )
+    log.info(
+        "evaluating %s (%s) on %s/%s",
+        ref.uri,
+        f"version {ref.version}" if ref.version else "run",
+        data.root,
+        data.val_split,
+    )
+    probabilities, labels = predict_dataset(
+        predictor, val_dataset(data, predictor.image_size, cfg.batch_size)
+    )
+    report = classification_report(probabilities, labels, num_classes)
+    log.info(
+        "eval on %d images: top1 %.4f  top5 %.4f  loss %.4f",
+        report["count"],
+        report["top1"],
+        report["top5"],
+        report["loss"],
+    )
+    log_eval_run(cfg, client, ref, data.name, predictor.class_names, report, hydra_run_dir())
+    return {k: report[k] for k in ("top1", "top5", "loss", "count")}
+
+
+main = make_main("eval", evaluate)
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""Promote a registered model version to an alias when it beats the current holder on a metric tag.
+
+python -m vit_exp.promote name=NAME [metric=val/top1] [alias=champion] [min_delta=0] [dry_run=true]
+"""
+
+from __future__ import annotations
+
+import logging
+
+from omegaconf import DictConfig
+
+from vit_exp.cli import make_main
+
+log = logging.getLogger("vit_exp.promote")
+
+
+def promote(cfg: DictConfig) -> dict:
+    """Choose a version by ``cfg.metric``, move ``cfg.alias`` to it if it wins, record why."""
+    from vit_exp.tracking.promotion import PromotionRequest, apply_decision, comparison_table, decide
+    from vit_exp.tracking.resolve import check_store
+
+    client = check_store(cfg.mlflow.tracking_uri)
+    request = PromotionRequest(
+        name=cfg.name,
+        metric=cfg.metric,
+        higher_is_better=cfg.higher_is_better,
+        alias=cfg.alias,
+        previous_alias=cfg.previous_alias,
+        min_delta=float(cfg.min_delta),
+        version=None if cfg.version is None else str(cfg.version),
+        reason=cfg.reason,
+    )
+    decision = decide(client, request)
+    print(comparison_table(decision), flush=True)
+    log.info("%s%s", "[dry run] " if cfg.dry_run else "", decision.summary)
+    if decision.promote and not cfg.dry_run:
+        apply_decision(client, request, decision)
+    return {"promoted": decision.promote and not cfg.dry_run, "version": decision.candidate}
+
+
+main = make_main("promote", promote)
+
+if __name__ == "__main__":
+    main()
