@@ -16,6 +16,10 @@ from vit_exp.config import CONFIG_DIR, PROJECT_ROOT, register_resolvers
 register_resolvers()
 
 # Tiny ViT overrides shared by the training tests: 32x32 images, patch 8, dim 32, 2 layers.
+# The ViT those overrides build (exact GELU, as in conf/model/vit_tiny.yaml), for direct MindSpore checks.
+TINY_VIT_ARGS = dict(
+    image_size=32, patch_size=8, embed_dim=32, num_layers=2, num_heads=2, mlp_dim=64, gelu_approximate=False
+)
 TINY_MODEL = [
     "model=vit_tiny",
     "model.patch_size=8",
@@ -123,3 +127,21 @@ def run_cli(
         text=True,
         timeout=timeout,
     )
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 20) -> None:
+    """Terminate a server started by a test, killing it if it does not exit in time."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vit_exp.errors import ConfigError
+from vit_exp.errors import ConfigError, first_line
 
 TARGETS = {"cpu": "CPU", "gpu": "GPU", "ascend": "Ascend"}
 MODES = ("graph", "pynative")
@@ -45,7 +45,7 @@ class DeviceSettings:
             # Once MindSpore's runtime is up (e.g. a second run in one process) the device is fixed;
             # that is fine when it is already the one asked for.
             if ms.get_context("device_target") != self.mindspore_target:
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                first = first_line(str(exc))
                 raise ConfigError(f"device.target={self.target} is not usable here: {first}") from None
         ms.set_context(mode=ms.GRAPH_MODE if self.mode == "graph" else ms.PYNATIVE_MODE)
         if self.jit_level:

@@ -6,7 +6,6 @@ import base64
 import csv
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import TINY_MODEL, run_cli, write_image_folder
+from tests.conftest import TINY_MODEL, TINY_VIT_ARGS, free_port, run_cli, stop_process, write_image_folder
 
 CLASSES = ["ant", "bee", "cat"]
 
@@ -148,16 +147,7 @@ def test_eval_by_alias_matches_mindspore_metrics(registry):
 
     source = Path(client.download_artifacts(version.run_id, "models"))
     ckpt = next(p for p in source.rglob("*.ckpt") if f"-s{int(version.tags['global_step']):06d}" in p.name)
-    net = ViT(
-        image_size=32,
-        patch_size=8,
-        embed_dim=32,
-        num_layers=2,
-        num_heads=2,
-        mlp_dim=64,
-        num_classes=3,
-        gelu_approximate=False,
-    )
+    net = ViT(**TINY_VIT_ARGS, num_classes=3)
     ms.load_param_into_net(net, ms.load_checkpoint(str(ckpt)), strict_load=True)
     data = ImageFolderData(root=registry["root"])
     from vit_exp.train.losses import CrossEntropySmooth
@@ -229,12 +219,6 @@ def test_predict_a_mixed_folder(registry, mixed_folder, tmp_path):
     row = next(r for r in result["predictions"] if r["file"].endswith("plain.jpeg"))
     assert row["top_k"][0]["class_index"] == int(plain["class_index"][0])
     assert row["top_k"][0]["probability"] == pytest.approx(float(plain["probability"][0]), abs=1e-6)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def post(url: str, payload: dict) -> dict:
@@ -314,11 +298,7 @@ def test_serve_champion_over_http(registry, tmp_path):
             [p["top_k_probabilities"] for p in served], local["top_k_probabilities"].tolist(), rtol=1e-6
         )
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_process(server)
         log.close()
 
 

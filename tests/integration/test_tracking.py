@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import TINY_MODEL, run_cli, write_image_folder
+from tests.conftest import TINY_MODEL, TINY_VIT_ARGS, run_cli, write_image_folder
 
 STEPS_PER_EPOCH = 4  # 1438 digits / batch 32 = 44 steps; max_steps keeps runs tiny
 
@@ -140,16 +140,7 @@ def test_pyfunc_in_fresh_process_equals_direct_inference(tiny_run):
     from vit_exp.models.vit import ViT
 
     ckpt = sorted((tiny_run["tmp"] / "run/checkpoints").glob("*.ckpt"))[-1]
-    net = ViT(
-        image_size=32,
-        patch_size=8,
-        embed_dim=32,
-        num_layers=2,
-        num_heads=2,
-        mlp_dim=64,
-        num_classes=3,
-        gelu_approximate=False,
-    )
+    net = ViT(**TINY_VIT_ARGS, num_classes=3)
     net.set_train(False)
     ms.load_param_into_net(net, ms.load_checkpoint(str(ckpt)), strict_load=True)
     arrays = [np.asarray(Image.open(p).convert("RGB")) for p in images]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -12,13 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY_MODEL, run_cli
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.conftest import TINY_MODEL, free_port, run_cli, stop_process
 
 
 @pytest.fixture
@@ -65,11 +58,7 @@ def mlflow_server(tmp_path):
         pytest.fail("mlflow server did not start: " + (tmp_path / "server.log").read_text()[-2000:])
     assert server.poll() is None, (tmp_path / "server.log").read_text()[-2000:]
     yield url
-    server.terminate()
-    try:
-        server.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        server.kill()
+    stop_process(server)
     log.close()
 
 

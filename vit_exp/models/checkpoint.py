@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
-from vit_exp.errors import CheckpointError, ConfigError
+from vit_exp.errors import CheckpointError, ConfigError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def _read_checkpoint(path: Path) -> dict:
     try:
         return ms.load_checkpoint(str(path))
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(str(exc)) or type(exc).__name__
         raise CheckpointError(f"model.pretrained: cannot read checkpoint {path}: {first}") from None
 
 

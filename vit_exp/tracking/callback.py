@@ -15,6 +15,8 @@ from collections.abc import Callable
 
 from mindspore.train import Callback
 
+from vit_exp.errors import first_line
+
 log = logging.getLogger("vit_exp.tracking")
 
 
@@ -136,5 +138,5 @@ class MlflowLogger(Callback):
                     "mlflow: could not register %s (%s: %s); the checkpoint file is kept",
                     path,
                     type(exc).__name__,
-                    str(exc).strip().splitlines()[0] if str(exc).strip() else "",
+                    first_line(str(exc)),
                 )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from vit_exp.errors import ConfigError, VitExpError
+from vit_exp.errors import ConfigError, VitExpError, first_line
 
 _MODELS_VERSION = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)$")
 _MODELS_ALIAS = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[\w-]+)$")
@@ -43,7 +43,7 @@ def check_store(tracking_uri: str):
     try:
         client.search_experiments(max_results=1)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(str(exc)) or type(exc).__name__
         raise RegistryError(
             f"mlflow.tracking_uri={tracking_uri}: tracking store unreachable ({first[:200]})"
         ) from None
@@ -120,7 +120,7 @@ def load_predictor(uri: str):
     try:
         model = mlflow.pyfunc.load_model(uri)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(str(exc)) or type(exc).__name__
         raise RegistryError(f"model_uri={uri}: cannot load the model ({first[:300]})") from None
     python_model = model.unwrap_python_model()
     predictor = getattr(python_model, "predictor", None)

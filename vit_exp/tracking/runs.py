@@ -20,7 +20,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from vit_exp.config import PROJECT_ROOT
-from vit_exp.errors import ConfigError
+from vit_exp.errors import ConfigError, first_line
 
 log = logging.getLogger("vit_exp.tracking")
 
@@ -77,7 +77,7 @@ def connect(settings: MlflowSettings) -> str:
     except Exception as exc:
         if "RESOURCE_ALREADY_EXISTS" in str(exc):  # created by a parallel sweep job
             return client.get_experiment_by_name(settings.experiment).experiment_id
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(str(exc)) or type(exc).__name__
         raise ConfigError(
             f"mlflow.tracking_uri={settings.tracking_uri}: tracking store unusable ({first})"
         ) from None

@@ -87,17 +87,20 @@ class TrainingTracker:
         """Params, tags and artifacts known before training; prepares checkpoint registration."""
         if not self.enabled:
             return
+        # The head may be larger than the data's class list (e.g. model.num_classes=1000 on a subset).
+        names = list(data.class_names)
+        names += [f"class_{i}" for i in range(len(names), int(getattr(net, "num_classes", len(names))))]
         log_run_inputs(
             self.cfg,
             self.job.run_dir / ".hydra" if self.job.run_dir else None,
-            data.class_names,
+            names,
             model_summary(net),
             int(sum(p.size for p in net.get_parameters())),
         )
         if self.registry.register != "none":
             folder = (self.job.run_dir or Path(".")) / "model_inputs"
             config = OmegaConf.to_yaml(self.cfg, resolve=True)
-            shared = write_model_inputs(folder, config, data.class_names)
+            shared = write_model_inputs(folder, config, names)
             self.registrar = CheckpointRegistrar(
                 self.registry, self.run_id, shared, example_image(data), folder
             )
