@@ -143,3 +143,16 @@ def test_gelu_variant_changes_outputs():
 def test_invalid_model_arguments_name_the_key(overrides, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         tiny_vit(**overrides)
+
+
+def test_training_and_inference_paths_agree():
+    """Training uses a composed LayerNorm (faster gradient), inference the fused kernel: same outputs."""
+    import mindspore as ms
+
+    net = tiny_vit(gelu_approximate=False)
+    x = ms.Tensor(np.random.default_rng(2).normal(size=(4, 3, 32, 32)).astype(np.float32))
+    net.set_train(False)
+    inference = net(x).asnumpy()
+    net.set_train(True)  # no dropout (keep_prob 1.0), so only the LayerNorm path differs
+    training = net(x).asnumpy()
+    np.testing.assert_allclose(training, inference, atol=1e-5, rtol=1e-5)

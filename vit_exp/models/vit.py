@@ -58,6 +58,31 @@ def _dropout(keep_prob: float) -> nn.Cell:
     return nn.Dropout(p=1.0 - keep_prob) if keep_prob < 1.0 else nn.Identity()
 
 
+class LayerNorm(nn.Cell):
+    """LayerNorm over the last axis with ``gamma`` / ``beta`` parameters (the names checkpoints use).
+
+    Inference uses MindSpore's fused LayerNorm kernel. Training computes the same normalisation from
+    reductions and element-wise ops, whose gradient MindSpore's CPU backend runs about 3x faster
+    than its LayerNormGrad kernel (bench/RESULTS.md); results agree within 1e-6.
+    """
+
+    def __init__(self, dim: int, epsilon: float):
+        super().__init__()
+        self.epsilon = epsilon
+        self.gamma = Parameter(initializer("ones", (dim,), ms.float32), name="gamma")
+        self.beta = Parameter(initializer("zeros", (dim,), ms.float32), name="beta")
+        self.fused = ops.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1, epsilon=epsilon)
+
+    def construct(self, x: Tensor) -> Tensor:
+        if self.training:
+            shape = x.shape
+            flat = x.reshape(-1, shape[-1])  # 2-D keeps the gamma/beta gradient a single-axis reduction
+            centred = flat - flat.mean(-1, keep_dims=True)
+            variance = (centred * centred).mean(-1, keep_dims=True)
+            return (centred * ops.rsqrt(variance + self.epsilon) * self.gamma + self.beta).reshape(shape)
+        return self.fused(x, self.gamma, self.beta)[0]
+
+
 class PatchEmbedding(nn.Cell):
     """Split the image into patches and project them: a Conv2d with kernel = stride = patch.
 
@@ -113,10 +138,14 @@ class Attention(nn.Cell):
 
     def construct(self, x: Tensor) -> Tensor:
         b, n, d = x.shape
-        qkv = self.qkv(x.reshape(b * n, d))
-        qkv = qkv.reshape(b, n, 3, self.num_heads, self.head_dim).transpose(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]
-        attn = self.softmax(self.q_matmul_k(q * self.scale, k))
+        h, hd = self.num_heads, self.head_dim
+        # Split the fused projection on its 2-D form: indexing a 5-D (3, B, H, N, hd) view runs
+        # through MindSpore's CPU StridedSlice, which cost 6x the whole attention (bench/RESULTS.md).
+        q, k, v = ops.split(self.qkv(x.reshape(b * n, d)), d, axis=-1)
+        q = (q * self.scale).reshape(b, n, h, hd).transpose(0, 2, 1, 3)
+        k = k.reshape(b, n, h, hd).transpose(0, 2, 1, 3)
+        v = v.reshape(b, n, h, hd).transpose(0, 2, 1, 3)
+        attn = self.softmax(self.q_matmul_k(q, k))
         attn = self.attn_drop(attn)
         x = self.attn_matmul_v(attn, v).transpose(0, 2, 1, 3).reshape(b * n, d)
         x = self.out_drop(self.out(x))
@@ -170,13 +199,13 @@ class TransformerEncoder(nn.Cell):
         for _ in range(num_layers):
             attention = nn.SequentialCell(
                 [
-                    nn.LayerNorm((dim,), epsilon=layer_norm_eps),
+                    LayerNorm(dim, layer_norm_eps),
                     Attention(dim, num_heads, keep_prob, attention_keep_prob),
                 ]
             )
             mlp = nn.SequentialCell(
                 [
-                    nn.LayerNorm((dim,), epsilon=layer_norm_eps),
+                    LayerNorm(dim, layer_norm_eps),
                     FeedForward(dim, mlp_dim, keep_prob, gelu_approximate),
                 ]
             )
@@ -245,7 +274,7 @@ class ViT(nn.Cell):
             gelu_approximate,
             layer_norm_eps,
         )
-        self.norm = nn.LayerNorm((embed_dim,), epsilon=layer_norm_eps)
+        self.norm = LayerNorm(embed_dim, layer_norm_eps)
         self.dense = nn.Dense(embed_dim, num_classes)
         self.concat = ops.Concat(axis=1)
         self.tile = ops.Tile()
