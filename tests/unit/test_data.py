@@ -105,3 +105,15 @@ def test_missing_root_split_and_empty_split(tmp_path):
         ImageFolderData(root=tmp_path / "empty")
     with pytest.raises(ConfigError, match=r"data.class_map"):
         ImageFolderData(root=root, class_map="wordnet")
+
+
+def test_more_workers_than_cpus_are_capped(tmp_path, caplog):
+    import os
+
+    from vit_exp.data.pipeline import train_dataset
+
+    root = write_image_folder(tmp_path / "ds", ["a", "b"], per_class=4)
+    data = ImageFolderData(root=root, num_workers=(os.cpu_count() or 1) + 7)
+    images, _ = next(train_dataset(data, 32, 4).create_tuple_iterator(output_numpy=True))
+    assert images.shape == (4, 3, 32, 32)
+    assert "more than the" in caplog.text

@@ -8,8 +8,13 @@
 
 from __future__ import annotations
 
+import logging
+import os
+
 from vit_exp.data.folder import ImageFolderData
 from vit_exp.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def _vision():
@@ -56,6 +61,15 @@ def infer_transforms(data: ImageFolderData, image_size: int, decode: bool = True
     ]
 
 
+def worker_count(data: ImageFolderData) -> int:
+    """``data.num_workers`` within 1..cpu_count (MindSpore rejects more; configs move between hosts)."""
+    cpus = os.cpu_count() or 1
+    wanted = int(data.num_workers)
+    if wanted > cpus:
+        log.warning("data.num_workers=%d is more than the %d CPUs here; using %d", wanted, cpus, cpus)
+    return max(1, min(wanted, cpus))
+
+
 def _check_batch_size(batch_size: int) -> None:
     if not isinstance(batch_size, int) or batch_size <= 0:
         raise ConfigError(f"trainer.batch_size must be a positive integer, got {batch_size!r}")
@@ -69,7 +83,7 @@ def _folder_dataset(data: ImageFolderData, split_dir, shuffle: bool):
         str(split_dir),
         shuffle=shuffle,
         class_indexing=data.class_indexing,
-        num_parallel_workers=max(1, int(data.num_workers)),
+        num_parallel_workers=worker_count(data),
     )
 
 
@@ -77,7 +91,7 @@ def _batched(dataset, transforms: list, data: ImageFolderData, batch_size: int, 
     import mindspore as ms
     import mindspore.dataset.transforms as T
 
-    workers = max(1, int(data.num_workers))
+    workers = worker_count(data)
     dataset = dataset.map(operations=transforms, input_columns="image", num_parallel_workers=workers)
     dataset = dataset.map(operations=T.TypeCast(ms.int32), input_columns="label", num_parallel_workers=1)
     return dataset.batch(batch_size, drop_remainder=drop_remainder)

@@ -1,0 +1,132 @@
+"""Does the framework add anything? vit_exp's fit path vs a bare TrainOneStepCell loop.
+
+    GLOG_v=3 .venv/bin/python bench/framework_overhead.py [--epochs 4] [--rounds 2]
+
+Same model (the default vit_tiny), same optimizer and loss, batch 64 on the digits folder:
+- bare: a Python loop calling TrainOneStepCell on batches pre-loaded into memory;
+- full: ``vit_exp.train.trainer.fit`` = Model.fit + our history/progress/checkpoint callbacks +
+  the MLflow callback (real SQLite store) + the real decode/augment pipeline.
+Alternated A B A B; images/s over the epochs after the first (graph compile excluded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+VIT = dict(
+    image_size=32,
+    patch_size=8,
+    embed_dim=64,
+    num_layers=4,
+    num_heads=4,
+    mlp_dim=128,
+    num_classes=10,
+    gelu_approximate=False,
+)
+
+
+def digits(cache: Path, workers: int = 2):
+    from vit_exp.data.digits import digits_data
+
+    return digits_data(
+        cache / "digits",
+        train_crop_scale=(0.6, 1.0),
+        train_crop_ratio=(0.8, 1.25),
+        hflip_prob=0.0,
+        val_resize_margin=0,
+    )
+
+
+def bare(data, epochs: int) -> float:
+    import mindspore as ms
+    from mindspore import nn
+
+    from vit_exp.data.pipeline import train_dataset
+    from vit_exp.models.vit import ViT
+    from vit_exp.train.losses import CrossEntropySmooth
+    from vit_exp.train.lr import cosine_schedule
+    from vit_exp.train.optim import build_optimizer
+
+    batches = [
+        (ms.Tensor(x), ms.Tensor(y))
+        for x, y in train_dataset(data, 32, 64).create_tuple_iterator(output_numpy=True)
+    ]
+    net = ViT(**VIT)
+    optimizer = build_optimizer(
+        net.trainable_params(), cosine_schedule(epochs * len(batches), len(batches)), name="adam", lr=1e-3
+    )
+    step = nn.TrainOneStepCell(nn.WithLossCell(net, CrossEntropySmooth(10)), optimizer)
+    step.set_train(True)
+    times = []
+    for _ in range(epochs):
+        start = time.perf_counter()
+        for x, y in batches:
+            step(x, y).asnumpy()
+        times.append(time.perf_counter() - start)
+    return len(batches) * 64 * (epochs - 1) / sum(times[1:])
+
+
+def full(data, epochs: int, store: Path) -> float:
+    import functools
+
+    import mlflow
+
+    from vit_exp.data.pipeline import train_dataset
+    from vit_exp.models.vit import ViT
+    from vit_exp.tracking.callback import MlflowLogger
+    from vit_exp.train.lr import cosine_schedule
+    from vit_exp.train.optim import build_optimizer
+    from vit_exp.train.trainer import TrainSettings, fit
+
+    mlflow.set_tracking_uri(f"sqlite:///{store / 'mlflow.db'}")
+    with mlflow.start_run() as run:
+        result = fit(
+            ViT(**VIT),
+            train_dataset(data, 32, 64),
+            None,
+            settings=TrainSettings(epochs=epochs, batch_size=64, log_every_n_steps=10),
+            num_classes=10,
+            optimizer_factory=functools.partial(build_optimizer, name="adam", lr=1e-3),
+            schedule_factory=cosine_schedule,
+            checkpoint_dir=store / "ckpt",
+            checkpoint_prefix="bench",
+            extra_callbacks=lambda history, _: [MlflowLogger(run.info.run_id, history)],
+        )
+    epochs_after_first = result.history.epochs[1:]
+    return (
+        sum(e.step - p.step for p, e in zip(result.history.epochs, epochs_after_first, strict=False))
+        * 64
+        / sum(e.seconds for e in epochs_after_first)
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2, help="data.num_workers of the pipeline")
+    args = parser.parse_args()
+    import mindspore as ms
+
+    ms.set_context(mode=ms.GRAPH_MODE)
+    ms.set_device("CPU")
+    logging.basicConfig(level=logging.WARNING)
+    with tempfile.TemporaryDirectory() as tmp:
+        data = digits(Path(tmp), args.workers)
+        results = {"bare": [], "full": []}
+        for _ in range(args.rounds):
+            results["bare"].append(bare(data, args.epochs))
+            results["full"].append(full(data, args.epochs, Path(tmp)))
+        base, ours = statistics.median(results["bare"]), statistics.median(results["full"])
+        print(f"bare TrainOneStepCell loop, pre-loaded batches: {base:.0f} img/s  {results['bare']}")
+        print(f"vit_exp fit + callbacks + MLflow + pipeline:    {ours:.0f} img/s  {results['full']}")
+        print(f"ratio full/bare: {ours / base:.3f}")
+
+
+if __name__ == "__main__":
+    main()
