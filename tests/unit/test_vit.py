@@ -156,3 +156,40 @@ def test_training_and_inference_paths_agree():
     net.set_train(True)  # no dropout (keep_prob 1.0), so only the LayerNorm path differs
     training = net(x).asnumpy()
     np.testing.assert_allclose(training, inference, atol=1e-5, rtol=1e-5)
+
+
+def test_exact_gelu_and_its_handwritten_gradient_match_mindspore():
+    import mindspore as ms
+    from mindspore import nn, ops
+
+    from vit_exp.models.vit import ExactGELU
+
+    class Summed(nn.Cell):
+        def __init__(self, cell):
+            super().__init__()
+            self.cell = cell
+
+        def construct(self, x):
+            return (self.cell(x) * self.cell(x)).sum()  # a non-trivial upstream gradient
+
+    x = ms.Tensor(np.random.default_rng(3).normal(0, 2, size=(64, 48)).astype(np.float32))
+    ours, reference = ExactGELU(), nn.GELU(approximate=False)
+    np.testing.assert_allclose(ours(x).asnumpy(), reference(x).asnumpy(), atol=1e-6)
+    grad = ops.GradOperation()
+    np.testing.assert_allclose(
+        grad(Summed(ours))(x).asnumpy(), grad(Summed(reference))(x).asnumpy(), rtol=1e-5, atol=1e-5
+    )
+
+
+def test_dense_keeps_nn_dense_names_and_maths():
+    import mindspore as ms
+    from mindspore import nn
+
+    from vit_exp.models.vit import Dense
+
+    ours = Dense(8, 5)
+    assert [p.name for p in ours.get_parameters()] == ["weight", "bias"]
+    reference = nn.Dense(8, 5)
+    ms.load_param_into_net(reference, {"weight": ours.weight, "bias": ours.bias})
+    x = ms.Tensor(np.random.default_rng(4).normal(size=(3, 8)).astype(np.float32))
+    np.testing.assert_allclose(ours(x).asnumpy(), reference(x).asnumpy(), atol=1e-6)

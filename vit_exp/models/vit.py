@@ -83,6 +83,40 @@ class LayerNorm(nn.Cell):
         return self.fused(x, self.gamma, self.beta)[0]
 
 
+class Dense(nn.Cell):
+    """``x @ weight.T + bias`` with nn.Dense's parameter names and initialisation.
+
+    The bias is added with a broadcast Add rather than BiasAdd: on MindSpore's CPU backend the bias
+    gradient then comes from a ReduceSum, about 6x faster than BiasAddGrad (bench/RESULTS.md).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        reference = nn.Dense(in_channels, out_channels)  # borrow its default initialisation
+        self.weight = Parameter(reference.weight.data.copy(), name="weight")
+        self.bias = Parameter(reference.bias.data.copy(), name="bias")
+        self.matmul = ops.MatMul(transpose_b=True)
+
+    def construct(self, x: Tensor) -> Tensor:
+        return self.matmul(x, self.weight) + self.bias
+
+
+class ExactGELU(nn.Cell):
+    """``x * Phi(x)`` with the erf-based normal CDF, and a hand-written gradient.
+
+    Same values as ``nn.GELU(approximate=False)``; the gradient ``Phi(x) + x * phi(x)`` avoids the
+    Div and Pow kernels MindSpore's automatic gradient of the erf form runs on CPU.
+    """
+
+    def construct(self, x: Tensor) -> Tensor:
+        return x * (0.5 + 0.5 * ops.erf(x * 0.7071067811865476))
+
+    def bprop(self, x: Tensor, out: Tensor, dout: Tensor):
+        cdf = 0.5 + 0.5 * ops.erf(x * 0.7071067811865476)
+        pdf = ops.exp(x * x * -0.5) * 0.3989422804014327
+        return (dout * (cdf + x * pdf),)
+
+
 class PatchEmbedding(nn.Cell):
     """Split the image into patches and project them: a Conv2d with kernel = stride = patch.
 
@@ -128,8 +162,8 @@ class Attention(nn.Cell):
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = self.head_dim**-0.5
-        self.qkv = nn.Dense(dim, dim * 3)
-        self.out = nn.Dense(dim, dim)
+        self.qkv = Dense(dim, dim * 3)
+        self.out = Dense(dim, dim)
         self.attn_drop = _dropout(attention_keep_prob)
         self.out_drop = _dropout(keep_prob)
         self.q_matmul_k = ops.BatchMatMul(transpose_b=True)
@@ -157,9 +191,9 @@ class FeedForward(nn.Cell):
 
     def __init__(self, dim: int, mlp_dim: int, keep_prob: float, gelu_approximate: bool):
         super().__init__()
-        self.dense1 = nn.Dense(dim, mlp_dim)
-        self.activation = nn.GELU(approximate=gelu_approximate)
-        self.dense2 = nn.Dense(mlp_dim, dim)
+        self.dense1 = Dense(dim, mlp_dim)
+        self.activation = nn.GELU(approximate=True) if gelu_approximate else ExactGELU()
+        self.dense2 = Dense(mlp_dim, dim)
         self.dropout = _dropout(keep_prob)
 
     def construct(self, x: Tensor) -> Tensor:
