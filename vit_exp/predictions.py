@@ -43,7 +43,7 @@ def annotate_image(image: np.ndarray, label: str, path: Path) -> Path:
         scale = 224 / picture.width
         picture = picture.resize((224, max(1, round(picture.height * scale))), Image.NEAREST)
     draw = ImageDraw.Draw(picture)
-    font = ImageFont.load_default()
+    font = ImageFont.load_default(size=max(12, picture.width // 16))
     box = draw.textbbox((0, 0), label, font=font)
     draw.rectangle((0, 0, box[2] + 8, box[3] + 8), fill=(0, 0, 0))
     draw.text((4, 4), label, fill=(255, 255, 0), font=font)
