@@ -43,6 +43,18 @@ def registry(tmp_path_factory):
     return {"uri": uri, "root": root, "tmp": tmp}
 
 
+@pytest.fixture
+def champion(registry) -> str:
+    """Make sure @champion exists (the best version by val/top1); return its version."""
+    client = client_for(registry)
+    aliases = client.get_registered_model("consumer-vit").aliases
+    if "champion" not in aliases:
+        versions = client.search_model_versions("name='consumer-vit'")
+        best = max(versions, key=lambda v: (float(v.tags["val/top1"]), -int(v.version)))
+        client.set_registered_model_alias("consumer-vit", "champion", best.version)
+    return str(client.get_model_version_by_alias("consumer-vit", "champion").version)
+
+
 def cli(registry, module: str, *args: str) -> subprocess.CompletedProcess:
     return run_cli(module, f"mlflow.tracking_uri={registry['uri']}", *args)
 
@@ -63,6 +75,8 @@ def one_error_line(proc) -> str:
 
 def test_promote_dry_run_then_promote_then_min_delta(registry):
     client = client_for(registry)
+    for alias in client.get_registered_model("consumer-vit").aliases:  # start from no aliases
+        client.delete_registered_model_alias("consumer-vit", alias)
     out = registry["tmp"] / "promote"
     dry = cli(registry, "vit_exp.promote", "name=consumer-vit", "dry_run=true", f"hydra.run.dir={out}/a")
     assert dry.returncode == 0, dry.stderr
@@ -110,7 +124,7 @@ def test_promote_dry_run_then_promote_then_min_delta(registry):
     client.set_registered_model_alias("consumer-vit", "champion", best)
 
 
-def test_eval_by_alias_matches_mindspore_metrics(registry):
+def test_eval_by_alias_matches_mindspore_metrics(registry, champion):
     out = registry["tmp"] / "eval"
     proc = cli(
         registry,
@@ -183,7 +197,7 @@ def mixed_folder(registry, tmp_path):
     return folder
 
 
-def test_predict_a_mixed_folder(registry, mixed_folder, tmp_path):
+def test_predict_a_mixed_folder(registry, champion, mixed_folder, tmp_path):
     out = tmp_path / "pred"
     proc = cli(
         registry,
@@ -230,7 +244,7 @@ def post(url: str, payload: dict) -> dict:
         return json.loads(response.read())
 
 
-def test_serve_champion_over_http(registry, tmp_path):
+def test_serve_champion_over_http(registry, champion, tmp_path):
     client = client_for(registry)
     version = client.get_model_version_by_alias("consumer-vit", "champion")
     port = free_port()
@@ -302,7 +316,7 @@ def test_serve_champion_over_http(registry, tmp_path):
         log.close()
 
 
-def test_clear_errors(registry, tmp_path):
+def test_clear_errors(registry, champion, tmp_path):
     run_dir = f"hydra.run.dir={tmp_path / 'err'}"
     line = one_error_line(cli(registry, "vit_exp.eval", "model_uri=models:/nope/1", run_dir))
     assert "unknown registered model 'nope'" in line and "consumer-vit" in line
