@@ -57,18 +57,21 @@ def mindspore_steps(c: BenchConfig, gelu_approximate: bool, patch_embed: str):
     from vit_exp.models.vit import ViT
     from vit_exp.train.losses import CrossEntropySmooth
 
-    net = ViT(
-        image_size=c.image_size,
-        patch_size=c.patch_size,
-        embed_dim=c.embed_dim,
-        num_layers=c.num_layers,
-        num_heads=c.num_heads,
-        mlp_dim=c.mlp_dim,
-        num_classes=c.num_classes,
-        gelu_approximate=gelu_approximate,
-        patch_embed=patch_embed,
-        layer_norm_eps=1e-6,
-    )
+    def build():
+        return ViT(
+            image_size=c.image_size,
+            patch_size=c.patch_size,
+            embed_dim=c.embed_dim,
+            num_layers=c.num_layers,
+            num_heads=c.num_heads,
+            mlp_dim=c.mlp_dim,
+            num_classes=c.num_classes,
+            gelu_approximate=gelu_approximate,
+            patch_embed=patch_embed,
+            layer_norm_eps=1e-6,
+        )
+
+    net = build()
     optimizer = nn.Adam(net.trainable_params(), learning_rate=1e-4)
     train = nn.TrainOneStepCell(nn.WithLossCell(net, CrossEntropySmooth(c.num_classes, 0.0)), optimizer)
     train.set_train(True)
@@ -77,18 +80,7 @@ def mindspore_steps(c: BenchConfig, gelu_approximate: bool, patch_embed: str):
     y = ms.Tensor(rng.integers(0, c.num_classes, c.train_batch).astype(np.int32))
     xe = ms.Tensor(rng.normal(size=(c.eval_batch, 3, c.image_size, c.image_size)).astype(np.float32))
 
-    eval_net = ViT(
-        image_size=c.image_size,
-        patch_size=c.patch_size,
-        embed_dim=c.embed_dim,
-        num_layers=c.num_layers,
-        num_heads=c.num_heads,
-        mlp_dim=c.mlp_dim,
-        num_classes=c.num_classes,
-        gelu_approximate=gelu_approximate,
-        patch_embed=patch_embed,
-        layer_norm_eps=1e-6,
-    )
+    eval_net = build()
     eval_net.set_train(False)
 
     def train_step() -> None:

@@ -34,6 +34,7 @@ def tiny_run(tmp_path_factory):
         "trainer.log_every_n_steps=2",
         "optim.lr=3e-3",
         "registry.name=tiny-vit",
+        "registry.top_k=2",
         f"mlflow.tracking_uri={uri}",
         "mlflow.experiment=tracked-test",
         f"paths.cache_dir={tmp / 'cache'}",
@@ -146,7 +147,7 @@ def test_pyfunc_in_fresh_process_equals_direct_inference(tiny_run):
     arrays = [np.asarray(Image.open(p).convert("RGB")) for p in images]
     batch = preprocess(arrays, 32, [123.675, 116.28, 103.53], [58.395, 57.12, 57.375])
     probs = ms.ops.softmax(net(ms.Tensor(batch)), axis=-1).asnumpy()
-    order = np.argsort(-probs, axis=1, kind="stable")[:, :3]
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :2]  # registry.top_k=2
     assert served["idx"] == order.tolist()
     np.testing.assert_allclose(served["p"], np.take_along_axis(probs, order, axis=1), rtol=1e-6, atol=1e-7)
     assert served["names"] == [["ant", "bee", "cat"][i] for i in order[:, 0]]

@@ -323,11 +323,6 @@ class ViT(nn.Cell):
         return self.dense(x)
 
 
-def head_parameter_names() -> tuple[str, str]:
-    """Names of the classification-head parameters (re-initialised when the class count changes)."""
-    return ("dense.weight", "dense.bias")
-
-
 def count_parameters(net: nn.Cell) -> int:
     """Number of scalar parameters the network owns."""
     return int(sum(p.size for p in net.get_parameters()))

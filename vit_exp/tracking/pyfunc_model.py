@@ -6,7 +6,9 @@ MLflow loads this file by path; nothing is unpickled. Artifacts of each model ve
 
 Input: a DataFrame with an ``image`` column of encoded image bytes (JPEG/PNG/...; over HTTP the
 bytes are base64 strings). Output: one row per image with ``class_index``, ``class_name``,
-``probability`` (the top-1) and ``top_k_indices``, ``top_k_names``, ``top_k_probabilities``.
+``probability`` (the top-1) and ``top_k_indices``, ``top_k_names``, ``top_k_probabilities``;
+``k`` is the version's ``top_k`` (its model config, from ``registry.top_k``) unless
+``params.top_k`` is given.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class ViTImageClassifier(PythonModel):
         with open(context.artifacts["class_names"]) as fh:
             class_names = json.load(fh)
         self.predictor = Predictor.from_checkpoint(context.artifacts["checkpoint"], config, class_names)
+        self.top_k = int((getattr(context, "model_config", None) or {}).get("top_k", TOP_K))
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         from vit_exp.data.images import decode_rgb
@@ -57,7 +60,7 @@ class ViTImageClassifier(PythonModel):
             values = list(model_input[INPUT_COLUMN])
         else:
             values = list(model_input)
-        k = int((params or {}).get("top_k", TOP_K))
+        k = int((params or {}).get("top_k", self.top_k))
         images = [decode_rgb(_as_bytes(v), source=f"row {i}") for i, v in enumerate(values)]
         top = self.predictor.top_k(images, k=k)
         names = self.predictor.class_names

@@ -34,7 +34,7 @@ class RegistrySettings:
             raise ConfigError("registry.name must be a non-empty model name")
 
 
-def pyfunc_signature():
+def pyfunc_signature(top_k: int = 5):
     """Input: an ``image`` column of encoded bytes; output: top-1 and top-k columns; param ``top_k``."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
@@ -52,7 +52,7 @@ def pyfunc_signature():
                 ColSpec(Array("double"), "top_k_probabilities"),
             ]
         ),
-        params=ParamSchema([ParamSpec("top_k", "long", 5)]),
+        params=ParamSchema([ParamSpec("top_k", "long", top_k)]),
     )
 
 
@@ -89,6 +89,7 @@ def log_checkpoint_version(
     step: int,
     tags: Mapping[str, object],
     staging_dir: Path,
+    top_k: int = 5,
 ) -> str:
     """Save ``checkpoint`` as a pyfunc model, log it to the active run, register it, tag the version.
 
@@ -108,10 +109,11 @@ def log_checkpoint_version(
         python_model=str(PYFUNC_MODEL_FILE),
         artifacts={"checkpoint": str(checkpoint), **{k: str(v) for k, v in shared_artifacts.items()}},
         code_paths=[str(PACKAGE_DIR)],
-        signature=pyfunc_signature(),
+        signature=pyfunc_signature(top_k),
         input_example=pd.DataFrame({"image": [example_image]}),
         pip_requirements=pip_requirements(),
         metadata={"global_step": step, "checkpoint": checkpoint.name},
+        model_config={"top_k": top_k},
     )
     artifact_path = f"models/{name}"
     mlflow.log_artifacts(str(local), artifact_path=artifact_path)
@@ -197,6 +199,7 @@ class CheckpointRegistrar:
             record.step,
             tags,
             self.staging_dir,
+            self.settings.top_k,
         )
         self.versions.append((version, path, record))
         log.info(
