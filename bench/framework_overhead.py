@@ -18,16 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
-VIT = dict(
-    image_size=32,
-    patch_size=8,
-    embed_dim=64,
-    num_layers=4,
-    num_heads=4,
-    mlp_dim=128,
-    num_classes=10,
-    gelu_approximate=False,
-)
+from _models import default_vit_args
+
+VIT = default_vit_args()
 
 
 def digits(cache: Path, workers: int = 2):

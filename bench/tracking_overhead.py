@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _models import default_vit_args
 
 
 def build(batch: int):
@@ -31,16 +32,7 @@ def build(batch: int):
 
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_device("CPU")
-    net = ViT(
-        image_size=32,
-        patch_size=8,
-        embed_dim=64,
-        num_layers=4,
-        num_heads=4,
-        mlp_dim=128,
-        num_classes=10,
-        gelu_approximate=False,
-    )
+    net = ViT(**default_vit_args())
     optimizer = build_optimizer(net.trainable_params(), cosine_schedule(100_000, 100), name="adam", lr=1e-3)
     step = nn.TrainOneStepCell(nn.WithLossCell(net, CrossEntropySmooth(10)), optimizer)
     rng = np.random.default_rng(0)

@@ -145,3 +145,22 @@ def stop_process(process: subprocess.Popen, timeout: float = 20) -> None:
         process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         process.kill()
+
+
+def wait_for_http(url: str, process: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    """Wait until ``url`` answers 200; fail the test with the server's log if it exits or times out."""
+    import time
+    import urllib.request
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"server exited with {process.returncode}: {log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    process.terminate()
+    pytest.fail(f"{url} did not answer within {timeout:.0f}s: {log.read_text()[-3000:]}")

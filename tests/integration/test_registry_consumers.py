@@ -8,14 +8,21 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.conftest import TINY_MODEL, TINY_VIT_ARGS, free_port, run_cli, stop_process, write_image_folder
+from tests.conftest import (
+    TINY_MODEL,
+    TINY_VIT_ARGS,
+    free_port,
+    run_cli,
+    stop_process,
+    wait_for_http,
+    write_image_folder,
+)
 
 CLASSES = ["ant", "bee", "cat"]
 
@@ -276,15 +283,7 @@ def test_serve_champion_over_http(registry, champion, tmp_path):
         cwd=tmp_path,
     )
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-                time.sleep(0.5)
+        wait_for_http(f"http://127.0.0.1:{port}/ping", server, tmp_path / "serve.log")
         import mlflow
 
         example_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=version.source))

@@ -5,13 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY_MODEL, free_port, run_cli, stop_process
+from tests.conftest import TINY_MODEL, free_port, run_cli, stop_process, wait_for_http
 
 
 @pytest.fixture
@@ -43,20 +41,7 @@ def mlflow_server(tmp_path):
         cwd=tmp_path,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            time.sleep(0.5)
-        if server.poll() is not None:
-            break
-    else:
-        server.terminate()
-        pytest.fail("mlflow server did not start: " + (tmp_path / "server.log").read_text()[-2000:])
-    assert server.poll() is None, (tmp_path / "server.log").read_text()[-2000:]
+    wait_for_http(f"{url}/health", server, tmp_path / "server.log", timeout=90)
     yield url
     stop_process(server)
     log.close()
