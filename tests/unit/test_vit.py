@@ -64,8 +64,10 @@ def copy_params(src, dst):
     )
 
 
-def reference_forward(params: dict, x: np.ndarray, heads: int, patch: int, eps: float = 1e-7) -> np.ndarray:
-    """A plain NumPy ViT (conv patch embedding as an explicit loop over patches, exact GELU)."""
+def reference_forward(
+    params: dict, x: np.ndarray, heads: int, patch: int, eps: float = 1e-7, gelu: str = "exact"
+) -> np.ndarray:
+    """A plain NumPy ViT (conv patch embedding as an explicit loop over patches; exact or tanh GELU)."""
     from scipy.special import erf
 
     def layer_norm(v, g, b):
@@ -100,21 +102,34 @@ def reference_forward(params: dict, x: np.ndarray, heads: int, patch: int, eps: 
         z = z + dense(y, f"{p}.0.cell.1.out")
         y = layer_norm(z, params[f"{p}.1.cell.0.gamma"], params[f"{p}.1.cell.0.beta"])
         y = dense(y, f"{p}.1.cell.1.dense1")
-        y = 0.5 * y * (1 + erf(y / np.sqrt(2)))
+        if gelu == "exact":
+            y = 0.5 * y * (1 + erf(y / np.sqrt(2)))
+        else:
+            y = 0.5 * y * (1 + np.tanh(np.sqrt(2 / np.pi) * (y + 0.044715 * y**3)))
         z = z + dense(y, f"{p}.1.cell.1.dense2")
         layer += 1
     return dense(layer_norm(z[:, 0], params["norm.gamma"], params["norm.beta"]), "dense")
 
 
-@pytest.mark.parametrize("patch_embed", ["matmul", "conv"])
-def test_vit_matches_numpy_reference(patch_embed):
+@pytest.mark.parametrize(
+    ("patch_embed", "gelu", "fused_kernels"),
+    [
+        ("matmul", "exact", "on"),
+        ("matmul", "tanh", "on"),
+        ("matmul", "exact", "off"),
+        ("matmul", "tanh", "off"),
+        ("conv", "exact", "auto"),
+    ],
+)
+@pytest.mark.parametrize("train", [False, True])
+def test_vit_matches_numpy_reference(patch_embed, gelu, fused_kernels, train):
     import mindspore as ms
 
-    net = tiny_vit(patch_embed=patch_embed, gelu_approximate=False)
-    net.set_train(False)
+    net = tiny_vit(patch_embed=patch_embed, gelu_approximate=gelu == "tanh", fused_kernels=fused_kernels)
+    net.set_train(train)  # no dropout (keep_prob 1.0): both modes compute the same function
     x = np.random.default_rng(0).normal(size=(3, 3, 32, 32)).astype(np.float32)
     params = {p.name: p.asnumpy().astype(np.float64) for p in net.get_parameters()}
-    expected = reference_forward(params, x.astype(np.float64), heads=2, patch=8)
+    expected = reference_forward(params, x.astype(np.float64), heads=2, patch=8, gelu=gelu)
     got = net(ms.Tensor(x)).asnumpy()
     np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
 
@@ -145,11 +160,13 @@ def test_invalid_model_arguments_name_the_key(overrides, key):
         tiny_vit(**overrides)
 
 
-def test_training_and_inference_paths_agree():
-    """Training uses a composed LayerNorm (faster gradient), inference the fused kernel: same outputs."""
+@pytest.mark.parametrize("fused_kernels", ["on", "off"])
+def test_training_and_inference_paths_agree(fused_kernels):
+    """Without the fused kernels training composes LayerNorm (faster gradient) and inference uses
+    MindSpore's kernel; with them both modes share one kernel. Same outputs either way."""
     import mindspore as ms
 
-    net = tiny_vit(gelu_approximate=False)
+    net = tiny_vit(gelu_approximate=False, fused_kernels=fused_kernels)
     x = ms.Tensor(np.random.default_rng(2).normal(size=(4, 3, 32, 32)).astype(np.float32))
     net.set_train(False)
     inference = net(x).asnumpy()

@@ -61,19 +61,27 @@ def _dropout(keep_prob: float) -> nn.Cell:
 class LayerNorm(nn.Cell):
     """LayerNorm over the last axis with ``gamma`` / ``beta`` parameters (the names checkpoints use).
 
-    Inference uses MindSpore's fused LayerNorm kernel. Training computes the same normalisation from
-    reductions and element-wise ops, whose gradient MindSpore's CPU backend runs about 3x faster
-    than its LayerNormGrad kernel (bench/RESULTS.md); results agree within 1e-6.
+    With ``fused_kernels`` both passes run as one vectorised kernel each (vit_exp/models/fused.py).
+    Otherwise inference uses MindSpore's LayerNorm kernel, and training computes the same
+    normalisation from reductions and element-wise ops, whose gradient MindSpore's CPU backend runs
+    about 3x faster than its LayerNormGrad kernel (bench/RESULTS.md). All agree within 1e-6.
     """
 
-    def __init__(self, dim: int, epsilon: float):
+    def __init__(self, dim: int, epsilon: float, fused_kernels: bool = False):
         super().__init__()
         self.epsilon = epsilon
         self.gamma = Parameter(initializer("ones", (dim,), ms.float32), name="gamma")
         self.beta = Parameter(initializer("zeros", (dim,), ms.float32), name="beta")
         self.fused = ops.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1, epsilon=epsilon)
+        self.use_kernels = fused_kernels
+        if fused_kernels:
+            from vit_exp.models.fused import fused_layer_norm
+
+            self.kernels = fused_layer_norm(epsilon)
 
     def construct(self, x: Tensor) -> Tensor:
+        if self.use_kernels:
+            return self.kernels(x, self.gamma, self.beta)
         if self.training:
             shape = x.shape
             flat = x.reshape(-1, shape[-1])  # 2-D keeps the gamma/beta gradient a single-axis reduction
@@ -189,10 +197,17 @@ class Attention(nn.Cell):
 class FeedForward(nn.Cell):
     """The MLP block: ``dense1`` -> GELU -> ``dense2``, dropout after each."""
 
-    def __init__(self, dim: int, mlp_dim: int, keep_prob: float, gelu_approximate: bool):
+    def __init__(
+        self, dim: int, mlp_dim: int, keep_prob: float, gelu_approximate: bool, fused_kernels: bool = False
+    ):
         super().__init__()
         self.dense1 = Dense(dim, mlp_dim)
-        self.activation = nn.GELU(approximate=True) if gelu_approximate else ExactGELU()
+        if fused_kernels:
+            from vit_exp.models.fused import fused_gelu
+
+            self.activation = fused_gelu(gelu_approximate)
+        else:
+            self.activation = nn.GELU(approximate=True) if gelu_approximate else ExactGELU()
         self.dense2 = Dense(mlp_dim, dim)
         self.dropout = _dropout(keep_prob)
 
@@ -227,20 +242,21 @@ class TransformerEncoder(nn.Cell):
         attention_keep_prob: float,
         gelu_approximate: bool,
         layer_norm_eps: float,
+        fused_kernels: bool = False,
     ):
         super().__init__()
         blocks = []
         for _ in range(num_layers):
             attention = nn.SequentialCell(
                 [
-                    LayerNorm(dim, layer_norm_eps),
+                    LayerNorm(dim, layer_norm_eps, fused_kernels),
                     Attention(dim, num_heads, keep_prob, attention_keep_prob),
                 ]
             )
             mlp = nn.SequentialCell(
                 [
-                    LayerNorm(dim, layer_norm_eps),
-                    FeedForward(dim, mlp_dim, keep_prob, gelu_approximate),
+                    LayerNorm(dim, layer_norm_eps, fused_kernels),
+                    FeedForward(dim, mlp_dim, keep_prob, gelu_approximate, fused_kernels),
                 ]
             )
             blocks.append(nn.SequentialCell([ResidualCell(attention), ResidualCell(mlp)]))
@@ -256,7 +272,9 @@ class ViT(nn.Cell):
     Args mirror the reference recipe's ViT arguments. Dropout is given as keep-probabilities
     (1.0 = off). ``gelu_approximate`` picks the tanh GELU (the reference's) or the exact erf GELU.
     ``patch_embed`` picks how the patch projection is computed ("matmul" or "conv"); both give the
-    same result from the same ``patch_embedding.conv`` parameters.
+    same result from the same ``patch_embedding.conv`` parameters. ``fused_kernels`` (auto | on |
+    off) runs GELU and LayerNorm as fused CPU kernels (vit_exp/models/fused.py); same parameters,
+    results equal to the composed ops within 1e-5.
     """
 
     def __init__(
@@ -274,8 +292,11 @@ class ViT(nn.Cell):
         gelu_approximate: bool = True,
         layer_norm_eps: float = 1e-7,
         patch_embed: str = "matmul",
+        fused_kernels: str = "auto",
     ):
         super().__init__()
+        from vit_exp.models.fused import use_fused_kernels
+
         validate_vit_args(
             image_size,
             patch_size,
@@ -290,6 +311,7 @@ class ViT(nn.Cell):
         )
         self.image_size = image_size
         self.num_classes = num_classes
+        self.uses_fused_kernels = use_fused_kernels(fused_kernels)
         num_patches = (image_size // patch_size) ** 2
         self.patch_embedding = PatchEmbedding(image_size, patch_size, embed_dim, input_channels, patch_embed)
         self.cls = Parameter(initializer(Normal(sigma=1.0), (1, 1, embed_dim), ms.float32), name="cls")
@@ -307,8 +329,9 @@ class ViT(nn.Cell):
             attention_keep_prob,
             gelu_approximate,
             layer_norm_eps,
+            self.uses_fused_kernels,
         )
-        self.norm = LayerNorm(embed_dim, layer_norm_eps)
+        self.norm = LayerNorm(embed_dim, layer_norm_eps, self.uses_fused_kernels)
         self.dense = nn.Dense(embed_dim, num_classes)
         self.concat = ops.Concat(axis=1)
         self.tile = ops.Tile()

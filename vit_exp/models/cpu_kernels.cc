@@ -1,0 +1,259 @@
+// Fused CPU kernels for the ViT, loaded as MindSpore "aot" Custom operators (vit_exp/models/fused.py).
+//
+// MindSpore's CPU backend runs GELU and LayerNorm (and their gradients) as chains of element-wise
+// kernels, each a full pass over memory; these do each in one pass, vectorised and split over
+// threads. Every function has MindSpore's aot signature:
+//   int f(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+//         void *stream, void *extra)
+// with the inputs first, then the outputs, all float32 and contiguous.
+// Built with: g++ -O3 -march=native -fno-trapping-math -fopenmp-simd -shared -fPIC -pthread.
+
+#include <sched.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <thread>
+#include <vector>
+
+namespace {
+
+constexpr float kSqrtHalf = 0.70710678118654752f;  // 1 / sqrt(2)
+constexpr float kInvSqrt2Pi = 0.39894228040143268f;  // 1 / sqrt(2 pi)
+constexpr float kSqrt2OverPi = 0.79788456080286536f;  // sqrt(2 / pi)
+constexpr float kTanhCoef = 0.044715f;
+
+// erf(x) as a rational function of x (odd numerator, even denominator) on [-4, 4], where float
+// erf saturates; max abs error ~1e-7. Only multiply-adds and one divide, so loops vectorise.
+inline float erf_approx(float a) {
+  const float x = std::min(std::max(a, -4.f), 4.f);
+  const float x2 = x * x;
+  float p = x2 * -2.72614225801306e-10f + 2.77068142495902e-08f;
+  p = x2 * p + -2.10102402082508e-06f;
+  p = x2 * p + -5.69250639462346e-05f;
+  p = x2 * p + -7.34990630326855e-04f;
+  p = x2 * p + -2.95459980854025e-03f;
+  p = x2 * p + -1.60960333262415e-02f;
+  p = x * p;
+  float q = x2 * -1.45660718464996e-05f + -2.13374055278905e-04f;
+  q = x2 * q + -1.68282697438203e-03f;
+  q = x2 * q + -7.37332916720468e-03f;
+  q = x2 * q + -1.42647390514189e-02f;
+  return p / q;
+}
+
+// exp(x) by range reduction to [-ln2/2, ln2/2] and a degree-6 polynomial (relative error ~2e-7),
+// with no libm call so that the loops around it vectorise.
+inline float exp_approx(float x) {
+  x = x < -87.f ? -87.f : (x > 88.f ? 88.f : x);
+  const int32_t n = static_cast<int32_t>(x * 1.44269504088896341f + 128.5f) - 128;  // floor(x/ln2 + 0.5)
+  const float nf = static_cast<float>(n);
+  const float r = x - nf * 0.693359375f - nf * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.f;
+  return p * __builtin_bit_cast(float, (n + 127) << 23);
+}
+
+inline float tanh_approx(float u) {
+  return 1.f - 2.f / (exp_approx(2.f * u) + 1.f);
+}
+
+int usable_cpus() {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
+  return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+}
+
+// Run body(begin, end) over [0, n) split into contiguous chunks, one per thread; small n stays on
+// the calling thread.
+template <typename Body>
+void parallel_for(int64_t n, int64_t min_chunk, Body body) {
+  static const int cpus = std::min(usable_cpus(), 16);
+  const int64_t chunks = std::min<int64_t>(cpus, std::max<int64_t>(1, n / min_chunk));
+  if (chunks <= 1) {
+    body(0, n, 0);
+    return;
+  }
+  const int64_t step = (n + chunks - 1) / chunks;
+  std::vector<std::thread> workers;
+  workers.reserve(chunks - 1);
+  for (int64_t c = 1; c < chunks; ++c) {
+    workers.emplace_back(body, c * step, std::min(n, (c + 1) * step), c);
+  }
+  body(0, std::min(n, step), 0);
+  for (auto &w : workers) w.join();
+}
+
+int64_t numel(int ndim, const int64_t *shape) {
+  int64_t n = 1;
+  for (int i = 0; i < ndim; ++i) n *= shape[i];
+  return n;
+}
+
+constexpr int64_t kElementChunk = 32768;
+
+}  // namespace
+
+extern "C" {
+
+// y = x * Phi(x), Phi the standard normal CDF (exact GELU).
+int GeluErfForward(int, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+  const float *__restrict x = static_cast<const float *>(params[0]);
+  float *__restrict y = static_cast<float *>(params[1]);
+  parallel_for(numel(ndims[0], shapes[0]), kElementChunk, [=](int64_t b, int64_t e, int64_t) {
+#pragma omp simd
+    for (int64_t i = b; i < e; ++i) {
+      const float v = x[i];
+      y[i] = v * (0.5f + 0.5f * erf_approx(v * kSqrtHalf));
+    }
+  });
+  return 0;
+}
+
+// dx = dy * (Phi(x) + x * phi(x)).
+int GeluErfBackward(int, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+  const float *__restrict x = static_cast<const float *>(params[0]);
+  const float *__restrict dy = static_cast<const float *>(params[1]);
+  float *__restrict dx = static_cast<float *>(params[2]);
+  parallel_for(numel(ndims[0], shapes[0]), kElementChunk, [=](int64_t b, int64_t e, int64_t) {
+#pragma omp simd
+    for (int64_t i = b; i < e; ++i) {
+      const float v = x[i];
+      const float cdf = 0.5f + 0.5f * erf_approx(v * kSqrtHalf);
+      const float pdf = exp_approx(-0.5f * v * v) * kInvSqrt2Pi;
+      dx[i] = dy[i] * (cdf + v * pdf);
+    }
+  });
+  return 0;
+}
+
+// y = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) (the tanh approximation of GELU).
+int GeluTanhForward(int, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+  const float *__restrict x = static_cast<const float *>(params[0]);
+  float *__restrict y = static_cast<float *>(params[1]);
+  parallel_for(numel(ndims[0], shapes[0]), kElementChunk, [=](int64_t b, int64_t e, int64_t) {
+#pragma omp simd
+    for (int64_t i = b; i < e; ++i) {
+      const float v = x[i];
+      const float t = tanh_approx(kSqrt2OverPi * (v + kTanhCoef * v * v * v));
+      y[i] = 0.5f * v * (1.f + t);
+    }
+  });
+  return 0;
+}
+
+int GeluTanhBackward(int, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+  const float *__restrict x = static_cast<const float *>(params[0]);
+  const float *__restrict dy = static_cast<const float *>(params[1]);
+  float *__restrict dx = static_cast<float *>(params[2]);
+  parallel_for(numel(ndims[0], shapes[0]), kElementChunk, [=](int64_t b, int64_t e, int64_t) {
+#pragma omp simd
+    for (int64_t i = b; i < e; ++i) {
+      const float v = x[i];
+      const float v2 = v * v;
+      const float t = tanh_approx(kSqrt2OverPi * (v + kTanhCoef * v2 * v));
+      const float du = kSqrt2OverPi * (1.f + 3.f * kTanhCoef * v2);
+      dx[i] = dy[i] * (0.5f * (1.f + t) + 0.5f * v * (1.f - t * t) * du);
+    }
+  });
+  return 0;
+}
+
+// LayerNorm over the last axis: inputs x (rows, d), gamma (d), beta (d), eps (1); output y.
+int LayerNormForward(int, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+  const float *__restrict x = static_cast<const float *>(params[0]);
+  const float *__restrict gamma = static_cast<const float *>(params[1]);
+  const float *__restrict beta = static_cast<const float *>(params[2]);
+  const float eps = *static_cast<const float *>(params[3]);
+  float *__restrict y = static_cast<float *>(params[4]);
+  const int64_t d = shapes[0][ndims[0] - 1];
+  const int64_t rows = numel(ndims[0], shapes[0]) / d;
+  const float inv_d = 1.f / static_cast<float>(d);
+  parallel_for(rows, std::max<int64_t>(1, kElementChunk / d), [=](int64_t b, int64_t e, int64_t) {
+    for (int64_t r = b; r < e; ++r) {
+      const float *xr = x + r * d;
+      float *yr = y + r * d;
+      float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+      for (int64_t i = 0; i < d; ++i) sum += xr[i];
+      const float mean = sum * inv_d;
+      float sq = 0.f;
+#pragma omp simd reduction(+ : sq)
+      for (int64_t i = 0; i < d; ++i) sq += (xr[i] - mean) * (xr[i] - mean);
+      const float rstd = 1.f / std::sqrt(sq * inv_d + eps);
+#pragma omp simd
+      for (int64_t i = 0; i < d; ++i) yr[i] = (xr[i] - mean) * rstd * gamma[i] + beta[i];
+    }
+  });
+  return 0;
+}
+
+// LayerNorm gradient: inputs x (rows, d), dy (rows, d), gamma (d), eps (1);
+// outputs dx (rows, d), dgamma (d), dbeta (d). Row statistics are recomputed from x.
+int LayerNormBackward(int, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+  const float *__restrict x = static_cast<const float *>(params[0]);
+  const float *__restrict dy = static_cast<const float *>(params[1]);
+  const float *__restrict gamma = static_cast<const float *>(params[2]);
+  const float eps = *static_cast<const float *>(params[3]);
+  float *__restrict dx = static_cast<float *>(params[4]);
+  float *__restrict dgamma = static_cast<float *>(params[5]);
+  float *__restrict dbeta = static_cast<float *>(params[6]);
+  const int64_t d = shapes[0][ndims[0] - 1];
+  const int64_t rows = numel(ndims[0], shapes[0]) / d;
+  const float inv_d = 1.f / static_cast<float>(d);
+  const int64_t min_rows = std::max<int64_t>(1, kElementChunk / d);
+  // Per-thread partial sums for dgamma / dbeta (at most 16 threads), combined at the end.
+  std::vector<float> partial(static_cast<size_t>(16) * 2 * d, 0.f);
+  float *parts = partial.data();
+  parallel_for(rows, min_rows, [=](int64_t b, int64_t e, int64_t chunk) {
+    float *pg = parts + chunk * 2 * d;
+    float *pb = pg + d;
+    for (int64_t r = b; r < e; ++r) {
+      const float *xr = x + r * d;
+      const float *dyr = dy + r * d;
+      float *dxr = dx + r * d;
+      float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+      for (int64_t i = 0; i < d; ++i) sum += xr[i];
+      const float mean = sum * inv_d;
+      float sq = 0.f;
+#pragma omp simd reduction(+ : sq)
+      for (int64_t i = 0; i < d; ++i) sq += (xr[i] - mean) * (xr[i] - mean);
+      const float rstd = 1.f / std::sqrt(sq * inv_d + eps);
+      float m1 = 0.f, m2 = 0.f;
+#pragma omp simd reduction(+ : m1, m2)
+      for (int64_t i = 0; i < d; ++i) {
+        const float xhat = (xr[i] - mean) * rstd;
+        const float g = dyr[i] * gamma[i];
+        m1 += g;
+        m2 += g * xhat;
+        pg[i] += dyr[i] * xhat;
+        pb[i] += dyr[i];
+      }
+      m1 *= inv_d;
+      m2 *= inv_d;
+#pragma omp simd
+      for (int64_t i = 0; i < d; ++i) {
+        const float xhat = (xr[i] - mean) * rstd;
+        dxr[i] = rstd * (dyr[i] * gamma[i] - m1 - xhat * m2);
+      }
+    }
+  });
+  for (int64_t i = 0; i < d; ++i) {
+    float g = 0.f, s = 0.f;
+    for (int64_t c = 0; c < 16; ++c) {
+      g += parts[c * 2 * d + i];
+      s += parts[c * 2 * d + d + i];
+    }
+    dgamma[i] = g;
+    dbeta[i] = s;
+  }
+  return 0;
+}
+
+}  // extern "C"
