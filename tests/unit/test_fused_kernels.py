@@ -38,7 +38,7 @@ def test_fused_gelu_matches_reference_values_and_gradient(approximate):
     import mindspore as ms
     from mindspore import nn
 
-    from vit_exp.models.fused import fused_gelu
+    from vit_exp.models.fused import FusedGELU
     from vit_exp.models.vit import ExactGELU
 
     rng = np.random.default_rng(0)
@@ -55,7 +55,7 @@ def test_fused_gelu_matches_reference_values_and_gradient(approximate):
     else:
         expected = 0.5 * xd * (1 + erf(xd / np.sqrt(2)))
         reference = ExactGELU()
-    fused = fused_gelu(approximate)
+    fused = FusedGELU(approximate)
     np.testing.assert_allclose(fused(ms.Tensor(x)).asnumpy(), expected, atol=2e-6, rtol=1e-5)
 
     weights = rng.normal(size=x.shape).astype(np.float32)
@@ -133,11 +133,11 @@ def no_compiler(monkeypatch, tmp_path):
 
     monkeypatch.setenv("VIT_EXP_KERNEL_CACHE", str(tmp_path / "kernels"))
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-g++"))
-    fused.kernel_library.cache_clear()
+    fused.forget_kernel_library()
     fused._warn_fallback.cache_clear()
     yield
     monkeypatch.undo()
-    fused.kernel_library.cache_clear()
+    fused.forget_kernel_library()
 
 
 def test_fused_kernels_on_without_compiler_is_one_clear_error(no_compiler):
@@ -180,15 +180,15 @@ def test_kernel_library_is_built_once_and_reused(tmp_path, monkeypatch):
     from vit_exp.models import fused
 
     monkeypatch.setenv("VIT_EXP_KERNEL_CACHE", str(tmp_path))
-    fused.kernel_library.cache_clear()
+    fused.forget_kernel_library()
     try:
         first = fused.kernel_library()
         assert first.parent == tmp_path and first.stat().st_size > 0
         stamp = first.stat().st_mtime_ns
-        fused.kernel_library.cache_clear()
+        fused.forget_kernel_library()
         assert fused.kernel_library() == first
         assert first.stat().st_mtime_ns == stamp  # found on disk, not rebuilt
         assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temporary files left behind
     finally:
         monkeypatch.undo()
-        fused.kernel_library.cache_clear()
+        fused.forget_kernel_library()

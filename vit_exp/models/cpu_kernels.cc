@@ -97,71 +97,67 @@ int64_t numel(int ndim, const int64_t *shape) {
 
 constexpr int64_t kElementChunk = 32768;
 
+// y = f(x) element-wise; params: x, y.
+template <typename F>
+int map_unary(void **params, int *ndims, int64_t **shapes, F f) {
+  const float *__restrict x = static_cast<const float *>(params[0]);
+  float *__restrict y = static_cast<float *>(params[1]);
+  parallel_for(numel(ndims[0], shapes[0]), kElementChunk, [=](int64_t b, int64_t e, int64_t) {
+#pragma omp simd
+    for (int64_t i = b; i < e; ++i) y[i] = f(x[i]);
+  });
+  return 0;
+}
+
+// dx = dy * f'(x) element-wise; params: x, dy, dx.
+template <typename DF>
+int map_gradient(void **params, int *ndims, int64_t **shapes, DF derivative) {
+  const float *__restrict x = static_cast<const float *>(params[0]);
+  const float *__restrict dy = static_cast<const float *>(params[1]);
+  float *__restrict dx = static_cast<float *>(params[2]);
+  parallel_for(numel(ndims[0], shapes[0]), kElementChunk, [=](int64_t b, int64_t e, int64_t) {
+#pragma omp simd
+    for (int64_t i = b; i < e; ++i) dx[i] = dy[i] * derivative(x[i]);
+  });
+  return 0;
+}
+
+inline float gelu_erf(float v) { return v * (0.5f + 0.5f * erf_approx(v * kSqrtHalf)); }
+
+// Phi(x) + x * phi(x)
+inline float gelu_erf_derivative(float v) {
+  return 0.5f + 0.5f * erf_approx(v * kSqrtHalf) + v * exp_approx(-0.5f * v * v) * kInvSqrt2Pi;
+}
+
+// 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+inline float gelu_tanh(float v) {
+  return 0.5f * v * (1.f + tanh_approx(kSqrt2OverPi * (v + kTanhCoef * v * v * v)));
+}
+
+inline float gelu_tanh_derivative(float v) {
+  const float v2 = v * v;
+  const float t = tanh_approx(kSqrt2OverPi * (v + kTanhCoef * v2 * v));
+  return 0.5f * (1.f + t) + 0.5f * v * (1.f - t * t) * kSqrt2OverPi * (1.f + 3.f * kTanhCoef * v2);
+}
+
 }  // namespace
 
 extern "C" {
 
-// y = x * Phi(x), Phi the standard normal CDF (exact GELU).
 int GeluErfForward(int, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
-  const float *__restrict x = static_cast<const float *>(params[0]);
-  float *__restrict y = static_cast<float *>(params[1]);
-  parallel_for(numel(ndims[0], shapes[0]), kElementChunk, [=](int64_t b, int64_t e, int64_t) {
-#pragma omp simd
-    for (int64_t i = b; i < e; ++i) {
-      const float v = x[i];
-      y[i] = v * (0.5f + 0.5f * erf_approx(v * kSqrtHalf));
-    }
-  });
-  return 0;
+  return map_unary(params, ndims, shapes, [](float v) { return gelu_erf(v); });
 }
 
-// dx = dy * (Phi(x) + x * phi(x)).
 int GeluErfBackward(int, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
-  const float *__restrict x = static_cast<const float *>(params[0]);
-  const float *__restrict dy = static_cast<const float *>(params[1]);
-  float *__restrict dx = static_cast<float *>(params[2]);
-  parallel_for(numel(ndims[0], shapes[0]), kElementChunk, [=](int64_t b, int64_t e, int64_t) {
-#pragma omp simd
-    for (int64_t i = b; i < e; ++i) {
-      const float v = x[i];
-      const float cdf = 0.5f + 0.5f * erf_approx(v * kSqrtHalf);
-      const float pdf = exp_approx(-0.5f * v * v) * kInvSqrt2Pi;
-      dx[i] = dy[i] * (cdf + v * pdf);
-    }
-  });
-  return 0;
+  return map_gradient(params, ndims, shapes, [](float v) { return gelu_erf_derivative(v); });
 }
 
-// y = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) (the tanh approximation of GELU).
 int GeluTanhForward(int, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
-  const float *__restrict x = static_cast<const float *>(params[0]);
-  float *__restrict y = static_cast<float *>(params[1]);
-  parallel_for(numel(ndims[0], shapes[0]), kElementChunk, [=](int64_t b, int64_t e, int64_t) {
-#pragma omp simd
-    for (int64_t i = b; i < e; ++i) {
-      const float v = x[i];
-      const float t = tanh_approx(kSqrt2OverPi * (v + kTanhCoef * v * v * v));
-      y[i] = 0.5f * v * (1.f + t);
-    }
-  });
-  return 0;
+  return map_unary(params, ndims, shapes, [](float v) { return gelu_tanh(v); });
 }
 
 int GeluTanhBackward(int, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
-  const float *__restrict x = static_cast<const float *>(params[0]);
-  const float *__restrict dy = static_cast<const float *>(params[1]);
-  float *__restrict dx = static_cast<float *>(params[2]);
-  parallel_for(numel(ndims[0], shapes[0]), kElementChunk, [=](int64_t b, int64_t e, int64_t) {
-#pragma omp simd
-    for (int64_t i = b; i < e; ++i) {
-      const float v = x[i];
-      const float v2 = v * v;
-      const float t = tanh_approx(kSqrt2OverPi * (v + kTanhCoef * v2 * v));
-      const float du = kSqrt2OverPi * (1.f + 3.f * kTanhCoef * v2);
-      dx[i] = dy[i] * (0.5f * (1.f + t) + 0.5f * v * (1.f - t * t) * du);
-    }
-  });
-  return 0;
+  return map_gradient(params, ndims, shapes, [](float v) { return gelu_tanh_derivative(v); });
 }
 
 // LayerNorm over the last axis: inputs x (rows, d), gamma (d), beta (d), eps (1); output y.

@@ -22,6 +22,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import mindspore as ms
+from mindspore import Parameter, Tensor, nn, ops
+
 from vit_exp.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -63,7 +66,7 @@ def kernel_library() -> Path:
     """Path of the compiled kernel library, building it on first use (atomic, cached on disk).
 
     Raises KernelBuildError saying why when it cannot be built; the outcome is remembered for the
-    process (``kernel_library.cache_clear()`` forgets it).
+    process (:func:`forget_kernel_library` forgets it).
     """
     outcome = _build_once()
     if isinstance(outcome, KernelBuildError):
@@ -81,7 +84,9 @@ def _build_once() -> Path | KernelBuildError:
         return KernelBuildError(f"cannot write the kernel cache {kernel_cache_dir()}: {exc}")
 
 
-kernel_library.cache_clear = _build_once.cache_clear  # type: ignore[attr-defined]
+def forget_kernel_library() -> None:
+    """Forget this process's build outcome (the next :func:`kernel_library` looks again)."""
+    _build_once.cache_clear()
 
 
 def _build() -> Path:
@@ -111,8 +116,6 @@ def _build() -> Path:
 
 
 def _device_target() -> str:
-    import mindspore as ms
-
     return str(ms.get_context("device_target"))
 
 
@@ -143,9 +146,7 @@ def _warn_fallback(reason: str) -> None:
     log.warning("fused CPU kernels unavailable (%s); using composed MindSpore ops (slower)", reason)
 
 
-def _custom(function: str, out_shape, out_dtype):
-    from mindspore import ops
-
+def _custom(function: str, out_shape, out_dtype) -> ops.Custom:
     return ops.Custom(
         f"{kernel_library()}:{function}", out_shape=out_shape, out_dtype=out_dtype, func_type="aot"
     )
@@ -159,57 +160,41 @@ def _layer_norm_grad_shapes(x, _dy, gamma, _eps):
     return x, gamma, gamma
 
 
-def _make_cells():
-    """The Cells are defined on first use so that importing this module does not import MindSpore."""
-    import mindspore as ms
-    from mindspore import Parameter, Tensor, nn
-
-    class FusedGELU(nn.Cell):
-        """GELU (exact erf form, or the tanh approximation) forward and gradient, one kernel each."""
-
-        def __init__(self, approximate: bool):
-            super().__init__()
-            variant = "Tanh" if approximate else "Erf"
-            self.forward = _custom(f"Gelu{variant}Forward", _same, _same)
-            self.backward = _custom(f"Gelu{variant}Backward", _same, _same)
-
-        def construct(self, x: Tensor) -> Tensor:
-            return self.forward(x)
-
-        def bprop(self, x: Tensor, out: Tensor, dout: Tensor):
-            return (self.backward(x, dout),)
-
-    class FusedLayerNormOp(nn.Cell):
-        """``LayerNorm(x) * gamma + beta`` over the last axis; gradient for x, gamma and beta."""
-
-        def __init__(self, epsilon: float):
-            super().__init__()
-            self.epsilon = Tensor([epsilon], ms.float32)
-            self.forward = _custom("LayerNormForward", _same, _same)
-            self.backward = _custom(
-                "LayerNormBackward", _layer_norm_grad_shapes, lambda x, dy, g, e: (x, x, x)
-            )
-
-        def construct(self, x: Tensor, gamma: Parameter, beta: Parameter) -> Tensor:
-            return self.forward(x, gamma, beta, self.epsilon)
-
-        def bprop(self, x, gamma, beta, out, dout):
-            dx, dgamma, dbeta = self.backward(x, dout, gamma, self.epsilon)
-            return dx, dgamma, dbeta
-
-    return FusedGELU, FusedLayerNormOp
+def _layer_norm_grad_dtypes(x, *_):
+    return x, x, x
 
 
-@functools.cache
-def _cells():
-    return _make_cells()
+class FusedGELU(nn.Cell):
+    """GELU (exact erf form, or the tanh approximation) forward and gradient, one kernel each.
+
+    Build it only where :func:`use_fused_kernels` said yes.
+    """
+
+    def __init__(self, approximate: bool):
+        super().__init__()
+        variant = "Tanh" if approximate else "Erf"
+        self.forward = _custom(f"Gelu{variant}Forward", _same, _same)
+        self.backward = _custom(f"Gelu{variant}Backward", _same, _same)
+
+    def construct(self, x: Tensor) -> Tensor:
+        return self.forward(x)
+
+    def bprop(self, x: Tensor, out: Tensor, dout: Tensor):
+        return (self.backward(x, dout),)
 
 
-def fused_gelu(approximate: bool):
-    """A Cell computing GELU with the fused kernels (call only when :func:`use_fused_kernels` is true)."""
-    return _cells()[0](approximate)
+class FusedLayerNorm(nn.Cell):
+    """``(x, gamma, beta) -> LayerNorm(x) * gamma + beta`` over the last axis, with its gradient."""
 
+    def __init__(self, epsilon: float):
+        super().__init__()
+        self.epsilon = Tensor([epsilon], ms.float32)
+        self.forward = _custom("LayerNormForward", _same, _same)
+        self.backward = _custom("LayerNormBackward", _layer_norm_grad_shapes, _layer_norm_grad_dtypes)
 
-def fused_layer_norm(epsilon: float):
-    """A Cell ``(x, gamma, beta) -> y`` with the fused LayerNorm kernels."""
-    return _cells()[1](epsilon)
+    def construct(self, x: Tensor, gamma: Parameter, beta: Parameter) -> Tensor:
+        return self.forward(x, gamma, beta, self.epsilon)
+
+    def bprop(self, x, gamma, beta, out, dout):
+        dx, dgamma, dbeta = self.backward(x, dout, gamma, self.epsilon)
+        return dx, dgamma, dbeta

@@ -14,6 +14,7 @@ from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import Normal, initializer
 
 from vit_exp.errors import ConfigError
+from vit_exp.models.fused import FusedGELU, FusedLayerNorm, use_fused_kernels
 
 PATCH_EMBED_IMPLS = ("matmul", "conv")
 
@@ -75,9 +76,7 @@ class LayerNorm(nn.Cell):
         self.fused = ops.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1, epsilon=epsilon)
         self.use_kernels = fused_kernels
         if fused_kernels:
-            from vit_exp.models.fused import fused_layer_norm
-
-            self.kernels = fused_layer_norm(epsilon)
+            self.kernels = FusedLayerNorm(epsilon)
 
     def construct(self, x: Tensor) -> Tensor:
         if self.use_kernels:
@@ -203,9 +202,7 @@ class FeedForward(nn.Cell):
         super().__init__()
         self.dense1 = Dense(dim, mlp_dim)
         if fused_kernels:
-            from vit_exp.models.fused import fused_gelu
-
-            self.activation = fused_gelu(gelu_approximate)
+            self.activation = FusedGELU(gelu_approximate)
         else:
             self.activation = nn.GELU(approximate=True) if gelu_approximate else ExactGELU()
         self.dense2 = Dense(mlp_dim, dim)
@@ -295,8 +292,6 @@ class ViT(nn.Cell):
         fused_kernels: str = "auto",
     ):
         super().__init__()
-        from vit_exp.models.fused import use_fused_kernels
-
         validate_vit_args(
             image_size,
             patch_size,
