@@ -104,13 +104,6 @@ def fit(
     optimizer = optimizer_factory(params=net.trainable_params(), lr_factors=factors)
     lr_values = optimizer.lr_values
     loss_fn = CrossEntropySmooth(num_classes, settings.label_smoothing)
-    model = Model(
-        net,
-        loss_fn=loss_fn,
-        optimizer=optimizer,
-        metrics=classification_metrics(num_classes),
-        amp_level=amp_level,
-    )
     history = TrainHistory(settings.batch_size, lr_values)
     checkpoints = EpochCheckpoint(
         net,
@@ -132,17 +125,78 @@ def fit(
         settings.batch_size,
         total_steps,
     )
-    model.fit(
-        epochs,
-        train_ds,
-        valid_dataset=val_ds,
-        valid_frequency=validation_epochs(epochs, settings.val_every_n_epochs),
-        callbacks=callbacks,
-        dataset_sink_mode=settings.dataset_sink_mode,
-    )
+    if settings.dataset_sink_mode:  # Model.fit: callbacks then see one "step" per sink
+        model = Model(
+            net,
+            loss_fn=loss_fn,
+            optimizer=optimizer,
+            metrics=classification_metrics(num_classes),
+            amp_level=amp_level,
+        )
+        model.fit(
+            epochs,
+            train_ds,
+            valid_dataset=val_ds,
+            valid_frequency=validation_epochs(epochs, settings.val_every_n_epochs),
+            callbacks=callbacks,
+            dataset_sink_mode=True,
+        )
+    else:
+        _run_own_loop(
+            net,
+            loss_fn,
+            optimizer,
+            amp_level,
+            train_ds,
+            val_ds,
+            epochs,
+            steps_per_epoch,
+            settings,
+            callbacks,
+            num_classes,
+        )
     return TrainResult(
         history=history,
         checkpoints=checkpoints.saved,
         steps_per_epoch=steps_per_epoch,
         total_steps=total_steps,
+    )
+
+
+def _run_own_loop(
+    net,
+    loss_fn,
+    optimizer,
+    amp_level,
+    train_ds,
+    val_ds,
+    epochs,
+    steps_per_epoch,
+    settings,
+    callbacks,
+    num_classes,
+):
+    """Non-sink training through vit_exp.train.loop, with the networks Model.fit would build."""
+    from mindspore import amp, nn
+
+    from vit_exp.train.loop import evaluate, run_training
+    from vit_exp.train.metrics import classification_metrics
+
+    train_step = amp.build_train_network(net, optimizer, loss_fn, level=amp_level)
+    validate = None
+    if val_ds is not None:
+        metrics = classification_metrics(num_classes)
+        eval_network = nn.WithEvalCell(net, loss_fn, add_cast_fp32=amp_level in ("O2", "O3", "auto"))
+
+        def validate() -> dict:
+            return evaluate(eval_network, val_ds, metrics)
+
+    run_training(
+        train_step,
+        train_ds,
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+        callbacks=callbacks,
+        validate=validate,
+        validation_epochs=validation_epochs(epochs, settings.val_every_n_epochs),
     )

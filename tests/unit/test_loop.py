@@ -1,0 +1,140 @@
+"""vit_exp.train.loop: the Model.fit callback contract, on a real tiny ViT and real MindSpore datasets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.conftest import TINY_VIT_ARGS
+
+
+def _setup(num_images=24, batch=8):
+    import mindspore as ms
+    import mindspore.dataset as ds
+    from mindspore import nn
+
+    from vit_exp.models.vit import ViT
+    from vit_exp.train.losses import CrossEntropySmooth
+
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(num_images, 3, 32, 32)).astype(np.float32)
+    labels = rng.integers(0, 3, num_images).astype(np.int32)
+    dataset = ds.NumpySlicesDataset({"image": images, "label": labels}, shuffle=False).batch(batch)
+    net = ViT(num_classes=3, **TINY_VIT_ARGS)
+    loss = CrossEntropySmooth(3, 0.0)
+    step = nn.TrainOneStepCell(nn.WithLossCell(net, loss), nn.SGD(net.trainable_params(), 0.05))
+    return ms, net, loss, step, dataset, images, labels
+
+
+class Recorder:
+    """A MindSpore Callback that records what it sees."""
+
+    def __new__(cls, stop_at_step=None):
+        from mindspore.train import Callback
+
+        class _Recorder(Callback):
+            def __init__(self):
+                super().__init__()
+                self.events, self.steps, self.losses, self.eval_seen = [], [], [], {}
+
+            def on_train_begin(self, rc):
+                self.events.append("begin")
+
+            def on_train_epoch_begin(self, rc):
+                self.events.append(f"epoch_begin {rc.original_args().cur_epoch_num}")
+
+            def on_train_step_end(self, rc):
+                cb = rc.original_args()
+                self.steps.append(cb.cur_step_num)
+                self.losses.append(float(cb.net_outputs.asnumpy()))
+                if stop_at_step is not None and cb.cur_step_num == stop_at_step:
+                    rc.request_stop()
+
+            def on_train_epoch_end(self, rc):
+                cb = rc.original_args()
+                self.eval_seen[cb.cur_epoch_num] = dict(cb.get("eval_results") or {})
+                self.events.append(f"epoch_end {cb.cur_epoch_num}")
+
+            def on_train_end(self, rc):
+                self.events.append("end")
+
+        return _Recorder()
+
+
+def test_loop_calls_callbacks_in_model_fit_order_and_validates_on_schedule():
+    from vit_exp.train.loop import run_training
+
+    _, net, _, step, dataset, _, _ = _setup()
+    before = {p.name: p.asnumpy().copy() for p in net.get_parameters()}
+    recorder = Recorder()
+    calls = []
+    run_training(
+        step,
+        dataset,
+        epochs=3,
+        steps_per_epoch=3,
+        callbacks=[recorder],
+        validate=lambda: calls.append(1) or {"top1": 0.5, "eval_loss": 1.0},
+        validation_epochs=[2, 3],
+    )
+    assert recorder.events == [
+        "begin",
+        "epoch_begin 1",
+        "epoch_end 1",
+        "epoch_begin 2",
+        "epoch_end 2",
+        "epoch_begin 3",
+        "epoch_end 3",
+        "end",
+    ]
+    assert recorder.steps == list(range(1, 10))  # global step numbers, 3 per epoch
+    assert recorder.eval_seen == {
+        1: {},
+        2: {"top1": 0.5, "eval_loss": 1.0},
+        3: {"top1": 0.5, "eval_loss": 1.0},
+    }
+    assert len(calls) == 2
+    assert all(np.isfinite(recorder.losses))
+    after = {p.name: p.asnumpy() for p in net.get_parameters()}
+    assert any(not np.array_equal(before[k], after[k]) for k in before)  # the optimizer really stepped
+
+
+def test_request_stop_ends_after_the_step_and_still_validates_that_epoch():
+    from vit_exp.train.loop import run_training
+
+    _, _, _, step, dataset, _, _ = _setup()
+    recorder = Recorder(stop_at_step=4)
+    run_training(
+        step,
+        dataset,
+        epochs=5,
+        steps_per_epoch=3,
+        callbacks=[recorder],
+        validate=lambda: {"top1": 1.0, "eval_loss": 0.0},
+        validation_epochs=[5],
+    )
+    assert recorder.steps == [1, 2, 3, 4]
+    assert recorder.events[-2:] == ["epoch_end 2", "end"]
+    assert recorder.eval_seen[2] == {"top1": 1.0, "eval_loss": 0.0}
+
+
+def test_evaluate_matches_mindspore_model_eval_and_mean_batch_loss():
+    from mindspore import nn
+    from mindspore.train import Model
+
+    from vit_exp.train.loop import evaluate
+    from vit_exp.train.metrics import classification_metrics
+
+    ms, net, loss, _, dataset, images, labels = _setup(num_images=20, batch=8)  # last batch has 4
+    results = evaluate(nn.WithEvalCell(net, loss), dataset, classification_metrics(3))
+    reference = Model(net, loss_fn=loss, metrics=classification_metrics(3)).eval(
+        dataset, dataset_sink_mode=False
+    )
+    assert results["top1"] == pytest.approx(reference["top1"])
+    assert results["top5"] == pytest.approx(reference["top5"])
+    net.set_train(False)
+    batch_losses = [
+        float(loss(net(ms.Tensor(images[i : i + 8])), ms.Tensor(labels[i : i + 8])).asnumpy())
+        for i in range(0, 20, 8)
+    ]
+    assert results["eval_loss"] == pytest.approx(np.mean(batch_losses), rel=1e-5)
