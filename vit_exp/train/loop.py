@@ -19,19 +19,22 @@ from mindspore.train.callback._callback import InternalCallbackParam
 def evaluate(eval_network: nn.Cell, dataset, metrics: dict) -> dict[str, float]:
     """Metrics of ``eval_network`` (a WithEvalCell: loss, logits, labels) over ``dataset``.
 
-    ``eval_loss`` is the mean of the per-batch losses, as Model.fit reports it.
+    ``eval_loss`` is the training loss function's mean over all images (batch means weighted by
+    batch size). MindSpore 2.10's Model.fit reported the last batch's loss under that key (it
+    re-creates its Loss metric for every batch).
     """
     for metric in metrics.values():
         metric.clear()
     eval_network.set_train(False)
-    losses = []
+    loss_sum, count = 0.0, 0
     for images, labels in dataset.create_tuple_iterator(num_epochs=1):
         loss, logits, targets = eval_network(images, labels)
-        losses.append(float(loss.asnumpy()))
+        loss_sum += float(loss.asnumpy()) * images.shape[0]
+        count += images.shape[0]
         for metric in metrics.values():
             metric.update(logits, targets)
     results = {name: float(metric.eval()) for name, metric in metrics.items()}
-    results["eval_loss"] = sum(losses) / len(losses) if losses else math.nan
+    results["eval_loss"] = loss_sum / count if count else math.nan
     return results
 
 
