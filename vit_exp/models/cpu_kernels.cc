@@ -140,6 +140,19 @@ inline float gelu_tanh_derivative(float v) {
   return 0.5f * (1.f + t) + 0.5f * v * (1.f - t * t) * kSqrt2OverPi * (1.f + 3.f * kTanhCoef * v2);
 }
 
+// Mean and 1/sqrt(variance + eps) of one row of d values (two passes, for accuracy).
+inline void row_stats(const float *__restrict xr, int64_t d, float eps, float *mean, float *rstd) {
+  float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t i = 0; i < d; ++i) sum += xr[i];
+  const float m = sum / static_cast<float>(d);
+  float sq = 0.f;
+#pragma omp simd reduction(+ : sq)
+  for (int64_t i = 0; i < d; ++i) sq += (xr[i] - m) * (xr[i] - m);
+  *mean = m;
+  *rstd = 1.f / std::sqrt(sq / static_cast<float>(d) + eps);
+}
+
 }  // namespace
 
 extern "C" {
@@ -169,19 +182,12 @@ int LayerNormForward(int, void **params, int *ndims, int64_t **shapes, const cha
   float *__restrict y = static_cast<float *>(params[4]);
   const int64_t d = shapes[0][ndims[0] - 1];
   const int64_t rows = numel(ndims[0], shapes[0]) / d;
-  const float inv_d = 1.f / static_cast<float>(d);
   parallel_for(rows, std::max<int64_t>(1, kElementChunk / d), [=](int64_t b, int64_t e, int64_t) {
     for (int64_t r = b; r < e; ++r) {
       const float *xr = x + r * d;
       float *yr = y + r * d;
-      float sum = 0.f;
-#pragma omp simd reduction(+ : sum)
-      for (int64_t i = 0; i < d; ++i) sum += xr[i];
-      const float mean = sum * inv_d;
-      float sq = 0.f;
-#pragma omp simd reduction(+ : sq)
-      for (int64_t i = 0; i < d; ++i) sq += (xr[i] - mean) * (xr[i] - mean);
-      const float rstd = 1.f / std::sqrt(sq * inv_d + eps);
+      float mean, rstd;
+      row_stats(xr, d, eps, &mean, &rstd);
 #pragma omp simd
       for (int64_t i = 0; i < d; ++i) yr[i] = (xr[i] - mean) * rstd * gamma[i] + beta[i];
     }
@@ -213,14 +219,8 @@ int LayerNormBackward(int, void **params, int *ndims, int64_t **shapes, const ch
       const float *xr = x + r * d;
       const float *dyr = dy + r * d;
       float *dxr = dx + r * d;
-      float sum = 0.f;
-#pragma omp simd reduction(+ : sum)
-      for (int64_t i = 0; i < d; ++i) sum += xr[i];
-      const float mean = sum * inv_d;
-      float sq = 0.f;
-#pragma omp simd reduction(+ : sq)
-      for (int64_t i = 0; i < d; ++i) sq += (xr[i] - mean) * (xr[i] - mean);
-      const float rstd = 1.f / std::sqrt(sq * inv_d + eps);
+      float mean, rstd;
+      row_stats(xr, d, eps, &mean, &rstd);
       float m1 = 0.f, m2 = 0.f;
 #pragma omp simd reduction(+ : m1, m2)
       for (int64_t i = 0; i < d; ++i) {

@@ -141,62 +141,31 @@ def fit(
             callbacks=callbacks,
             dataset_sink_mode=True,
         )
-    else:
-        _run_own_loop(
-            net,
-            loss_fn,
-            optimizer,
-            amp_level,
+    else:  # our loop: per-step callbacks without Model.train's overhead (vit_exp/train/loop.py)
+        from mindspore import amp, nn
+
+        from vit_exp.train.loop import evaluate, run_training
+
+        validate = None
+        if val_ds is not None:
+            metrics = classification_metrics(num_classes)
+            eval_network = nn.WithEvalCell(net, loss_fn, add_cast_fp32=amp_level in ("O2", "O3", "auto"))
+
+            def validate() -> dict:
+                return evaluate(eval_network, val_ds, metrics)
+
+        run_training(
+            amp.build_train_network(net, optimizer, loss_fn, level=amp_level),
             train_ds,
-            val_ds,
-            epochs,
-            steps_per_epoch,
-            settings,
-            callbacks,
-            num_classes,
+            epochs=epochs,
+            steps_per_epoch=steps_per_epoch,
+            callbacks=callbacks,
+            validate=validate,
+            validation_epochs=validation_epochs(epochs, settings.val_every_n_epochs),
         )
     return TrainResult(
         history=history,
         checkpoints=checkpoints.saved,
         steps_per_epoch=steps_per_epoch,
         total_steps=total_steps,
-    )
-
-
-def _run_own_loop(
-    net,
-    loss_fn,
-    optimizer,
-    amp_level,
-    train_ds,
-    val_ds,
-    epochs,
-    steps_per_epoch,
-    settings,
-    callbacks,
-    num_classes,
-):
-    """Non-sink training through vit_exp.train.loop, with the networks Model.fit would build."""
-    from mindspore import amp, nn
-
-    from vit_exp.train.loop import evaluate, run_training
-    from vit_exp.train.metrics import classification_metrics
-
-    train_step = amp.build_train_network(net, optimizer, loss_fn, level=amp_level)
-    validate = None
-    if val_ds is not None:
-        metrics = classification_metrics(num_classes)
-        eval_network = nn.WithEvalCell(net, loss_fn, add_cast_fp32=amp_level in ("O2", "O3", "auto"))
-
-        def validate() -> dict:
-            return evaluate(eval_network, val_ds, metrics)
-
-    run_training(
-        train_step,
-        train_ds,
-        epochs=epochs,
-        steps_per_epoch=steps_per_epoch,
-        callbacks=callbacks,
-        validate=validate,
-        validation_epochs=validation_epochs(epochs, settings.val_every_n_epochs),
     )
