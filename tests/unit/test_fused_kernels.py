@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from scipy.special import erf
 
+from tests.conftest import requires_fused_kernels
 from vit_exp.errors import ConfigError
 
 
@@ -33,6 +34,7 @@ def _grad_of_weighted_sum(cell, inputs, weights, wrt_params=False):
     return ops.GradOperation(get_all=True)(loss)(*inputs)
 
 
+@requires_fused_kernels
 @pytest.mark.parametrize("approximate", [False, True])
 def test_fused_gelu_matches_reference_values_and_gradient(approximate):
     import mindspore as ms
@@ -64,6 +66,7 @@ def test_fused_gelu_matches_reference_values_and_gradient(approximate):
     np.testing.assert_allclose(got.asnumpy(), want.asnumpy(), atol=1e-5, rtol=1e-4)
 
 
+@requires_fused_kernels
 @pytest.mark.parametrize("shape", [(7, 48), (3, 5, 192), (1100, 64)])
 def test_fused_layer_norm_matches_composed_values_and_gradients(shape):
     import mindspore as ms
@@ -96,6 +99,7 @@ def test_fused_layer_norm_matches_composed_values_and_gradients(shape):
     np.testing.assert_allclose(db_f.asnumpy(), weights.reshape(-1, d).sum(0), atol=1e-4, rtol=1e-4)
 
 
+@requires_fused_kernels
 def test_vit_with_and_without_fused_kernels_train_identically():
     """One optimizer step from the same weights: same loss and same updated parameters."""
     import mindspore as ms
@@ -176,6 +180,7 @@ def test_unknown_fused_kernels_mode_names_the_key():
         use_fused_kernels("fast")
 
 
+@requires_fused_kernels
 def test_kernel_library_is_built_once_and_reused(tmp_path, monkeypatch):
     from vit_exp.models import fused
 

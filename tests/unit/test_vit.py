@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tests.conftest import requires_fused_kernels
 from vit_exp.errors import ConfigError
 
 
@@ -114,8 +115,8 @@ def reference_forward(
 @pytest.mark.parametrize(
     ("patch_embed", "gelu", "fused_kernels"),
     [
-        ("matmul", "exact", "on"),
-        ("matmul", "tanh", "on"),
+        pytest.param("matmul", "exact", "on", marks=requires_fused_kernels),
+        pytest.param("matmul", "tanh", "on", marks=requires_fused_kernels),
         ("matmul", "exact", "off"),
         ("matmul", "tanh", "off"),
         ("conv", "exact", "auto"),
@@ -160,7 +161,7 @@ def test_invalid_model_arguments_name_the_key(overrides, key):
         tiny_vit(**overrides)
 
 
-@pytest.mark.parametrize("fused_kernels", ["on", "off"])
+@pytest.mark.parametrize("fused_kernels", [pytest.param("on", marks=requires_fused_kernels), "off"])
 def test_training_and_inference_paths_agree(fused_kernels):
     """Without the fused kernels training composes LayerNorm (faster gradient) and inference uses
     MindSpore's kernel; with them both modes share one kernel. Same outputs either way."""
