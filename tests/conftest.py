@@ -17,8 +17,6 @@ from vit_exp.config import CONFIG_DIR, PROJECT_ROOT, register_resolvers
 
 register_resolvers()
 
-# Tiny ViT overrides shared by the training tests: 32x32 images, patch 8, dim 32, 2 layers.
-# The ViT those overrides build (exact GELU, as in conf/model/vit_tiny.yaml), for direct MindSpore checks.
 # Tests of the fused CPU kernels need a C++ compiler (vit_exp/models/fused.py builds them with it);
 # without one, model.fused_kernels=auto falls back to composed ops (tested separately).
 requires_fused_kernels = pytest.mark.skipif(
@@ -26,6 +24,8 @@ requires_fused_kernels = pytest.mark.skipif(
     reason="no C++ compiler here: the fused CPU kernels cannot be built",
 )
 
+# Tiny ViT overrides shared by the training tests: 32x32 images, patch 8, dim 32, 2 layers.
+# The ViT those overrides build (exact GELU, as in conf/model/vit_tiny.yaml), for direct MindSpore checks.
 TINY_VIT_ARGS = dict(
     image_size=32, patch_size=8, embed_dim=32, num_layers=2, num_heads=2, mlp_dim=64, gelu_approximate=False
 )
