@@ -77,6 +77,7 @@ def test_pipelines_yield_batches_with_the_mapped_labels(tmp_path):
     val = val_dataset(data, image_size=32, batch_size=4)
     assert val.get_dataset_size() == 3  # 10 images, last partial batch kept
     all_labels = np.concatenate([b[1] for b in val.create_tuple_iterator(output_numpy=True)])
+    assert all_labels.dtype == np.int32  # the loss and metrics take int32 labels (no cast stage)
     assert sorted(all_labels.tolist()) == [0] * 5 + [4] * 5
     assert len(infer_transforms(data, 32)) == 4
 

