@@ -36,12 +36,12 @@ def test_metric_logging_failure_warns_once_and_does_not_raise(tracking_store, ca
     mlflow.set_tracking_uri(tracking_store)
     mlflow.MlflowClient().search_experiments()  # creates the store
     history = TrainHistory(8, np.full(200, 1e-3, dtype=np.float32))
-    logger = MlflowLogger("f" * 32, history, flush_every=10)  # no such run: every batch fails
+    logger = MlflowLogger("f" * 32, history, max_buffered=40)  # no such run: every batch fails
     context = RunContext(InternalCallbackParam())
     with caplog.at_level(logging.WARNING, logger="vit_exp.tracking"):
         for step in range(1, 121):
             history.global_step, history.last_loss, history.last_step_ms = step, 1.0, 10.0
             logger.on_train_step_end(context)
-        logger.wait()
+        logger.flush()
     warnings = [r for r in caplog.records if "could not be logged" in r.getMessage()]
     assert len(warnings) == 1

@@ -38,6 +38,7 @@ class MlflowSettings:
     artifact_location: str | None = None
     enabled: bool = True
     log_every_n_steps: int = 1
+    flush_interval_s: float = 10.0
 
     def __post_init__(self) -> None:
         if not self.tracking_uri:
@@ -46,6 +47,8 @@ class MlflowSettings:
             )
         if self.log_every_n_steps < 1:
             raise ConfigError(f"mlflow.log_every_n_steps must be >= 1, got {self.log_every_n_steps}")
+        if not isinstance(self.flush_interval_s, (int, float)) or self.flush_interval_s < 0:
+            raise ConfigError(f"mlflow.flush_interval_s must be a number >= 0, got {self.flush_interval_s!r}")
 
 
 def default_artifact_location(tracking_uri: str, experiment: str) -> str | None:
