@@ -109,6 +109,22 @@ def test_every_checkpoint_is_a_tagged_model_version(tiny_run):
     assert "val/top5" in versions[0].tags
     assert all(v.tags["source_run_id"] == run.info.run_id == v.run_id for v in versions)
 
+    # Each version's MLmodel names its own checkpoint (the pyfunc directory is written once and
+    # reused with the next checkpoint), and the file is in the version's artifacts.
+    import mlflow
+    from mlflow.models import Model
+
+    local = [
+        Path(mlflow.artifacts.download_artifacts(artifact_uri=v.source, tracking_uri=tiny_run["uri"]))
+        for v in versions
+    ]
+    models = [Model.load(str(path)) for path in local]
+    assert [m.metadata["global_step"] for m in models] == [4, 8]
+    paths = [m.flavors["python_function"]["artifacts"]["checkpoint"]["path"] for m in models]
+    assert [p.rsplit("-", 2)[-2:] for p in paths] == [["e001", "s000004.ckpt"], ["e002", "s000008.ckpt"]]
+    assert all((root / path).is_file() for root, path in zip(local, paths, strict=True))
+    assert len({m.model_uuid for m in models}) == 2
+
 
 def test_pyfunc_in_fresh_process_equals_direct_inference(tiny_run):
     """models:/NAME/V loaded in a new process gives the same top-k as MindSpore on the checkpoint."""
@@ -178,12 +194,14 @@ def test_a_run_that_raises_ends_failed_with_traceback(tmp_path, tracking_store):
     assert "Traceback" in text
 
 
-def test_ctrl_c_ends_the_run_killed(tmp_path, tracking_store):
+def test_ctrl_c_ends_the_run_killed_and_keeps_buffered_metrics(tmp_path, tracking_store):
+    """Ctrl-C mid-training: the run ends KILLED and the metrics still buffered are stored."""
     import mlflow
 
     args = [
         *TINY_MODEL,
         "trainer.epochs=500",
+        "mlflow.flush_interval_s=3600",  # nothing is sent before the interrupt
         f"paths.cache_dir={tmp_path / 'cache'}",
         f"hydra.run.dir={tmp_path / 'run'}",
     ]
@@ -193,20 +211,23 @@ def test_ctrl_c_ends_the_run_killed(tmp_path, tracking_store):
         stderr=subprocess.PIPE,
         text=True,
     )
-    client = mlflow.MlflowClient(tracking_uri=tracking_store)
+    log_file = tmp_path / "run" / "train.log"
     deadline = time.time() + 120
-    run = None
-    while time.time() < deadline and run is None:
-        time.sleep(1)
-        experiment = client.get_experiment_by_name("vit-exp")
-        runs = client.search_runs([experiment.experiment_id]) if experiment else []
-        if runs and client.get_metric_history(runs[0].info.run_id, "val/top1"):
-            run = runs[0]
-    assert run is not None, "training did not get to its first validation"
+    while time.time() < deadline and "epoch 2/500 done" not in (
+        log_file.read_text() if log_file.exists() else ""
+    ):
+        time.sleep(0.5)
+    assert "epoch 2/500 done" in log_file.read_text(), "training did not finish its second epoch"
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=120)
     assert proc.returncode != 0
-    assert client.get_run(run.info.run_id).info.status == "KILLED"
+    client = mlflow.MlflowClient(tracking_uri=tracking_store)
+    (run,) = client.search_runs([client.get_experiment_by_name("vit-exp").experiment_id])
+    assert run.info.status == "KILLED"
+    assert len(client.get_metric_history(run.info.run_id, "val/top1")) >= 2
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
+    epoch_ends = [m.step for m in client.get_metric_history(run.info.run_id, "epoch")]
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) >= epoch_ends[1]
 
 
 def test_multirun_gives_one_parent_and_a_child_per_job(tmp_path, tracking_store):

@@ -59,7 +59,7 @@ def record(epoch: int, top1: float | None) -> EpochRecord:
     [("every", [1, 2, 3, 4]), ("best", [1, 2, 4]), ("last", ["final"]), ("none", [])],
 )
 def test_registration_policy(policy, expected, tmp_path):
-    registrar = CheckpointRegistrar(RegistrySettings(register=policy, name="m"), "run", {}, b"", tmp_path)
+    registrar = CheckpointRegistrar(RegistrySettings(register=policy, name="m"), "run", {}, b"")
     chosen = []
     for epoch, top1 in [(1, 0.5), (2, 0.7), (3, 0.6), (4, 0.9)]:
         if registrar.wants(record(epoch, top1), final=False):

@@ -63,6 +63,7 @@ class TrainingTracker:
         self.registry: RegistrySettings = instantiate(cfg.registry)
         self.run_id: str | None = None
         self.registrar: CheckpointRegistrar | None = None
+        self.logger = None
 
     @property
     def enabled(self) -> bool:
@@ -81,7 +82,11 @@ class TrainingTracker:
         name = readable_run_name(self.cfg, self.job.overrides)
         with tracked_run(self.settings, name, tags, self.job.sweep_dir, self.job.run_dir) as run:
             self.run_id = run.info.run_id
-            yield self
+            try:
+                yield self
+            finally:  # a failed or interrupted run keeps every metric buffered so far
+                if self.logger is not None:
+                    self.logger.flush()
 
     def log_inputs(self, data, net) -> None:
         """Params, tags and artifacts known before training; prepares checkpoint registration."""
@@ -101,9 +106,7 @@ class TrainingTracker:
             folder = (self.job.run_dir or Path(".")) / "model_inputs"
             config = OmegaConf.to_yaml(self.cfg, resolve=True)
             shared = write_model_inputs(folder, config, names)
-            self.registrar = CheckpointRegistrar(
-                self.registry, self.run_id, shared, example_image(data), folder
-            )
+            self.registrar = CheckpointRegistrar(self.registry, self.run_id, shared, example_image(data))
 
     def callbacks(self, history, checkpoints) -> list:
         """The MindSpore callbacks that log this job (empty when tracking is off)."""
@@ -111,15 +114,15 @@ class TrainingTracker:
             return []
         from vit_exp.tracking.callback import MlflowLogger
 
-        return [
-            MlflowLogger(
-                self.run_id,
-                history,
-                checkpoints,
-                self.registrar,
-                every_n_steps=self.settings.log_every_n_steps,
-            )
-        ]
+        self.logger = MlflowLogger(
+            self.run_id,
+            history,
+            checkpoints,
+            self.registrar,
+            every_n_steps=self.settings.log_every_n_steps,
+            flush_interval_s=float(self.settings.flush_interval_s),
+        )
+        return [self.logger]
 
 
 def example_image(data) -> bytes:
