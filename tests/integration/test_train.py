@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import numpy as np
 import yaml
 
@@ -9,6 +11,8 @@ from tests.conftest import TINY_MODEL, run_cli, write_image_folder
 
 
 def test_a_few_steps_reduce_the_loss(tmp_path):
+    from mindspore.train import Callback
+
     from vit_exp.data.folder import ImageFolderData
     from vit_exp.data.pipeline import train_dataset, val_dataset
     from vit_exp.device import DeviceSettings
@@ -17,6 +21,13 @@ def test_a_few_steps_reduce_the_loss(tmp_path):
     from vit_exp.train.optim import build_optimizer
     from vit_exp.train.trainer import TrainSettings, fit
 
+    class FrozenObjects(Callback):  # fit keeps pre-existing objects out of the cyclic GC
+        counts: tuple = ()
+
+        def on_train_step_end(self, run_context) -> None:
+            self.counts += (gc.get_freeze_count(),)
+
+    frozen = FrozenObjects()
     DeviceSettings().apply(seed=0)
     root = write_image_folder(tmp_path / "ds", ["red", "green", "blue", "grey"], per_class=16, size=16)
     data = ImageFolderData(root=root, train_crop_scale=(0.8, 1.0), hflip_prob=0.0, val_resize_margin=0)
@@ -34,7 +45,10 @@ def test_a_few_steps_reduce_the_loss(tmp_path):
         schedule_factory=constant_schedule,
         checkpoint_dir=tmp_path / "ckpt",
         checkpoint_prefix="tiny",
+        extra_callbacks=lambda history, checkpoints: [frozen],
     )
+    assert len(frozen.counts) == 24 and min(frozen.counts) > 10_000
+    assert gc.get_freeze_count() == 0  # unfrozen when fit returns
     epochs = result.history.epochs
     assert len(epochs) == 6 and result.history.global_step == 24
     assert epochs[-1].train_loss < 0.5 * epochs[0].train_loss

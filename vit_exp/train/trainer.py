@@ -91,6 +91,7 @@ def fit(
     from mindspore.train import Model
 
     from vit_exp.train.callbacks import EpochCheckpoint, ProgressLogger, StepLimit, TrainHistory
+    from vit_exp.train.loop import gc_frozen
     from vit_exp.train.losses import CrossEntropySmooth
     from vit_exp.train.metrics import classification_metrics
 
@@ -125,44 +126,45 @@ def fit(
         settings.batch_size,
         total_steps,
     )
-    if settings.dataset_sink_mode:  # Model.fit: callbacks then see one "step" per sink
-        model = Model(
-            net,
-            loss_fn=loss_fn,
-            optimizer=optimizer,
-            metrics=classification_metrics(num_classes),
-            amp_level=amp_level,
-        )
-        model.fit(
-            epochs,
-            train_ds,
-            valid_dataset=val_ds,
-            valid_frequency=validation_epochs(epochs, settings.val_every_n_epochs),
-            callbacks=callbacks,
-            dataset_sink_mode=True,
-        )
-    else:  # our loop: per-step callbacks without Model.train's overhead (vit_exp/train/loop.py)
-        from mindspore import amp, nn
+    with gc_frozen():
+        if settings.dataset_sink_mode:  # Model.fit: callbacks then see one "step" per sink
+            model = Model(
+                net,
+                loss_fn=loss_fn,
+                optimizer=optimizer,
+                metrics=classification_metrics(num_classes),
+                amp_level=amp_level,
+            )
+            model.fit(
+                epochs,
+                train_ds,
+                valid_dataset=val_ds,
+                valid_frequency=validation_epochs(epochs, settings.val_every_n_epochs),
+                callbacks=callbacks,
+                dataset_sink_mode=True,
+            )
+        else:  # our loop: per-step callbacks without Model.train's overhead (vit_exp/train/loop.py)
+            from mindspore import amp, nn
 
-        from vit_exp.train.loop import evaluate, run_training
+            from vit_exp.train.loop import evaluate, run_training
 
-        validate = None
-        if val_ds is not None:
-            metrics = classification_metrics(num_classes)
-            eval_network = nn.WithEvalCell(net, loss_fn, add_cast_fp32=amp_level in ("O2", "O3", "auto"))
+            validate = None
+            if val_ds is not None:
+                metrics = classification_metrics(num_classes)
+                eval_network = nn.WithEvalCell(net, loss_fn, add_cast_fp32=amp_level in ("O2", "O3", "auto"))
 
-            def validate() -> dict:
-                return evaluate(eval_network, val_ds, metrics)
+                def validate() -> dict:
+                    return evaluate(eval_network, val_ds, metrics)
 
-        run_training(
-            amp.build_train_network(net, optimizer, loss_fn, level=amp_level),
-            train_ds,
-            epochs=epochs,
-            steps_per_epoch=steps_per_epoch,
-            callbacks=callbacks,
-            validate=validate,
-            validation_epochs=validation_epochs(epochs, settings.val_every_n_epochs),
-        )
+            run_training(
+                amp.build_train_network(net, optimizer, loss_fn, level=amp_level),
+                train_ds,
+                epochs=epochs,
+                steps_per_epoch=steps_per_epoch,
+                callbacks=callbacks,
+                validate=validate,
+                validation_epochs=validation_epochs(epochs, settings.val_every_n_epochs),
+            )
     return TrainResult(
         history=history,
         checkpoints=checkpoints.saved,
