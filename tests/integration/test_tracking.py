@@ -219,15 +219,15 @@ def test_ctrl_c_ends_the_run_killed_and_keeps_buffered_metrics(tmp_path, trackin
         time.sleep(0.5)
     assert "epoch 2/500 done" in log_file.read_text(), "training did not finish its second epoch"
     proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=120)
-    assert proc.returncode != 0
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode != 0, stderr[-2000:]
     client = mlflow.MlflowClient(tracking_uri=tracking_store)
     (run,) = client.search_runs([client.get_experiment_by_name("vit-exp").experiment_id])
-    assert run.info.status == "KILLED"
-    assert len(client.get_metric_history(run.info.run_id, "val/top1")) >= 2
+    assert run.info.status == "KILLED", stderr[-2000:]
+    assert len(client.get_metric_history(run.info.run_id, "val/top1")) >= 2, stderr[-2000:]
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
     epoch_ends = [m.step for m in client.get_metric_history(run.info.run_id, "epoch")]
-    assert steps == list(range(1, len(steps) + 1)) and len(steps) >= epoch_ends[1]
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) >= epoch_ends[1], stderr[-2000:]
 
 
 def test_multirun_gives_one_parent_and_a_child_per_job(tmp_path, tracking_store):

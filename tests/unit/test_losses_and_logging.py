@@ -42,6 +42,6 @@ def test_metric_logging_failure_warns_once_and_does_not_raise(tracking_store, ca
         for step in range(1, 121):
             history.global_step, history.last_loss, history.last_step_ms = step, 1.0, 10.0
             logger.on_train_step_end(context)
-        logger.flush()
+        logger.close()
     warnings = [r for r in caplog.records if "could not be logged" in r.getMessage()]
     assert len(warnings) == 1

@@ -4,11 +4,13 @@ Per step (MLflow step = global optimizer step): ``train/loss``, ``train/lr``,
 ``train/step_time_ms``, ``train/throughput_img_s``. Per epoch: ``train/epoch_time_s``,
 ``train/epoch_loss`` and, when validation ran, ``val/loss``, ``val/top1``, ``val/top5``.
 Metrics are buffered (a step costs an append) and sent with ``log_batch`` between two steps, at
-most every ``flush_interval_s`` seconds or ``max_buffered`` points, and at the end. The sends are
-synchronous on purpose: MLflow's asynchronous queue writes from a Python thread, and any busy
-Python thread slows MindSpore's step while it holds the GIL (a busy thread made a 25 ms vit_tiny
-step 4x slower); large batches also cost a third as much per point as small ones (SQLite store:
-~65 us against ~190 us per point). A failure to log is warned about once and never stops training.
+most every ``flush_interval_s`` seconds or ``max_buffered`` points, and at the end; large batches
+cost a third as much per point as small ones (SQLite store: ~70 us against ~190 us per point).
+To a local store (SQLite, files) the sends are synchronous: the work is Python (SQLAlchemy) in this
+process, and on MLflow's asynchronous queue it would run in a Python thread that competes with
+MindSpore's step for the GIL and the cores (a busy Python thread made a 25 ms vit_tiny step 4x
+slower). To a tracking server the sends are asynchronous: that thread mostly waits on the network.
+A failure to log is warned about once and never stops training.
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ class MlflowLogger(Callback):
     """Logs ``history`` (a TrainHistory) to the run ``run_id``; calls ``on_checkpoint`` for new checkpoints.
 
     Step metrics are logged every ``every_n_steps`` steps; buffered points are sent every
-    ``flush_interval_s`` seconds or ``max_buffered`` points (whichever comes first) and on
-    ``flush()``, which the training end calls.
+    ``flush_interval_s`` seconds or ``max_buffered`` points (whichever comes first) and by
+    ``close()``, which the training end calls.
     """
 
     def __init__(
@@ -43,9 +45,12 @@ class MlflowLogger(Callback):
         max_buffered: int = 1000,
     ):
         super().__init__()
-        from mlflow import MlflowClient
+        from urllib.parse import urlparse
 
-        self.client = MlflowClient()
+        import mlflow
+
+        self.client = mlflow.MlflowClient()
+        self.asynchronous = urlparse(mlflow.get_tracking_uri()).scheme in ("http", "https", "databricks")
         self.run_id = run_id
         self.history = history
         self.checkpoints = checkpoints
@@ -57,6 +62,7 @@ class MlflowLogger(Callback):
         self._last_flush = time.monotonic()
         self._warned = False
         self._handled_checkpoints = 0
+        self._pending: list = []
 
     # -- metric plumbing ---------------------------------------------------------------------
     def _add(self, key: str, value: float, step: int) -> None:
@@ -67,14 +73,27 @@ class MlflowLogger(Callback):
     def flush(self) -> None:
         """Send every buffered metric now (in batches of at most 1000, MLflow's limit)."""
         self._last_flush = time.monotonic()
-        if not self._buffer:
-            return
-        batch, self._buffer = self._buffer, []
-        try:
-            for start in range(0, len(batch), 1000):
-                self.client.log_batch(self.run_id, metrics=batch[start : start + 1000], synchronous=True)
-        except Exception as exc:
-            self._warn(exc)
+        while self._buffer:
+            # A batch leaves the buffer only once sent (or failed and warned about): when Ctrl-C
+            # interrupts a send, the run's clean-up sends it again (MLflow skips stored points).
+            chunk = self._buffer[:1000]
+            try:
+                sent = self.client.log_batch(self.run_id, metrics=chunk, synchronous=not self.asynchronous)
+                if sent is not None:
+                    self._pending.append(sent)
+            except Exception as exc:
+                self._warn(exc)
+            del self._buffer[: len(chunk)]
+
+    def close(self) -> None:
+        """Send what is buffered and wait until every send is stored (warns once on failure)."""
+        self.flush()
+        pending, self._pending = self._pending, []
+        for sent in pending:
+            try:
+                sent.wait()
+            except Exception as exc:
+                self._warn(exc)
 
     def _flush_if_due(self) -> None:
         overdue = time.monotonic() - self._last_flush >= self.flush_interval_s
@@ -117,7 +136,7 @@ class MlflowLogger(Callback):
         self._handle_new_checkpoints(final=False)
 
     def on_train_end(self, run_context) -> None:
-        self.flush()
+        self.close()
         self._handle_new_checkpoints(final=True)
 
     def _handle_new_checkpoints(self, final: bool) -> None:

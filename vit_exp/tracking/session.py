@@ -86,7 +86,7 @@ class TrainingTracker:
                 yield self
             finally:  # a failed or interrupted run keeps every metric buffered so far
                 if self.logger is not None:
-                    self.logger.flush()
+                    self.logger.close()
 
     def log_inputs(self, data, net) -> None:
         """Params, tags and artifacts known before training; prepares checkpoint registration."""
