@@ -10,7 +10,9 @@ Same model (the default vit_tiny), same optimizer and loss, batch 64 on the digi
   registered model version every epoch, as in the default run.
 All paths train the same network object, alternated A B C A B C; images/s over the epochs after
 the first (graph compile excluded); for ``full`` from the end of epoch 1 to the end of the last
-epoch after all callbacks, so checkpoint saving, metric sends and registration count.
+epoch after all callbacks, so checkpoint saving, metric sends and registration count. Also printed:
+CPU seconds per image of the whole process (all threads) over the same window, a steadier figure
+on a noisy VM than images/s, which shows how much work the framework adds.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ def digits(cache: Path, workers: int = 2):
     )
 
 
-def bare(data, epochs: int, net) -> float:
+def bare(data, epochs: int, net) -> tuple[float, float]:
+    """Images/s and CPU seconds per image (all threads) of epochs 2..N."""
     import mindspore as ms
     from mindspore import nn
 
@@ -58,17 +61,18 @@ def bare(data, epochs: int, net) -> float:
     )
     step = nn.TrainOneStepCell(nn.WithLossCell(net, CrossEntropySmooth(10)), optimizer)
     step.set_train(True)
-    times = []
-    for _ in range(epochs):
-        start = time.perf_counter()
+    for x, y in batches:  # epoch 1: graph compile and warm-up, not timed
+        step(x, y).asnumpy()
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(epochs - 1):
         for x, y in batches:
             step(x, y).asnumpy()
-        times.append(time.perf_counter() - start)
-    return len(batches) * 64 * (epochs - 1) / sum(times[1:])
+    images = len(batches) * 64 * (epochs - 1)
+    return images / (time.perf_counter() - wall), (time.process_time() - cpu) / images
 
 
-def full(data, epochs: int, store: Path, net, every_epoch: bool) -> float:
-    """Images/s of epochs 2..N, measured between epoch ends after every callback has run.
+def full(data, epochs: int, store: Path, net, every_epoch: bool) -> tuple[float, float]:
+    """Images/s and CPU s per image of epochs 2..N, between epoch ends after every callback ran.
 
     ``every_epoch``: a checkpoint and a registered model version every epoch (the default run);
     otherwise one checkpoint after the last epoch and no model versions.
@@ -92,7 +96,7 @@ def full(data, epochs: int, store: Path, net, every_epoch: bool) -> float:
             self.ends: list[float] = []
 
         def on_train_epoch_end(self, run_context) -> None:
-            self.ends.append(time.perf_counter())
+            self.ends.append((time.perf_counter(), time.process_time()))
 
     clock = EpochClock()
     mlflow.set_tracking_uri(f"sqlite:///{store / 'mlflow.db'}")
@@ -125,7 +129,8 @@ def full(data, epochs: int, store: Path, net, every_epoch: bool) -> float:
             ],
         )
     steps = result.history.epochs[-1].step - result.history.epochs[0].step
-    return steps * 64 / (clock.ends[-1] - clock.ends[0])
+    (wall0, cpu0), (wall1, cpu1) = clock.ends[0], clock.ends[-1]
+    return steps * 64 / (wall1 - wall0), (cpu1 - cpu0) / (steps * 64)
 
 
 def main() -> None:
@@ -161,11 +166,14 @@ def main() -> None:
                 results[name].append(measure())
         base = results[next(iter(paths))]
         for name, values in results.items():
-            ratios = [v / b for v, b in zip(values, base, strict=True)]
-            median_ratio = statistics.median(ratios)
+            ratios = [v[0] / b[0] for v, b in zip(values, base, strict=True)]
+            cpu = statistics.median(v[1] for v in values)
+            cpu_ratio = statistics.median(v[1] / b[1] for v, b in zip(values, base, strict=True))
             print(
-                f"{name:<66} {statistics.median(values):6.0f} img/s  ratio to bare {median_ratio:.3f}"
-                f"  (per round: {', '.join(f'{r:.2f}' for r in ratios)})"
+                f"{name:<66} {statistics.median(v[0] for v in values):6.0f} img/s"
+                f"  ratio to bare {statistics.median(ratios):.3f}"
+                f" (per round: {', '.join(f'{r:.2f}' for r in ratios)})"
+                f" | CPU {cpu * 1e6:.0f} us/img, x{cpu_ratio:.3f} of bare"
             )
 
 
