@@ -142,3 +142,26 @@ def test_recipe_experiment_composes(compose):
     assert cfg.optim.name == "adam" and cfg.optim.lr == pytest.approx(5e-5)
     assert cfg.trainer.epochs == 10 and cfg.trainer.batch_size == 16
     assert cfg.model.pretrained.endswith("vit_b_16_224.ckpt")
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("mlflow.flush_interval_s=-1", "mlflow.flush_interval_s"),
+        ("mlflow.log_every_n_steps=0", "mlflow.log_every_n_steps"),
+    ],
+)
+def test_mlflow_settings_reject_bad_values_naming_the_key(compose, override, key):
+    from hydra.errors import InstantiationException
+
+    from vit_exp.errors import ConfigError
+
+    with pytest.raises((ConfigError, InstantiationException), match=key):
+        instantiate(compose([override]).mlflow)
+
+
+def test_mlflow_flush_interval_is_configurable(compose):
+    from vit_exp.tracking.runs import MlflowSettings
+
+    settings = instantiate(compose(["mlflow.flush_interval_s=2.5"]).mlflow)
+    assert isinstance(settings, MlflowSettings) and settings.flush_interval_s == 2.5
