@@ -29,7 +29,7 @@ from _models import default_vit_args
 VIT = default_vit_args()
 
 
-def digits(cache: Path, workers: int = 2):
+def digits(cache: Path, workers: int = 2, prefetch: int = 8):
     from vit_exp.data.digits import digits_data
 
     return digits_data(
@@ -39,6 +39,7 @@ def digits(cache: Path, workers: int = 2):
         hflip_prob=0.0,
         val_resize_margin=0,
         num_workers=workers,
+        prefetch_size=prefetch,
     )
 
 
@@ -138,6 +139,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--workers", type=int, default=2, help="data.num_workers of the pipeline")
+    parser.add_argument("--prefetch", type=int, default=64, help="data.prefetch_size of the pipeline")
     args = parser.parse_args()
     import mindspore as ms
 
@@ -145,7 +147,7 @@ def main() -> None:
     ms.set_device("CPU")
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
-        data = digits(Path(tmp), args.workers)
+        data = digits(Path(tmp), args.workers, args.prefetch)
         from vit_exp.models.vit import ViT
 
         # One network for both paths: separately built instances of the same model differed by up

@@ -58,8 +58,12 @@ def main() -> None:
         root = imagenet_like(Path(tmp) / "imagenet")
         (root / "val").mkdir()
         for workers in args.workers:
-            digits = digits_data(
-                Path(tmp) / "digits", train_crop_scale=(0.6, 1.0), hflip_prob=0.0, num_workers=workers
+            digits = digits_data(  # settings of conf/data/digits.yaml
+                Path(tmp) / "digits",
+                train_crop_scale=(0.6, 1.0),
+                hflip_prob=0.0,
+                num_workers=workers,
+                prefetch_size=64,
             )
             folder = ImageFolderData(root=root, num_workers=workers)
             small = images_per_second(digits, 32, 64, args.epochs)
