@@ -7,9 +7,11 @@ Metrics are buffered (a step costs an append) and sent with ``log_batch`` betwee
 most every ``flush_interval_s`` seconds or ``max_buffered`` points, and at the end; large batches
 cost a third as much per point as small ones (SQLite store: ~70 us against ~190 us per point).
 To a local store (SQLite, files) the sends are synchronous: the work is Python (SQLAlchemy) in this
-process, and on MLflow's asynchronous queue it would run in a Python thread that competes with
+process either way, and on MLflow's asynchronous queue it runs in a thread that competes with
 MindSpore's step for the GIL and the cores (a busy Python thread made a 25 ms vit_tiny step 4x
-slower). To a tracking server the sends are asynchronous: that thread mostly waits on the network.
+slower; for these bursts the two modes measured the same within noise), so it is kept on the main
+thread where its cost is bounded and measured. To a tracking server the sends are asynchronous:
+that thread mostly waits on the network.
 A failure to log is warned about once and never stops training.
 """
 
