@@ -29,7 +29,7 @@ from _models import default_vit_args
 VIT = default_vit_args()
 
 
-def digits(cache: Path, workers: int = 2, prefetch: int = 8):
+def digits(cache: Path, workers: int = 2, prefetch: int = 64):
     from vit_exp.data.digits import digits_data
 
     return digits_data(
@@ -94,7 +94,7 @@ def full(data, epochs: int, store: Path, net, every_epoch: bool) -> tuple[float,
     class EpochClock(Callback):  # last in the list: the epoch's checkpoint and registration count
         def __init__(self):
             super().__init__()
-            self.ends: list[float] = []
+            self.ends: list[tuple[float, float]] = []  # (wall, cpu) at each epoch end
 
         def on_train_epoch_end(self, run_context) -> None:
             self.ends.append((time.perf_counter(), time.process_time()))

@@ -1,6 +1,6 @@
 """Cost of MLflow step logging relative to a tiny-ViT training step on this CPU.
 
-    .venv/bin/python bench/tracking_overhead.py [--steps 300] [--rounds 2]
+    .venv/bin/python bench/tracking_overhead.py [--steps 300] [--log-steps 3000] [--rounds 4]
 
 Measures, in one process:
 1. the median time of a vit_tiny train step (batch 64, 32x32, graph mode, pre-loaded batch);

@@ -98,6 +98,7 @@ class PyfuncModelWriter:
         self.top_k = top_k
         self._workdir: tempfile.TemporaryDirectory | None = None
         self._model = None
+        self._template_bytes = 0
 
     def _save_template(self, checkpoint: Path) -> None:
         import mlflow
@@ -125,6 +126,7 @@ class PyfuncModelWriter:
         self._model = Model.load(str(template / "MLmodel"))
         (template / "MLmodel").unlink()
         (template / "artifacts" / checkpoint.name).unlink()
+        self._template_bytes = sum(f.stat().st_size for f in template.rglob("*") if f.is_file())
 
     def log(self, checkpoint: Path, step: int, artifact_path: str) -> None:
         """Log the pyfunc model of ``checkpoint`` under ``artifact_path`` of the active run."""
@@ -147,9 +149,7 @@ class PyfuncModelWriter:
         model.metadata = {"global_step": step, "checkpoint": checkpoint.name}
         model.model_uuid = uuid.uuid4().hex
         model.utc_time_created = str(datetime.datetime.now(datetime.UTC).replace(tzinfo=None))
-        model.model_size_bytes = checkpoint.stat().st_size + sum(
-            f.stat().st_size for f in (work / "model").rglob("*") if f.is_file()
-        )
+        model.model_size_bytes = checkpoint.stat().st_size + self._template_bytes
         model.save(str(work / "MLmodel"))
         mlflow.log_artifact(str(work / "MLmodel"), artifact_path=artifact_path)
 
