@@ -1,14 +1,17 @@
 """Cost of MLflow step logging relative to a tiny-ViT training step on this CPU.
 
-    .venv/bin/python bench/tracking_overhead.py [--steps 300] [--log-steps 3000] [--rounds 4]
+    .venv/bin/python bench/tracking_overhead.py [--steps 1000] [--rounds 3]
 
 Measures, in one process:
 1. the median time of a vit_tiny train step (batch 64, 32x32, graph mode, pre-loaded batch);
-2. the mean cost per step of ``MlflowLogger.on_train_step_end`` against a real SQLite store over
-   ``--log-steps`` steps, including its batch sends and the final flush, after a warm-up send
-   (then checks every metric was stored);
+2. for ``mlflow.log_details_every_n_steps`` 1 (four points a step) and 10 (the default: loss every
+   step, LR and speed every 10): the mean time per step spent in ``MlflowLogger.on_train_step_end``
+   (its sends included) against a real SQLite store over ``--steps`` real train steps (the step
+   runs between the timed calls, as in training), after a warm-up send; then ``close()``'s time,
+   and a check that every metric was stored;
 3. images/s of vit_exp's training loop (``vit_exp.train.loop.run_training``, pre-loaded batches)
-   without vs with the MLflow callback, alternated A B A B, with the ratio of each round.
+   without vs with the MLflow callback (default settings), alternated A B A B, with the ratio of
+   each round.
 """
 
 from __future__ import annotations
@@ -52,11 +55,14 @@ def time_steps(step, images, labels, n: int) -> float:
     return statistics.median(times)
 
 
-def logger_cost(store: Path, steps: int, warmup: int = 250) -> tuple[float, int]:
-    """Mean seconds per step of ``on_train_step_end`` (sends and final flush included), points stored.
+def logger_cost(
+    store: Path, step_parts, steps: int, details_every: int, warmup: int = 250
+) -> tuple[float, float, int]:
+    """Seconds per step in ``on_train_step_end``, ``close()`` seconds, train/loss points stored.
 
-    Runs as in training: after ``warmup`` logged steps (the first send compiles SQLAlchemy's
-    statements) and with pre-existing objects frozen out of the cyclic GC, as ``fit`` does.
+    Runs as in training: a real train step between two calls, after ``warmup`` logged steps and a
+    send (the first send compiles SQLAlchemy's statements), with pre-existing objects frozen out of
+    the cyclic GC, as ``fit`` does.
     """
     import mlflow
     from mindspore.train import RunContext
@@ -66,10 +72,11 @@ def logger_cost(store: Path, steps: int, warmup: int = 250) -> tuple[float, int]
     from vit_exp.train.callbacks import TrainHistory
     from vit_exp.train.loop import gc_frozen
 
+    _, _, train_step, images, labels = step_parts
     mlflow.set_tracking_uri(f"sqlite:///{store / 'mlflow.db'}")
     with mlflow.start_run() as run:
         history = TrainHistory(64, np.full(warmup + steps + 1, 1e-3, dtype=np.float32))
-        logger = MlflowLogger(run.info.run_id, history)
+        logger = MlflowLogger(run.info.run_id, history, details_every_n_steps=details_every)
         context = RunContext(InternalCallbackParam())
 
         def log_step(i: int) -> None:
@@ -82,14 +89,15 @@ def logger_cost(store: Path, steps: int, warmup: int = 250) -> tuple[float, int]
         total = 0.0
         with gc_frozen():
             for i in range(warmup + 1, warmup + steps + 1):
+                train_step(images, labels).asnumpy()
                 start = time.perf_counter()
                 log_step(i)
                 total += time.perf_counter() - start
             start = time.perf_counter()
             logger.close()
-            total += time.perf_counter() - start
+            closing = time.perf_counter() - start
         stored = len(mlflow.MlflowClient().get_metric_history(run.info.run_id, "train/loss"))
-    return total / steps, stored - warmup
+    return total / steps, closing, stored - warmup
 
 
 class _Batches:
@@ -127,21 +135,22 @@ def loop_ips(step_parts, store: Path, steps: int, with_mlflow: bool) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=300, help="train steps per timing")
-    parser.add_argument("--log-steps", type=int, default=3000, help="steps logged to time the callback")
-    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=1000, help="train steps per timing")
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     parts = build(64)
     _, _, step, images, labels = parts
     time_steps(step, images, labels, 20)  # graph compile + warm-up
-    step_s = time_steps(step, images, labels, args.steps)
+    step_s = time_steps(step, images, labels, 300)
     print(f"vit_tiny train step (batch 64): median {step_s * 1000:.2f} ms")
     with tempfile.TemporaryDirectory() as tmp:
-        cost, stored = logger_cost(Path(tmp), args.log_steps)
-        print(
-            f"MlflowLogger.on_train_step_end: {cost * 1e6:.1f} us/step = {100 * cost / step_s:.3f}% of a step"
-            f" ({stored}/{args.log_steps} train/loss points stored)"
-        )
+        for details_every in (1, 10):
+            cost, closing, stored = logger_cost(Path(tmp), parts, args.steps, details_every)
+            print(
+                f"mlflow.log_details_every_n_steps={details_every}: on_train_step_end "
+                f"{cost * 1e6:.1f} us/step = {100 * cost / step_s:.3f}% of a step; "
+                f"close() {closing * 1000:.0f} ms ({stored}/{args.steps} train/loss points stored)"
+            )
         results = {False: [], True: []}
         for _ in range(args.rounds):
             for with_mlflow in (False, True):

@@ -37,6 +37,7 @@ def tiny_run(tmp_path_factory):
         "registry.top_k=2",
         f"mlflow.tracking_uri={uri}",
         "mlflow.experiment=tracked-test",
+        "mlflow.log_details_every_n_steps=3",
         f"paths.cache_dir={tmp / 'cache'}",
         f"hydra.run.dir={tmp / 'run'}",
     )
@@ -70,10 +71,14 @@ def test_metric_histories(tiny_run):
     steps_per_epoch = 36 // 8
     loss = client.get_metric_history(run_id, "train/loss")
     assert [m.step for m in loss] == list(range(1, 2 * steps_per_epoch + 1))
+    # every 3 steps (mlflow.log_details_every_n_steps=3) and at each epoch's last step
     for key in ("train/lr", "train/step_time_ms", "train/throughput_img_s"):
-        assert len(client.get_metric_history(run_id, key)) == 2 * steps_per_epoch, key
+        assert sorted(m.step for m in client.get_metric_history(run_id, key)) == [3, 4, 6, 8], key
     lr = [m.value for m in sorted(client.get_metric_history(run_id, "train/lr"), key=lambda m: m.step)]
-    assert lr[0] == pytest.approx(3e-3) and lr[-1] < lr[0]
+    assert 0 < lr[-1] < lr[0] < 3e-3
+    step_ms = {m.step: m.value for m in client.get_metric_history(run_id, "train/step_time_ms")}
+    for m in client.get_metric_history(run_id, "train/throughput_img_s"):
+        assert m.value == pytest.approx(8 * 1000.0 / step_ms[m.step])  # batch 8, mean over the window
     for key in ("val/top1", "val/top5", "val/loss", "train/epoch_time_s"):
         history = client.get_metric_history(run_id, key)
         assert [m.step for m in history] == [steps_per_epoch, 2 * steps_per_epoch], key

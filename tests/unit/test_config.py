@@ -149,6 +149,8 @@ def test_recipe_experiment_composes(compose):
     [
         ("mlflow.flush_interval_s=-1", "mlflow.flush_interval_s"),
         ("mlflow.log_every_n_steps=0", "mlflow.log_every_n_steps"),
+        ("mlflow.log_details_every_n_steps=0", "mlflow.log_details_every_n_steps"),
+        ("mlflow.log_details_every_n_steps=2.5", "mlflow.log_details_every_n_steps"),
     ],
 )
 def test_mlflow_settings_reject_bad_values_naming_the_key(compose, override, key):

@@ -45,3 +45,67 @@ def test_metric_logging_failure_warns_once_and_does_not_raise(tracking_store, ca
         logger.close()
     warnings = [r for r in caplog.records if "could not be logged" in r.getMessage()]
     assert len(warnings) == 1
+
+
+def _drive(logger, history, context, steps, step_ms):
+    for step in steps:
+        history.global_step, history.last_loss, history.last_step_ms = step, 1.0 / step, step_ms(step)
+        logger.on_train_step_end(context)
+
+
+def test_loss_every_step_and_lr_speed_as_means_every_n_steps_and_at_epoch_end(tracking_store):
+    import mlflow
+    from mindspore.train import RunContext
+    from mindspore.train.callback._callback import InternalCallbackParam
+
+    from vit_exp.tracking.callback import MlflowLogger
+    from vit_exp.train.callbacks import EpochRecord, TrainHistory
+
+    mlflow.set_tracking_uri(tracking_store)
+    lrs = np.linspace(1e-3, 1e-4, 30).astype(np.float32)
+    history = TrainHistory(8, lrs)
+    context = RunContext(InternalCallbackParam())
+    with mlflow.start_run() as run:
+        logger = MlflowLogger(run.info.run_id, history, details_every_n_steps=4)
+        _drive(logger, history, context, range(1, 11), step_ms=float)  # step i takes i ms
+        history.epochs.append(EpochRecord(epoch=1, step=10, train_loss=0.5, seconds=1.0, images_per_s=1.0))
+        logger.on_train_epoch_end(context)
+        logger.close()
+    client = mlflow.MlflowClient()
+
+    def series(key):
+        return [
+            (m.step, m.value)
+            for m in sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)
+        ]
+
+    assert [s for s, _ in series("train/loss")] == list(range(1, 11))
+    # windows: steps 1-4, 5-8, then 9-10 closed by the epoch end
+    assert series("train/step_time_ms") == [(4, 2.5), (8, 6.5), (10, 9.5)]
+    assert series("train/throughput_img_s") == [
+        (s, pytest.approx(8000.0 / ms)) for s, ms in [(4, 2.5), (8, 6.5), (10, 9.5)]
+    ]
+    assert series("train/lr") == [(s, pytest.approx(float(lrs[s - 1]))) for s in (4, 8, 10)]
+
+
+def test_sink_mode_steps_log_when_they_cross_a_multiple(tracking_store):
+    """In dataset sink mode the hook runs once per sink (here 5 steps): no multiple is skipped."""
+    import mlflow
+    from mindspore.train import RunContext
+    from mindspore.train.callback._callback import InternalCallbackParam
+
+    from vit_exp.tracking.callback import MlflowLogger
+    from vit_exp.train.callbacks import TrainHistory
+
+    mlflow.set_tracking_uri(tracking_store)
+    history = TrainHistory(8, np.full(40, 1e-3, dtype=np.float32))
+    context = RunContext(InternalCallbackParam())
+    with mlflow.start_run() as run:
+        logger = MlflowLogger(run.info.run_id, history, every_n_steps=2, details_every_n_steps=4)
+        _drive(logger, history, context, range(5, 21, 5), step_ms=lambda s: 10.0)
+        logger.close()
+    client = mlflow.MlflowClient()
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss")) == [5, 10, 15, 20]
+    time_points = client.get_metric_history(run.info.run_id, "train/step_time_ms")
+    assert sorted(m.step for m in time_points) == [5, 10, 15, 20]
+    assert all(m.value == pytest.approx(10.0) for m in time_points)

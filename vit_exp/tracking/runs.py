@@ -38,6 +38,7 @@ class MlflowSettings:
     artifact_location: str | None = None
     enabled: bool = True
     log_every_n_steps: int = 1
+    log_details_every_n_steps: int = 10
     flush_interval_s: float = 10.0
 
     def __post_init__(self) -> None:
@@ -45,8 +46,10 @@ class MlflowSettings:
             raise ConfigError(
                 "mlflow.tracking_uri must be set (e.g. sqlite:///mlruns/mlflow.db or http://host:5000)"
             )
-        if self.log_every_n_steps < 1:
-            raise ConfigError(f"mlflow.log_every_n_steps must be >= 1, got {self.log_every_n_steps}")
+        for key in ("log_every_n_steps", "log_details_every_n_steps"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"mlflow.{key} must be an integer >= 1, got {value!r}")
         if not isinstance(self.flush_interval_s, (int, float)) or self.flush_interval_s < 0:
             raise ConfigError(f"mlflow.flush_interval_s must be a number >= 0, got {self.flush_interval_s!r}")
 

@@ -120,6 +120,7 @@ class TrainingTracker:
             checkpoints,
             self.registrar,
             every_n_steps=self.settings.log_every_n_steps,
+            details_every_n_steps=self.settings.log_details_every_n_steps,
             flush_interval_s=float(self.settings.flush_interval_s),
         )
         return [self.logger]
