@@ -5,9 +5,9 @@
 Same model (the default vit_tiny), same optimizer and loss, batch 64 on the digits folder:
 - bare: a Python loop calling TrainOneStepCell on batches pre-loaded into memory;
 - full: ``vit_exp.train.trainer.fit`` = our loop (vit_exp.train.loop) + history, progress and
-  checkpoint callbacks + the MLflow callback (real SQLite store, every step's metrics) + the real
-  decode/augment pipeline; once with one checkpoint at the end, once with a checkpoint and a
-  registered model version every epoch, as in the default run.
+  checkpoint callbacks + the MLflow callback (real SQLite store, default cadence: loss every step,
+  LR and speed every 10) + the real decode/augment pipeline; once with one checkpoint at the end,
+  once with a checkpoint and a registered model version every epoch, as in the default run.
 All paths train the same network object, alternated A B C A B C; images/s over the epochs after
 the first (graph compile excluded); for ``full`` from the end of epoch 1 to the end of the last
 epoch after all callbacks, so checkpoint saving, metric sends and registration count. Also printed:
