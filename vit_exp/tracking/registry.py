@@ -160,8 +160,11 @@ def log_checkpoint_version(
     registered_name: str,
     step: int,
     tags: Mapping[str, object],
+    ensure_model: bool = True,
 ) -> str:
     """Log ``checkpoint`` as a pyfunc model of the active run, register it, tag the version.
+
+    ``ensure_model=False`` skips creating ``registered_name`` when the caller knows it exists.
 
     The model is logged as run artifacts (``runs:/<run>/models/<name>``) rather than with
     ``log_model``, which would load and run every version once to validate its input example.
@@ -172,7 +175,8 @@ def log_checkpoint_version(
     artifact_path = f"models/{checkpoint.stem.replace('.', '_')}"
     writer.log(checkpoint, step, artifact_path)
     client = mlflow.MlflowClient()
-    ensure_registered_model(client, registered_name)
+    if ensure_model:
+        ensure_registered_model(client, registered_name)
     version = client.create_model_version(
         registered_name,
         source=mlflow.get_artifact_uri(artifact_path),
@@ -241,7 +245,9 @@ class CheckpointRegistrar:
         tags = {"epoch": record.epoch, "global_step": record.step, "source_run_id": self.run_id}
         tags |= {f"val/{k}": f"{v:.6g}" for k, v in record.val.items() if k in ("top1", "top5", "loss")}
         started = time.perf_counter()
-        version = log_checkpoint_version(self.writer, path, self.settings.name, record.step, tags)
+        version = log_checkpoint_version(
+            self.writer, path, self.settings.name, record.step, tags, ensure_model=not self.versions
+        )
         self.versions.append((version, path, record))
         log.info(
             "mlflow: registered %s as models:/%s/%s (%.1fs)",
