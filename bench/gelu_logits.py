@@ -93,6 +93,10 @@ def main() -> None:
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_device("CPU")
     model, data = model_config(args.model), data_config(args.data)
+    if not args.images.is_dir():
+        raise SystemExit(
+            f"error: --images {args.images} is not a folder (the digits default needs one run first)"
+        )
     checkpoint = fetch_checkpoint(args.checkpoint, PROJECT_ROOT / ".cache" / "checkpoints")
     paths, labels, num_classes = find_images(args.images, args.limit)
     if not paths:
