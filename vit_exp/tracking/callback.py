@@ -7,7 +7,7 @@ the previous point. Per epoch: ``train/epoch_time_s``, ``train/epoch_loss`` and,
 ran, ``val/loss``, ``val/top1``, ``val/top5``.
 Storing a point costs ~70 us of SQLAlchemy work in MLflow's SQL store, wherever it runs (a writer
 thread or process at idle priority slowed MindSpore's step as much, see bench/RESULTS.md): four
-points every step were 1.1-1.5 % of a 20-28 ms vit_tiny step, 1.3 points per step are ~0.4 %.
+points every step were 1.1-1.5 % of a 20-28 ms vit_tiny step, the default 1.3 points per step ~0.6 %.
 Metrics are buffered (a step costs an append) and sent with ``log_batch`` between two steps, at
 most every ``flush_interval_s`` seconds or ``max_buffered`` points, and at the end; large batches
 cost a third as much per point as small ones (SQLite store: ~70 us against ~190 us per point).
@@ -68,12 +68,12 @@ class MlflowLogger(Callback):
         self.details_every_n_steps = max(1, details_every_n_steps)
         self._window_ms = 0.0  # step time since the last train/step_time_ms point
         self._window_steps = 0
+        self._window_end = 0  # global step of the last on_train_step_end
         self.flush_interval_s = flush_interval_s
         self.max_buffered = max(1, max_buffered)
         self._buffer: list = []
         self._last_flush = time.monotonic()
         self._warned = False
-        self._window_end = 0  # global step of the last on_train_step_end
         self._handled_checkpoints = 0
         self._pending: list = []
 
