@@ -28,7 +28,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 
 def model_config(name: str) -> dict:
-    """The ``conf/model/<name>.yaml`` keys, unresolved interpolations dropped."""
+    """The ``conf/model/<name>.yaml`` keys (interpolations are left unresolved; none is read here)."""
     return OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "model" / f"{name}.yaml"), resolve=False)
 
 
