@@ -20,16 +20,12 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+from _models import vit_args
 from omegaconf import OmegaConf
 
 from vit_exp.config import CONFIG_DIR, PROJECT_ROOT
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
-
-
-def model_config(name: str) -> dict:
-    """The ``conf/model/<name>.yaml`` keys (interpolations are left unresolved; none is read here)."""
-    return OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "model" / f"{name}.yaml"), resolve=False)
 
 
 def data_config(name: str) -> dict:
@@ -55,18 +51,17 @@ def find_images(folder: Path, limit: int) -> tuple[list[Path], list[int], int]:
     return paths, labels, len(classes)
 
 
-def logits_of(model: dict, checkpoint: Path, batches: list[np.ndarray], approximate: bool) -> np.ndarray:
-    """Logits of every batch with ``gelu_approximate=approximate``."""
+def logits_of(
+    model: dict, params: dict, checkpoint: Path, batches: list[np.ndarray], approximate: bool
+) -> np.ndarray:
+    """Logits of every batch, ``params`` (the checkpoint's) loaded, ``gelu_approximate=approximate``."""
     import mindspore as ms
 
-    from vit_exp.models.checkpoint import apply_name_map, load_into
-    from vit_exp.models.predictor import vit_arguments
+    from vit_exp.models.checkpoint import load_into
     from vit_exp.models.vit import ViT
 
-    params = apply_name_map(ms.load_checkpoint(str(checkpoint)), "auto")
-    head = params["dense.weight"]
-    args = vit_arguments(model) | {"gelu_approximate": approximate, "num_classes": int(head.shape[0])}
-    net = ViT(**args)
+    num_classes = int(params["dense.weight"].shape[0])
+    net = ViT(**(model | {"gelu_approximate": approximate, "num_classes": num_classes}))
     load_into(net, params, checkpoint, head_names=())
     net.set_train(False)
     return np.concatenate([net(ms.Tensor(b)).asnumpy() for b in batches]).astype(np.float64)
@@ -88,16 +83,17 @@ def main() -> None:
     import mindspore as ms
 
     from vit_exp.data.images import decode_rgb, preprocess
-    from vit_exp.models.checkpoint import fetch_checkpoint
+    from vit_exp.models.checkpoint import apply_name_map, fetch_checkpoint
 
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_device("CPU")
-    model, data = model_config(args.model), data_config(args.data)
+    model, data = vit_args(args.model), data_config(args.data)
     if not args.images.is_dir():
         raise SystemExit(
             f"error: --images {args.images} is not a folder (the digits default needs one run first)"
         )
     checkpoint = fetch_checkpoint(args.checkpoint, PROJECT_ROOT / ".cache" / "checkpoints")
+    params = apply_name_map(ms.load_checkpoint(str(checkpoint)), "auto")  # read once for both variants
     paths, labels, num_classes = find_images(args.images, args.limit)
     if not paths:
         raise SystemExit(f"error: no images under {args.images} (--images)")
@@ -108,8 +104,8 @@ def main() -> None:
         for i in range(0, len(images), args.batch)
     ]
     trained = args.trained_with or ("tanh" if model.get("gelu_approximate") else "exact")
-    reference = logits_of(model, checkpoint, batches, approximate=trained == "tanh")
-    other = logits_of(model, checkpoint, batches, approximate=trained != "tanh")
+    reference = logits_of(model, params, checkpoint, batches, approximate=trained == "tanh")
+    other = logits_of(model, params, checkpoint, batches, approximate=trained != "tanh")
     other_name = "exact" if trained == "tanh" else "tanh"
 
     diff = np.abs(other - reference)
