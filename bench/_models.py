@@ -1,19 +1,27 @@
-"""Shared by the benchmarks: the ViT arguments of the default model config (conf/model/vit_tiny.yaml)."""
+"""Shared by the benchmarks: config groups as the training CLI composes them, and the ViTs they make."""
 
 from __future__ import annotations
 
 from omegaconf import OmegaConf
 
-from vit_exp.config import CONFIG_DIR
-from vit_exp.models.predictor import vit_arguments
+from vit_exp.config import CONFIG_DIR, register_resolvers
 
 
-def vit_args(name: str) -> dict:
-    """The ViT constructor arguments of ``conf/model/<name>.yaml`` (``num_classes`` not included)."""
-    model = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "model" / f"{name}.yaml"), resolve=False)
-    return {k: v for k, v in vit_arguments(model).items() if k != "num_classes"}
+def composed_group(group: str, option: str) -> dict:
+    """``<group>`` of ``python -m vit_exp.run <group>=<option>`` (bases included, unresolved)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[f"{group}={option}"])
+    GlobalHydra.instance().clear()
+    return OmegaConf.to_container(cfg[group], resolve=False)
 
 
-def default_vit_args(num_classes: int = 10) -> dict:
-    """``ViT(**default_vit_args())`` builds the model `python -m vit_exp.run` trains by default."""
-    return vit_args("vit_tiny") | {"num_classes": num_classes}
+def vit_config(name: str = "vit_tiny", **overrides):
+    """The ViTConfig of ``model=<name>`` (10 classes unless overridden; default: the default run's)."""
+    from vit_exp.models.vit import ViTConfig
+
+    return ViTConfig.from_mapping(composed_group("model", name), **({"num_classes": 10} | overrides))

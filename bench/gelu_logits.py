@@ -20,18 +20,17 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from _models import vit_args
-from omegaconf import OmegaConf
+from _models import composed_group, vit_config
 
-from vit_exp.config import CONFIG_DIR, PROJECT_ROOT
+from vit_exp.config import PROJECT_ROOT
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 
 def data_config(name: str) -> dict:
-    """mean and std of ``conf/data/<name>.yaml``."""
-    cfg = OmegaConf.load(CONFIG_DIR / "data" / f"{name}.yaml")
-    return {"mean": list(cfg.mean), "std": list(cfg.std)}
+    """mean and std of ``data=<name>``."""
+    cfg = composed_group("data", name)
+    return {"mean": list(cfg["mean"]), "std": list(cfg["std"])}
 
 
 def find_images(folder: Path, limit: int) -> tuple[list[Path], list[int], int]:
@@ -52,7 +51,7 @@ def find_images(folder: Path, limit: int) -> tuple[list[Path], list[int], int]:
 
 
 def logits_of(
-    model: dict, params: dict, checkpoint: Path, batches: list[np.ndarray], approximate: bool
+    model: str, params: dict, checkpoint: Path, batches: list[np.ndarray], approximate: bool
 ) -> np.ndarray:
     """Logits of every batch, ``params`` (the checkpoint's) loaded, ``gelu_approximate=approximate``."""
     import mindspore as ms
@@ -61,7 +60,7 @@ def logits_of(
     from vit_exp.models.vit import ViT
 
     num_classes = int(params["dense.weight"].shape[0])
-    net = ViT(**(model | {"gelu_approximate": approximate, "num_classes": num_classes}))
+    net = ViT(vit_config(model, gelu_approximate=approximate, num_classes=num_classes))
     load_into(net, params, checkpoint, head_names=())
     net.set_train(False)
     return np.concatenate([net(ms.Tensor(b)).asnumpy() for b in batches]).astype(np.float64)
@@ -87,7 +86,7 @@ def main() -> None:
 
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_device("CPU")
-    model, data = vit_args(args.model), data_config(args.data)
+    model, data = args.model, data_config(args.data)
     if not args.images.is_dir():
         raise SystemExit(
             f"error: --images {args.images} is not a folder (the digits default needs one run first)"

@@ -35,7 +35,6 @@ class ImageFolderData:
     root: str | Path
     train_split: str = "train"
     val_split: str = "val"
-    infer_split: str = "infer"
     class_map: str = "folder"
     meta_mat: str | Path | None = None
     mean: tuple[float, float, float] = (123.675, 116.28, 103.53)

@@ -1,9 +1,9 @@
-"""MindSpore dataset pipelines (train / val / infer) for an ImageFolderData, per the reference recipe.
+"""MindSpore dataset pipelines (train / val) for an ImageFolderData, per the reference recipe.
 
 - train: RandomCropDecodeResize(size, scale, ratio), RandomHorizontalFlip, Normalize, HWC2CHW;
   shuffled, batched with drop_remainder.
 - val: Decode, Resize(size + margin), CenterCrop(size), Normalize, HWC2CHW; batched.
-- infer: Decode, Resize([size, size]), Normalize, HWC2CHW.
+The infer transforms (Resize([size, size]), Normalize, HWC2CHW) are ``data.images.preprocess``.
 """
 
 from __future__ import annotations
@@ -49,18 +49,6 @@ def val_transforms(data: ImageFolderData, image_size: int) -> list:
     ]
 
 
-def infer_transforms(data: ImageFolderData, image_size: int, decode: bool = True) -> list:
-    """Resize to a square ``image_size`` and normalise (decoding first unless ``decode=False``)."""
-    vision = _vision()
-    decode_ops = [vision.Decode()] if decode else []
-    return [
-        *decode_ops,
-        vision.Resize([image_size, image_size]),
-        vision.Normalize(mean=list(data.mean), std=list(data.std)),
-        vision.HWC2CHW(),
-    ]
-
-
 def worker_count(data: ImageFolderData) -> int:
     """``data.num_workers`` within 1..cpu_count (MindSpore rejects more; configs move between hosts)."""
     cpus = os.cpu_count() or 1
@@ -68,11 +56,6 @@ def worker_count(data: ImageFolderData) -> int:
     if wanted > cpus:
         log.warning("data.num_workers=%d is more than the %d CPUs here; using %d", wanted, cpus, cpus)
     return max(1, min(wanted, cpus))
-
-
-def _check_batch_size(batch_size: int) -> None:
-    if not isinstance(batch_size, int) or batch_size <= 0:
-        raise ConfigError(f"trainer.batch_size must be a positive integer, got {batch_size!r}")
 
 
 def _folder_dataset(data: ImageFolderData, split_dir, shuffle: bool):
@@ -88,8 +71,7 @@ def _folder_dataset(data: ImageFolderData, split_dir, shuffle: bool):
 
 
 def _batched(dataset, transforms: list, data: ImageFolderData, batch_size: int, drop_remainder: bool):
-    # ImageFolderDataset's labels are already int32, what the loss and metrics take: no cast
-    # stage (a per-image map stage cost ~35 us of CPU per image, a third of the digits pipeline).
+    # Labels are already int32, as the loss and metrics take them: no per-image cast stage.
     dataset = dataset.map(
         operations=transforms, input_columns="image", num_parallel_workers=worker_count(data)
     )
@@ -98,7 +80,6 @@ def _batched(dataset, transforms: list, data: ImageFolderData, batch_size: int, 
 
 def train_dataset(data: ImageFolderData, image_size: int, batch_size: int):
     """Shuffled, augmented, batched training data (last partial batch dropped)."""
-    _check_batch_size(batch_size)
     split = data.split_dir(data.train_split, key="data.train_split")
     dataset = _folder_dataset(data, split, shuffle=True)
     if dataset.get_dataset_size() < batch_size:
@@ -111,7 +92,6 @@ def train_dataset(data: ImageFolderData, image_size: int, batch_size: int):
 
 def val_dataset(data: ImageFolderData, image_size: int, batch_size: int):
     """Validation data in file order, with the val transforms, all images kept."""
-    _check_batch_size(batch_size)
     split = data.check_split_classes(data.val_split, key="data.val_split")
     dataset = _folder_dataset(data, split, shuffle=False)
     return _batched(dataset, val_transforms(data, image_size), data, batch_size, drop_remainder=False)
