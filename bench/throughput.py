@@ -55,22 +55,24 @@ def mindspore_steps(c: BenchConfig, gelu_approximate: bool, patch_embed: str, fu
     import mindspore as ms
     from mindspore import nn
 
-    from vit_exp.models.vit import ViT
+    from vit_exp.models.vit import ViT, ViTConfig
     from vit_exp.train.losses import CrossEntropySmooth
 
     def build():
         return ViT(
-            image_size=c.image_size,
-            patch_size=c.patch_size,
-            embed_dim=c.embed_dim,
-            num_layers=c.num_layers,
-            num_heads=c.num_heads,
-            mlp_dim=c.mlp_dim,
-            num_classes=c.num_classes,
-            gelu_approximate=gelu_approximate,
-            patch_embed=patch_embed,
-            fused_kernels=fused_kernels,
-            layer_norm_eps=1e-6,
+            ViTConfig(
+                image_size=c.image_size,
+                patch_size=c.patch_size,
+                embed_dim=c.embed_dim,
+                num_layers=c.num_layers,
+                num_heads=c.num_heads,
+                mlp_dim=c.mlp_dim,
+                num_classes=c.num_classes,
+                gelu_approximate=gelu_approximate,
+                patch_embed=patch_embed,
+                fused_kernels=fused_kernels,
+                layer_norm_eps=1e-6,
+            )
         )
 
     net = build()

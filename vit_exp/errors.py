@@ -1,4 +1,4 @@
-"""The one user-facing error type, and the CLI handler that turns failures into one line."""
+"""User-facing error types, the shared value check, and the CLI handler that prints failures in one line."""
 
 from __future__ import annotations
 
@@ -26,6 +26,21 @@ class DataError(VitExpError):
 
 class CheckpointError(VitExpError):
     """A checkpoint file is missing, unreadable or does not fit the model."""
+
+
+class RegistryError(VitExpError):
+    """The tracking store or model registry cannot give what was asked for."""
+
+
+class KernelBuildError(RuntimeError):
+    """The fused CPU kernel library cannot be built here (``model.fused_kernels=auto`` falls back)."""
+
+
+def positive_int(key: str, value: object) -> int:
+    """``value`` when it is an integer >= 1, else a ConfigError naming ``key``."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{key} must be a positive integer, got {value!r}")
+    return value
 
 
 def first_line(message: str) -> str:

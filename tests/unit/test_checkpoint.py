@@ -10,17 +10,9 @@ import threading
 import numpy as np
 import pytest
 
+from tests.helpers.models import tiny_vit
 from vit_exp.errors import CheckpointError
 from vit_exp.models.checkpoint import load_pretrained, rename_timm, save_checkpoint
-
-
-def tiny_vit(**overrides):
-    from vit_exp.models.vit import ViT
-
-    args = dict(
-        image_size=32, patch_size=8, embed_dim=32, num_layers=2, num_heads=2, mlp_dim=64, num_classes=5
-    )
-    return ViT(**{**args, **overrides})
 
 
 def logits(net, seed=0):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy.special import erf
 
-from tests.conftest import requires_fused_kernels
+from tests.helpers.models import requires_fused_kernels, tiny_vit
 from vit_exp.errors import ConfigError
 
 
@@ -41,7 +41,7 @@ def test_fused_gelu_matches_reference_values_and_gradient(approximate):
     from mindspore import nn
 
     from vit_exp.models.fused import FusedGELU
-    from vit_exp.models.vit import ExactGELU
+    from vit_exp.models.layers import ExactGELU
 
     rng = np.random.default_rng(0)
     # wide range: the kernel's erf/exp approximations clamp at |x| = 4 / exp(-87)
@@ -71,12 +71,12 @@ def test_fused_gelu_matches_reference_values_and_gradient(approximate):
 def test_fused_layer_norm_matches_composed_values_and_gradients(shape):
     import mindspore as ms
 
-    from vit_exp.models.vit import LayerNorm
+    from vit_exp.models.layers import LayerNorm
 
     rng = np.random.default_rng(1)
     d = shape[-1]
     x = rng.normal(2.0, 3.0, size=shape).astype(np.float32)
-    fused, composed = LayerNorm(d, 1e-6, fused_kernels=True), LayerNorm(d, 1e-6, fused_kernels=False)
+    fused, composed = LayerNorm(d, 1e-6, fused=True), LayerNorm(d, 1e-6, fused=False)
     for norm in (fused, composed):
         norm.gamma.set_data(ms.Tensor(rng.normal(1, 0.2, d).astype(np.float32)))
         norm.beta.set_data(ms.Tensor(rng.normal(0, 0.2, d).astype(np.float32)))
@@ -105,14 +105,11 @@ def test_vit_with_and_without_fused_kernels_train_identically():
     import mindspore as ms
     from mindspore import nn
 
-    from tests.conftest import TINY_VIT_ARGS
-    from vit_exp.models.vit import ViT
-
     rng = np.random.default_rng(2)
     x = ms.Tensor(rng.normal(size=(4, 3, 32, 32)).astype(np.float32))
     y = ms.Tensor(rng.integers(0, 5, 4).astype(np.int32))
-    fused = ViT(num_classes=5, fused_kernels="on", **TINY_VIT_ARGS)
-    plain = ViT(num_classes=5, fused_kernels="off", **TINY_VIT_ARGS)
+    fused = tiny_vit(fused_kernels="on")
+    plain = tiny_vit(fused_kernels="off")
     assert fused.uses_fused_kernels and not plain.uses_fused_kernels
     ms.load_param_into_net(
         plain, {p.name: ms.Parameter(p.data.copy(), name=p.name) for p in fused.get_parameters()}
@@ -145,29 +142,15 @@ def no_compiler(monkeypatch, tmp_path):
 
 
 def test_fused_kernels_on_without_compiler_is_one_clear_error(no_compiler):
-    from vit_exp.models.vit import ViT
-
     with pytest.raises(ConfigError, match=r"model\.fused_kernels=on .*no C\+\+ compiler"):
-        ViT(
-            image_size=32,
-            patch_size=8,
-            embed_dim=32,
-            num_layers=1,
-            num_heads=2,
-            mlp_dim=64,
-            fused_kernels="on",
-        )
+        tiny_vit(num_layers=1, fused_kernels="on")
 
 
 def test_fused_kernels_auto_without_compiler_falls_back_with_a_warning(no_compiler, caplog):
     import mindspore as ms
 
-    from vit_exp.models.vit import ViT
-
     with caplog.at_level(logging.WARNING, logger="vit_exp.models.fused"):
-        net = ViT(
-            image_size=32, patch_size=8, embed_dim=32, num_layers=1, num_heads=2, mlp_dim=64, num_classes=3
-        )
+        net = tiny_vit(num_classes=3, num_layers=1)
     assert not net.uses_fused_kernels
     assert "fused CPU kernels unavailable" in caplog.text
     assert net(ms.Tensor(np.zeros((1, 3, 32, 32), np.float32))).shape == (1, 3)

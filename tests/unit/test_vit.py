@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.conftest import requires_fused_kernels
+from tests.helpers.models import requires_fused_kernels, tiny_vit
 from vit_exp.errors import ConfigError
 
 
@@ -46,15 +46,6 @@ def test_vit_b16_parameters_equal_recipe_table(compose):
     net = instantiate(compose(["model=vit_b16"]).model, num_classes=1000)
     got = {p.name: tuple(p.shape) for p in net.get_parameters()}
     assert got == recipe_table()
-
-
-def tiny_vit(**overrides):
-    from vit_exp.models.vit import ViT
-
-    args = dict(
-        image_size=32, patch_size=8, embed_dim=32, num_layers=2, num_heads=2, mlp_dim=64, num_classes=5
-    )
-    return ViT(**{**args, **overrides})
 
 
 def copy_params(src, dst):
@@ -180,7 +171,7 @@ def test_exact_gelu_and_its_handwritten_gradient_match_mindspore():
     import mindspore as ms
     from mindspore import nn, ops
 
-    from vit_exp.models.vit import ExactGELU
+    from vit_exp.models.layers import ExactGELU
 
     class Summed(nn.Cell):
         def __init__(self, cell):
@@ -203,7 +194,7 @@ def test_dense_keeps_nn_dense_names_and_maths():
     import mindspore as ms
     from mindspore import nn
 
-    from vit_exp.models.vit import Dense
+    from vit_exp.models.layers import Dense
 
     ours = Dense(8, 5)
     assert [p.name for p in ours.get_parameters()] == ["weight", "bias"]

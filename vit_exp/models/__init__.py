@@ -15,16 +15,16 @@ def build_vit(
     pretrained: str | None = None,
     pretrained_name_map: str = "auto",
     checkpoint_cache_dir: str | Path = "~/.cache/vit_exp/checkpoints",
-    **vit_args,
+    **architecture,
 ):
-    """Build a ViT from config keys and, if ``pretrained`` is a path or URL, load its weights.
+    """Build a ViT from the ``model`` config keys and, if ``pretrained`` is a path or URL, load its weights.
 
-    ``vit_args`` are the :class:`vit_exp.models.vit.ViT` arguments (``image_size``, ``patch_size``,
-    ``embed_dim``, ``num_layers``, ``num_heads``, ``mlp_dim``, ...). ``name`` is only a label.
+    ``architecture`` holds the :class:`vit_exp.models.vit.ViTConfig` fields (``image_size``,
+    ``patch_size``, ``embed_dim``, ...). ``name`` is only a label.
     """
-    from vit_exp.models.vit import ViT
+    from vit_exp.models.vit import ViT, ViTConfig
 
-    net = ViT(num_classes=num_classes, **vit_args)
+    net = ViT(ViTConfig(num_classes=num_classes, **architecture))
     if pretrained:
         from vit_exp.models.checkpoint import load_pretrained
 

@@ -1,8 +1,7 @@
 """Fused CPU kernels (GELU, LayerNorm) as MindSpore ``aot`` Custom operators.
 
 MindSpore's CPU backend runs GELU and LayerNorm, and their gradients, as chains of element-wise
-kernels, one full memory pass each. ``cpu_kernels.cc`` does each in one vectorised, threaded pass;
-on the bench's tiny32 train step this is worth ~20 % of the step (bench/RESULTS.md).
+kernels, one memory pass each; ``cpu_kernels.cc`` does each in one vectorised, threaded pass.
 
 The library is compiled once per source/compiler/CPU with ``g++`` into ``$VIT_EXP_KERNEL_CACHE``
 (default ``~/.cache/vit_exp/kernels``). Where that is impossible (no compiler, not Linux, not a CPU
@@ -25,7 +24,7 @@ from pathlib import Path
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
-from vit_exp.errors import ConfigError
+from vit_exp.errors import ConfigError, KernelBuildError
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +55,6 @@ def _cpu_signature() -> str:
         return platform.processor()
     wanted = [line for line in lines if line.startswith(("model name", "flags"))]
     return "\n".join(dict.fromkeys(wanted))
-
-
-class KernelBuildError(RuntimeError):
-    """The fused kernel library could not be built here; the message says why."""
 
 
 def kernel_library() -> Path:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,14 +15,6 @@ class TopK:
 
     indices: np.ndarray
     probabilities: np.ndarray
-
-
-def vit_arguments(model_config: Mapping) -> dict:
-    """The :class:`ViT` constructor arguments found in a ``model`` config section."""
-    from vit_exp.models.vit import ViT
-
-    accepted = set(inspect.signature(ViT.__init__).parameters) - {"self"}
-    return {k: v for k, v in model_config.items() if k in accepted}
 
 
 class Predictor:
@@ -48,17 +39,15 @@ class Predictor:
 
         from vit_exp.errors import CheckpointError
         from vit_exp.models.checkpoint import load_into
-        from vit_exp.models.vit import ViT
+        from vit_exp.models.vit import ViT, ViTConfig
 
-        args = vit_arguments(config["model"])
-        args["num_classes"] = int(config["model"].get("num_classes") or len(class_names))
-        net = ViT(**args)
-        params = ms.load_checkpoint(str(checkpoint))
-        report = load_into(net, params, Path(checkpoint), head_names=())
+        num_classes = int(config["model"].get("num_classes") or len(class_names))
+        net = ViT(ViTConfig.from_mapping(config["model"], num_classes=num_classes))
+        report = load_into(net, ms.load_checkpoint(str(checkpoint)), Path(checkpoint), head_names=())
         if report.reinitialised:
             raise CheckpointError(f"checkpoint {checkpoint} has no usable classification head")
         data = config["data"]
-        return cls(net, class_names, args["image_size"], data["mean"], data["std"])
+        return cls(net, class_names, net.image_size, data["mean"], data["std"])
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
         """Softmax class probabilities (N, num_classes) for a preprocessed float32 NCHW batch."""

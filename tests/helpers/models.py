@@ -1,0 +1,37 @@
+"""Tiny ViTs for the tests: 32x32 images, patch 8, dim 32, 2 layers."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+
+import pytest
+
+# Tests of the fused CPU kernels need a C++ compiler (vit_exp/models/fused.py builds them with it);
+# without one, model.fused_kernels=auto falls back to composed ops (tested separately).
+requires_fused_kernels = pytest.mark.skipif(
+    platform.system() != "Linux" or shutil.which(os.environ.get("CXX", "g++")) is None,
+    reason="no C++ compiler here: the fused CPU kernels cannot be built",
+)
+
+# The ViT the TINY_MODEL overrides build (exact GELU, as in conf/model/vit_tiny.yaml).
+TINY_VIT_ARGS = dict(
+    image_size=32, patch_size=8, embed_dim=32, num_layers=2, num_heads=2, mlp_dim=64, gelu_approximate=False
+)
+# The same ViT as command-line overrides, for the training CLI.
+TINY_MODEL = [
+    "model=vit_tiny",
+    "model.patch_size=8",
+    "model.embed_dim=32",
+    "model.num_layers=2",
+    "model.num_heads=2",
+    "model.mlp_dim=64",
+]
+
+
+def tiny_vit(num_classes: int = 5, **overrides):
+    """The TINY_VIT_ARGS ViT (with ``overrides``) with ``num_classes`` outputs."""
+    from vit_exp.models.vit import ViT, ViTConfig
+
+    return ViT(ViTConfig(num_classes=num_classes, **(TINY_VIT_ARGS | overrides)))
