@@ -24,9 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _models import default_vit_args
-
-VIT = default_vit_args()
+from _models import vit_config
 
 
 def digits(cache: Path, workers: int = 2, prefetch: int = 64):
@@ -51,14 +49,15 @@ def bare(data, epochs: int, net) -> tuple[float, float]:
     from vit_exp.data.pipeline import train_dataset
     from vit_exp.train.losses import CrossEntropySmooth
     from vit_exp.train.lr import cosine_schedule
-    from vit_exp.train.optim import build_optimizer
+    from vit_exp.train.optim import OptimizerSettings
 
     batches = [
         (ms.Tensor(x), ms.Tensor(y))
         for x, y in train_dataset(data, 32, 64).create_tuple_iterator(output_numpy=True)
     ]
-    optimizer = build_optimizer(
-        net.trainable_params(), cosine_schedule(epochs * len(batches), len(batches)), name="adam", lr=1e-3
+    adam = OptimizerSettings(name="adam", lr=1e-3)
+    optimizer = adam.build(
+        net.trainable_params(), adam.learning_rates(cosine_schedule(epochs * len(batches), len(batches)))
     )
     step = nn.TrainOneStepCell(nn.WithLossCell(net, CrossEntropySmooth(10)), optimizer)
     step.set_train(True)
@@ -78,17 +77,19 @@ def full(data, epochs: int, store: Path, net, every_epoch: bool) -> tuple[float,
     ``every_epoch``: a checkpoint and a registered model version every epoch (the default run);
     otherwise one checkpoint after the last epoch and no model versions.
     """
-    import functools
-
     import mlflow
     from mindspore.train import Callback
 
     from vit_exp.data.pipeline import train_dataset
-    from vit_exp.tracking.callback import MlflowLogger
-    from vit_exp.tracking.registry import CheckpointRegistrar, RegistrySettings, write_model_inputs
-    from vit_exp.tracking.session import example_image
+    from vit_exp.tracking.job import example_image
+    from vit_exp.tracking.metric_logger import MlflowMetricLogger
+    from vit_exp.tracking.registration import CheckpointRegistration
+    from vit_exp.tracking.registry import PyfuncModelWriter, RegistrySettings, write_model_inputs
+    from vit_exp.train.callbacks import CheckpointSaver, TrainHistory
+    from vit_exp.train.losses import CrossEntropySmooth
     from vit_exp.train.lr import cosine_schedule
-    from vit_exp.train.optim import build_optimizer
+    from vit_exp.train.metrics import classification_metrics
+    from vit_exp.train.optim import OptimizerSettings
     from vit_exp.train.trainer import TrainSettings, fit
 
     class EpochClock(Callback):  # last in the list: the epoch's checkpoint and registration count
@@ -100,36 +101,31 @@ def full(data, epochs: int, store: Path, net, every_epoch: bool) -> tuple[float,
             self.ends.append((time.perf_counter(), time.process_time()))
 
     clock = EpochClock()
+    train_ds = train_dataset(data, 32, 64)
+    plan = TrainSettings(epochs=epochs, batch_size=64).plan(train_ds.get_dataset_size())
+    adam = OptimizerSettings(name="adam", lr=1e-3)
+    lr_values = adam.learning_rates(cosine_schedule(plan.total_steps, plan.steps_per_epoch))
+    history = TrainHistory(64, lr_values)
+    saver = CheckpointSaver(net, store / "ckpt", "bench", 1 if every_epoch else epochs, 100, history)
     mlflow.set_tracking_uri(f"sqlite:///{store / 'mlflow.db'}")
     with mlflow.start_run() as run:
-        shared = write_model_inputs(store / "model_inputs", "model: {}\n", [str(i) for i in range(10)])
-        registrar = CheckpointRegistrar(  # registry.register=every (default) or none
-            RegistrySettings(register="every" if every_epoch else "none", name="bench"),
-            run.info.run_id,
-            shared,
-            example_image(data),
-        )
-        result = fit(
+        callbacks = [history, saver, MlflowMetricLogger(run.info.run_id, history)]
+        if every_epoch:  # registry.register=every (the default)
+            inputs = write_model_inputs(store / "model_inputs", "model: {}\n", [str(i) for i in range(10)])
+            writer = PyfuncModelWriter(inputs, example_image(data), top_k=5)
+            settings = RegistrySettings(register="every", name="bench")
+            callbacks.append(CheckpointRegistration(settings, run.info.run_id, saver, writer))
+        fit(
             net,
-            train_dataset(data, 32, 64),
+            train_ds,
             None,
-            settings=TrainSettings(
-                epochs=epochs,
-                batch_size=64,
-                log_every_n_steps=10,
-                checkpoint_every_n_epochs=1 if every_epoch else epochs,
-            ),
-            num_classes=10,
-            optimizer_factory=functools.partial(build_optimizer, name="adam", lr=1e-3),
-            schedule_factory=cosine_schedule,
-            checkpoint_dir=store / "ckpt",
-            checkpoint_prefix="bench",
-            extra_callbacks=lambda history, checkpoints: [
-                MlflowLogger(run.info.run_id, history, checkpoints, registrar),
-                clock,
-            ],
+            optimizer=adam.build(net.trainable_params(), lr_values),
+            loss_fn=CrossEntropySmooth(10),
+            metrics=classification_metrics(10),
+            plan=plan,
+            callbacks=[*callbacks, clock],
         )
-    steps = result.history.epochs[-1].step - result.history.epochs[0].step
+    steps = history.epochs[-1].step - history.epochs[0].step
     (wall0, cpu0), (wall1, cpu1) = clock.ends[0], clock.ends[-1]
     return steps * 64 / (wall1 - wall0), (cpu1 - cpu0) / (steps * 64)
 
@@ -152,7 +148,7 @@ def main() -> None:
 
         # One network for both paths: separately built instances of the same model differed by up
         # to +-15 % in steady-state speed on this VM, which swamped the difference being measured.
-        net = ViT(**VIT)
+        net = ViT(vit_config())
         paths = {
             "bare TrainOneStepCell loop, pre-loaded batches": lambda: bare(data, args.epochs, net),
             "vit_exp fit + callbacks + MLflow step metrics + pipeline": lambda: full(

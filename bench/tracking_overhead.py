@@ -5,7 +5,7 @@
 Measures, in one process:
 1. the median time of a vit_tiny train step (batch 64, 32x32, graph mode, pre-loaded batch);
 2. for ``mlflow.log_details_every_n_steps`` 1 (four points a step) and 10 (the default: loss every
-   step, LR and speed every 10): the mean time per step spent in ``MlflowLogger.on_train_step_end``
+   step, LR and speed every 10): the mean time per step spent in ``MlflowMetricLogger.on_train_step_end``
    (its sends included) against a real SQLite store over ``--steps`` real train steps (the step
    runs between the timed calls, as in training), after a warm-up send; then ``close()``'s time,
    and a check that every metric was stored;
@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _models import default_vit_args
+from _models import vit_config
 
 
 def build(batch: int):
@@ -33,17 +33,20 @@ def build(batch: int):
     from vit_exp.models.vit import ViT
     from vit_exp.train.losses import CrossEntropySmooth
     from vit_exp.train.lr import cosine_schedule
-    from vit_exp.train.optim import build_optimizer
+    from vit_exp.train.optim import OptimizerSettings
 
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_device("CPU")
-    net = ViT(**default_vit_args())
-    optimizer = build_optimizer(net.trainable_params(), cosine_schedule(100_000, 100), name="adam", lr=1e-3)
-    step = nn.TrainOneStepCell(nn.WithLossCell(net, CrossEntropySmooth(10)), optimizer)
+    net = ViT(vit_config())
+    adam = OptimizerSettings(name="adam", lr=1e-3)
+    lr_values = adam.learning_rates(cosine_schedule(100_000, 100))
+    step = nn.TrainOneStepCell(
+        nn.WithLossCell(net, CrossEntropySmooth(10)), adam.build(net.trainable_params(), lr_values)
+    )
     rng = np.random.default_rng(0)
     images = ms.Tensor(rng.normal(size=(batch, 3, 32, 32)).astype(np.float32))
     labels = ms.Tensor(rng.integers(0, 10, batch).astype(np.int32))
-    return net, optimizer, step, images, labels
+    return net, lr_values, step, images, labels
 
 
 def time_steps(step, images, labels, n: int) -> float:
@@ -66,18 +69,17 @@ def logger_cost(
     """
     import mlflow
     from mindspore.train import RunContext
-    from mindspore.train.callback._callback import InternalCallbackParam
 
-    from vit_exp.tracking.callback import MlflowLogger
+    from vit_exp.tracking.metric_logger import MlflowMetricLogger
     from vit_exp.train.callbacks import TrainHistory
-    from vit_exp.train.loop import gc_frozen
+    from vit_exp.train.loop import CallbackParams, gc_frozen
 
     _, _, train_step, images, labels = step_parts
     mlflow.set_tracking_uri(f"sqlite:///{store / 'mlflow.db'}")
     with mlflow.start_run() as run:
         history = TrainHistory(64, np.full(warmup + steps + 1, 1e-3, dtype=np.float32))
-        logger = MlflowLogger(run.info.run_id, history, details_every_n_steps=details_every)
-        context = RunContext(InternalCallbackParam())
+        logger = MlflowMetricLogger(run.info.run_id, history, details_every_n_steps=details_every)
+        context = RunContext(CallbackParams())
 
         def log_step(i: int) -> None:
             history.global_step, history.last_loss, history.last_step_ms = i, 1.0 / i, 50.0
@@ -111,22 +113,24 @@ class _Batches:
 
 
 def loop_ips(step_parts, store: Path, steps: int, with_mlflow: bool) -> float:
-    """Images/s of ``run_training`` over ``steps`` pre-loaded batches, with or without MlflowLogger."""
+    """Images/s of ``run_training`` over ``steps`` pre-loaded batches, with or without the MLflow logger."""
     import mlflow
 
-    from vit_exp.tracking.callback import MlflowLogger
+    from vit_exp.tracking.metric_logger import MlflowMetricLogger
     from vit_exp.train.callbacks import TrainHistory
     from vit_exp.train.loop import run_training
+    from vit_exp.train.trainer import TrainPlan
 
-    _, optimizer, step, images, labels = step_parts
-    history = TrainHistory(64, optimizer.lr_values)
+    _, lr_values, step, images, labels = step_parts
+    history = TrainHistory(64, lr_values)
     callbacks = [history]
     mlflow.set_tracking_uri(f"sqlite:///{store / 'mlflow.db'}")
     run = mlflow.start_run() if with_mlflow else None
     if run:
-        callbacks.append(MlflowLogger(run.info.run_id, history))
+        callbacks.append(MlflowMetricLogger(run.info.run_id, history))
     start = time.perf_counter()
-    run_training(step, _Batches(images, labels, steps), epochs=1, steps_per_epoch=steps, callbacks=callbacks)
+    plan = TrainPlan(epochs=1, steps_per_epoch=steps, total_steps=steps, validation_epochs=())
+    run_training(step, _Batches(images, labels, steps), plan=plan, callbacks=callbacks)
     seconds = time.perf_counter() - start
     if run:
         mlflow.end_run()

@@ -1,4 +1,4 @@
-"""Train a ViT: compose the config -> build device, data, model -> fit -> report.
+"""Train a ViT: compose ``conf/train.yaml`` -> build device, data, model -> fit -> report.
 
 python -m vit_exp.run [group=option ...] [key=value ...]
 """
@@ -34,14 +34,13 @@ def train(cfg: DictConfig) -> float | None:
 
     from vit_exp.data.pipeline import train_dataset, val_dataset
     from vit_exp.models.vit import count_parameters
-    from vit_exp.tracking.session import JobContext, TrainingTracker
+    from vit_exp.tracking.job import HydraJob, TrainJob, assemble_callbacks, log_job_inputs, training_run
+    from vit_exp.train.losses import CrossEntropySmooth
+    from vit_exp.train.metrics import classification_metrics
     from vit_exp.train.trainer import fit
 
-    settings = instantiate(cfg.trainer)
-    settings.validate()
-    tracker = TrainingTracker(cfg, JobContext.from_hydra())
-    device = instantiate(cfg.device)
-    device.apply(seed=settings.seed)
+    job = TrainJob.from_config(cfg, HydraJob.current())
+    job.device.apply(seed=job.trainer.seed)
     data = instantiate(cfg.data)
     num_classes = resolve_num_classes(cfg.model.num_classes, data)
     net = instantiate(cfg.model, num_classes=num_classes)
@@ -52,41 +51,43 @@ def train(cfg: DictConfig) -> float | None:
         num_classes,
         data.name,
         data.root,
-        device.target,
-        device.mode,
+        job.device.target,
+        job.device.mode,
     )
-    image_size = int(cfg.model.image_size)
-    val_ds = val_dataset(data, image_size, settings.batch_size)  # checks the val split before training
-    train_ds = train_dataset(data, image_size, settings.batch_size)
-    with tracker.run():
-        tracker.log_inputs(data, net)
-        result = fit(
-            net,
-            train_ds,
-            val_ds,
-            settings=settings,
-            num_classes=num_classes,
-            optimizer_factory=instantiate(cfg.optim),
-            schedule_factory=instantiate(cfg.sched),
-            checkpoint_dir=cfg.paths.checkpoint_dir,
-            checkpoint_prefix=cfg.model.name,
-            amp_level=device.amp_level,
-            extra_callbacks=tracker.callbacks,
-        )
-        return report(result, tracker)
+    batch_size = job.trainer.batch_size
+    val_ds = val_dataset(data, net.image_size, batch_size)  # checks the val split before training
+    train_ds = train_dataset(data, net.image_size, batch_size)
+    plan = job.trainer.plan(train_ds.get_dataset_size())
+    schedule = instantiate(cfg.sched)(total_steps=plan.total_steps, steps_per_epoch=plan.steps_per_epoch)
+    lr_values = job.optim.learning_rates(schedule)
+    with training_run(job) as run:
+        if run is not None:
+            log_job_inputs(job, data, net)
+        with assemble_callbacks(job, run, net, data, plan, lr_values) as callbacks:
+            fit(
+                net,
+                train_ds,
+                val_ds,
+                optimizer=job.optim.build(net.trainable_params(), lr_values),
+                loss_fn=CrossEntropySmooth(num_classes, job.trainer.label_smoothing),
+                metrics=classification_metrics(num_classes),
+                plan=plan,
+                callbacks=callbacks.ordered,
+                amp_level=job.device.amp_level,
+            )
+        return report(callbacks, plan, run)
 
 
-def report(result, tracker=None) -> float | None:
+def report(callbacks, plan, run) -> float | None:
     """Log the end-of-run summary; return the best validation top-1."""
-    history = result.history
-    best = history.best("top1")
-    last = history.epochs[-1] if history.epochs else None
+    history = callbacks.history
+    best, last = history.best("top1"), history.last_epoch
     log.info("=" * 72)
     log.info(
         "finished %d step(s) in %.1fs%s",
         history.global_step,
         history.train_seconds,
-        " (stopped at trainer.max_steps)" if history.stopped_early else "",
+        " (stopped at trainer.max_steps)" if plan.stops_early else "",
     )
     if last and last.val:
         log.info(
@@ -98,23 +99,18 @@ def report(result, tracker=None) -> float | None:
         )
     if best:
         log.info("best epoch %d: val top1 %.4f  top5 %.4f", best.epoch, best.val["top1"], best.val["top5"])
-    if result.checkpoints:
-        log.info(
-            "checkpoints: %d in %s (last: %s)",
-            len(result.checkpoints),
-            result.checkpoints[-1][0].parent,
-            result.checkpoints[-1][0].name,
-        )
-    registrar = getattr(tracker, "registrar", None)
-    if registrar and registrar.versions:
-        versions = ", ".join(v for v, _, _ in registrar.versions)
-        log.info("registered model '%s' version(s): %s", registrar.settings.name, versions)
-    if tracker is not None and tracker.run_id:
-        log.info("mlflow run: %s (%s)", tracker.run_id, tracker.settings.tracking_uri)
+    kept = callbacks.checkpoints.on_disk
+    if kept:
+        log.info("checkpoints: %d in %s (last: %s)", len(kept), kept[-1].path.parent, kept[-1].path.name)
+    if callbacks.registration and callbacks.registration.versions:
+        versions = ", ".join(v.version for v in callbacks.registration.versions)
+        log.info("registered model '%s' version(s): %s", callbacks.registration.settings.name, versions)
+    if run is not None:
+        log.info("mlflow run: %s (%s)", run.run_id, run.tracking_uri)
     return best.val["top1"] if best else None
 
 
-main = make_main("config", train)
+main = make_main("train", train)
 
 if __name__ == "__main__":
     main()

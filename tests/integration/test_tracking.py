@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import TINY_MODEL, TINY_VIT_ARGS, run_cli, write_image_folder
-
-STEPS_PER_EPOCH = 4  # 1438 digits / batch 32 = 44 steps; max_steps keeps runs tiny
+from tests.helpers.data import write_image_folder
+from tests.helpers.models import TINY_MODEL, tiny_vit
+from tests.helpers.processes import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def tiny_run(tmp_path_factory):
         f"data.root={root}",
         "trainer.epochs=2",
         "trainer.batch_size=8",
-        "trainer.log_every_n_steps=2",
+        "trainer.print_every_n_steps=2",
         "optim.lr=3e-3",
         "registry.name=tiny-vit",
         "registry.top_k=2",
@@ -159,10 +159,9 @@ def test_pyfunc_in_fresh_process_equals_direct_inference(tiny_run):
     from PIL import Image
 
     from vit_exp.data.images import preprocess
-    from vit_exp.models.vit import ViT
 
     ckpt = sorted((tiny_run["tmp"] / "run/checkpoints").glob("*.ckpt"))[-1]
-    net = ViT(**TINY_VIT_ARGS, num_classes=3)
+    net = tiny_vit(num_classes=3)
     net.set_train(False)
     ms.load_param_into_net(net, ms.load_checkpoint(str(ckpt)), strict_load=True)
     arrays = [np.asarray(Image.open(p).convert("RGB")) for p in images]

@@ -7,18 +7,23 @@ import gc
 import numpy as np
 import yaml
 
-from tests.conftest import TINY_MODEL, run_cli, write_image_folder
+from tests.helpers.data import write_image_folder
+from tests.helpers.models import TINY_MODEL, tiny_vit
+from tests.helpers.processes import run_cli
 
 
 def test_a_few_steps_reduce_the_loss(tmp_path):
+    """fit as a notebook uses it: plain MindSpore objects and the training callbacks, no MLflow."""
     from mindspore.train import Callback
 
     from vit_exp.data.folder import ImageFolderData
     from vit_exp.data.pipeline import train_dataset, val_dataset
     from vit_exp.device import DeviceSettings
-    from vit_exp.models.vit import ViT
+    from vit_exp.train.callbacks import CheckpointSaver, TrainHistory
+    from vit_exp.train.losses import CrossEntropySmooth
     from vit_exp.train.lr import constant_schedule
-    from vit_exp.train.optim import build_optimizer
+    from vit_exp.train.metrics import classification_metrics
+    from vit_exp.train.optim import OptimizerSettings
     from vit_exp.train.trainer import TrainSettings, fit
 
     class FrozenObjects(Callback):  # fit keeps pre-existing objects out of the cyclic GC
@@ -31,30 +36,31 @@ def test_a_few_steps_reduce_the_loss(tmp_path):
     DeviceSettings().apply(seed=0)
     root = write_image_folder(tmp_path / "ds", ["red", "green", "blue", "grey"], per_class=16, size=16)
     data = ImageFolderData(root=root, train_crop_scale=(0.8, 1.0), hflip_prob=0.0, val_resize_margin=0)
-    net = ViT(image_size=32, patch_size=8, embed_dim=32, num_layers=2, num_heads=2, mlp_dim=64, num_classes=4)
-    settings = TrainSettings(epochs=6, batch_size=16, label_smoothing=0.0, log_every_n_steps=100)
-    result = fit(
+    net = tiny_vit(num_classes=4)
+    train_ds = train_dataset(data, 32, 16)
+    plan = TrainSettings(epochs=6, batch_size=16).plan(train_ds.get_dataset_size())
+    optim = OptimizerSettings(name="adam", lr=3e-3)
+    lr_values = optim.learning_rates(constant_schedule(plan.total_steps, plan.steps_per_epoch))
+    history = TrainHistory(16, lr_values)
+    saver = CheckpointSaver(net, tmp_path / "ckpt", "tiny", every_n_epochs=1, keep=100, history=history)
+    fit(
         net,
-        train_dataset(data, 32, 16),
+        train_ds,
         val_dataset(data, 32, 16),
-        settings=settings,
-        num_classes=4,
-        optimizer_factory=lambda params, lr_factors: build_optimizer(
-            params, lr_factors, name="adam", lr=3e-3
-        ),
-        schedule_factory=constant_schedule,
-        checkpoint_dir=tmp_path / "ckpt",
-        checkpoint_prefix="tiny",
-        extra_callbacks=lambda history, checkpoints: [frozen],
+        optimizer=optim.build(net.trainable_params(), lr_values),
+        loss_fn=CrossEntropySmooth(4, 0.0),
+        metrics=classification_metrics(4),
+        plan=plan,
+        callbacks=[history, saver, frozen],
     )
     assert len(frozen.counts) == 24 and min(frozen.counts) > 10_000
     assert gc.get_freeze_count() == 0  # unfrozen when fit returns
-    epochs = result.history.epochs
-    assert len(epochs) == 6 and result.history.global_step == 24
+    epochs = history.epochs
+    assert len(epochs) == 6 and history.global_step == 24
     assert epochs[-1].train_loss < 0.5 * epochs[0].train_loss
     assert epochs[-1].val["top1"] > 0.9
-    assert [p.name for p, _ in result.checkpoints][-1] == "tiny-e006-s000024.ckpt"
-    assert len(result.checkpoints) == 6 and all(p.is_file() for p, _ in result.checkpoints)
+    assert [c.path.name for c in saver.on_disk][-1] == "tiny-e006-s000024.ckpt"
+    assert len(saver.on_disk) == 6 and all(c.path.is_file() for c in saver.on_disk)
 
 
 def test_cli_trains_validates_and_checkpoints(tmp_path):
@@ -64,7 +70,7 @@ def test_cli_trains_validates_and_checkpoints(tmp_path):
         *TINY_MODEL,
         "trainer.max_steps=6",
         "trainer.batch_size=32",
-        "trainer.log_every_n_steps=2",
+        "trainer.print_every_n_steps=2",
         f"paths.cache_dir={tmp_path / 'cache'}",
         f"hydra.run.dir={run_dir}",
     )

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.conftest import TINY_VIT_ARGS
+from tests.helpers.models import tiny_vit
+from vit_exp.train.trainer import TrainPlan
 
 
 def _setup(num_images=24, batch=8):
@@ -13,14 +14,13 @@ def _setup(num_images=24, batch=8):
     import mindspore.dataset as ds
     from mindspore import nn
 
-    from vit_exp.models.vit import ViT
     from vit_exp.train.losses import CrossEntropySmooth
 
     rng = np.random.default_rng(0)
     images = rng.normal(size=(num_images, 3, 32, 32)).astype(np.float32)
     labels = rng.integers(0, 3, num_images).astype(np.int32)
     dataset = ds.NumpySlicesDataset({"image": images, "label": labels}, shuffle=False).batch(batch)
-    net = ViT(num_classes=3, **TINY_VIT_ARGS)
+    net = tiny_vit(num_classes=3)
     loss = CrossEntropySmooth(3, 0.0)
     step = nn.TrainOneStepCell(nn.WithLossCell(net, loss), nn.SGD(net.trainable_params(), 0.05))
     return ms, net, loss, step, dataset, images, labels
@@ -71,11 +71,9 @@ def test_loop_calls_callbacks_in_model_fit_order_and_validates_on_schedule():
     run_training(
         step,
         dataset,
-        epochs=3,
-        steps_per_epoch=3,
+        plan=TrainPlan(epochs=3, steps_per_epoch=3, total_steps=9, validation_epochs=(2, 3)),
         callbacks=[recorder],
         validate=lambda: calls.append(1) or {"top1": 0.5, "eval_loss": 1.0},
-        validation_epochs=[2, 3],
     )
     assert recorder.events == [
         "begin",
@@ -107,26 +105,52 @@ def test_request_stop_ends_after_the_step_and_still_validates_that_epoch():
     run_training(
         step,
         dataset,
-        epochs=5,
-        steps_per_epoch=3,
+        plan=TrainPlan(epochs=5, steps_per_epoch=3, total_steps=15, validation_epochs=(5,)),
         callbacks=[recorder],
         validate=lambda: {"top1": 1.0, "eval_loss": 0.0},
-        validation_epochs=[5],
     )
     assert recorder.steps == [1, 2, 3, 4]
     assert recorder.events[-2:] == ["epoch_end 2", "end"]
     assert recorder.eval_seen[2] == {"top1": 1.0, "eval_loss": 0.0}
 
 
-def test_evaluate_matches_mindspore_model_eval_and_the_per_image_mean_loss():
+def test_total_steps_ends_training_mid_epoch_and_that_epoch_validates():
+    from vit_exp.train.loop import run_training
+
+    _, _, _, step, dataset, _, _ = _setup()
+    recorder = Recorder()
+    run_training(
+        step,
+        dataset,
+        plan=TrainPlan(epochs=2, steps_per_epoch=3, total_steps=5, validation_epochs=(2,)),
+        callbacks=[recorder],
+        validate=lambda: {"top1": 1.0, "eval_loss": 0.0},
+    )
+    assert recorder.steps == [1, 2, 3, 4, 5]
+    assert recorder.events[-2:] == ["epoch_end 2", "end"]
+    assert recorder.eval_seen == {1: {}, 2: {"top1": 1.0, "eval_loss": 0.0}}
+
+
+def test_plan_counts_steps_epochs_and_validation_epochs():
+    from vit_exp.train.trainer import TrainSettings
+
+    plan = TrainSettings(epochs=5, val_every_n_epochs=2).plan(steps_per_epoch=4)
+    assert plan == TrainPlan(epochs=5, steps_per_epoch=4, total_steps=20, validation_epochs=(2, 4, 5))
+    assert not plan.stops_early
+    capped = TrainSettings(epochs=5, max_steps=9).plan(steps_per_epoch=4)
+    assert (capped.epochs, capped.total_steps, capped.validation_epochs) == (3, 9, (1, 2, 3))
+    assert capped.stops_early
+
+
+def test_validation_metrics_match_mindspore_model_eval_and_the_per_image_mean_loss():
     from mindspore import nn
     from mindspore.train import Model
 
-    from vit_exp.train.loop import evaluate
+    from vit_exp.train.loop import validation_metrics
     from vit_exp.train.metrics import classification_metrics
 
     ms, net, loss, _, dataset, images, labels = _setup(num_images=20, batch=8)  # last batch has 4
-    results = evaluate(nn.WithEvalCell(net, loss), dataset, classification_metrics(3))
+    results = validation_metrics(nn.WithEvalCell(net, loss), dataset, classification_metrics(3))
     reference = Model(net, loss_fn=loss, metrics=classification_metrics(3)).eval(
         dataset, dataset_sink_mode=False
     )

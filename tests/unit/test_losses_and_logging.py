@@ -28,16 +28,16 @@ def test_label_smoothing_matches_the_recipe_formula():
 def test_metric_logging_failure_warns_once_and_does_not_raise(tracking_store, caplog):
     import mlflow
     from mindspore.train import RunContext
-    from mindspore.train.callback._callback import InternalCallbackParam
 
-    from vit_exp.tracking.callback import MlflowLogger
+    from vit_exp.tracking.metric_logger import MlflowMetricLogger
     from vit_exp.train.callbacks import TrainHistory
+    from vit_exp.train.loop import CallbackParams
 
     mlflow.set_tracking_uri(tracking_store)
     mlflow.MlflowClient().search_experiments()  # creates the store
     history = TrainHistory(8, np.full(200, 1e-3, dtype=np.float32))
-    logger = MlflowLogger("f" * 32, history, max_buffered=40)  # no such run: every batch fails
-    context = RunContext(InternalCallbackParam())
+    logger = MlflowMetricLogger("f" * 32, history, max_buffered=40)  # no such run: every batch fails
+    context = RunContext(CallbackParams())
     with caplog.at_level(logging.WARNING, logger="vit_exp.tracking"):
         for step in range(1, 121):
             history.global_step, history.last_loss, history.last_step_ms = step, 1.0, 10.0
@@ -56,17 +56,17 @@ def _drive(logger, history, context, steps, step_ms):
 def test_loss_every_step_and_lr_speed_as_means_every_n_steps_and_at_epoch_end(tracking_store):
     import mlflow
     from mindspore.train import RunContext
-    from mindspore.train.callback._callback import InternalCallbackParam
 
-    from vit_exp.tracking.callback import MlflowLogger
+    from vit_exp.tracking.metric_logger import MlflowMetricLogger
     from vit_exp.train.callbacks import EpochRecord, TrainHistory
+    from vit_exp.train.loop import CallbackParams
 
     mlflow.set_tracking_uri(tracking_store)
     lrs = np.linspace(1e-3, 1e-4, 30).astype(np.float32)
     history = TrainHistory(8, lrs)
-    context = RunContext(InternalCallbackParam())
+    context = RunContext(CallbackParams())
     with mlflow.start_run() as run:
-        logger = MlflowLogger(run.info.run_id, history, details_every_n_steps=4)
+        logger = MlflowMetricLogger(run.info.run_id, history, details_every_n_steps=4)
         _drive(logger, history, context, range(1, 11), step_ms=float)  # step i takes i ms
         history.epochs.append(EpochRecord(epoch=1, step=10, train_loss=0.5, seconds=1.0, images_per_s=1.0))
         logger.on_train_epoch_end(context)
@@ -86,26 +86,3 @@ def test_loss_every_step_and_lr_speed_as_means_every_n_steps_and_at_epoch_end(tr
         (s, pytest.approx(8000.0 / ms)) for s, ms in [(4, 2.5), (8, 6.5), (10, 9.5)]
     ]
     assert series("train/lr") == [(s, pytest.approx(float(lrs[s - 1]))) for s in (4, 8, 10)]
-
-
-def test_sink_mode_steps_log_when_they_cross_a_multiple(tracking_store):
-    """In dataset sink mode the hook runs once per sink (here 5 steps): no multiple is skipped."""
-    import mlflow
-    from mindspore.train import RunContext
-    from mindspore.train.callback._callback import InternalCallbackParam
-
-    from vit_exp.tracking.callback import MlflowLogger
-    from vit_exp.train.callbacks import TrainHistory
-
-    mlflow.set_tracking_uri(tracking_store)
-    history = TrainHistory(8, np.full(40, 1e-3, dtype=np.float32))
-    context = RunContext(InternalCallbackParam())
-    with mlflow.start_run() as run:
-        logger = MlflowLogger(run.info.run_id, history, every_n_steps=2, details_every_n_steps=4)
-        _drive(logger, history, context, range(5, 21, 5), step_ms=lambda s: 10.0)
-        logger.close()
-    client = mlflow.MlflowClient()
-    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss")) == [5, 10, 15, 20]
-    time_points = client.get_metric_history(run.info.run_id, "train/step_time_ms")
-    assert sorted(m.step for m in time_points) == [5, 10, 15, 20]
-    assert all(m.value == pytest.approx(10.0) for m in time_points)

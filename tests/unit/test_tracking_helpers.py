@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from vit_exp.errors import ConfigError
-from vit_exp.tracking.registry import CheckpointRegistrar, RegistrySettings
-from vit_exp.tracking.runs import MlflowSettings, default_artifact_location, flatten, readable_run_name
-from vit_exp.train.callbacks import EpochRecord
+from vit_exp.tracking.registry import RegistrySettings
+from vit_exp.tracking.runs import MlflowSettings, flatten, readable_run_name
+from vit_exp.tracking.store import default_artifact_location
 
 
 def test_flatten_gives_dotted_keys_and_skips_hydra(compose):
@@ -49,22 +49,29 @@ def test_settings_validation():
         MlflowSettings(tracking_uri="")
 
 
-def record(epoch: int, top1: float | None) -> EpochRecord:
-    val = {} if top1 is None else {"top1": top1}
-    return EpochRecord(epoch=epoch, step=epoch * 10, train_loss=1.0, seconds=1.0, images_per_s=1.0, val=val)
-
-
 @pytest.mark.parametrize(
-    ("policy", "expected"),
-    [("every", [1, 2, 3, 4]), ("best", [1, 2, 4]), ("last", ["final"]), ("none", [])],
+    ("policy", "expected"), [("every", [2, 4, 5]), ("best", [2, 5]), ("last", [5]), ("none", [])]
 )
 def test_registration_policy(policy, expected, tmp_path):
-    registrar = CheckpointRegistrar(RegistrySettings(register=policy, name="m"), "run", {}, b"")
-    chosen = []
-    for epoch, top1 in [(1, 0.5), (2, 0.7), (3, 0.6), (4, 0.9)]:
-        if registrar.wants(record(epoch, top1), final=False):
-            chosen.append(epoch)
-            registrar.versions.append((str(epoch), None, None))
-    if registrar.wants(record(4, 0.9), final=True):
-        chosen.append("final")
-    assert chosen == expected
+    """Real checkpoints of a tiny network, every 2nd epoch of 5 and after the last (epoch 5)."""
+    from mindspore import nn
+
+    from vit_exp.tracking.registration import CheckpointRegistration, RegisteredVersion
+    from vit_exp.train.callbacks import CheckpointSaver, EpochRecord, TrainHistory
+
+    class Registration(CheckpointRegistration):  # records its choice instead of writing to MLflow
+        def register(self, checkpoint):
+            self.versions.append(RegisteredVersion(str(len(self.versions) + 1), checkpoint))
+
+    history = TrainHistory(batch_size=8, lr_values=[])
+    saver = CheckpointSaver(nn.Dense(2, 2), tmp_path, "m", every_n_epochs=2, keep=2, history=history)
+    registration = Registration(RegistrySettings(register=policy, name="m"), "run", saver, writer=None)
+    for epoch, top1 in [(1, 0.5), (2, 0.7), (3, 0.9), (4, 0.6), (5, 0.8)]:
+        history.epochs.append(EpochRecord(epoch, epoch * 10, 1.0, 1.0, 1.0, val={"top1": top1}))
+        for callback in (saver, registration):
+            callback.on_train_epoch_end(None)
+    for callback in (saver, registration):
+        callback.on_train_end(None)
+    assert [c.record.epoch for c in saver.written] == [2, 4, 5]
+    assert [v.checkpoint.record.epoch for v in registration.versions] == expected
+    assert [c.record.epoch for c in saver.on_disk] == [4, 5] and not saver.written[0].path.exists()

@@ -1,4 +1,4 @@
-"""Checkpoints as MLflow model versions: log the pyfunc (models-from-code) and register it."""
+"""Checkpoints as MLflow model versions: log the pyfunc (models-from-code), register it, tag it."""
 
 from __future__ import annotations
 
@@ -6,10 +6,12 @@ import json
 import logging
 import shutil
 import tempfile
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from vit_exp.errors import ConfigError, positive_int
+from vit_exp.tracking.store import already_exists
 
 log = logging.getLogger("vit_exp.tracking")
 
@@ -27,12 +29,11 @@ class RegistrySettings:
     top_k: int = 5
 
     def __post_init__(self) -> None:
-        from vit_exp.errors import ConfigError
-
         if self.register not in POLICIES:
             raise ConfigError(f"registry.register must be one of {POLICIES}, got {self.register!r}")
         if not self.name:
             raise ConfigError("registry.name must be a non-empty model name")
+        positive_int("registry.top_k", self.top_k)
 
 
 def pyfunc_signature(top_k: int = 5):
@@ -59,13 +60,13 @@ def pyfunc_signature(top_k: int = 5):
 
 def pip_requirements() -> list[str]:
     """What a fresh environment needs to load the model (vit_exp itself travels as code)."""
-    import mlflow
+    from importlib.metadata import version
 
     return [
-        "mindspore==2.10.0",
+        f"mindspore=={version('mindspore')}",
         "numpy<2",
         "pandas<3",
-        f"mlflow=={mlflow.__version__}",
+        f"mlflow=={version('mlflow')}",
         "pillow",
         "pyyaml",
         "scipy",
@@ -85,11 +86,8 @@ def write_model_inputs(folder: Path, config_yaml: str, class_names: list[str]) -
 class PyfuncModelWriter:
     """Logs checkpoints as MLflow pyfunc models (models-from-code) to the active run.
 
-    ``mlflow.pyfunc.save_model`` runs once per writer (it checks requirements and writes the code,
-    environment and input example: ~80 ms). Each checkpoint then logs that directory, its own
-    checkpoint file and its own ``MLmodel`` (uuid, creation time, metadata, checkpoint artifact),
-    the ``MLmodel`` last. With ``save_model`` per checkpoint, registering every epoch of the
-    default run cost ~0.3 s per version.
+    ``mlflow.pyfunc.save_model`` runs once per writer; each checkpoint then logs that directory, its
+    own checkpoint and its own ``MLmodel`` (last): ~30 ms a version instead of ~0.3 s (bench/RESULTS.md).
     """
 
     def __init__(self, shared_artifacts: Mapping[str, Path], example_image: bytes, top_k: int):
@@ -198,61 +196,5 @@ def ensure_registered_model(client, name: str) -> None:
                 name, description="MindSpore ViT checkpoints registered by vit-exp"
             )
         except MlflowException as exc:
-            if "RESOURCE_ALREADY_EXISTS" not in str(exc) and "already exists" not in str(exc):
+            if not already_exists(exc):
                 raise
-
-
-class CheckpointRegistrar:
-    """Applies ``registry.register`` to each saved checkpoint: every | best | last | none.
-
-    Called as ``registrar(path, record, final)`` by the MLflow callback; ``versions`` lists what was
-    registered as ``(version, path, record)``.
-    """
-
-    def __init__(
-        self,
-        settings: RegistrySettings,
-        run_id: str,
-        shared_artifacts: Mapping[str, Path],
-        example_image: bytes,
-    ):
-        self.settings = settings
-        self.run_id = run_id
-        self.writer = PyfuncModelWriter(shared_artifacts, example_image, settings.top_k)
-        self.versions: list[tuple[str, Path, object]] = []
-        self._best = float("-inf")
-
-    def wants(self, record, final: bool) -> bool:
-        """Whether the policy registers this checkpoint."""
-        policy = self.settings.register
-        if policy == "every":
-            return not final
-        if policy == "last":
-            return final
-        if policy == "best" and not final:
-            score = record.val.get("top1", float("-inf"))
-            if score > self._best or not self.versions:
-                self._best = max(self._best, score)
-                return True
-        return False
-
-    def __call__(self, path: Path, record, final: bool) -> None:
-        if not self.wants(record, final):
-            return
-        if not path.is_file():
-            log.warning("mlflow: checkpoint %s was pruned before it could be registered", path)
-            return
-        tags = {"epoch": record.epoch, "global_step": record.step, "source_run_id": self.run_id}
-        tags |= {f"val/{k}": f"{v:.6g}" for k, v in record.val.items() if k in ("top1", "top5", "loss")}
-        started = time.perf_counter()
-        version = log_checkpoint_version(
-            self.writer, path, self.settings.name, record.step, tags, ensure_model=not self.versions
-        )
-        self.versions.append((version, path, record))
-        log.info(
-            "mlflow: registered %s as models:/%s/%s (%.1fs)",
-            path.name,
-            self.settings.name,
-            version,
-            time.perf_counter() - started,
-        )

@@ -20,7 +20,8 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from vit_exp.config import PROJECT_ROOT
-from vit_exp.errors import ConfigError, first_line
+from vit_exp.errors import ConfigError, positive_int
+from vit_exp.tracking.store import experiment_id
 
 log = logging.getLogger("vit_exp.tracking")
 
@@ -47,46 +48,9 @@ class MlflowSettings:
                 "mlflow.tracking_uri must be set (e.g. sqlite:///mlruns/mlflow.db or http://host:5000)"
             )
         for key in ("log_every_n_steps", "log_details_every_n_steps"):
-            value = getattr(self, key)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"mlflow.{key} must be an integer >= 1, got {value!r}")
+            positive_int(f"mlflow.{key}", getattr(self, key))
         if not isinstance(self.flush_interval_s, (int, float)) or self.flush_interval_s < 0:
             raise ConfigError(f"mlflow.flush_interval_s must be a number >= 0, got {self.flush_interval_s!r}")
-
-
-def default_artifact_location(tracking_uri: str, experiment: str) -> str | None:
-    """For a local SQLite store, artifacts live next to the database file; servers decide themselves."""
-    if not tracking_uri.startswith("sqlite:///"):
-        return None
-    db_path = Path(tracking_uri[len("sqlite:///") :])
-    return (db_path.parent / "artifacts" / experiment).resolve().as_uri()
-
-
-def connect(settings: MlflowSettings) -> str:
-    """Point MLflow at the store, create the experiment if needed; return the experiment id."""
-    import mlflow
-
-    logging.getLogger("mlflow").setLevel(logging.WARNING)  # mlflow sets INFO on import; keep the console ours
-    if settings.tracking_uri.startswith("sqlite:///"):
-        Path(settings.tracking_uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(settings.tracking_uri)
-    mlflow.set_registry_uri(settings.tracking_uri)
-    client = mlflow.MlflowClient()
-    try:
-        experiment = client.get_experiment_by_name(settings.experiment)
-        if experiment is not None:
-            return experiment.experiment_id
-        location = settings.artifact_location or default_artifact_location(
-            settings.tracking_uri, settings.experiment
-        )
-        return client.create_experiment(settings.experiment, artifact_location=location)
-    except Exception as exc:
-        if "RESOURCE_ALREADY_EXISTS" in str(exc):  # created by a parallel sweep job
-            return client.get_experiment_by_name(settings.experiment).experiment_id
-        first = first_line(str(exc)) or type(exc).__name__
-        raise ConfigError(
-            f"mlflow.tracking_uri={settings.tracking_uri}: tracking store unusable ({first})"
-        ) from None
 
 
 def flatten(config: Mapping | DictConfig, prefix: str = "") -> dict[str, str]:
@@ -186,10 +150,10 @@ def tracked_run(
     """Start an MLflow run (a child when a sweep parent exists) and always end it with a status."""
     import mlflow
 
-    experiment_id = connect(settings)
+    experiment = experiment_id(settings)
     parent = _parent_run_id(sweep_dir, run_dir)
     run = mlflow.start_run(
-        experiment_id=experiment_id,
+        experiment_id=experiment,
         run_name=settings.run_name or run_name,
         parent_run_id=parent,
         tags=dict(tags),
@@ -250,28 +214,23 @@ def _log_traceback(run_dir: Path | None) -> None:
         log.warning("mlflow: could not log the traceback (%s)", exc)
 
 
-def log_run_inputs(
-    cfg: DictConfig,
-    hydra_dir: Path | None,
-    class_names: list[str],
-    model_summary: str,
-    num_parameters: int,
-) -> None:
+def log_run_inputs(cfg: DictConfig, hydra_dir: Path | None, class_names: list[str], net) -> None:
     """Params (flattened config + parameter count) and artifacts (Hydra files, config, environment, model)."""
     import mlflow
+    from mlflow.entities import Param
+
+    from vit_exp.models.vit import count_parameters, model_summary
 
     params = flatten(cfg)
-    params["model.num_parameters"] = str(num_parameters)
+    params["model.num_parameters"] = str(count_parameters(net))
     items = list(params.items())
     client = mlflow.MlflowClient()
     run_id = mlflow.active_run().info.run_id
-    from mlflow.entities import Param
-
     for start in range(0, len(items), 100):
         client.log_batch(run_id, params=[Param(k, v) for k, v in items[start : start + 100]])
     if hydra_dir is not None and hydra_dir.is_dir():
         mlflow.log_artifacts(str(hydra_dir), artifact_path="hydra")
     mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config_resolved.yaml")
     mlflow.log_text(environment_listing(), "environment.txt")
-    mlflow.log_text(model_summary, "model_summary.txt")
+    mlflow.log_text(model_summary(net), "model_summary.txt")
     mlflow.log_dict({"class_names": class_names}, "class_names.json")

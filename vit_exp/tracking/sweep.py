@@ -37,17 +37,17 @@ class MlflowSweepCallback(Callback):
         from mlflow import MlflowClient
         from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
-        from vit_exp.tracking.runs import connect
+        from vit_exp.tracking.store import experiment_id
 
         sweep_dir = Path(str(config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        experiment_id = connect(settings)
+        experiment = experiment_id(settings)
         overrides = " ".join(config.hydra.overrides.task) or "(none)"
         sweeper = str(config.hydra.sweeper.get("_target_", "")).rsplit(".", 1)[-1]
         what = "-".join(str(config[g].name) for g in ("model", "data") if g in config and "name" in config[g])
         name = f"sweep {what or config.get('task_name', '')} {overrides}"[:250]
         run = MlflowClient().create_run(
-            experiment_id,
+            experiment,
             run_name=name,
             tags={
                 MLFLOW_RUN_NAME: name,
@@ -65,12 +65,9 @@ class MlflowSweepCallback(Callback):
         path = Path(str(config.hydra.sweep.dir)) / PARENT_RUN_FILE
         if settings is None or not path.is_file():
             return
-        from mlflow import MlflowClient
+        from vit_exp.tracking.store import use_store
 
-        from vit_exp.tracking.runs import connect
-
-        connect(settings)
-        client = MlflowClient()
+        client = use_store(settings.tracking_uri)
         parent = client.get_run(path.read_text().strip())
         children = client.search_runs(
             [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"

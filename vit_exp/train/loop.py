@@ -1,9 +1,8 @@
 """The training loop: one train step per batch, MindSpore callbacks around it, validation per epoch.
 
-Same contract as ``mindspore.train.Model.fit`` for callbacks (``RunContext`` with ``cb_params``:
+Callbacks get ``mindspore.train.Model``'s contract (``RunContext`` with ``cb_params``:
 ``cur_epoch_num``, ``cur_step_num``, ``net_outputs``, ``eval_results`` with ``eval_loss``;
-``request_stop()``), without Model's per-step bookkeeping, which cost ~10 % of a 20 ms vit_tiny
-step on 2 cores (bench/RESULTS.md). ``trainer.dataset_sink_mode=true`` still goes through Model.fit.
+``request_stop()``), without Model's per-step bookkeeping (~10 % of a vit_tiny step, bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -11,21 +10,35 @@ from __future__ import annotations
 import contextlib
 import gc
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 from mindspore import nn
 from mindspore.train import RunContext
-from mindspore.train.callback._callback import InternalCallbackParam
+
+if TYPE_CHECKING:
+    from vit_exp.train.trainer import TrainPlan
+
+
+class CallbackParams(dict):
+    """``cb_params``: a dict whose keys also read and write as attributes, as callbacks expect."""
+
+    def __getattr__(self, name: str):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __setattr__(self, name: str, value) -> None:
+        self[name] = value
 
 
 @contextlib.contextmanager
 def gc_frozen() -> Iterator[None]:
     """Keep the objects that exist before training out of Python's cyclic GC until the block ends.
 
-    With MindSpore, MLflow and pandas loaded the process holds ~400k objects, and each full
-    (generation-2) collection walks all of them: ~180 ms, 8 vit_tiny steps, whenever the objects
-    churned by training (MLflow's ORM rows, tensors) trigger one. Frozen objects are still freed by
-    reference counting; only reference cycles among them wait until the block ends.
+    A full collection walks the ~400k objects MindSpore, MLflow and pandas hold (~180 ms); frozen
+    objects are still freed by reference counting.
     """
     gc.collect()
     gc.freeze()
@@ -35,12 +48,11 @@ def gc_frozen() -> Iterator[None]:
         gc.unfreeze()
 
 
-def evaluate(eval_network: nn.Cell, dataset, metrics: dict) -> dict[str, float]:
-    """Metrics of ``eval_network`` (a WithEvalCell: loss, logits, labels) over ``dataset``.
+def validation_metrics(eval_network: nn.Cell, dataset, metrics: dict) -> dict[str, float]:
+    """``metrics`` of ``eval_network`` (a WithEvalCell: loss, logits, labels) over ``dataset``.
 
-    ``eval_loss`` is the training loss function's mean over all images (batch means weighted by
-    batch size). MindSpore 2.10's Model.fit reported the last batch's loss under that key (it
-    re-creates its Loss metric for every batch).
+    ``eval_loss`` is the loss over all images (batch means weighted by batch size), not the last
+    batch's as MindSpore 2.10's Model.fit reports it.
     """
     for metric in metrics.values():
         metric.clear()
@@ -61,34 +73,31 @@ def run_training(
     train_step: nn.Cell,
     train_ds,
     *,
-    epochs: int,
-    steps_per_epoch: int,
+    plan: TrainPlan,
     callbacks: Sequence,
-    validate=None,
-    validation_epochs: Sequence[int] = (),
+    validate: Callable[[], dict] | None = None,
 ) -> None:
-    """Run ``epochs`` epochs of ``train_step(images, labels)`` over ``train_ds``.
+    """Run ``train_step(images, labels)`` over ``train_ds`` for ``plan.total_steps`` steps.
 
-    ``validate()`` returns the metrics dict put in ``cb_params.eval_results`` after each epoch in
-    ``validation_epochs`` (before the callbacks' ``on_train_epoch_end``, as in Model.fit).
-    A callback's ``run_context.request_stop()`` ends training after the current step; the epoch's
-    validation and end-of-epoch callbacks still run.
+    ``validate()`` fills ``cb_params.eval_results`` after each epoch in ``plan.validation_epochs``
+    (before the callbacks' ``on_train_epoch_end``, as in Model.fit). A callback's
+    ``run_context.request_stop()`` ends training after the current step; that epoch still validates.
     """
-    cb_params = InternalCallbackParam()
-    cb_params.train_network = train_step
-    cb_params.epoch_num = epochs
-    cb_params.batch_num = steps_per_epoch
-    cb_params.cur_epoch_num = 0
-    cb_params.cur_step_num = 0
-    cb_params.dataset_sink_mode = False
-    cb_params.mode = "train"
+    cb_params = CallbackParams(
+        train_network=train_step,
+        epoch_num=plan.epochs,
+        batch_num=plan.steps_per_epoch,
+        cur_epoch_num=0,
+        cur_step_num=0,
+        dataset_sink_mode=False,
+        mode="train",
+    )
     run_context = RunContext(cb_params)
-    validation_epochs = set(validation_epochs)
 
     for callback in callbacks:
         callback.on_train_begin(run_context)
-    batches = train_ds.create_tuple_iterator(num_epochs=epochs)
-    for epoch in range(1, epochs + 1):
+    batches = train_ds.create_tuple_iterator(num_epochs=plan.epochs)
+    for epoch in range(1, plan.epochs + 1):
         cb_params.cur_epoch_num = epoch
         cb_params.pop("eval_results", None)
         train_step.set_train(True)
@@ -101,9 +110,9 @@ def run_training(
             cb_params.cur_step_num += 1
             for callback in callbacks:
                 callback.on_train_step_end(run_context)
-            if run_context.get_stop_requested():
+            if cb_params.cur_step_num >= plan.total_steps or run_context.get_stop_requested():
                 break
-        if validate is not None and (epoch in validation_epochs or run_context.get_stop_requested()):
+        if validate is not None and (epoch in plan.validation_epochs or run_context.get_stop_requested()):
             cb_params.eval_results = validate()
         for callback in callbacks:
             callback.on_train_epoch_end(run_context)

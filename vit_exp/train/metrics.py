@@ -1,4 +1,4 @@
-"""Top-1 / Top-5 accuracy metrics for ``mindspore.train.Model``."""
+"""Top-1 / Top-5 accuracy: MindSpore metrics for validation, and a NumPy report for eval runs."""
 
 from __future__ import annotations
 

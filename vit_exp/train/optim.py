@@ -1,8 +1,9 @@
-"""Optimizers (adam, adamw, sgd with momentum) over a per-step LR schedule."""
+"""Optimizers (adam, adamw, sgd with momentum) over a per-step learning rate."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -16,44 +17,49 @@ def _param_groups(params: Sequence, weight_decay: float) -> list:
     """Weight decay on matrices only; biases, norms, class token and position embedding are exempt."""
     if weight_decay == 0:
         return list(params)
-    decay = [p for p in params if p.ndim > 1 and p.name.split(".")[-1] not in _NO_DECAY_NAMES]
-    keep = [p for p in params if not (p.ndim > 1 and p.name.split(".")[-1] not in _NO_DECAY_NAMES)]
+    decays = [p.ndim > 1 and p.name.split(".")[-1] not in _NO_DECAY_NAMES for p in params]
+    decay = [p for p, d in zip(params, decays, strict=True) if d]
+    keep = [p for p, d in zip(params, decays, strict=True) if not d]
     groups = [{"params": decay, "weight_decay": weight_decay}]
     if keep:
         groups.append({"params": keep, "weight_decay": 0.0})
     return groups
 
 
-def build_optimizer(
-    params: Sequence,
-    lr_factors: np.ndarray,
-    *,
-    name: str,
-    lr: float,
-    weight_decay: float = 0.0,
-    beta1: float = 0.9,
-    beta2: float = 0.999,
-    eps: float = 1e-8,
-    momentum: float = 0.9,
-    nesterov: bool = False,
-):
-    """Build optimizer ``name`` with a per-step learning rate ``lr * lr_factors`` (kept as ``.lr_values``)."""
-    from mindspore import Tensor, nn
+@dataclass(frozen=True)
+class OptimizerSettings:
+    """The ``optim`` config group: which optimizer, its peak learning rate ``lr`` and its constants."""
 
-    if name not in OPTIMIZERS:
-        raise ConfigError(f"optim.name must be one of {OPTIMIZERS}, got {name!r}")
-    if not lr > 0:
-        raise ConfigError(f"optim.lr must be > 0, got {lr}")
-    if weight_decay < 0:
-        raise ConfigError(f"optim.weight_decay must be >= 0, got {weight_decay}")
-    lr_values = np.asarray(lr_factors, dtype=np.float32) * np.float32(lr)
-    schedule = Tensor(lr_values)
-    groups = _param_groups(list(params), weight_decay)
-    if name == "adam":
-        optimizer = nn.Adam(groups, learning_rate=schedule, beta1=beta1, beta2=beta2, eps=eps)
-    elif name == "adamw":
-        optimizer = nn.AdamWeightDecay(groups, learning_rate=schedule, beta1=beta1, beta2=beta2, eps=eps)
-    else:
-        optimizer = nn.Momentum(groups, learning_rate=schedule, momentum=momentum, use_nesterov=nesterov)
-    optimizer.lr_values = lr_values  # host copy of the per-step LR, read by the progress/tracking callbacks
-    return optimizer
+    name: str
+    lr: float
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    momentum: float = 0.9
+    nesterov: bool = False
+
+    def __post_init__(self) -> None:
+        if self.name not in OPTIMIZERS:
+            raise ConfigError(f"optim.name must be one of {OPTIMIZERS}, got {self.name!r}")
+        if not isinstance(self.lr, (int, float)) or not self.lr > 0:
+            raise ConfigError(f"optim.lr must be a number > 0, got {self.lr!r}")
+        if not isinstance(self.weight_decay, (int, float)) or self.weight_decay < 0:
+            raise ConfigError(f"optim.weight_decay must be a number >= 0, got {self.weight_decay!r}")
+
+    def learning_rates(self, schedule: np.ndarray) -> np.ndarray:
+        """Per-step learning rates: ``lr`` times the schedule's per-step factors (float32)."""
+        return np.asarray(schedule, dtype=np.float32) * np.float32(self.lr)
+
+    def build(self, params: Sequence, learning_rates: np.ndarray):
+        """The MindSpore optimizer over ``params``, stepping through ``learning_rates``."""
+        from mindspore import Tensor, nn
+
+        lr = Tensor(np.asarray(learning_rates, dtype=np.float32))
+        groups = _param_groups(list(params), self.weight_decay)
+        betas = dict(beta1=self.beta1, beta2=self.beta2, eps=self.eps)
+        if self.name == "adam":
+            return nn.Adam(groups, learning_rate=lr, **betas)
+        if self.name == "adamw":
+            return nn.AdamWeightDecay(groups, learning_rate=lr, **betas)
+        return nn.Momentum(groups, learning_rate=lr, momentum=self.momentum, use_nesterov=self.nesterov)

@@ -1,22 +1,35 @@
-"""The fit loop: ``mindspore.train.Model.fit`` wired with loss, metrics, schedule and callbacks."""
+"""Training: the ``trainer`` settings, the plan they make for a dataset, and ``fit``."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
-import numpy as np
-
-from vit_exp.errors import ConfigError
+from vit_exp.errors import ConfigError, positive_int
 
 log = logging.getLogger("vit_exp.train")
 
 
+@dataclass(frozen=True)
+class TrainPlan:
+    """How many epochs and steps a run takes, and after which epochs it validates."""
+
+    epochs: int
+    steps_per_epoch: int
+    total_steps: int
+    validation_epochs: tuple[int, ...]
+
+    @property
+    def stops_early(self) -> bool:
+        """Whether ``trainer.max_steps`` ends training before the last epoch's last step."""
+        return self.total_steps < self.epochs * self.steps_per_epoch
+
+
 @dataclass
 class TrainSettings:
-    """Loop settings from the ``trainer`` config group."""
+    """The ``trainer`` config group (checked when it is built)."""
 
     epochs: int = 10
     max_steps: int | None = None
@@ -24,47 +37,35 @@ class TrainSettings:
     seed: int = 42
     label_smoothing: float = 0.1
     val_every_n_epochs: int = 1
-    log_every_n_steps: int = 10
+    print_every_n_steps: int = 10
     checkpoint_every_n_epochs: int = 1
     keep_checkpoints: int = 100
-    dataset_sink_mode: bool = False
 
-    def validate(self) -> None:
-        """ConfigError naming the ``trainer.*`` key for impossible values."""
+    def __post_init__(self) -> None:
         for key in (
             "epochs",
             "batch_size",
             "val_every_n_epochs",
-            "log_every_n_steps",
+            "print_every_n_steps",
             "checkpoint_every_n_epochs",
             "keep_checkpoints",
         ):
-            value = getattr(self, key)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"trainer.{key} must be a positive integer, got {value!r}")
-        if self.max_steps is not None and (not isinstance(self.max_steps, int) or self.max_steps <= 0):
-            raise ConfigError(f"trainer.max_steps must be a positive integer or null, got {self.max_steps!r}")
+            positive_int(f"trainer.{key}", getattr(self, key))
+        if self.max_steps is not None:
+            positive_int("trainer.max_steps", self.max_steps)
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"trainer.label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
-
-@dataclass
-class TrainResult:
-    """What a fit produced: the history callback (metrics per step/epoch) and saved checkpoints."""
-
-    history: object
-    checkpoints: list
-    steps_per_epoch: int
-    total_steps: int
-
-
-def planned_steps(settings: TrainSettings, steps_per_epoch: int) -> int:
-    """Optimizer steps the run will take: epochs x steps, capped by ``max_steps``."""
-    total = settings.epochs * steps_per_epoch
-    return min(total, settings.max_steps) if settings.max_steps else total
-
-
-def validation_epochs(epochs: int, every_n_epochs: int) -> list[int]:
-    """Epochs (1-based) after which validation runs: every n-th, and always the last."""
-    return sorted({e for e in range(1, epochs + 1) if e % every_n_epochs == 0} | {epochs})
+    def plan(self, steps_per_epoch: int) -> TrainPlan:
+        """The plan for a training split of ``steps_per_epoch`` batches."""
+        if steps_per_epoch == 0:
+            raise ConfigError("the training split yields no full batch; lower trainer.batch_size")
+        total = self.epochs * steps_per_epoch
+        total = min(total, self.max_steps) if self.max_steps else total
+        epochs = math.ceil(total / steps_per_epoch)
+        every = self.val_every_n_epochs
+        validation = sorted({e for e in range(1, epochs + 1) if e % every == 0} | {epochs})
+        return TrainPlan(epochs, steps_per_epoch, total, tuple(validation))
 
 
 def fit(
@@ -72,102 +73,27 @@ def fit(
     train_ds,
     val_ds,
     *,
-    settings: TrainSettings,
-    num_classes: int,
-    optimizer_factory: Callable,
-    schedule_factory: Callable,
-    checkpoint_dir: str | Path,
-    checkpoint_prefix: str,
+    optimizer,
+    loss_fn,
+    metrics: dict,
+    plan: TrainPlan,
+    callbacks: Sequence,
     amp_level: str = "O0",
-    extra_callbacks: Callable | None = None,
-) -> TrainResult:
-    """Train ``net`` with Model.fit; validation every ``settings.val_every_n_epochs`` epochs.
+) -> None:
+    """Train ``net`` by ``plan`` with our loop (``loop.py``), validating on ``val_ds`` after each of
+    ``plan.validation_epochs`` with ``metrics`` and the mean ``loss_fn``; ``callbacks`` (MindSpore
+    ``Callback``s) see every step and epoch, in their order."""
+    from mindspore import amp, nn
 
-    ``schedule_factory(total_steps=, steps_per_epoch=)`` returns per-step LR factors;
-    ``optimizer_factory(params=, lr_factors=)`` returns the optimizer.
-    ``extra_callbacks(history, checkpoints)`` returns callbacks (e.g. tracking) that run after the
-    built-in ones and may read the history and the saved checkpoints.
-    """
-    from mindspore.train import Model
+    from vit_exp.train.loop import gc_frozen, run_training, validation_metrics
 
-    from vit_exp.train.callbacks import EpochCheckpoint, ProgressLogger, StepLimit, TrainHistory
-    from vit_exp.train.loop import gc_frozen
-    from vit_exp.train.losses import CrossEntropySmooth
-    from vit_exp.train.metrics import classification_metrics
+    validate = None
+    if val_ds is not None:
+        eval_network = nn.WithEvalCell(net, loss_fn, add_cast_fp32=amp_level in ("O2", "O3", "auto"))
 
-    settings.validate()
-    steps_per_epoch = train_ds.get_dataset_size()
-    if steps_per_epoch == 0:
-        raise ConfigError("the training split yields no full batch; lower trainer.batch_size")
-    total_steps = planned_steps(settings, steps_per_epoch)
-    epochs = min(settings.epochs, int(np.ceil(total_steps / steps_per_epoch)))
-    factors = schedule_factory(total_steps=total_steps, steps_per_epoch=steps_per_epoch)
-    optimizer = optimizer_factory(params=net.trainable_params(), lr_factors=factors)
-    lr_values = optimizer.lr_values
-    loss_fn = CrossEntropySmooth(num_classes, settings.label_smoothing)
-    history = TrainHistory(settings.batch_size, lr_values)
-    checkpoints = EpochCheckpoint(
-        net,
-        checkpoint_dir,
-        checkpoint_prefix,
-        settings.checkpoint_every_n_epochs,
-        settings.keep_checkpoints,
-        history,
-    )
-    callbacks = [history]
-    if settings.max_steps:
-        callbacks.append(StepLimit(total_steps, history))
-    callbacks += [ProgressLogger(history, epochs, steps_per_epoch, settings.log_every_n_steps), checkpoints]
-    callbacks += list(extra_callbacks(history, checkpoints)) if extra_callbacks else []
-    log.info(
-        "training %d epoch(s) x %d steps (batch %d) = %d steps",
-        epochs,
-        steps_per_epoch,
-        settings.batch_size,
-        total_steps,
-    )
+        def validate() -> dict:
+            return validation_metrics(eval_network, val_ds, metrics)
+
+    train_step = amp.build_train_network(net, optimizer, loss_fn, level=amp_level)
     with gc_frozen():
-        if settings.dataset_sink_mode:  # Model.fit: callbacks then see one "step" per sink
-            model = Model(
-                net,
-                loss_fn=loss_fn,
-                optimizer=optimizer,
-                metrics=classification_metrics(num_classes),
-                amp_level=amp_level,
-            )
-            model.fit(
-                epochs,
-                train_ds,
-                valid_dataset=val_ds,
-                valid_frequency=validation_epochs(epochs, settings.val_every_n_epochs),
-                callbacks=callbacks,
-                dataset_sink_mode=True,
-            )
-        else:  # our loop: per-step callbacks without Model.train's overhead (vit_exp/train/loop.py)
-            from mindspore import amp, nn
-
-            from vit_exp.train.loop import evaluate, run_training
-
-            validate = None
-            if val_ds is not None:
-                metrics = classification_metrics(num_classes)
-                eval_network = nn.WithEvalCell(net, loss_fn, add_cast_fp32=amp_level in ("O2", "O3", "auto"))
-
-                def validate() -> dict:
-                    return evaluate(eval_network, val_ds, metrics)
-
-            run_training(
-                amp.build_train_network(net, optimizer, loss_fn, level=amp_level),
-                train_ds,
-                epochs=epochs,
-                steps_per_epoch=steps_per_epoch,
-                callbacks=callbacks,
-                validate=validate,
-                validation_epochs=validation_epochs(epochs, settings.val_every_n_epochs),
-            )
-    return TrainResult(
-        history=history,
-        checkpoints=checkpoints.saved,
-        steps_per_epoch=steps_per_epoch,
-        total_steps=total_steps,
-    )
+        run_training(train_step, train_ds, plan=plan, callbacks=callbacks, validate=validate)
