@@ -1,71 +1,28 @@
-"""Shared start-up for the CLI entries: turn Hydra's multi-line composition errors into one line.
+"""Shared start-up of the CLI entries: Hydra's composition errors as one line, the run directory.
 
-Hydra reports a bad override (unknown key, unknown group option, unparsable value) in several
-lines. ``check_overrides`` composes the command line once up front (fast: no MindSpore, no MLflow)
-and raises a ConfigError whose message names what to fix.
+Hydra prints a failed composition (unknown key, unknown option, unparsable override) in several
+lines. The entries ask Hydra to raise instead (``HYDRA_FULL_ERROR=1``) and print the exception as
+one ``error:`` line, so what is checked is exactly what Hydra composes, flags and all.
 """
 
 from __future__ import annotations
 
+import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from vit_exp.config import CONFIG_DIR, register_resolvers
-from vit_exp.errors import ConfigError, first_line, report_errors
-
-# Flags after which Hydra does not compose a job config the usual way.
-_SKIP_FLAGS = {
-    "-m",
-    "--multirun",
-    "-h",
-    "--help",
-    "--hydra-help",
-    "--info",
-    "-i",
-    "--shell-completion",
-    "-sc",
-}
-_FLAGS_WITH_VALUE = {
-    "--cfg",
-    "-c",
-    "--package",
-    "-p",
-    "--config-path",
-    "-cp",
-    "--config-name",
-    "-cn",
-    "--config-dir",
-    "-cd",
-    "--experimental-rerun",
-}
+from vit_exp.errors import first_line, report_errors, user_message
 
 
-def command_line_overrides(argv: Sequence[str]) -> list[str] | None:
-    """The ``key=value`` overrides in ``argv``; None when a flag means we should not pre-check."""
-    overrides, skip_next = [], False
-    for arg in argv:
-        if skip_next:
-            skip_next = False
-            continue
-        if arg in _SKIP_FLAGS:
-            return None
-        if arg in _FLAGS_WITH_VALUE:
-            skip_next = True
-            continue
-        if arg.startswith("-"):
-            continue
-        overrides.append(arg)
-    return overrides
-
-
-def _describe(exc: Exception) -> str:
+def composition_error(exc: BaseException) -> str:
+    """One line saying what to fix in the command line Hydra could not compose."""
     from hydra.errors import MissingConfigException, OverrideParseException
 
     if isinstance(exc, MissingConfigException) and getattr(exc, "options", None):
-        group = (exc.missing_cfg_file or "").split("/")[0]
-        wanted = (exc.missing_cfg_file or "").split("/")[-1]
+        group, _, wanted = (exc.missing_cfg_file or "").rpartition("/")
         return f"{group}={wanted}: no such option in '{group}'; choose one of: {', '.join(exc.options)}"
     if isinstance(exc, OverrideParseException):
         return f"cannot parse the command line: {first_line(str(exc))}"
@@ -74,45 +31,11 @@ def _describe(exc: Exception) -> str:
     if "Could not override" in message and cause is not None and "not in struct" in str(cause):
         key = message.split("'")[1] if "'" in message else message
         return f"unknown config key '{key}' (check the spelling, or add a new key with +{key}=...)"
+    if known := user_message(exc):
+        return known
     if cause is not None and first_line(str(cause)):
         return f"{message} {first_line(str(cause))}"
-    return message
-
-
-def check_overrides(config_name: str, argv: Sequence[str] | None = None) -> None:
-    """Compose ``config_name`` with the command line's overrides; ConfigError when that fails."""
-    overrides = command_line_overrides(sys.argv[1:] if argv is None else argv)
-    if overrides is None:
-        return
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    register_resolvers()
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
-    except Exception as exc:
-        raise ConfigError(_describe(exc)) from None
-    finally:
-        GlobalHydra.instance().clear()
-
-
-def quiet_libraries() -> None:
-    """Keep MindSpore's C++ warnings and MLflow's progress bars out of the console (env wins)."""
-    import os
-
-    os.environ.setdefault("GLOG_v", "3")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-
-
-def exit_on_bad_overrides(config_name: str) -> None:
-    """Print ``error: ...`` and exit 1 when the command line does not compose."""
-    try:
-        check_overrides(config_name)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        sys.exit(1)
+    return message or type(exc).__name__
 
 
 def hydra_run_dir() -> Path | None:
@@ -123,9 +46,11 @@ def hydra_run_dir() -> Path | None:
 
 
 def make_main(config_name: str, task: Callable[[Any], Any]) -> Callable[[], None]:
-    """A CLI ``main()``: quiet libraries, pre-check the command line, run ``task`` under Hydra.
+    """A CLI ``main()`` that runs ``task`` under Hydra with ``conf/<config_name>.yaml``.
 
-    Errors inside ``task`` become one ``error: ...`` line (full traceback in the run directory).
+    Errors inside ``task`` and in Hydra's composition become one ``error: ...`` line and exit 1
+    (an unexpected one's traceback goes to the run directory). ``HYDRA_FULL_ERROR=1`` set by the
+    user shows composition tracebacks instead.
     """
     import hydra
 
@@ -137,8 +62,16 @@ def make_main(config_name: str, task: Callable[[Any], Any]) -> Callable[[], None
         return task(cfg)
 
     def main() -> None:
-        quiet_libraries()
-        exit_on_bad_overrides(config_name)
-        hydra_main()
+        os.environ.setdefault("GLOG_v", "3")  # MindSpore's C++ warnings off the console (env wins)
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        show_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
+        os.environ["HYDRA_FULL_ERROR"] = "1"
+        try:
+            hydra_main()
+        except Exception as exc:
+            if show_traceback:
+                raise
+            print(f"error: {composition_error(exc)}", file=sys.stderr, flush=True)
+            sys.exit(1)
 
     return main

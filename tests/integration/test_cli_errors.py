@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import TINY_MODEL, run_cli, write_image_folder
+from tests.helpers.data import write_image_folder
+from tests.helpers.models import TINY_MODEL, tiny_vit
+from tests.helpers.processes import run_cli
 
 
 def assert_one_line_error(proc, *expected: str) -> None:
@@ -78,12 +80,8 @@ def test_missing_checkpoint_file(cli, tmp_path):
 
 def test_checkpoint_with_wrong_shapes(cli, tmp_path):
     from vit_exp.models.checkpoint import save_checkpoint
-    from vit_exp.models.vit import ViT
 
-    path = save_checkpoint(
-        ViT(image_size=32, patch_size=8, embed_dim=64, num_layers=2, num_heads=2, mlp_dim=64, num_classes=10),
-        tmp_path / "wide.ckpt",
-    )
+    path = save_checkpoint(tiny_vit(num_classes=10, embed_dim=64), tmp_path / "wide.ckpt")
     assert_one_line_error(
         cli(f"model.pretrained={path}"), "does not fit the model", "cls checkpoint (1, 1, 64)"
     )
@@ -104,3 +102,17 @@ def test_help_and_cfg_do_not_import_mindspore_or_mlflow(flag):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert "HEAVY []" in proc.stdout, proc.stdout[-500:] + proc.stderr[-2000:]
     assert ("model:" in proc.stdout) and ("patch_size" in proc.stdout)
+
+
+def test_errors_come_from_the_config_hydra_composes(tmp_path):
+    """--config-dir/--config-name: a key of the user's own config is accepted, a typo is one line."""
+    (tmp_path / "exp.yaml").write_text("defaults:\n  - train\n  - _self_\n\nnotes: first try\n")
+    common = ("--config-dir", str(tmp_path), "--config-name", "exp")
+    ok = run_cli("vit_exp.run", *common, "notes=second try", "--cfg", "job")
+    assert ok.returncode == 0, ok.stderr
+    assert "notes: second try" in ok.stdout and "model:" in ok.stdout
+    assert_one_line_error(
+        run_cli("vit_exp.run", *common, "optim.lrate=1"), "unknown config key 'optim.lrate'"
+    )
+    sweep = ("--config-dir", "sweeps", "--config-name", "grid_lr_batch")
+    assert_one_line_error(run_cli("vit_exp.run", *sweep, "model=vit_huge"), "model=vit_huge", "vit_tiny")
