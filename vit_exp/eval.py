@@ -10,7 +10,7 @@ import logging
 from omegaconf import DictConfig
 
 from vit_exp.cli import hydra_run_dir, make_main
-from vit_exp.errors import DataError
+from vit_exp.errors import DataError, positive_int
 
 log = logging.getLogger("vit_exp.eval")
 
@@ -32,9 +32,11 @@ def evaluate(cfg: DictConfig) -> dict:
 
     from vit_exp.data.pipeline import val_dataset
     from vit_exp.tracking.eval_run import log_eval_run
-    from vit_exp.tracking.resolve import check_store, load_predictor, resolve
+    from vit_exp.tracking.resolve import load_predictor, resolve
+    from vit_exp.tracking.store import check_store
     from vit_exp.train.metrics import classification_report
 
+    batch_size = positive_int("batch_size", cfg.batch_size)
     client = check_store(cfg.mlflow.tracking_uri)
     ref = resolve(client, cfg.model_uri)
     instantiate(cfg.device).apply()
@@ -55,9 +57,7 @@ def evaluate(cfg: DictConfig) -> dict:
         data.root,
         data.val_split,
     )
-    probabilities, labels = predict_dataset(
-        predictor, val_dataset(data, predictor.image_size, cfg.batch_size)
-    )
+    probabilities, labels = predict_dataset(predictor, val_dataset(data, predictor.image_size, batch_size))
     report = classification_report(probabilities, labels, num_classes)
     log.info(
         "eval on %d images: top1 %.4f  top5 %.4f  loss %.4f",

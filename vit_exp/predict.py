@@ -11,7 +11,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from vit_exp.cli import hydra_run_dir, make_main
-from vit_exp.errors import DataError
+from vit_exp.errors import DataError, positive_int
 
 log = logging.getLogger("vit_exp.predict")
 
@@ -34,9 +34,11 @@ def predict(cfg: DictConfig) -> list[dict]:
     from hydra.utils import instantiate
 
     from vit_exp.data.images import decode_rgb
-    from vit_exp.predictions import annotate_image, write_predictions
-    from vit_exp.tracking.resolve import check_store, load_predictor, resolve
+    from vit_exp.prediction_files import annotate_image, write_predictions
+    from vit_exp.tracking.resolve import load_predictor, resolve
+    from vit_exp.tracking.store import check_store
 
+    top_k, batch_size = positive_int("top_k", cfg.top_k), positive_int("batch_size", cfg.batch_size)
     base, files = collect_inputs(cfg.inputs)
     client = check_store(cfg.mlflow.tracking_uri)
     ref = resolve(client, cfg.model_uri)
@@ -50,7 +52,7 @@ def predict(cfg: DictConfig) -> list[dict]:
         except (DataError, OSError) as exc:
             failures.append({"file": str(path), "error": str(exc)})
             log.warning("skipped %s: not a readable image", path)
-    top = predictor.top_k(images, k=cfg.top_k, batch_size=cfg.batch_size)
+    top = predictor.top_k(images, k=top_k, batch_size=batch_size)
     names = predictor.class_names
     rows = [
         {

@@ -14,15 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import (
-    TINY_MODEL,
-    TINY_VIT_ARGS,
-    free_port,
-    run_cli,
-    stop_process,
-    wait_for_http,
-    write_image_folder,
-)
+from tests.helpers.data import write_image_folder
+from tests.helpers.models import TINY_MODEL, tiny_vit
+from tests.helpers.processes import free_port, run_cli, stop_process, wait_for_http
 
 CLASSES = ["ant", "bee", "cat"]
 
@@ -164,11 +158,10 @@ def test_eval_by_alias_matches_mindspore_metrics(registry, champion):
 
     from vit_exp.data.folder import ImageFolderData
     from vit_exp.data.pipeline import val_dataset
-    from vit_exp.models.vit import ViT
 
     source = Path(client.download_artifacts(version.run_id, "models"))
     ckpt = next(p for p in source.rglob("*.ckpt") if f"-s{int(version.tags['global_step']):06d}" in p.name)
-    net = ViT(**TINY_VIT_ARGS, num_classes=3)
+    net = tiny_vit(num_classes=3)
     ms.load_param_into_net(net, ms.load_checkpoint(str(ckpt)), strict_load=True)
     data = ImageFolderData(root=registry["root"])
     from vit_exp.train.losses import CrossEntropySmooth

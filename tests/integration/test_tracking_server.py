@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY_MODEL, free_port, run_cli, stop_process, wait_for_http
+from tests.helpers.models import TINY_MODEL
+from tests.helpers.processes import free_port, run_cli, stop_process, wait_for_http
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ import socket
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from vit_exp.errors import ConfigError
-from vit_exp.tracking.resolve import RegistryError, _check_name
+from vit_exp.errors import ConfigError, RegistryError
+from vit_exp.tracking.resolve import require_registered_model
 
 
 @dataclass
@@ -26,11 +26,21 @@ class PromotionRequest:
     reason: str | None = None
 
 
+@dataclass(frozen=True)
+class VersionScore:
+    """A version of the registered model with its score on the metric tag (NaN without one)."""
+
+    version: str
+    score: float
+    aliases: list[str]
+    run_id: str | None
+
+
 @dataclass
 class Decision:
     """The outcome: candidate and current holder (versions), their scores, and whether to promote."""
 
-    versions: list = field(default_factory=list)  # (version, score, aliases, run_id) sorted by version
+    versions: list[VersionScore] = field(default_factory=list)  # sorted by version
     metric: str = ""
     alias: str = ""
     candidate: str | None = None
@@ -52,33 +62,35 @@ def decide(client, request: PromotionRequest) -> Decision:
     """Find the candidate and the alias holder and decide (no changes are made)."""
     if request.min_delta < 0:
         raise ConfigError(f"min_delta must be >= 0, got {request.min_delta}")
-    _check_name(client, request.name)
+    require_registered_model(client, request.name)
     registered = client.get_registered_model(request.name)
     aliases_by_version: dict[str, list[str]] = {}
     for alias, version in registered.aliases.items():
         aliases_by_version.setdefault(str(version), []).append(alias)
     versions = sorted(client.search_model_versions(f"name='{request.name}'"), key=lambda v: int(v.version))
     rows = [
-        (str(v.version), _score(v.tags, request.metric), aliases_by_version.get(str(v.version), []), v.run_id)
+        VersionScore(
+            str(v.version), _score(v.tags, request.metric), aliases_by_version.get(v.version, []), v.run_id
+        )
         for v in versions
     ]
     decision = Decision(versions=rows, metric=request.metric, alias=request.alias)
     sign = 1.0 if request.higher_is_better else -1.0
-    scored = [r for r in rows if not math.isnan(r[1])]
+    scored = [r for r in rows if not math.isnan(r.score)]
     if request.version is not None:
-        scored = [r for r in scored if r[0] == request.version]
+        scored = [r for r in scored if r.version == request.version]
         if not scored:
             raise RegistryError(
                 f"version {request.version} of '{request.name}' has no numeric '{request.metric}' tag"
             )
     if not scored:
         raise RegistryError(f"no version of '{request.name}' has a numeric '{request.metric}' tag to compare")
-    best = max(scored, key=lambda r: (sign * r[1], -int(r[0])))
-    decision.candidate, decision.candidate_score = best[0], best[1]
+    best = max(scored, key=lambda r: (sign * r.score, -int(r.version)))
+    decision.candidate, decision.candidate_score = best.version, best.score
     holder = registered.aliases.get(request.alias)
     if holder is not None:
         decision.current = str(holder)
-        decision.current_score = next((r[1] for r in rows if r[0] == decision.current), math.nan)
+        decision.current_score = next((r.score for r in rows if r.version == decision.current), math.nan)
     if decision.current is None:
         decision.promote = True
         decision.summary = f"version {decision.candidate} becomes @{request.alias} (no current holder)"
@@ -124,14 +136,13 @@ def comparison_table(decision: Decision) -> str:
     """Versions with their metric and aliases; the candidate and current holder marked."""
     header = f"{'version':>7}  {decision.metric:>12}  {'aliases':<24} {'run_id':<32}  note"
     lines = [header, "-" * len(header)]
-    for version, score, aliases, run_id in decision.versions:
+    for row in decision.versions:
         note = []
-        if version == decision.candidate:
+        if row.version == decision.candidate:
             note.append("candidate")
-        if version == decision.current:
+        if row.version == decision.current:
             note.append(f"current @{decision.alias}")
-        shown = "-" if math.isnan(score) else f"{score:.6g}"
-        lines.append(
-            f"{version:>7}  {shown:>12}  {','.join(aliases) or '-':<24} {run_id or '-':<32}  {' '.join(note)}"
-        )
+        shown = "-" if math.isnan(row.score) else f"{row.score:.6g}"
+        aliases, run_id = ",".join(row.aliases) or "-", row.run_id or "-"
+        lines.append(f"{row.version:>7}  {shown:>12}  {aliases:<24} {run_id:<32}  {' '.join(note)}")
     return "\n".join(lines)

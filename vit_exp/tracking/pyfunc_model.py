@@ -42,7 +42,7 @@ class ViTImageClassifier(PythonModel):
     def load_context(self, context) -> None:
         import yaml
 
-        from vit_exp.models.predictor import Predictor
+        from vit_exp.models.inference import Predictor
 
         with open(context.artifacts["config"]) as fh:
             config = yaml.safe_load(fh)

@@ -1,20 +1,17 @@
 """Resolve a model URI (``models:/NAME/V``, ``models:/NAME@alias``, ``runs:/ID/path``) with clear errors,
-and load it as a :class:`~vit_exp.models.predictor.Predictor`."""
+and load it as a :class:`~vit_exp.models.inference.Predictor`."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
-from vit_exp.errors import ConfigError, VitExpError, first_line
+from vit_exp.errors import ConfigError, RegistryError, first_line
 
 _MODELS_VERSION = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)$")
 _MODELS_ALIAS = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[\w-]+)$")
 _RUNS = re.compile(r"^runs:/(?P<run_id>[0-9a-f]{32})/(?P<path>.+)$")
-
-
-class RegistryError(VitExpError):
-    """The tracking store or registry cannot give what was asked for."""
 
 
 @dataclass
@@ -27,34 +24,12 @@ class ModelRef:
     run_id: str | None
 
 
-def check_store(tracking_uri: str):
-    """An MlflowClient for ``tracking_uri``; RegistryError when the store does not answer."""
-    import logging
-    import os
-
-    import mlflow
-
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
-    client = mlflow.MlflowClient()
-    try:
-        client.search_experiments(max_results=1)
-    except Exception as exc:
-        first = first_line(str(exc)) or type(exc).__name__
-        raise RegistryError(
-            f"mlflow.tracking_uri={tracking_uri}: tracking store unreachable ({first[:200]})"
-        ) from None
-    return client
-
-
 def _registered_names(client) -> list[str]:
     return sorted(m.name for m in client.search_registered_models(max_results=1000))
 
 
-def _check_name(client, name: str) -> None:
+def require_registered_model(client, name: str) -> None:
+    """RegistryError listing the registered models when ``name`` is not one of them."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -80,7 +55,7 @@ def resolve(client, uri: str) -> ModelRef:
         )
     if match := _MODELS_VERSION.match(uri):
         name, version = match["name"], match["version"]
-        _check_name(client, name)
+        require_registered_model(client, name)
         try:
             mv = client.get_model_version(name, version)
         except MlflowException:
@@ -91,7 +66,7 @@ def resolve(client, uri: str) -> ModelRef:
         return ModelRef(uri, name, str(mv.version), mv.run_id)
     if match := _MODELS_ALIAS.match(uri):
         name, alias = match["name"], match["alias"]
-        _check_name(client, name)
+        require_registered_model(client, name)
         try:
             mv = client.get_model_version_by_alias(name, alias)
         except MlflowException:
@@ -114,16 +89,28 @@ def resolve(client, uri: str) -> ModelRef:
 
 
 def load_predictor(uri: str):
-    """Load the pyfunc at ``uri`` and return its Predictor (network, class names, image size)."""
+    """The Predictor of the model at ``uri``, read from its artifacts with this vit_exp's code.
+
+    The checkpoint, config and class names are all a version needs, so a version loads the same
+    whichever vit_exp wrote it (its bundled code serves it over HTTP, see pyfunc_model.py).
+    """
+    import json
+
     import mlflow
+    import yaml
+    from mlflow.models import Model
+
+    from vit_exp.models.inference import Predictor
 
     try:
-        model = mlflow.pyfunc.load_model(uri)
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+        artifacts = Model.load(str(local / "MLmodel")).flavors["python_function"].get("artifacts", {})
+        files = {name: local / artifacts[name]["path"] for name in ("checkpoint", "config", "class_names")}
+    except KeyError:
+        raise RegistryError(f"model_uri={uri} is not a vit-exp ViT model") from None
     except Exception as exc:
         first = first_line(str(exc)) or type(exc).__name__
         raise RegistryError(f"model_uri={uri}: cannot load the model ({first[:300]})") from None
-    python_model = model.unwrap_python_model()
-    predictor = getattr(python_model, "predictor", None)
-    if predictor is None:
-        raise RegistryError(f"model_uri={uri} is not a vit-exp ViT model")
-    return predictor
+    config = yaml.safe_load(files["config"].read_text())
+    class_names = json.loads(files["class_names"].read_text())
+    return Predictor.from_checkpoint(files["checkpoint"], config, class_names)

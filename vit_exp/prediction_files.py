@@ -1,4 +1,4 @@
-"""Write predictions: JSON and CSV tables, and image copies with the predicted label drawn on them."""
+"""The files a predict run writes: JSON and CSV tables, and image copies with the predicted label drawn on."""
 
 from __future__ import annotations
 
