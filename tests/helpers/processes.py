@@ -1,0 +1,64 @@
+"""Real processes for the tests: the CLIs as a user runs them, and servers on free 127.0.0.1 ports."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vit_exp.config import PROJECT_ROOT
+
+
+def run_cli(
+    module: str, *args: str, cwd: Path | None = None, timeout: int = 600
+) -> subprocess.CompletedProcess:
+    """Run ``python -m <module> args`` in a fresh process, as a user would."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", GLOG_v="3")
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=str(cwd or PROJECT_ROOT),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 20) -> None:
+    """Terminate a server started by a test, killing it if it does not exit in time."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def wait_for_http(url: str, process: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    """Wait until ``url`` answers 200; fail the test with the server's log if it exits or times out."""
+    import time
+    import urllib.request
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"server exited with {process.returncode}: {log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    process.terminate()
+    pytest.fail(f"{url} did not answer within {timeout:.0f}s: {log.read_text()[-3000:]}")
