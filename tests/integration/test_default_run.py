@@ -9,7 +9,9 @@ from tests.helpers.processes import run_cli
 
 @pytest.mark.slow
 def test_default_run_learns_digits_and_registers_every_epoch(tmp_path, tracking_store):
-    proc = run_cli("vit_exp.run", f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}")
+    proc = run_cli(
+        "vit_exp.run", f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}"
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     import mlflow
 

@@ -4,10 +4,9 @@
 ``train/throughput_img_s`` every ``details_every_n_steps`` steps and at each epoch's end (the last
 two as means since their previous point); per epoch ``train/epoch_time_s``, ``train/epoch_loss``,
 ``epoch`` and, when validation ran, ``val/loss``, ``val/top1``, ``val/top5``.
-Points are buffered and sent in large batches between steps (each point is ~70 us of SQLAlchemy
-work; bench/RESULTS.md, 2026-11-27): synchronously to a local store, where a writer thread would
-slow the step as much, asynchronously to a server, where it waits on the network. A failure to log
-is warned about once and never stops training.
+Points are buffered and sent in large batches between steps, the cheapest per point (bench/RESULTS.md):
+synchronously to a local store (a writer thread slows the step as much), asynchronously to a server.
+A failure to log is warned about once and never stops training.
 """
 
 from __future__ import annotations

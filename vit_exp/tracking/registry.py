@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -12,8 +11,6 @@ from pathlib import Path
 
 from vit_exp.errors import ConfigError, positive_int
 from vit_exp.tracking.store import already_exists
-
-log = logging.getLogger("vit_exp.tracking")
 
 PYFUNC_MODEL_FILE = Path(__file__).with_name("pyfunc_model.py")
 PACKAGE_DIR = Path(__file__).resolve().parent.parent

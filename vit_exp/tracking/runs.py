@@ -1,4 +1,4 @@
-"""MLflow run lifecycle for one training job: store, experiment, run name, params, tags, artifacts.
+"""MLflow run lifecycle: settings, run name, tags, params and artifacts, and a guaranteed end status.
 
 ``tracked_run`` opens a run and guarantees it ends: FINISHED, FAILED (with ``traceback.txt`` as an
 artifact) or KILLED on Ctrl-C. In a ``--multirun`` sweep the run is a child of the sweep's parent.
