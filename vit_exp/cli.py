@@ -16,6 +16,13 @@ from typing import Any
 from vit_exp.config import CONFIG_DIR, register_resolvers
 from vit_exp.errors import first_line, report_errors, user_message
 
+# Keys that existed once: an old command line gets told what replaced them.
+RETIRED_KEYS = {
+    "trainer.log_every_n_steps": "renamed to trainer.print_every_n_steps",
+    "trainer.dataset_sink_mode": "removed: training always runs vit-exp's own loop",
+    "data.infer_split": "removed: it was never read",
+}
+
 
 def composition_error(exc: BaseException) -> str:
     """One line saying what to fix in the command line Hydra could not compose."""
@@ -30,6 +37,8 @@ def composition_error(exc: BaseException) -> str:
     cause = exc.__cause__ or exc.__context__
     if "Could not override" in message and cause is not None and "not in struct" in str(cause):
         key = message.split("'")[1] if "'" in message else message
+        if key in RETIRED_KEYS:
+            return f"config key '{key}' was {RETIRED_KEYS[key]}"
         return f"unknown config key '{key}' (check the spelling, or add a new key with +{key}=...)"
     if known := user_message(exc):
         return known

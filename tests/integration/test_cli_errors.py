@@ -71,6 +71,7 @@ def test_batch_larger_than_the_training_split(cli, tmp_path):
 
 def test_unknown_config_key_and_option(cli):
     assert_one_line_error(cli("optim.lrate=0.1"), "unknown config key 'optim.lrate'")
+    assert_one_line_error(cli("trainer.log_every_n_steps=5"), "renamed to trainer.print_every_n_steps")
     assert_one_line_error(cli("model=vit_huge"), "model=vit_huge", "vit_b16")
 
 
