@@ -62,3 +62,16 @@ def wait_for_http(url: str, process: subprocess.Popen, log: Path, timeout: float
             time.sleep(0.5)
     process.terminate()
     pytest.fail(f"{url} did not answer within {timeout:.0f}s: {log.read_text()[-3000:]}")
+
+
+def start_cli(module: str, *args: str, log: Path, cwd: Path | None = None) -> subprocess.Popen:
+    """Start ``python -m <module> args`` in the background, output to ``log``."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", GLOG_v="3")
+    with log.open("w") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", module, *args],
+            cwd=str(cwd or PROJECT_ROOT),
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )

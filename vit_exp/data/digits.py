@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vit_exp.locking import exclusive
+
 log = logging.getLogger(__name__)
 
 LAYOUT_VERSION = 1
@@ -46,17 +48,29 @@ def _write_split(folder: Path, images: np.ndarray, labels: np.ndarray, indices: 
         Image.fromarray(pixels, mode="L").convert("RGB").save(class_dir / f"digit_{i:04d}.png")
 
 
+def _is_written(root: Path, expected: dict) -> bool:
+    try:
+        return json.loads((root / MARKER).read_text()).get("spec") == expected
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
 def ensure_digits_folder(root: str | Path, val_fraction: float = 0.2, seed: int = 0) -> Path:
-    """Write the digits image folder under ``root`` unless an identical one is already there."""
+    """Write the digits image folder under ``root`` unless an identical one is already there.
+
+    Processes starting together (a parallel sweep on a fresh cache) write it once, in turn.
+    """
     root = Path(root).expanduser()
-    marker = root / MARKER
     expected = _expected_marker(val_fraction, seed)
-    if marker.is_file():
-        try:
-            if json.loads(marker.read_text()).get("spec") == expected:
-                return root
-        except (OSError, json.JSONDecodeError):
-            pass
+    if _is_written(root, expected):
+        return root
+    with exclusive(root.with_name(root.name + ".lock")):
+        if not _is_written(root, expected):
+            _write_digits_folder(root, val_fraction, seed, expected)
+    return root
+
+
+def _write_digits_folder(root: Path, val_fraction: float, seed: int, expected: dict) -> None:
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -75,7 +89,6 @@ def ensure_digits_folder(root: str | Path, val_fraction: float = 0.2, seed: int 
     root.parent.mkdir(parents=True, exist_ok=True)
     staging.rename(root)
     log.info("wrote the digits image folder to %s (%d train, %d val)", root, counts["train"], counts["val"])
-    return root
 
 
 def digits_data(root: str | Path, val_fraction: float = 0.2, seed: int = 0, **folder_args):

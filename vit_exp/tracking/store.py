@@ -6,7 +6,9 @@ import logging
 import os
 from pathlib import Path
 
+from vit_exp.credentials import reveal, split_credentials
 from vit_exp.errors import ConfigError, RegistryError, first_line
+from vit_exp.locking import exclusive
 
 SQLITE_PREFIX = "sqlite:///"
 
@@ -14,16 +16,31 @@ SQLITE_PREFIX = "sqlite:///"
 def use_store(tracking_uri: str):
     """Point MLflow's tracking and registry at ``tracking_uri``; return a client.
 
-    Also keeps MLflow's INFO lines off our console (importing mlflow sets its logger to INFO).
+    Credentials in the URI (masked in the config, see credentials.py) go to MLflow as
+    ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD``. Also keeps MLflow's INFO lines off
+    our console (importing mlflow sets its logger to INFO).
     """
     import mlflow
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
-    if tracking_uri.startswith(SQLITE_PREFIX):
-        Path(tracking_uri[len(SQLITE_PREFIX) :]).parent.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
-    return mlflow.MlflowClient()
+    uri, user, password = split_credentials(reveal(tracking_uri))
+    if user:
+        os.environ["MLFLOW_TRACKING_USERNAME"] = user
+    if password:
+        os.environ["MLFLOW_TRACKING_PASSWORD"] = password
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    if not uri.startswith(SQLITE_PREFIX):
+        return mlflow.MlflowClient()
+    database = Path(uri[len(SQLITE_PREFIX) :])
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive(database.with_name(database.name + ".lock")):
+        # MLflow creates or migrates the schema, unguarded, when a process first opens a store:
+        # two processes doing it at once break it. Open both stores one process at a time
+        # (MLflow keeps them open for the rest of the process).
+        client = mlflow.MlflowClient()
+        client.search_registered_models(max_results=1)
+    return client
 
 
 def already_exists(exc: Exception) -> bool:

@@ -1,0 +1,76 @@
+"""Several processes starting together on a new SQLite store: every run is recorded, the store stays usable."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.helpers.models import TINY_MODEL
+from tests.helpers.processes import run_cli, start_cli
+
+SMOKE_RUN = [*TINY_MODEL, "model.num_layers=1", "trainer.max_steps=2", "trainer.batch_size=64"]
+
+
+def start_together(store: str, tmp_path, count: int) -> list[str]:
+    """Start ``count`` tiny training runs at once on ``store``; return each one's output."""
+    processes = [
+        start_cli(
+            "vit_exp.run",
+            *SMOKE_RUN,
+            f"mlflow.tracking_uri={store}",
+            f"paths.cache_dir={tmp_path / 'cache'}",
+            f"hydra.run.dir={tmp_path / f'run{i}'}",
+            log=tmp_path / f"run{i}.log",
+        )
+        for i in range(count)
+    ]
+    codes = [p.wait(timeout=600) for p in processes]
+    outputs = [(tmp_path / f"run{i}.log").read_text() for i in range(count)]
+    for code, output in zip(codes, outputs, strict=True):
+        assert code == 0, output[-2000:]
+    return outputs
+
+
+def check_store(store: str, runs: int) -> None:
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=store, registry_uri=store)
+    experiment = client.get_experiment_by_name("vit-exp")
+    found = client.search_runs([experiment.experiment_id])
+    assert len(found) == runs and {r.info.status for r in found} == {"FINISHED"}
+    versions = [int(v.version) for v in client.search_model_versions("name='vit_tiny'")]
+    assert sorted(versions) == list(range(1, runs + 1))  # one per run, numbers unique
+
+
+def test_four_runs_starting_together_on_a_new_store(tmp_path):
+    store = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    start_together(store, tmp_path, 4)
+    check_store(store, 4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trial", range(10))
+def test_four_runs_starting_together_ten_trials(tmp_path, trial):
+    store = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    start_together(store, tmp_path, 4)
+    check_store(store, 4)
+
+
+def test_joblib_launcher_with_two_jobs_on_a_new_store(tmp_path):
+    store = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    proc = run_cli(
+        "vit_exp.run",
+        "--multirun",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        *SMOKE_RUN,
+        "optim.lr=1e-3,2e-3",
+        f"mlflow.tracking_uri={store}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=store)
+    runs = client.search_runs([client.get_experiment_by_name("vit-exp").experiment_id])
+    assert len(runs) == 3 and {r.info.status for r in runs} == {"FINISHED"}  # parent + 2 jobs
