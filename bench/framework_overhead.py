@@ -111,7 +111,7 @@ def full(data, epochs: int, store: Path, net, every_epoch: bool) -> tuple[float,
     with mlflow.start_run() as run:
         callbacks = [history, saver, MlflowMetricLogger(run.info.run_id, history)]
         if every_epoch:  # registry.register=every (the default)
-            inputs = write_model_inputs(store / "model_inputs", "model: {}\n", [str(i) for i in range(10)])
+            inputs = write_model_inputs(store / "model_inputs", {"model": {}}, [str(i) for i in range(10)])
             writer = PyfuncModelWriter(inputs, example_image(data), top_k=5)
             settings = RegistrySettings(register="every", name="bench")
             callbacks.append(CheckpointRegistration(settings, run.info.run_id, saver, writer))

@@ -13,7 +13,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hydra.experimental.callback import Callback
+
 from vit_exp.config import CONFIG_DIR, register_resolvers
+from vit_exp.credentials import hide_command_line_secrets, mask
 from vit_exp.errors import first_line, report_errors, user_message
 
 # Keys that existed once: an old command line gets told what replaced them.
@@ -32,7 +35,8 @@ def composition_error(exc: BaseException) -> str:
         group, _, wanted = (exc.missing_cfg_file or "").rpartition("/")
         return f"{group}={wanted}: no such option in '{group}'; choose one of: {', '.join(exc.options)}"
     if isinstance(exc, OverrideParseException):
-        return f"cannot parse the command line: {first_line(str(exc))}"
+        hint = " (quote a value that holds '=', e.g. key='a=b')" if "'='" in str(exc) else ""
+        return f"cannot parse the command line: {first_line(str(exc))}{hint}"
     message = first_line(str(exc))
     cause = exc.__cause__ or exc.__context__
     if "Could not override" in message and cause is not None and "not in struct" in str(cause):
@@ -45,6 +49,27 @@ def composition_error(exc: BaseException) -> str:
     if cause is not None and first_line(str(cause)):
         return f"{message} {first_line(str(cause))}"
     return message or type(exc).__name__
+
+
+class MaskCredentialsInRunFiles(Callback):
+    """A Hydra callback: rewrites Hydra's copies of the config with credentials masked.
+
+    Command-line secrets are masked before Hydra starts; this catches those written in config files.
+    """
+
+    def on_job_start(self, config, **kwargs) -> None:
+        if config.hydra.output_subdir is not None:
+            folder = Path(config.hydra.runtime.output_dir) / str(config.hydra.output_subdir)
+            for path in folder.glob("*.yaml"):
+                _mask_file(path)
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        _mask_file(Path(str(config.hydra.sweep.dir)) / "multirun.yaml")
+
+
+def _mask_file(path: Path) -> None:
+    if path.is_file() and (text := path.read_text()) != (masked := mask(text)):
+        path.write_text(masked)
 
 
 def hydra_run_dir() -> Path | None:
@@ -71,6 +96,7 @@ def make_main(config_name: str, task: Callable[[Any], Any]) -> Callable[[], None
         return task(cfg)
 
     def main() -> None:
+        hide_command_line_secrets()
         os.environ.setdefault("GLOG_v", "3")  # MindSpore's C++ warnings off the console (env wins)
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         show_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
@@ -80,7 +106,7 @@ def make_main(config_name: str, task: Callable[[Any], Any]) -> Callable[[], None
         except Exception as exc:
             if show_traceback:
                 raise
-            print(f"error: {composition_error(exc)}", file=sys.stderr, flush=True)
+            print(f"error: {mask(composition_error(exc))}", file=sys.stderr, flush=True)
             sys.exit(1)
 
     return main

@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from vit_exp.credentials import mask
+
 F = TypeVar("F", bound=Callable)
 
 
@@ -82,7 +84,7 @@ def _write_traceback(traceback_dir: Callable[[], Path | None] | None) -> str:
         return ""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "traceback.txt"
-    path.write_text(traceback.format_exc())
+    path.write_text(mask(traceback.format_exc()))
     return f" (full traceback: {path})"
 
 
@@ -106,7 +108,7 @@ def report_errors(traceback_dir: Callable[[], Path | None] | None = None) -> Cal
                 if message is None:
                     summary = first_line(str(exc)) or "no message"
                     message = f"{type(exc).__name__}: {summary}{_write_traceback(traceback_dir)}"
-                print(f"error: {message}", file=sys.stderr, flush=True)
+                print(f"error: {mask(message)}", file=sys.stderr, flush=True)
                 sys.exit(1)
 
         return wrapper  # type: ignore[return-value]

@@ -75,3 +75,59 @@ def start_cli(module: str, *args: str, log: Path, cwd: Path | None = None) -> su
             stdout=out,
             stderr=subprocess.STDOUT,
         )
+
+
+class MlflowServer:
+    """A real ``mlflow server`` on a free 127.0.0.1 port, its SQLite store and artifacts in ``folder``.
+
+    It can be stopped and started again on the same port (tracking-outage tests).
+    """
+
+    def __init__(self, folder: Path, *extra_args: str, env: dict | None = None):
+        self.folder = folder
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.database = folder / "server.db"
+        self.artifacts = folder / "server-artifacts"
+        self.extra_args = extra_args
+        self.env = env or {}
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> MlflowServer:
+        folder = self.folder
+        folder.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+        env.pop("MLFLOW_TRACKING_URI", None)
+        env.update(self.env)
+        log = folder / "server.log"
+        with log.open("a") as out:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "mlflow",
+                    "server",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--backend-store-uri",
+                    f"sqlite:///{self.database}",
+                    "--artifacts-destination",
+                    str(self.artifacts),
+                    "--workers",
+                    "1",
+                    *self.extra_args,
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=folder,
+            )
+        wait_for_http(f"{self.url}/health", self.process, log, timeout=90)
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process(self.process)
+            self.process = None

@@ -1,4 +1,4 @@
-"""Several processes starting together on a new SQLite store: every run is recorded, the store stays usable."""
+"""Several processes starting together on a new SQLite store: every run recorded, the store usable."""
 
 from __future__ import annotations
 

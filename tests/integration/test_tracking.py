@@ -131,46 +131,90 @@ def test_every_checkpoint_is_a_tagged_model_version(tiny_run):
     assert len({m.model_uuid for m in models}) == 2
 
 
-def test_pyfunc_in_fresh_process_equals_direct_inference(tiny_run):
-    """models:/NAME/V loaded in a new process gives the same top-k as MindSpore on the checkpoint."""
-    images = sorted((tiny_run["root"] / "val").rglob("*.png"))[::4]
-    script = (
-        "import json, sys, pandas as pd, mlflow\n"
-        "paths = json.loads(sys.argv[1])\n"
-        "model = mlflow.pyfunc.load_model('models:/tiny-vit/2')\n"
-        "frame = pd.DataFrame({'image': [open(p, 'rb').read() for p in paths]})\n"
-        "out = model.predict(frame)\n"
-        "print(json.dumps({'idx': out['top_k_indices'].tolist(), 'p': out['top_k_probabilities'].tolist(),"
-        " 'names': out['class_name'].tolist()}))\n"
-    )
+PREDICT_IN_A_FRESH_PROCESS = """
+import importlib.util, json, sys
+model_uri, paths, hide_checkout = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3] == "1"
+if hide_checkout:  # the checkout's vit_exp (an editable install) out of the import path
+    sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in getattr(f, "__module__", "")]
+    assert importlib.util.find_spec("vit_exp") is None
+import mlflow, pandas as pd
+model = mlflow.pyfunc.load_model(model_uri)
+out = model.predict(pd.DataFrame({"image": [open(p, "rb").read() for p in paths]}))
+print(json.dumps({"idx": out["top_k_indices"].tolist(), "p": out["top_k_probabilities"].tolist(),
+                  "names": out["class_name"].tolist(), "code": sys.modules["vit_exp"].__file__}))
+"""
+
+
+def predict_in_a_fresh_process(model_uri: str, images: list, cwd, env: dict, hide_checkout=False) -> dict:
+    args = [model_uri, json.dumps([str(p) for p in images]), "1" if hide_checkout else "0"]
     proc = subprocess.run(
-        [sys.executable, "-c", script, json.dumps([str(p) for p in images])],
+        [sys.executable, "-c", PREDICT_IN_A_FRESH_PROCESS, *args],
         capture_output=True,
         text=True,
         timeout=300,
-        cwd=tiny_run["tmp"],
-        env={**os.environ, "MLFLOW_TRACKING_URI": tiny_run["uri"]},
+        cwd=cwd,
+        env=env,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    served = json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
-    # Direct MindSpore inference on the checkpoint file the version was made from.
+
+def assert_equals_direct_inference(served: dict, checkpoint, images: list, k: int = 2) -> None:
+    """Top-k of MindSpore on ``checkpoint`` directly equals ``served`` (registry.top_k=2)."""
     import mindspore as ms
     from PIL import Image
 
     from vit_exp.data.images import preprocess
 
-    ckpt = sorted((tiny_run["tmp"] / "run/checkpoints").glob("*.ckpt"))[-1]
     net = tiny_vit(num_classes=3)
     net.set_train(False)
-    ms.load_param_into_net(net, ms.load_checkpoint(str(ckpt)), strict_load=True)
+    ms.load_param_into_net(net, ms.load_checkpoint(str(checkpoint)), strict_load=True)
     arrays = [np.asarray(Image.open(p).convert("RGB")) for p in images]
     batch = preprocess(arrays, 32, [123.675, 116.28, 103.53], [58.395, 57.12, 57.375])
     probs = ms.ops.softmax(net(ms.Tensor(batch)), axis=-1).asnumpy()
-    order = np.argsort(-probs, axis=1, kind="stable")[:, :2]  # registry.top_k=2
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
     assert served["idx"] == order.tolist()
     np.testing.assert_allclose(served["p"], np.take_along_axis(probs, order, axis=1), rtol=1e-6, atol=1e-7)
     assert served["names"] == [["ant", "bee", "cat"][i] for i in order[:, 0]]
+
+
+def test_pyfunc_in_fresh_process_equals_direct_inference(tiny_run):
+    """models:/NAME/V loaded in a new process gives the same top-k as MindSpore on the checkpoint."""
+    images = sorted((tiny_run["root"] / "val").rglob("*.png"))[::4]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tiny_run["uri"]}
+    served = predict_in_a_fresh_process("models:/tiny-vit/2", images, tiny_run["tmp"], env)
+    checkpoint = sorted((tiny_run["tmp"] / "run/checkpoints").glob("*.ckpt"))[-1]
+    assert_equals_direct_inference(served, checkpoint, images)
+
+
+def test_a_downloaded_version_needs_neither_the_checkout_nor_the_run_dir(tiny_run, tmp_path, monkeypatch):
+    """Portable and private: no path of the training machine inside; loads from a copy elsewhere."""
+    import mlflow
+
+    from vit_exp.config import PROJECT_ROOT
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tiny_run["uri"])  # models:/ resolves from the global URIs
+    mlflow.set_tracking_uri(tiny_run["uri"])
+    mlflow.set_registry_uri(tiny_run["uri"])
+    copy = Path(mlflow.artifacts.download_artifacts("models:/tiny-vit/2", dst_path=str(tmp_path / "copy")))
+    for path in (p for p in copy.rglob("*") if p.is_file()):
+        text = path.read_bytes()
+        for private in (str(tiny_run["tmp"]), str(PROJECT_ROOT), str(tiny_run["root"])):
+            assert private.encode() not in text, f"{path.relative_to(copy)} holds {private}"
+    images = sorted((tiny_run["root"] / "val").rglob("*.png"))[::4]
+    staged = [tmp_path / "images" / p.name for p in images]
+    staged[0].parent.mkdir()
+    for source, target in zip(images, staged, strict=True):
+        target.write_bytes(source.read_bytes())
+    run_dir, moved = tiny_run["tmp"] / "run", tiny_run["tmp"] / "run-moved-away"
+    run_dir.rename(moved)
+    try:
+        env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+        served = predict_in_a_fresh_process(str(copy), staged, tmp_path, env, hide_checkout=True)
+    finally:
+        moved.rename(run_dir)
+    assert Path(served["code"]).is_relative_to(copy)  # the version's own copy of vit_exp
+    assert_equals_direct_inference(served, next((copy / "artifacts").glob("*.ckpt")), staged)
 
 
 def test_a_run_that_raises_ends_failed_with_traceback(tmp_path, tracking_store):

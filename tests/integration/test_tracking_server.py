@@ -2,50 +2,17 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 from tests.helpers.models import TINY_MODEL
-from tests.helpers.processes import free_port, run_cli, stop_process, wait_for_http
+from tests.helpers.processes import MlflowServer, run_cli
 
 
 @pytest.fixture
 def mlflow_server(tmp_path):
-    port = free_port()
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    env.pop("MLFLOW_TRACKING_URI", None)
-    log = open(tmp_path / "server.log", "w")
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            f"sqlite:///{tmp_path / 'server.db'}",
-            "--artifacts-destination",
-            str(tmp_path / "server-artifacts"),
-            "--workers",
-            "1",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-        cwd=tmp_path,
-    )
-    url = f"http://127.0.0.1:{port}"
-    wait_for_http(f"{url}/health", server, tmp_path / "server.log", timeout=90)
-    yield url
-    stop_process(server)
-    log.close()
+    server = MlflowServer(tmp_path / "server").start()
+    yield server.url
+    server.stop()
 
 
 def test_tiny_run_against_a_real_tracking_server(mlflow_server, tmp_path):

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
+from vit_exp.credentials import mask, reveal, split_credentials
 from vit_exp.errors import CheckpointError, ConfigError, first_line
 
 log = logging.getLogger(__name__)
@@ -70,19 +71,41 @@ def fetch_checkpoint(source: str | Path, cache_dir: str | Path) -> Path:
     if target.is_file() and target.stat().st_size > 0:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    from download import download
-
     partial = target.with_suffix(target.suffix + ".part")
+    log.info("downloading %s to %s", mask(source), target)
     try:
-        download(source, str(partial), progressbar=True, replace=True)
+        _download(reveal(source), partial)
     except Exception as exc:
         partial.unlink(missing_ok=True)
         raise CheckpointError(
-            f"model.pretrained: could not download {source} ({type(exc).__name__}: {exc}); "
-            f"download it yourself and pass the file path"
+            f"model.pretrained: could not download {mask(source)} ({type(exc).__name__}: "
+            f"{mask(first_line(str(exc)))}); download it yourself and pass the file path"
         ) from None
     partial.replace(target)
     return target
+
+
+def _download(url: str, target: Path) -> None:
+    """Download ``url`` to ``target``; a user and password in it are sent as HTTP basic auth."""
+    import urllib.request
+
+    from download import download
+
+    bare, user, password = split_credentials(url)
+    if user:
+        parts = urlparse(bare)
+        manager = urllib.request.HTTPPasswordMgrWithPriorAuth()
+        manager.add_password(
+            None, f"{parts.scheme}://{parts.netloc}/", user, password or "", is_authenticated=True
+        )
+        urllib.request.install_opener(
+            urllib.request.build_opener(urllib.request.HTTPBasicAuthHandler(manager))
+        )
+    try:  # verbose=False: the library would print the URL, query tokens included
+        download(bare, str(target), progressbar=True, replace=True, verbose=False)
+    finally:
+        if user:
+            urllib.request.install_opener(None)
 
 
 def rename_timm(name: str) -> str:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from vit_exp.data.folder import list_images
 
@@ -178,10 +178,10 @@ def assemble_callbacks(
     )
     if job.registry.register != "none":
         from vit_exp.tracking.registration import CheckpointRegistration
-        from vit_exp.tracking.registry import PyfuncModelWriter, write_model_inputs
+        from vit_exp.tracking.registry import PyfuncModelWriter, version_config, write_model_inputs
 
         folder = (job.hydra.run_dir or Path(".")) / "model_inputs"
-        config = OmegaConf.to_yaml(job.cfg, resolve=True)
+        config = version_config(job.cfg.model.name, net.config, data)
         inputs = write_model_inputs(folder, config, class_names_of(data, net.num_classes))
         writer = PyfuncModelWriter(inputs, example_image(data), job.registry.top_k)
         callbacks.registration = CheckpointRegistration(

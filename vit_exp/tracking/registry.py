@@ -70,11 +70,31 @@ def pip_requirements() -> list[str]:
     ]
 
 
-def write_model_inputs(folder: Path, config_yaml: str, class_names: list[str]) -> dict[str, Path]:
+def version_config(model_name: str, architecture, data) -> dict:
+    """What a version ships of its run's config: the ViT and how its inputs are normalised.
+
+    No path, URI or other setting of the training machine (the run's params hold those).
+    """
+    from dataclasses import asdict
+
+    return {
+        "model": {"name": model_name, **asdict(architecture)},
+        "data": {
+            "name": data.name,
+            "class_map": data.class_map,
+            "mean": list(data.mean),
+            "std": list(data.std),
+        },
+    }
+
+
+def write_model_inputs(folder: Path, config: dict, class_names: list[str]) -> dict[str, Path]:
     """Write the config and class-name artifacts shared by all versions of one run."""
+    import yaml
+
     folder.mkdir(parents=True, exist_ok=True)
     config_path = folder / "config.yaml"
-    config_path.write_text(config_yaml)
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     names_path = folder / "class_names.json"
     names_path.write_text(json.dumps(class_names, indent=1))
     return {"config": config_path, "class_names": names_path}
@@ -119,6 +139,11 @@ class PyfuncModelWriter:
             model_config={"top_k": self.top_k},
         )
         self._model = Model.load(str(template / "MLmodel"))
+        # Loading needs only paths inside the model directory: drop the training machine's paths.
+        flavor = self._model.flavors["python_function"]
+        flavor["model_code_path"] = Path(flavor["model_code_path"]).name
+        for artifact in flavor["artifacts"].values():
+            artifact.pop("uri", None)
         (template / "MLmodel").unlink()
         (template / "artifacts" / checkpoint.name).unlink()
         self._template_bytes = sum(f.stat().st_size for f in template.rglob("*") if f.is_file())
@@ -137,10 +162,7 @@ class PyfuncModelWriter:
         mlflow.log_artifacts(str(work / "model"), artifact_path=artifact_path)
         mlflow.log_artifact(str(checkpoint), artifact_path=f"{artifact_path}/artifacts")
         model = copy.deepcopy(self._model)
-        model.flavors["python_function"]["artifacts"]["checkpoint"] = {
-            "path": f"artifacts/{checkpoint.name}",
-            "uri": str(checkpoint),
-        }
+        model.flavors["python_function"]["artifacts"]["checkpoint"] = {"path": f"artifacts/{checkpoint.name}"}
         model.metadata = {"global_step": step, "checkpoint": checkpoint.name}
         model.model_uuid = uuid.uuid4().hex
         model.utc_time_created = str(datetime.datetime.now(datetime.UTC).replace(tzinfo=None))

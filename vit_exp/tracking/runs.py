@@ -20,6 +20,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from vit_exp.config import PROJECT_ROOT
+from vit_exp.credentials import mask
 from vit_exp.errors import ConfigError, positive_int
 from vit_exp.tracking.store import experiment_id
 
@@ -65,7 +66,7 @@ def flatten(config: Mapping | DictConfig, prefix: str = "") -> dict[str, str]:
         if isinstance(value, Mapping):
             flat.update(flatten(value, f"{name}."))
         else:
-            flat[name] = str(value)[:MAX_PARAM_LENGTH]
+            flat[name] = mask(str(value))[:MAX_PARAM_LENGTH]
     return flat
 
 
@@ -78,7 +79,7 @@ def readable_run_name(cfg: DictConfig, overrides: list[str]) -> str:
     name = f"{cfg.model.name}-{cfg.data.name}"
     if keep:
         name += " " + " ".join(keep)
-    return name[:250]
+    return mask(name)[:250]
 
 
 def git_state(folder: Path = PROJECT_ROOT) -> dict[str, str]:
@@ -114,7 +115,7 @@ def run_tags(cfg: DictConfig, overrides: list[str]) -> dict[str, str]:
     import mlflow
 
     return {
-        "hydra.overrides": " ".join(overrides) or "(none)",
+        "hydra.overrides": mask(" ".join(overrides)) or "(none)",
         "mindspore.version": mindspore.__version__,
         "mlflow.version": mlflow.__version__,
         "python.version": platform.python_version(),
@@ -201,7 +202,7 @@ def _interrupt_on_sigterm():
 def _log_traceback(run_dir: Path | None) -> None:
     import mlflow
 
-    text = traceback.format_exc()
+    text = mask(traceback.format_exc())
     try:
         if run_dir is not None:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -228,9 +229,9 @@ def log_run_inputs(cfg: DictConfig, hydra_dir: Path | None, class_names: list[st
     run_id = mlflow.active_run().info.run_id
     for start in range(0, len(items), 100):
         client.log_batch(run_id, params=[Param(k, v) for k, v in items[start : start + 100]])
-    if hydra_dir is not None and hydra_dir.is_dir():
-        mlflow.log_artifacts(str(hydra_dir), artifact_path="hydra")
-    mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config_resolved.yaml")
+    for path in sorted(hydra_dir.glob("*.yaml")) if hydra_dir is not None else ():
+        mlflow.log_text(mask(path.read_text()), f"hydra/{path.name}")
+    mlflow.log_text(mask(OmegaConf.to_yaml(cfg, resolve=True)), "config_resolved.yaml")
     mlflow.log_text(environment_listing(), "environment.txt")
     mlflow.log_text(model_summary(net), "model_summary.txt")
     mlflow.log_dict({"class_names": class_names}, "class_names.json")
