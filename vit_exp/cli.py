@@ -7,7 +7,9 @@ one ``error:`` line, so what is checked is exactly what Hydra composes, flags an
 
 from __future__ import annotations
 
+import math
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +19,7 @@ from hydra.experimental.callback import Callback
 
 from vit_exp.config import CONFIG_DIR, register_resolvers
 from vit_exp.credentials import hide_command_line_secrets, mask
-from vit_exp.errors import first_line, report_errors, user_message
+from vit_exp.errors import failure_message, first_line, user_message
 
 # Keys that existed once: an old command line gets told what replaced them.
 RETIRED_KEYS = {
@@ -48,7 +50,23 @@ def composition_error(exc: BaseException) -> str:
         return known
     if cause is not None and first_line(str(cause)):
         return f"{message} {first_line(str(cause))}"
-    return message or type(exc).__name__
+    return message or f"{type(exc).__name__} raised in {_origin(exc)}"
+
+
+def _origin(exc: BaseException) -> str:
+    """Where ``exc`` was raised, as ``package/.../module.py:line`` (from site-packages or the checkout)."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return "an unknown place"
+    path = Path(tb.tb_frame.f_code.co_filename)
+    parts = (
+        path.parts[path.parts.index("site-packages") + 1 :]
+        if "site-packages" in path.parts
+        else path.parts[-3:]
+    )
+    return f"{'/'.join(parts)}:{tb.tb_lineno}"
 
 
 class MaskCredentialsInRunFiles(Callback):
@@ -72,6 +90,33 @@ def _mask_file(path: Path) -> None:
         path.write_text(masked)
 
 
+JOB_ERROR_FILE = "error.txt"  # a failed sweep job's one-line error, in its job directory
+_abort_hooks: list[Callable[[str], None]] = []
+_failures: list[str] = []  # found after the jobs ran (a sweep job failed): the command exits 1
+
+
+def fail_at_exit(message: str) -> None:
+    """Make the command print ``error: message`` and exit 1 once Hydra is done (callbacks cannot raise)."""
+    _failures.append(message)
+
+
+def call_on_abort(hook: Callable[[str], None]) -> None:
+    """Have ``hook(status)`` run when the command ends by a failure ("FAILED") or an interrupt ("KILLED")."""
+    _abort_hooks.append(hook)
+
+
+def _run_abort_hooks(status: str) -> None:
+    while _abort_hooks:
+        try:
+            _abort_hooks.pop()(status)
+        except Exception as exc:  # the command is ending anyway: say so, keep its own error
+            print(f"warning: {mask(first_line(str(exc)))}", file=sys.stderr, flush=True)
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def hydra_run_dir() -> Path | None:
     """The current Hydra job's output directory (None outside a Hydra app)."""
     from hydra.core.hydra_config import HydraConfig
@@ -79,21 +124,48 @@ def hydra_run_dir() -> Path | None:
     return Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
 
 
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def run_job(task: Callable[[Any], Any], cfg) -> Any:
+    """Run ``task(cfg)``; a failure is printed as one ``error:`` line.
+
+    A single run then exits 1 (130 when interrupted). A sweep job's failure is written to its
+    directory and the job returns NaN, so the sweep goes on and its summary lists the job.
+    """
+    try:
+        return task(cfg)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr, flush=True)
+        sys.exit(130)
+    except Exception as exc:
+        run_dir = hydra_run_dir()
+        message = failure_message(exc, run_dir)
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        if not _in_multirun():
+            sys.exit(1)
+        (run_dir / JOB_ERROR_FILE).write_text(message + "\n")
+        return math.nan
+
+
 def make_main(config_name: str, task: Callable[[Any], Any]) -> Callable[[], None]:
     """A CLI ``main()`` that runs ``task`` under Hydra with ``conf/<config_name>.yaml``.
 
     Errors inside ``task`` and in Hydra's composition become one ``error: ...`` line and exit 1
-    (an unexpected one's traceback goes to the run directory). ``HYDRA_FULL_ERROR=1`` set by the
-    user shows composition tracebacks instead.
+    (an unexpected one's traceback goes to the run directory); SIGTERM is treated like Ctrl-C.
+    ``HYDRA_FULL_ERROR=1`` set by the user shows composition tracebacks instead.
     """
     import hydra
 
     register_resolvers()
 
     @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)
-    @report_errors(traceback_dir=hydra_run_dir)
     def hydra_main(cfg):
-        return task(cfg)
+        return run_job(task, cfg)
 
     def main() -> None:
         hide_command_line_secrets()
@@ -101,9 +173,25 @@ def make_main(config_name: str, task: Callable[[Any], Any]) -> Callable[[], None
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         show_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
         os.environ["HYDRA_FULL_ERROR"] = "1"
+        # SIGTERM (a cluster's preemption; MindSpore's runtime also answers Ctrl-C with it) ends the
+        # command like Ctrl-C, so its runs end KILLED instead of staying RUNNING.
+        signal.signal(signal.SIGTERM, _raise_interrupt)
         try:
             hydra_main()
+            if _failures:
+                print(f"error: {mask(_failures[0])}", file=sys.stderr, flush=True)
+                sys.exit(1)
+        except (KeyboardInterrupt, SystemExit) as exc:
+            if isinstance(exc, SystemExit) and exc.code in (0, None):
+                raise
+            interrupted = isinstance(exc, KeyboardInterrupt) or exc.code == 130
+            _run_abort_hooks("KILLED" if interrupted else "FAILED")
+            if isinstance(exc, KeyboardInterrupt):
+                print("interrupted", file=sys.stderr, flush=True)
+                sys.exit(130)
+            raise
         except Exception as exc:
+            _run_abort_hooks("FAILED")
             if show_traceback:
                 raise
             print(f"error: {mask(composition_error(exc))}", file=sys.stderr, flush=True)

@@ -1,17 +1,11 @@
-"""User-facing error types, the shared value check, and the CLI handler that prints failures in one line."""
+"""User-facing error types, the shared value check, and one-line messages for failures."""
 
 from __future__ import annotations
 
-import functools
-import sys
 import traceback
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 from vit_exp.credentials import mask
-
-F = TypeVar("F", bound=Callable)
 
 
 class VitExpError(Exception):
@@ -78,39 +72,15 @@ def user_message(exc: BaseException) -> str | None:
     return None
 
 
-def _write_traceback(traceback_dir: Callable[[], Path | None] | None) -> str:
-    folder = traceback_dir() if traceback_dir else None
-    if folder is None:
-        return ""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "traceback.txt"
-    path.write_text(mask(traceback.format_exc()))
-    return f" (full traceback: {path})"
-
-
-def report_errors(traceback_dir: Callable[[], Path | None] | None = None) -> Callable[[F], F]:
-    """Decorate a CLI task: print ``error: ...`` on one line and exit 1 instead of a traceback.
-
-    Unexpected exceptions are summarised on one line too; their full traceback goes to
-    ``<traceback_dir()>/traceback.txt`` when that directory is known.
-    """
-
-    def decorate(func: F) -> F:
-        @functools.wraps(func)
-        def wrapper(*args, **kwargs):
-            try:
-                return func(*args, **kwargs)
-            except KeyboardInterrupt:
-                print("interrupted", file=sys.stderr, flush=True)
-                sys.exit(130)
-            except Exception as exc:
-                message = user_message(exc)
-                if message is None:
-                    summary = first_line(str(exc)) or "no message"
-                    message = f"{type(exc).__name__}: {summary}{_write_traceback(traceback_dir)}"
-                print(f"error: {mask(message)}", file=sys.stderr, flush=True)
-                sys.exit(1)
-
-        return wrapper  # type: ignore[return-value]
-
-    return decorate
+def failure_message(exc: BaseException, traceback_dir: Path | None = None) -> str:
+    """One line for a failure, credentials masked: the user's error as is, an unexpected one summarised
+    with its full traceback written to ``traceback_dir/traceback.txt`` (when given)."""
+    message = user_message(exc)
+    if message is None:
+        message = f"{type(exc).__name__}: {first_line(str(exc)) or 'no message'}"
+        if traceback_dir is not None:
+            traceback_dir.mkdir(parents=True, exist_ok=True)
+            path = traceback_dir / "traceback.txt"
+            path.write_text(mask("".join(traceback.format_exception(exc))))
+            message += f" (full traceback: {path})"
+    return mask(message)

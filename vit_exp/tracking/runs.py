@@ -9,9 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import platform
-import signal
 import subprocess
-import threading
 import traceback
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -167,7 +165,6 @@ def tracked_run(
         settings.tracking_uri,
     )
     status = "FINISHED"
-    previous_handler = _interrupt_on_sigterm()
     try:
         yield run
     except KeyboardInterrupt:
@@ -178,25 +175,8 @@ def tracked_run(
         _log_traceback(run_dir)
         raise
     finally:
-        if previous_handler is not None:
-            signal.signal(signal.SIGTERM, previous_handler)
         mlflow.end_run(status=status)  # also drains MLflow's asynchronous logging queue
         log.info("mlflow: run %s ended %s", run.info.run_id, status)
-
-
-def _raise_interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-def _interrupt_on_sigterm():
-    """Treat SIGTERM like Ctrl-C while a run is open; return the previous handler (None off the main thread).
-
-    MindSpore's runtime answers Ctrl-C (SIGINT) by sending the process SIGTERM, which would end it
-    before Python could close the run; a cluster's preemption also arrives as SIGTERM.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    return signal.signal(signal.SIGTERM, _raise_interrupt)
 
 
 def _log_traceback(run_dir: Path | None) -> None:

@@ -2,15 +2,19 @@
 
 ``on_multirun_start`` creates the parent run (tagged with the sweep directory and overrides) and
 writes its id into the sweep directory, where each job's run finds it and becomes its child.
-``on_multirun_end`` prints a table of the jobs with their val/top1 and ends the parent run.
+``on_multirun_end`` prints a table of the jobs (status, val/top1, a failed job's error) and ends the
+parent FINISHED, or FAILED when a job failed, which also makes the command exit non-zero. A sweep
+that is interrupted or breaks ends its parent KILLED or FAILED (never RUNNING).
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
@@ -27,17 +31,68 @@ def _settings(config: DictConfig):
     return instantiate(config.mlflow)
 
 
+@dataclass(frozen=True)
+class SweepJob:
+    """One job of the sweep, from its directory and its MLflow run (None when it failed before one)."""
+
+    num: int
+    overrides: str
+    error: str | None
+    run: object | None
+
+    @property
+    def status(self) -> str:
+        if self.run is not None:
+            return self.run.info.status
+        return "FAILED" if self.error else "UNKNOWN"
+
+
+def sweep_jobs(client, sweep_dir: Path, parent) -> list[SweepJob]:
+    """The jobs Hydra started in ``sweep_dir`` (job directories named by number), in order."""
+    from vit_exp.cli import JOB_ERROR_FILE
+
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
+    runs = {int(r.data.tags["hydra.job.num"]): r for r in children if "hydra.job.num" in r.data.tags}
+    jobs = []
+    for folder in sorted((p for p in sweep_dir.iterdir() if p.name.isdigit()), key=lambda p: int(p.name)):
+        overrides = folder / ".hydra" / "overrides.yaml"
+        error = folder / JOB_ERROR_FILE
+        jobs.append(
+            SweepJob(
+                num=int(folder.name),
+                overrides=" ".join(yaml.safe_load(overrides.read_text()) or [])
+                if overrides.is_file()
+                else "",
+                error=error.read_text().strip() if error.is_file() else None,
+                run=runs.get(int(folder.name)),
+            )
+        )
+    return jobs
+
+
+def end_parent_if_running(settings, run_id: str, status: str) -> None:
+    """End the sweep's parent run with ``status`` unless it has ended already."""
+    from vit_exp.tracking.store import use_store
+
+    client = use_store(settings.tracking_uri)
+    if client.get_run(run_id).info.status == "RUNNING":
+        client.set_terminated(run_id, status=status)
+        log.info("mlflow: sweep parent run %s ended %s", run_id, status)
+
+
 class MlflowSweepCallback(Callback):
-    """Parent MLflow run per sweep; a summary table of its child runs at the end."""
+    """Parent MLflow run per sweep; a summary table of its jobs at the end."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         settings = _settings(config)
         if settings is None:
             return
-        from mlflow import MlflowClient
         from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
-        from vit_exp.tracking.store import experiment_id
+        from vit_exp.cli import call_on_abort
+        from vit_exp.tracking.store import experiment_id, use_store
 
         sweep_dir = Path(str(config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -46,7 +101,7 @@ class MlflowSweepCallback(Callback):
         sweeper = str(config.hydra.sweeper.get("_target_", "")).rsplit(".", 1)[-1]
         what = "-".join(str(config[g].name) for g in ("model", "data") if g in config and "name" in config[g])
         name = f"sweep {what or config.get('task_name', '')} {overrides}"[:250]
-        run = MlflowClient().create_run(
+        run = use_store(settings.tracking_uri).create_run(
             experiment,
             run_name=name,
             tags={
@@ -58,36 +113,42 @@ class MlflowSweepCallback(Callback):
             },
         )
         (sweep_dir / PARENT_RUN_FILE).write_text(run.info.run_id)
+        call_on_abort(lambda status: end_parent_if_running(settings, run.info.run_id, status))
         log.info("mlflow: sweep parent run %s (%s)", run.info.run_id, name)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         settings = _settings(config)
-        path = Path(str(config.hydra.sweep.dir)) / PARENT_RUN_FILE
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        path = sweep_dir / PARENT_RUN_FILE
         if settings is None or not path.is_file():
             return
         from vit_exp.tracking.store import use_store
 
         client = use_store(settings.tracking_uri)
         parent = client.get_run(path.read_text().strip())
-        children = client.search_runs(
-            [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
-        )
-        rows = sorted(children, key=lambda r: int(r.data.tags.get("hydra.job.num", 1_000_000)))
-        print(sweep_table(client, rows), flush=True)
-        failed = any(r.info.status != "FINISHED" for r in rows)
-        client.set_terminated(parent.info.run_id, status="FAILED" if failed else "FINISHED")
-        log.info("mlflow: sweep parent run %s ended with %d job run(s)", parent.info.run_id, len(rows))
+        jobs = sweep_jobs(client, sweep_dir, parent)
+        print(sweep_table(client, jobs), flush=True)
+        failed = [job for job in jobs if job.status != "FINISHED"]
+        end_parent_if_running(settings, parent.info.run_id, "FAILED" if failed else "FINISHED")
+        if failed:
+            from vit_exp.cli import fail_at_exit
+
+            first = failed[0]
+            fail_at_exit(
+                f"{len(failed)} of {len(jobs)} sweep job(s) did not finish; job {first.num} "
+                f"({first.overrides}): {first.error or first.status}"
+            )
 
 
-def sweep_table(client, runs: list) -> str:
-    """A text table: job number, status, last and best val/top1, overrides."""
+def sweep_table(client, jobs: list[SweepJob]) -> str:
+    """A text table: job number, status, last and best val/top1, overrides, a failed job's error."""
     header = f"{'job':>4}  {'status':<9} {'val/top1':>9} {'best':>7}  overrides"
-    lines = ["", f"sweep results ({len(runs)} job(s)):", header, "-" * len(header)]
-    for run in runs:
-        history = client.get_metric_history(run.info.run_id, "val/top1")
+    lines = ["", f"sweep results ({len(jobs)} job(s)):", header, "-" * len(header)]
+    for job in jobs:
+        history = client.get_metric_history(job.run.info.run_id, "val/top1") if job.run else []
         last = f"{history[-1].value:.4f}" if history else "-"
         best = f"{max(m.value for m in history):.4f}" if history else "-"
-        job = run.data.tags.get("hydra.job.num", "?")
-        overrides = run.data.tags.get("hydra.overrides", "")
-        lines.append(f"{job:>4}  {run.info.status:<9} {last:>9} {best:>7}  {overrides}")
+        lines.append(f"{job.num:>4}  {job.status:<9} {last:>9} {best:>7}  {job.overrides}")
+        if job.error:
+            lines.append(f"{'':>6}error: {job.error}")
     return "\n".join(lines)

@@ -1,0 +1,91 @@
+"""Sweeps under faults: a failing job, Ctrl-C, a broken sweeper. Every job runs or is accounted for,
+and the parent run ends with a status that matches its children (never RUNNING)."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+from tests.helpers.models import TINY_MODEL
+from tests.helpers.processes import run_cli, start_cli
+
+SMALL = [*TINY_MODEL, "model.num_layers=1", "registry.register=none"]
+
+
+def runs_by_role(store: str) -> tuple[object, list]:
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=store)
+    runs = client.search_runs([client.get_experiment_by_name("vit-exp").experiment_id])
+    parents = [r for r in runs if r.data.tags.get("vit_exp.role") == "sweep"]
+    assert len(parents) == 1
+    return parents[0], [r for r in runs if r is not parents[0]]
+
+
+def test_a_failing_job_does_not_stop_the_sweep(tmp_path, tracking_store):
+    proc = run_cli(
+        "vit_exp.run",
+        "--multirun",
+        *SMALL,
+        "trainer.max_steps=2",
+        "optim.lr=-1,1e-3",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    )
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert errors[-1].startswith("error: 1 of 2 sweep job(s) did not finish; job 0 (")
+    assert "optim.lr=-1" in errors[-1] and "optim.lr must be a number > 0, got -1" in errors[-1]
+    assert "Traceback" not in proc.stderr
+    table = proc.stdout[proc.stdout.index("sweep results (2 job(s))") :]
+    assert "   0  FAILED" in table and "error: optim.lr must be a number > 0" in table
+    assert "   1  FINISHED" in table
+    parent, children = runs_by_role(tracking_store)
+    assert parent.info.status == "FAILED"
+    assert [c.info.status for c in children] == ["FINISHED"]  # job 0 failed before creating a run
+
+
+def test_ctrl_c_in_a_sweep_ends_the_parent_and_the_job_killed(tmp_path, tracking_store):
+    process = start_cli(
+        "vit_exp.run",
+        "--multirun",
+        *SMALL,
+        "trainer.epochs=500",
+        "optim.lr=1e-3,2e-3",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        log=tmp_path / "sweep.log",
+    )
+    deadline = time.time() + 180
+    while time.time() < deadline and "epoch 2/500 done" not in (tmp_path / "sweep.log").read_text():
+        time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=120) == 130, (tmp_path / "sweep.log").read_text()[-2000:]
+    parent, children = runs_by_role(tracking_store)
+    assert parent.info.status == "KILLED"
+    assert [c.info.status for c in children] == ["KILLED"]  # job 1 never started
+
+
+def test_a_sweeper_that_breaks_ends_the_parent_failed_in_one_line(tmp_path, tracking_store):
+    """Optuna rejects the search space after the parent run was created (as a storage error would)."""
+    (tmp_path / "broken.yaml").write_text(
+        "defaults:\n  - train\n  - override hydra/sweeper: optuna\n  - _self_\n"
+        "hydra:\n  sweeper:\n    n_trials: 1\n    params:\n      optim.lr: interval(1e-2, 1e-4)\n"
+    )
+    proc = run_cli(
+        "vit_exp.run",
+        "--multirun",
+        "--config-dir",
+        str(tmp_path),
+        "--config-name",
+        "broken",
+        *SMALL,
+        "trainer.max_steps=1",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    )
+    errors = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 1 and len(errors) == 1, proc.stderr[-2000:]
+    assert errors[0].startswith("error: ") and "low" in errors[0]
+    parent, children = runs_by_role(tracking_store)
+    assert parent.info.status == "FAILED" and children == []
