@@ -33,11 +33,11 @@ def evaluate(cfg: DictConfig) -> dict:
     from vit_exp.data.pipeline import val_dataset
     from vit_exp.tracking.eval_run import log_eval_run
     from vit_exp.tracking.resolve import load_predictor, resolve
-    from vit_exp.tracking.store import check_store
+    from vit_exp.tracking.store import use_store
     from vit_exp.train.metrics import classification_report
 
     batch_size = positive_int("batch_size", cfg.batch_size)
-    client = check_store(cfg.mlflow.tracking_uri)
+    client = use_store(cfg.mlflow.tracking_uri)
     ref = resolve(client, cfg.model_uri)
     instantiate(cfg.device).apply()
     predictor = load_predictor(ref.uri)

@@ -36,11 +36,11 @@ def predict(cfg: DictConfig) -> list[dict]:
     from vit_exp.data.images import decode_rgb
     from vit_exp.prediction_files import annotate_image, write_predictions
     from vit_exp.tracking.resolve import load_predictor, resolve
-    from vit_exp.tracking.store import check_store
+    from vit_exp.tracking.store import use_store
 
     top_k, batch_size = positive_int("top_k", cfg.top_k), positive_int("batch_size", cfg.batch_size)
     base, files = collect_inputs(cfg.inputs)
-    client = check_store(cfg.mlflow.tracking_uri)
+    client = use_store(cfg.mlflow.tracking_uri)
     ref = resolve(client, cfg.model_uri)
     instantiate(cfg.device).apply()
     predictor = load_predictor(ref.uri)

@@ -35,11 +35,14 @@ def train(cfg: DictConfig) -> float | None:
     from vit_exp.data.pipeline import train_dataset, val_dataset
     from vit_exp.models.vit import count_parameters
     from vit_exp.tracking.job import HydraJob, TrainJob, assemble_callbacks, log_job_inputs, training_run
+    from vit_exp.tracking.store import use_store
     from vit_exp.train.losses import CrossEntropySmooth
     from vit_exp.train.metrics import classification_metrics
     from vit_exp.train.trainer import fit
 
     job = TrainJob.from_config(cfg, HydraJob.current())
+    if job.mlflow.enabled:
+        use_store(job.mlflow.tracking_uri)  # a store that does not answer fails now, before any work
     job.device.apply(seed=job.trainer.seed)
     data = instantiate(cfg.data)
     num_classes = resolve_num_classes(cfg.model.num_classes, data)

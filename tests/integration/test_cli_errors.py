@@ -117,3 +117,15 @@ def test_errors_come_from_the_config_hydra_composes(tmp_path):
     )
     sweep = ("--config-dir", "sweeps", "--config-name", "grid_lr_batch")
     assert_one_line_error(run_cli("vit_exp.run", *sweep, "model=vit_huge"), "model=vit_huge", "vit_tiny")
+
+
+def test_a_tracking_server_that_is_down_fails_at_once_in_one_line(tmp_path):
+    """No retries for minutes (252 s before): one error naming the URI (password masked) and what to do."""
+    from tests.helpers.processes import free_port
+
+    uri = f"mlflow.tracking_uri=http://ann:pw-9f2@127.0.0.1:{free_port()}"
+    proc = run_cli("vit_exp.run", *TINY_MODEL, uri, f"hydra.run.dir={tmp_path / 'run'}", timeout=60)
+    assert_one_line_error(
+        proc, "http://ann:***@127.0.0.1", "unreachable (Connection refused)", "start the server"
+    )
+    assert "pw-9f2" not in proc.stdout + proc.stderr and "Retrying" not in proc.stdout + proc.stderr

@@ -2,27 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
-from vit_exp.credentials import reveal, split_credentials
-from vit_exp.errors import ConfigError, RegistryError, first_line
+from vit_exp.credentials import mask, reveal, split_credentials
+from vit_exp.errors import ConfigError, first_line
 from vit_exp.locking import exclusive
 
 SQLITE_PREFIX = "sqlite:///"
 
 
 def use_store(tracking_uri: str):
-    """Point MLflow's tracking and registry at ``tracking_uri``; return a client.
+    """Point MLflow's tracking and registry at ``tracking_uri`` and check it answers; return a client.
 
-    Credentials in the URI (masked in the config, see credentials.py) go to MLflow as
-    ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD``. Also keeps MLflow's INFO lines off
-    our console (importing mlflow sets its logger to INFO).
+    The first use in a process asks the store once, without retries: a store that does not answer
+    is a ConfigError within seconds, naming the URI (masked) and what to do. Credentials in the URI
+    go to MLflow as ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD`` (see credentials.py).
+    MLflow's INFO lines and urllib3's retry warnings stay off our console.
     """
     import mlflow
 
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # importing mlflow sets it to INFO
+    logging.getLogger("urllib3").setLevel(logging.ERROR)
     uri, user, password = split_credentials(reveal(tracking_uri))
     if user:
         os.environ["MLFLOW_TRACKING_USERNAME"] = user
@@ -30,37 +34,76 @@ def use_store(tracking_uri: str):
         os.environ["MLFLOW_TRACKING_PASSWORD"] = password
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    if not uri.startswith(SQLITE_PREFIX):
+    if uri in _answered:
         return mlflow.MlflowClient()
-    database = Path(uri[len(SQLITE_PREFIX) :])
-    database.parent.mkdir(parents=True, exist_ok=True)
-    with exclusive(database.with_name(database.name + ".lock")):
-        # MLflow creates or migrates the schema, unguarded, when a process first opens a store:
-        # two processes doing it at once break it. Open both stores one process at a time
-        # (MLflow keeps them open for the rest of the process).
-        client = mlflow.MlflowClient()
-        client.search_registered_models(max_results=1)
+    try:
+        client = _open(uri)
+    except Exception as exc:
+        raise ConfigError(f"mlflow.tracking_uri={mask(tracking_uri)}: {_why_unusable(exc)}") from None
+    _answered.add(uri)
     return client
+
+
+_answered: set[str] = set()  # stores this process has reached once
+
+
+def _open(uri: str):
+    import mlflow
+
+    if uri.startswith(SQLITE_PREFIX):
+        database = Path(uri[len(SQLITE_PREFIX) :])
+        database.parent.mkdir(parents=True, exist_ok=True)
+        with exclusive(database.with_name(database.name + ".lock")):
+            # MLflow creates or migrates the schema, unguarded, when a process first opens a store:
+            # two processes doing it at once break it. Open both stores one process at a time
+            # (MLflow keeps them open for the rest of the process).
+            client = mlflow.MlflowClient()
+            client.search_registered_models(max_results=1)
+        return client
+    with _single_try():
+        client = mlflow.MlflowClient()
+        client.search_experiments(max_results=1)
+    return client
+
+
+@contextlib.contextmanager
+def _single_try() -> Iterator[None]:
+    """MLflow's HTTP requests without retries and with a short timeout, for the block."""
+    keys = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "8"}
+    saved = {key: os.environ.get(key) for key in keys}
+    os.environ.update(keys)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _why_unusable(exc: Exception) -> str:
+    """Why the store did not answer, and what to do, in a few words."""
+    text = str(exc)
+    if isinstance(exc, ModuleNotFoundError):
+        return f"its database driver is not installed here ({exc.name}): pip install it in this environment"
+    if any(code in text for code in ("401", "403", "Unauthorized", "PERMISSION_DENIED")):
+        return (
+            "credentials refused; give them as user:password@ in the URI or as "
+            "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD"
+        )
+    for reason in ("Connection refused", "timed out", "Name or service not known", "No route to host"):
+        if reason in text:
+            return (
+                f"tracking store unreachable ({reason}); start the server or fix host and port, "
+                "or record locally with mlflow.tracking_uri=sqlite:///mlruns/mlflow.db"
+            )
+    return f"tracking store unusable ({mask(first_line(text))[:200] or type(exc).__name__})"
 
 
 def already_exists(exc: Exception) -> bool:
     """Whether an MLflow error says the thing to create exists (e.g. made by a parallel sweep job)."""
     return getattr(exc, "error_code", "") == "RESOURCE_ALREADY_EXISTS" or "already exists" in str(exc)
-
-
-def check_store(tracking_uri: str):
-    """A client for ``tracking_uri`` that has answered once (no retries); RegistryError otherwise."""
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-    client = use_store(tracking_uri)
-    try:
-        client.search_experiments(max_results=1)
-    except Exception as exc:
-        first = first_line(str(exc)) or type(exc).__name__
-        raise RegistryError(
-            f"mlflow.tracking_uri={tracking_uri}: tracking store unreachable ({first[:200]})"
-        ) from None
-    return client
 
 
 def default_artifact_location(tracking_uri: str, experiment: str) -> str | None:
@@ -85,7 +128,6 @@ def experiment_id(settings) -> str:
     except Exception as exc:
         if already_exists(exc):
             return client.get_experiment_by_name(settings.experiment).experiment_id
-        first = first_line(str(exc)) or type(exc).__name__
         raise ConfigError(
-            f"mlflow.tracking_uri={settings.tracking_uri}: tracking store unusable ({first})"
+            f"mlflow.tracking_uri={mask(settings.tracking_uri)}: {_why_unusable(exc)}"
         ) from None
