@@ -39,6 +39,8 @@ def composition_error(exc: BaseException) -> str:
     if isinstance(exc, OverrideParseException):
         hint = " (quote a value that holds '=', e.g. key='a=b')" if "'='" in str(exc) else ""
         return f"cannot parse the command line: {first_line(str(exc))}{hint}"
+    if isinstance(exc, OSError) and exc.filename:
+        return f"cannot create {exc.filename} ({exc.strerror}): check hydra.run.dir / hydra.sweep.dir"
     message = first_line(str(exc))
     cause = exc.__cause__ or exc.__context__
     if "Could not override" in message and cause is not None and "not in struct" in str(cause):

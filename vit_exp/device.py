@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vit_exp.errors import ConfigError, first_line
+from vit_exp.errors import ConfigError, check_field_types, first_line
 
 TARGETS = {"cpu": "CPU", "gpu": "GPU", "ascend": "Ascend"}
 MODES = ("graph", "pynative")
@@ -23,6 +23,7 @@ class DeviceSettings:
     max_device_memory: str | None = None
 
     def __post_init__(self) -> None:
+        check_field_types(self, "device")
         if self.target.lower() not in TARGETS:
             raise ConfigError(f"device.target must be one of {tuple(TARGETS)}, got {self.target!r}")
         if self.mode not in MODES:

@@ -84,3 +84,65 @@ def failure_message(exc: BaseException, traceback_dir: Path | None = None) -> st
             path.write_text(mask("".join(traceback.format_exception(exc))))
             message += f" (full traceback: {path})"
     return mask(message)
+
+
+def check_field_types(settings, group: str) -> None:
+    """ConfigError naming ``<group>.<field>`` for the first dataclass field whose value does not have
+    its annotated type (int, float, bool, str, None, Path, tuples of those, and unions)."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(type(settings))
+    for field in dataclasses.fields(settings):
+        value, hint = getattr(settings, field.name), hints[field.name]
+        if not _fits(value, hint):
+            raise ConfigError(f"{group}.{field.name} must be {_describe(hint)}, got {value!r}")
+
+
+def _fits(value, hint) -> bool:
+    import types
+    import typing
+    from collections.abc import Sequence
+
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_fits(value, arg) for arg in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint in (int, float):
+        return isinstance(value, int if hint is int else (int, float)) and not isinstance(value, bool)
+    if hint in (str, Path):
+        return isinstance(value, (str, Path))
+    if typing.get_origin(hint) is tuple:
+        if not isinstance(value, Sequence) or isinstance(value, str) or len(value) != len(args):
+            return False
+        return all(_fits(item, arg) for item, arg in zip(value, args, strict=True))
+    return True
+
+
+def _describe(hint) -> str:
+    import types
+    import typing
+
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(dict.fromkeys(_describe(arg) for arg in args))
+    if typing.get_origin(hint) is tuple:
+        return f"a list of {len(args)} {_describe(args[0]).removeprefix('a ').removeprefix('an ')}s"
+    names = {type(None): "null", bool: "true or false", int: "an integer", float: "a number"}
+    return names.get(hint, "a string" if hint in (str, Path) else str(hint))
+
+
+def writable_directory(key: str, path: str | Path) -> Path:
+    """``path`` as a directory this process can write into (created if needed); ConfigError naming ``key``."""
+    import tempfile
+
+    folder = Path(path).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as exc:
+        raise ConfigError(f"{key}={folder} is not a writable directory ({exc.strerror or exc})") from None
+    return folder

@@ -52,6 +52,8 @@ def predict(cfg: DictConfig) -> list[dict]:
         except (DataError, OSError) as exc:
             failures.append({"file": str(path), "error": str(exc)})
             log.warning("skipped %s: not a readable image", path)
+    if not images:
+        raise DataError(f"inputs: none of the {len(files)} file(s) under {cfg.inputs} is a readable image")
     top = predictor.top_k(images, k=top_k, batch_size=batch_size)
     names = predictor.class_names
     rows = [

@@ -10,7 +10,7 @@ import logging
 from omegaconf import DictConfig
 
 from vit_exp.cli import make_main
-from vit_exp.errors import ConfigError
+from vit_exp.errors import ConfigError, positive_int, writable_directory
 
 log = logging.getLogger("vit_exp.run")
 
@@ -19,6 +19,7 @@ def resolve_num_classes(configured: int | None, data) -> int:
     """``model.num_classes`` or, when null, the class count of the data; checked against the labels."""
     if configured is None:
         return data.num_classes
+    positive_int("model.num_classes", configured)
     needed = max(data.class_indexing.values()) + 1
     if configured < needed:
         raise ConfigError(
@@ -32,17 +33,20 @@ def train(cfg: DictConfig) -> float | None:
     """Run one training job from a composed config; return the best validation top-1."""
     from hydra.utils import instantiate
 
+    from vit_exp.tracking.job import HydraJob, TrainJob, assemble_callbacks, log_job_inputs, training_run
+
+    job = TrainJob.from_config(cfg, HydraJob.current())  # every settings group checked first
+    writable_directory("paths.checkpoint_dir", cfg.paths.checkpoint_dir)  # now, not after epoch 1
+    if job.mlflow.enabled:
+        from vit_exp.tracking.store import use_store
+
+        use_store(job.mlflow.tracking_uri)  # a store that does not answer fails now, before any work
     from vit_exp.data.pipeline import train_dataset, val_dataset
     from vit_exp.models.vit import count_parameters
-    from vit_exp.tracking.job import HydraJob, TrainJob, assemble_callbacks, log_job_inputs, training_run
-    from vit_exp.tracking.store import use_store
     from vit_exp.train.losses import CrossEntropySmooth
     from vit_exp.train.metrics import classification_metrics
     from vit_exp.train.trainer import fit
 
-    job = TrainJob.from_config(cfg, HydraJob.current())
-    if job.mlflow.enabled:
-        use_store(job.mlflow.tracking_uri)  # a store that does not answer fails now, before any work
     job.device.apply(seed=job.trainer.seed)
     data = instantiate(cfg.data)
     num_classes = resolve_num_classes(cfg.model.num_classes, data)

@@ -129,3 +129,38 @@ def test_a_tracking_server_that_is_down_fails_at_once_in_one_line(tmp_path):
         proc, "http://ann:***@127.0.0.1", "unreachable (Connection refused)", "start the server"
     )
     assert "pw-9f2" not in proc.stdout + proc.stderr and "Retrying" not in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("optim.lr=abc", "optim.lr must be a number, got 'abc'"),
+        ("trainer.seed=x", "trainer.seed must be an integer"),
+        ("model.keep_prob=yes", "model.keep_prob must be a number"),
+        ("data.mean=[1,2]", "data.mean must be a list of 3 numbers"),
+        ("sched.warmup_epochs=z", "sched.warmup_epochs must be a number"),
+        ("mlflow.tracking_uri=postgresql://u:pw@127.0.0.1:9/db", "pip install 'psycopg[binary]'"),
+    ],
+)
+def test_a_bad_value_is_one_line_and_leaves_no_run(cli, tracking_store, override, expected):
+    assert_one_line_error(cli(override), expected)
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_store)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    assert client.search_runs(experiments) == []  # checked before any run was created
+
+
+def test_unusable_directories_are_named_before_training(cli, tmp_path):
+    regular_file = tmp_path / "a-file"
+    regular_file.write_text("not a folder")
+    assert_one_line_error(cli(f"paths.checkpoint_dir={regular_file}/ckpt"), "paths.checkpoint_dir=")
+    proc = run_cli("vit_exp.run", *TINY_MODEL, f"hydra.run.dir={regular_file}/run")
+    assert_one_line_error(proc, f"cannot create {regular_file}/run", "hydra.run.dir")
+
+
+def test_a_refused_checkpoint_url_is_one_line(cli):
+    from tests.helpers.processes import free_port
+
+    url = f"http://127.0.0.1:{free_port()}/vit.ckpt"
+    assert_one_line_error(cli(f"model.pretrained={url}"), f"could not download {url}", "Connection refused")

@@ -334,6 +334,14 @@ def test_clear_errors(registry, champion, tmp_path):
         )
     )
     assert "inputs: no such file or folder" in line and "missing" in line
+    unreadable = tmp_path / "unreadable"
+    unreadable.mkdir()
+    (unreadable / "notes.txt").write_text("not an image")
+    (unreadable / "broken.png").write_bytes(b"\x89PNG broken")
+    line = one_error_line(
+        cli(registry, "vit_exp.predict", "model_uri=models:/consumer-vit/1", f"inputs={unreadable}", run_dir)
+    )
+    assert "none of the 2 file(s)" in line and "readable image" in line
     empty = f"mlflow.tracking_uri=sqlite:///{tmp_path / 'empty' / 'mlflow.db'}"
     line = one_error_line(run_cli("vit_exp.promote", empty, "name=consumer-vit", run_dir))
     assert "model registry is empty" in line

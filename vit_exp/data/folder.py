@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from vit_exp.errors import ConfigError, DataError
+from vit_exp.errors import ConfigError, DataError, check_field_types
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 CLASS_MAPS = ("folder", "imagenet")
@@ -48,6 +48,7 @@ class ImageFolderData:
     name: str = "image_folder"
 
     def __post_init__(self) -> None:
+        check_field_types(self, "data")
         self.root = Path(self.root).expanduser()
         if self.class_map not in CLASS_MAPS:
             raise ConfigError(f"data.class_map must be one of {CLASS_MAPS}, got {self.class_map!r}")

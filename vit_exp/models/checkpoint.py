@@ -78,11 +78,17 @@ def fetch_checkpoint(source: str | Path, cache_dir: str | Path) -> Path:
     except Exception as exc:
         partial.unlink(missing_ok=True)
         raise CheckpointError(
-            f"model.pretrained: could not download {mask(source)} ({type(exc).__name__}: "
-            f"{mask(first_line(str(exc)))}); download it yourself and pass the file path"
+            f"model.pretrained: could not download {mask(source)} ({_last_line(exc)}); "
+            "download it yourself and pass the file path"
         ) from None
     partial.replace(target)
     return target
+
+
+def _last_line(exc: Exception) -> str:
+    """The download library's cause of a failure (its message ends with it), credentials masked."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return mask(lines[-1].removeprefix("Error: ")) if lines else type(exc).__name__
 
 
 def _download(url: str, target: Path) -> None:

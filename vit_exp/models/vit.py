@@ -19,7 +19,7 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import Normal, initializer
 
-from vit_exp.errors import ConfigError, positive_int
+from vit_exp.errors import ConfigError, check_field_types, positive_int
 from vit_exp.models.fused import use_fused_kernels
 from vit_exp.models.layers import Dense, LayerNorm, PatchEmbedding, gelu
 
@@ -51,6 +51,7 @@ class ViTConfig:
     fused_kernels: str = "auto"
 
     def __post_init__(self) -> None:
+        check_field_types(self, "model")
         for key in ("image_size", "patch_size", "embed_dim", "num_heads", "num_layers", "mlp_dim"):
             positive_int(f"model.{key}", getattr(self, key))
         positive_int("model.num_classes", self.num_classes)

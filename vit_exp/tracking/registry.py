@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from vit_exp.errors import ConfigError, positive_int
+from vit_exp.errors import ConfigError, check_field_types, positive_int
 from vit_exp.tracking.store import already_exists
 
 PYFUNC_MODEL_FILE = Path(__file__).with_name("pyfunc_model.py")
@@ -26,6 +26,7 @@ class RegistrySettings:
     top_k: int = 5
 
     def __post_init__(self) -> None:
+        check_field_types(self, "registry")
         if self.register not in POLICIES:
             raise ConfigError(f"registry.register must be one of {POLICIES}, got {self.register!r}")
         if not self.name:

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vit_exp.config import PROJECT_ROOT
 from vit_exp.credentials import mask
-from vit_exp.errors import ConfigError, positive_int
+from vit_exp.errors import ConfigError, check_field_types, positive_int
 from vit_exp.tracking.store import experiment_id
 
 log = logging.getLogger("vit_exp.tracking")
@@ -42,6 +42,7 @@ class MlflowSettings:
     flush_interval_s: float = 10.0
 
     def __post_init__(self) -> None:
+        check_field_types(self, "mlflow")
         if not self.tracking_uri:
             raise ConfigError(
                 "mlflow.tracking_uri must be set (e.g. sqlite:///mlruns/mlflow.db or http://host:5000)"

@@ -13,6 +13,7 @@ from vit_exp.errors import ConfigError, first_line
 from vit_exp.locking import exclusive
 
 SQLITE_PREFIX = "sqlite:///"
+DRIVER_PACKAGES = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary", "pymysql": "pymysql"}
 
 
 def use_store(tracking_uri: str):
@@ -86,7 +87,10 @@ def _why_unusable(exc: Exception) -> str:
     """Why the store did not answer, and what to do, in a few words."""
     text = str(exc)
     if isinstance(exc, ModuleNotFoundError):
-        return f"its database driver is not installed here ({exc.name}): pip install it in this environment"
+        package = DRIVER_PACKAGES.get(exc.name or "", exc.name)
+        return (
+            f"its database driver ({exc.name}) is not installed: pip install '{package}' in this environment"
+        )
     if any(code in text for code in ("401", "403", "Unauthorized", "PERMISSION_DENIED")):
         return (
             "credentials refused; give them as user:password@ in the URI or as "

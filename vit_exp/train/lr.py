@@ -13,7 +13,10 @@ import numpy as np
 from vit_exp.errors import ConfigError
 
 
-def _check(total_steps: int, steps_per_epoch: int, warmup_epochs: float) -> int:
+def _check(total_steps: int, steps_per_epoch: int, warmup_epochs: float, **factors: float) -> int:
+    for key, value in {"warmup_epochs": warmup_epochs, **factors}.items():
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ConfigError(f"sched.{key} must be a number, got {value!r}")
     if total_steps <= 0 or steps_per_epoch <= 0:
         raise ConfigError(f"the schedule needs at least one step (got {total_steps} total steps)")
     if warmup_epochs < 0:
@@ -35,7 +38,13 @@ def cosine_schedule(
     end_factor: float = 0.0,
 ) -> np.ndarray:
     """Optional linear warm-up, then cosine decay from 1 to ``end_factor`` over the remaining steps."""
-    warm = _check(total_steps, steps_per_epoch, warmup_epochs)
+    warm = _check(
+        total_steps,
+        steps_per_epoch,
+        warmup_epochs,
+        warmup_start_factor=warmup_start_factor,
+        end_factor=end_factor,
+    )
     decay_steps = total_steps - warm
     t = np.arange(decay_steps) / max(decay_steps, 1)
     decay = end_factor + (1.0 - end_factor) * 0.5 * (1.0 + np.cos(math.pi * t))
@@ -49,6 +58,6 @@ def constant_schedule(
     warmup_start_factor: float = 0.0,
 ) -> np.ndarray:
     """Optional linear warm-up, then the peak LR for every remaining step."""
-    warm = _check(total_steps, steps_per_epoch, warmup_epochs)
+    warm = _check(total_steps, steps_per_epoch, warmup_epochs, warmup_start_factor=warmup_start_factor)
     rest = np.ones(total_steps - warm)
     return np.concatenate([_warmup(warm, warmup_start_factor), rest]).astype(np.float32)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vit_exp.errors import ConfigError
+from vit_exp.errors import ConfigError, check_field_types
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 _NO_DECAY_NAMES = ("cls", "pos_embedding")
@@ -40,6 +40,7 @@ class OptimizerSettings:
     nesterov: bool = False
 
     def __post_init__(self) -> None:
+        check_field_types(self, "optim")
         if self.name not in OPTIMIZERS:
             raise ConfigError(f"optim.name must be one of {OPTIMIZERS}, got {self.name!r}")
         if not isinstance(self.lr, (int, float)) or not self.lr > 0:

@@ -7,7 +7,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from vit_exp.errors import ConfigError, positive_int
+from vit_exp.errors import ConfigError, check_field_types, positive_int
 
 log = logging.getLogger("vit_exp.train")
 
@@ -42,6 +42,7 @@ class TrainSettings:
     keep_checkpoints: int = 100
 
     def __post_init__(self) -> None:
+        check_field_types(self, "trainer")
         for key in (
             "epochs",
             "batch_size",
