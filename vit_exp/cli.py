@@ -171,7 +171,10 @@ def make_main(config_name: str, task: Callable[[Any], Any]) -> Callable[[], None
 
     def main() -> None:
         hide_command_line_secrets()
-        os.environ.setdefault("GLOG_v", "3")  # MindSpore's C++ warnings off the console (env wins)
+        # MindSpore's and OpenCV's C++ log lines off the console (the environment wins): their errors
+        # reach us as exceptions, shown in one line (GLOG_v=3 shows MindSpore's error lines too).
+        os.environ.setdefault("GLOG_v", "4")
+        os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         show_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
         os.environ["HYDRA_FULL_ERROR"] = "1"

@@ -12,11 +12,16 @@ import pytest
 from vit_exp.config import PROJECT_ROOT
 
 
+def _cli_environment() -> dict:
+    """This environment, minus GLOG_v (CI sets it for pytest): the CLI's own console defaults apply."""
+    return {k: v for k, v in os.environ.items() if k != "GLOG_v"} | {"PYTHONUNBUFFERED": "1"}
+
+
 def run_cli(
     module: str, *args: str, cwd: Path | None = None, timeout: int = 600
 ) -> subprocess.CompletedProcess:
     """Run ``python -m <module> args`` in a fresh process, as a user would."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1", GLOG_v="3")
+    env = _cli_environment()
     return subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=str(cwd or PROJECT_ROOT),
@@ -66,7 +71,7 @@ def wait_for_http(url: str, process: subprocess.Popen, log: Path, timeout: float
 
 def start_cli(module: str, *args: str, log: Path, cwd: Path | None = None) -> subprocess.Popen:
     """Start ``python -m <module> args`` in the background, output to ``log``."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1", GLOG_v="3")
+    env = _cli_environment()
     with log.open("w") as out:
         return subprocess.Popen(
             [sys.executable, "-m", module, *args],

@@ -217,29 +217,43 @@ def test_a_downloaded_version_needs_neither_the_checkout_nor_the_run_dir(tiny_ru
     assert_equals_direct_inference(served, next((copy / "artifacts").glob("*.ckpt")), staged)
 
 
-def test_a_run_that_raises_ends_failed_with_traceback(tmp_path, tracking_store):
-    """A corrupt training image makes MindSpore fail mid-training: the run ends FAILED, not RUNNING."""
+def test_an_unreadable_image_is_named_and_can_be_left_out(tmp_path, tracking_store):
+    """A corrupt training image: one line naming it (the run ends FAILED, traceback kept); with
+    data.skip_unreadable=true the split is checked once and training goes on without it."""
     root = write_image_folder(tmp_path / "ds", ["a", "b"], per_class=6, size=16)
-    (root / "train" / "a" / "zz_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
-    proc = run_cli(
-        "vit_exp.run",
+    broken = root / "train" / "a" / "zz_broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+    common = [
         *TINY_MODEL,
         "data=image_folder",
         f"data.root={root}",
-        "trainer.batch_size=13",
+        "trainer.batch_size=4",
         "trainer.epochs=1",
         f"paths.cache_dir={tmp_path / 'cache'}",
-        f"hydra.run.dir={tmp_path / 'run'}",
-    )
-    assert proc.returncode != 0
-    assert proc.stderr.strip().splitlines()[-1].startswith("error: ")
+    ]
+    proc = run_cli("vit_exp.run", *common, f"hydra.run.dir={tmp_path / 'run'}")
+    assert proc.returncode == 1
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines == [
+        f"error: unreadable image {broken} (Decode: image decode failed); remove it, or set "
+        "data.skip_unreadable=true to train on the readable images"
+    ], proc.stderr
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=tracking_store)
     (run,) = client.search_runs([client.get_experiment_by_name("vit-exp").experiment_id])
     assert run.info.status == "FAILED"
-    text = Path(client.download_artifacts(run.info.run_id, "traceback.txt")).read_text()
-    assert "Traceback" in text
+    assert "Traceback" in Path(client.download_artifacts(run.info.run_id, "traceback.txt")).read_text()
+
+    for attempt in ("first", "second"):
+        skip = run_cli(
+            "vit_exp.run", *common, "data.skip_unreadable=true", f"hydra.run.dir={tmp_path / attempt}"
+        )
+        assert skip.returncode == 0, skip.stderr[-3000:]
+        assert "1 of 13 images in" in skip.stdout and "left out" in skip.stdout
+        assert ("checking 13 images once" in skip.stdout) == (attempt == "first")  # cached afterwards
+    (listing,) = (tmp_path / "cache" / "image_checks").glob("*.unreadable.txt")
+    assert listing.read_text() == f"{broken}\n"
 
 
 def test_ctrl_c_ends_the_run_killed_and_keeps_buffered_metrics(tmp_path, tracking_store):

@@ -23,6 +23,10 @@ REMOVED = {
     "optim._partial_",  # optim is a settings object now, not a partial optimizer factory
 }
 REPLACED = {"optim._target_": "vit_exp.train.optim.OptimizerSettings"}
+ADDED_TO_DATA = {
+    "data.skip_unreadable": False,
+    "data.check_cache_dir": "${paths.cache_dir}/image_checks",
+}  # issue 12
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
@@ -37,7 +41,8 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 
 def expected_after_changes(flat: dict) -> dict:
     renamed = {RENAMED.get(key, key): value for key, value in flat.items() if key not in REMOVED}
-    return {key: REPLACED.get(key, value) for key, value in renamed.items()}
+    added = ADDED_TO_DATA if "data.name" in flat else {}
+    return {key: REPLACED.get(key, value) for key, value in renamed.items()} | added
 
 
 def golden_cases() -> dict:

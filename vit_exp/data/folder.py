@@ -45,6 +45,8 @@ class ImageFolderData:
     val_resize_margin: int = 32
     num_workers: int = 2
     prefetch_size: int = 8
+    skip_unreadable: bool = False
+    check_cache_dir: str | Path = "~/.cache/vit_exp/image_checks"
     name: str = "image_folder"
 
     def __post_init__(self) -> None:

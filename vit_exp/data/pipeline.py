@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 from vit_exp.data.folder import ImageFolderData
 from vit_exp.errors import ConfigError
@@ -58,8 +59,13 @@ def worker_count(data: ImageFolderData) -> int:
     return max(1, min(wanted, cpus))
 
 
-def _folder_dataset(data: ImageFolderData, split_dir, shuffle: bool):
+def _folder_dataset(data: ImageFolderData, split_dir: Path, shuffle: bool, key: str):
     import mindspore.dataset as ds
+
+    if data.skip_unreadable:
+        from vit_exp.data.unreadable import readable_split
+
+        split_dir = readable_split(split_dir, Path(data.check_cache_dir).expanduser(), key)
 
     ds.config.set_prefetch_size(max(1, int(data.prefetch_size)))
     return ds.ImageFolderDataset(
@@ -81,7 +87,7 @@ def _batched(dataset, transforms: list, data: ImageFolderData, batch_size: int, 
 def train_dataset(data: ImageFolderData, image_size: int, batch_size: int):
     """Shuffled, augmented, batched training data (last partial batch dropped)."""
     split = data.split_dir(data.train_split, key="data.train_split")
-    dataset = _folder_dataset(data, split, shuffle=True)
+    dataset = _folder_dataset(data, split, shuffle=True, key="data.train_split")
     if dataset.get_dataset_size() < batch_size:
         raise ConfigError(
             f"trainer.batch_size={batch_size} is larger than the {dataset.get_dataset_size()} "
@@ -93,5 +99,5 @@ def train_dataset(data: ImageFolderData, image_size: int, batch_size: int):
 def val_dataset(data: ImageFolderData, image_size: int, batch_size: int):
     """Validation data in file order, with the val transforms, all images kept."""
     split = data.check_split_classes(data.val_split, key="data.val_split")
-    dataset = _folder_dataset(data, split, shuffle=False)
+    dataset = _folder_dataset(data, split, shuffle=False, key="data.val_split")
     return _batched(dataset, val_transforms(data, image_size), data, batch_size, drop_remainder=False)

@@ -86,6 +86,7 @@ def fit(
     ``Callback``s) see every step and epoch, in their order."""
     from mindspore import amp, nn
 
+    from vit_exp.data.unreadable import unreadable_image_error
     from vit_exp.train.loop import gc_frozen, run_training, validation_metrics
 
     validate = None
@@ -97,4 +98,7 @@ def fit(
 
     train_step = amp.build_train_network(net, optimizer, loss_fn, level=amp_level)
     with gc_frozen():
-        run_training(train_step, train_ds, plan=plan, callbacks=callbacks, validate=validate)
+        try:
+            run_training(train_step, train_ds, plan=plan, callbacks=callbacks, validate=validate)
+        except RuntimeError as exc:  # MindSpore's pipeline names a file it cannot decode deep in its message
+            raise (unreadable_image_error(exc) or exc) from exc
