@@ -77,14 +77,15 @@ def full(data, epochs: int, store: Path, net, every_epoch: bool) -> tuple[float,
     ``every_epoch``: a checkpoint and a registered model version every epoch (the default run);
     otherwise one checkpoint after the last epoch and no model versions.
     """
-    import mlflow
     from mindspore.train import Callback
 
     from vit_exp.data.pipeline import train_dataset
     from vit_exp.tracking.job import example_image
     from vit_exp.tracking.metric_logger import MlflowMetricLogger
+    from vit_exp.tracking.outbox import Outbox, RunSender
     from vit_exp.tracking.registration import CheckpointRegistration
-    from vit_exp.tracking.registry import PyfuncModelWriter, RegistrySettings, write_model_inputs
+    from vit_exp.tracking.registry import RegistrySettings, write_model_inputs
+    from vit_exp.tracking.store import use_store
     from vit_exp.train.callbacks import CheckpointSaver, TrainHistory
     from vit_exp.train.losses import CrossEntropySmooth
     from vit_exp.train.lr import cosine_schedule
@@ -107,24 +108,31 @@ def full(data, epochs: int, store: Path, net, every_epoch: bool) -> tuple[float,
     lr_values = adam.learning_rates(cosine_schedule(plan.total_steps, plan.steps_per_epoch))
     history = TrainHistory(64, lr_values)
     saver = CheckpointSaver(net, store / "ckpt", "bench", 1 if every_epoch else epochs, 100, history)
-    mlflow.set_tracking_uri(f"sqlite:///{store / 'mlflow.db'}")
-    with mlflow.start_run() as run:
-        callbacks = [history, saver, MlflowMetricLogger(run.info.run_id, history)]
-        if every_epoch:  # registry.register=every (the default)
-            inputs = write_model_inputs(store / "model_inputs", {"model": {}}, [str(i) for i in range(10)])
-            writer = PyfuncModelWriter(inputs, example_image(data), top_k=5)
-            settings = RegistrySettings(register="every", name="bench")
-            callbacks.append(CheckpointRegistration(settings, run.info.run_id, saver, writer))
-        fit(
-            net,
-            train_ds,
-            None,
-            optimizer=adam.build(net.trainable_params(), lr_values),
-            loss_fn=CrossEntropySmooth(10),
-            metrics=classification_metrics(10),
-            plan=plan,
-            callbacks=[*callbacks, clock],
+    client = use_store(f"sqlite:///{store / 'mlflow.db'}")
+    run_id = client.create_run("0").info.run_id
+    outbox = Outbox(store / f"outbox-{run_id}", RunSender(client, run_id), background=False)
+    logger = MlflowMetricLogger(outbox.put, history)
+    callbacks = [history, saver, logger]
+    if every_epoch:  # registry.register=every (the default)
+        classes = [str(i) for i in range(10)]
+        inputs = write_model_inputs(store / "model_inputs", {"model": {}}, classes, example_image(data))
+        settings = RegistrySettings(register="every", name="bench")
+        callbacks.append(
+            CheckpointRegistration(
+                settings, run_id, saver, inputs, put=outbox.put, flush_metrics=logger.flush
+            )
         )
+    fit(
+        net,
+        train_ds,
+        None,
+        optimizer=adam.build(net.trainable_params(), lr_values),
+        loss_fn=CrossEntropySmooth(10),
+        metrics=classification_metrics(10),
+        plan=plan,
+        callbacks=[*callbacks, clock],
+    )
+    outbox.finish("FINISHED", wait_s=0)
     steps = history.epochs[-1].step - history.epochs[0].step
     (wall0, cpu0), (wall1, cpu1) = clock.ends[0], clock.ends[-1]
     return steps * 64 / (wall1 - wall0), (cpu1 - cpu0) / (steps * 64)

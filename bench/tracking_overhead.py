@@ -67,7 +67,6 @@ def logger_cost(
     send (the first send compiles SQLAlchemy's statements), with pre-existing objects frozen out of
     the cyclic GC, as ``fit`` does.
     """
-    import mlflow
     from mindspore.train import RunContext
 
     from vit_exp.tracking.metric_logger import MlflowMetricLogger
@@ -75,31 +74,40 @@ def logger_cost(
     from vit_exp.train.loop import CallbackParams, gc_frozen
 
     _, _, train_step, images, labels = step_parts
-    mlflow.set_tracking_uri(f"sqlite:///{store / 'mlflow.db'}")
-    with mlflow.start_run() as run:
-        history = TrainHistory(64, np.full(warmup + steps + 1, 1e-3, dtype=np.float32))
-        logger = MlflowMetricLogger(run.info.run_id, history, details_every_n_steps=details_every)
-        context = RunContext(CallbackParams())
+    client, run_id, outbox = local_outbox(store)
+    history = TrainHistory(64, np.full(warmup + steps + 1, 1e-3, dtype=np.float32))
+    logger = MlflowMetricLogger(outbox.put, history, details_every_n_steps=details_every)
+    context = RunContext(CallbackParams())
 
-        def log_step(i: int) -> None:
-            history.global_step, history.last_loss, history.last_step_ms = i, 1.0 / i, 50.0
-            logger.on_train_step_end(context)
+    def log_step(i: int) -> None:
+        history.global_step, history.last_loss, history.last_step_ms = i, 1.0 / i, 50.0
+        logger.on_train_step_end(context)
 
-        for i in range(1, warmup + 1):
-            log_step(i)
-        logger.flush()
-        total = 0.0
-        with gc_frozen():
-            for i in range(warmup + 1, warmup + steps + 1):
-                train_step(images, labels).asnumpy()
-                start = time.perf_counter()
-                log_step(i)
-                total += time.perf_counter() - start
+    for i in range(1, warmup + 1):
+        log_step(i)
+    logger.flush()
+    total = 0.0
+    with gc_frozen():
+        for i in range(warmup + 1, warmup + steps + 1):
+            train_step(images, labels).asnumpy()
             start = time.perf_counter()
-            logger.close()
-            closing = time.perf_counter() - start
-        stored = len(mlflow.MlflowClient().get_metric_history(run.info.run_id, "train/loss"))
+            log_step(i)
+            total += time.perf_counter() - start
+        start = time.perf_counter()
+        logger.flush()
+        closing = time.perf_counter() - start
+    stored = len(client.get_metric_history(run_id, "train/loss"))
     return total / steps, closing, stored - warmup
+
+
+def local_outbox(store: Path):
+    """A new run in the SQLite store under ``store``, and its outbox (sending in the caller's thread)."""
+    from vit_exp.tracking.outbox import Outbox, RunSender
+    from vit_exp.tracking.store import use_store
+
+    client = use_store(f"sqlite:///{store / 'mlflow.db'}")
+    run_id = client.create_run("0").info.run_id
+    return client, run_id, Outbox(store / f"outbox-{run_id}", RunSender(client, run_id), background=False)
 
 
 class _Batches:
@@ -114,8 +122,6 @@ class _Batches:
 
 def loop_ips(step_parts, store: Path, steps: int, with_mlflow: bool) -> float:
     """Images/s of ``run_training`` over ``steps`` pre-loaded batches, with or without the MLflow logger."""
-    import mlflow
-
     from vit_exp.tracking.metric_logger import MlflowMetricLogger
     from vit_exp.train.callbacks import TrainHistory
     from vit_exp.train.loop import run_training
@@ -124,16 +130,12 @@ def loop_ips(step_parts, store: Path, steps: int, with_mlflow: bool) -> float:
     _, lr_values, step, images, labels = step_parts
     history = TrainHistory(64, lr_values)
     callbacks = [history]
-    mlflow.set_tracking_uri(f"sqlite:///{store / 'mlflow.db'}")
-    run = mlflow.start_run() if with_mlflow else None
-    if run:
-        callbacks.append(MlflowMetricLogger(run.info.run_id, history))
+    if with_mlflow:
+        callbacks.append(MlflowMetricLogger(local_outbox(store)[2].put, history))
     start = time.perf_counter()
     plan = TrainPlan(epochs=1, steps_per_epoch=steps, total_steps=steps, validation_epochs=())
     run_training(step, _Batches(images, labels, steps), plan=plan, callbacks=callbacks)
     seconds = time.perf_counter() - start
-    if run:
-        mlflow.end_run()
     return steps * 64 / seconds
 
 

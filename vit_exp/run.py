@@ -69,7 +69,7 @@ def train(cfg: DictConfig) -> float | None:
     lr_values = job.optim.learning_rates(schedule)
     with training_run(job) as run:
         if run is not None:
-            log_job_inputs(job, data, net)
+            log_job_inputs(job, run, data, net)
         with assemble_callbacks(job, run, net, data, plan, lr_values) as callbacks:
             fit(
                 net,
@@ -109,9 +109,9 @@ def report(callbacks, plan, run) -> float | None:
     kept = callbacks.checkpoints.on_disk
     if kept:
         log.info("checkpoints: %d in %s (last: %s)", len(kept), kept[-1].path.parent, kept[-1].path.name)
-    if callbacks.registration and callbacks.registration.versions:
-        versions = ", ".join(v.version for v in callbacks.registration.versions)
-        log.info("registered model '%s' version(s): %s", callbacks.registration.settings.name, versions)
+    if callbacks.registration and callbacks.registration.queued:
+        count, name = len(callbacks.registration.queued), callbacks.registration.settings.name
+        log.info("model versions: %d checkpoint(s) registered as versions of '%s'", count, name)
     if run is not None:
         log.info("mlflow run: %s (%s)", run.run_id, run.tracking_uri)
     return best.val["top1"] if best else None

@@ -23,10 +23,11 @@ REMOVED = {
     "optim._partial_",  # optim is a settings object now, not a partial optimizer factory
 }
 REPLACED = {"optim._target_": "vit_exp.train.optim.OptimizerSettings"}
-ADDED_TO_DATA = {
+ADDED = {  # new keys (issue 12), in every config that has their group
     "data.skip_unreadable": False,
     "data.check_cache_dir": "${paths.cache_dir}/image_checks",
-}  # issue 12
+    "mlflow.drain_timeout_s": 120,
+}
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
@@ -41,7 +42,8 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 
 def expected_after_changes(flat: dict) -> dict:
     renamed = {RENAMED.get(key, key): value for key, value in flat.items() if key not in REMOVED}
-    added = ADDED_TO_DATA if "data.name" in flat else {}
+    groups = {key.split(".")[0] for key in flat}
+    added = {key: value for key, value in ADDED.items() if key.split(".")[0] in groups}
     return {key: REPLACED.get(key, value) for key, value in renamed.items()} | added
 
 

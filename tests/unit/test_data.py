@@ -117,3 +117,25 @@ def test_more_workers_than_cpus_are_capped(tmp_path, caplog):
     images, _ = next(train_dataset(data, 32, 4).create_tuple_iterator(output_numpy=True))
     assert images.shape == (4, 3, 32, 32)
     assert "more than the" in caplog.text
+
+
+def test_unreadable_images_are_left_out_once_and_the_check_is_cached(tmp_path, caplog):
+    import logging
+
+    from vit_exp.data.unreadable import readable_split
+
+    root = write_image_folder(tmp_path / "ds", ["a", "b"], per_class=3, splits=("train",))
+    broken = root / "train" / "b" / "b_9.png"
+    broken.write_bytes(b"\x89PNG not really")
+    with caplog.at_level(logging.INFO, logger="vit_exp.data.unreadable"):
+        mirror = readable_split(root / "train", tmp_path / "checks", "data.train_split")
+        again = readable_split(root / "train", tmp_path / "checks", "data.train_split")
+    assert mirror == again != root / "train"
+    assert sorted(p.name for p in mirror.rglob("*.png")) == sorted(
+        p.name for p in (root / "train").rglob("*.png") if p != broken
+    )
+    assert all(p.is_symlink() for p in mirror.rglob("*.png"))
+    assert caplog.text.count("checking 7 images once") == 1  # the second call reads the cache
+    assert caplog.text.count("1 of 7 images") == 2
+    broken.unlink()  # the file list changed: checked again, nothing left out
+    assert readable_split(root / "train", tmp_path / "checks", "data.train_split") == root / "train"

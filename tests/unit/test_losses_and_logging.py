@@ -25,26 +25,54 @@ def test_label_smoothing_matches_the_recipe_formula():
     assert got == pytest.approx(expected, rel=1e-5)
 
 
-def test_metric_logging_failure_warns_once_and_does_not_raise(tracking_store, caplog):
-    import mlflow
+def test_a_record_the_store_refuses_is_warned_about_once_and_training_goes_on(
+    tracking_store, tmp_path, caplog
+):
+    """The outbox sends to a real SQLite store a run that does not exist: every batch is refused."""
     from mindspore.train import RunContext
 
     from vit_exp.tracking.metric_logger import MlflowMetricLogger
+    from vit_exp.tracking.outbox import Outbox, RunSender
+    from vit_exp.tracking.store import use_store
     from vit_exp.train.callbacks import TrainHistory
     from vit_exp.train.loop import CallbackParams
 
-    mlflow.set_tracking_uri(tracking_store)
-    mlflow.MlflowClient().search_experiments()  # creates the store
+    outbox = Outbox(tmp_path / "outbox", RunSender(use_store(tracking_store), "f" * 32), background=False)
     history = TrainHistory(8, np.full(200, 1e-3, dtype=np.float32))
-    logger = MlflowMetricLogger("f" * 32, history, max_buffered=40)  # no such run: every batch fails
+    logger = MlflowMetricLogger(outbox.put, history, max_buffered=40)
     context = RunContext(CallbackParams())
     with caplog.at_level(logging.WARNING, logger="vit_exp.tracking"):
         for step in range(1, 121):
             history.global_step, history.last_loss, history.last_step_ms = step, 1.0, 10.0
             logger.on_train_step_end(context)
-        logger.close()
-    warnings = [r for r in caplog.records if "could not be logged" in r.getMessage()]
-    assert len(warnings) == 1
+        logger.flush()
+    warnings = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert len(warnings) == 1 and outbox.unsent == 0  # skipped, not retried forever
+
+
+def test_records_wait_in_the_journal_while_the_store_is_away_and_go_later(tracking_store, tmp_path):
+    """A sender that fails as an absent server does keeps every record; a new outbox sends them."""
+    import mlflow
+
+    from vit_exp.tracking.outbox import Outbox, RunSender, load_records
+    from vit_exp.tracking.store import use_store
+
+    client = use_store(tracking_store)
+    run = client.create_run(client.create_experiment("outbox"))
+
+    def away(record):
+        raise ConnectionError("Max retries exceeded with url: ... Connection refused")
+
+    batches = [[["train/loss", 1.0 / step, 1000 + step, step]] for step in range(1, 6)]
+    outbox = Outbox(tmp_path / "outbox", away, background=False)
+    for batch in batches:
+        outbox.put({"kind": "metrics", "metrics": batch})
+    assert outbox.unsent == 5 and len(load_records(tmp_path / "outbox")) == 5
+    later = Outbox(tmp_path / "outbox", RunSender(client, run.info.run_id), background=False)
+    assert later.send_pending() == 0
+    history = mlflow.MlflowClient(tracking_store).get_metric_history(run.info.run_id, "train/loss")
+    assert sorted(m.step for m in history) == [1, 2, 3, 4, 5]
+    assert later.send_pending() == 0 and sorted(m.step for m in history) == [1, 2, 3, 4, 5]
 
 
 def _drive(logger, history, context, steps, step_ms):
@@ -53,7 +81,7 @@ def _drive(logger, history, context, steps, step_ms):
         logger.on_train_step_end(context)
 
 
-def test_loss_every_step_and_lr_speed_as_means_every_n_steps_and_at_epoch_end(tracking_store):
+def test_loss_every_step_and_lr_speed_as_means_every_n_steps_and_at_epoch_end(tracking_store, tmp_path):
     import mlflow
     from mindspore.train import RunContext
 
@@ -65,13 +93,17 @@ def test_loss_every_step_and_lr_speed_as_means_every_n_steps_and_at_epoch_end(tr
     lrs = np.linspace(1e-3, 1e-4, 30).astype(np.float32)
     history = TrainHistory(8, lrs)
     context = RunContext(CallbackParams())
-    with mlflow.start_run() as run:
-        logger = MlflowMetricLogger(run.info.run_id, history, details_every_n_steps=4)
-        _drive(logger, history, context, range(1, 11), step_ms=float)  # step i takes i ms
-        history.epochs.append(EpochRecord(epoch=1, step=10, train_loss=0.5, seconds=1.0, images_per_s=1.0))
-        logger.on_train_epoch_end(context)
-        logger.close()
-    client = mlflow.MlflowClient()
+    from vit_exp.tracking.outbox import Outbox, RunSender
+    from vit_exp.tracking.store import use_store
+
+    client = use_store(tracking_store)
+    run = client.create_run(client.create_experiment("logger"))
+    outbox = Outbox(tmp_path / "outbox", RunSender(client, run.info.run_id), background=False)
+    logger = MlflowMetricLogger(outbox.put, history, details_every_n_steps=4)
+    _drive(logger, history, context, range(1, 11), step_ms=float)  # step i takes i ms
+    history.epochs.append(EpochRecord(epoch=1, step=10, train_loss=0.5, seconds=1.0, images_per_s=1.0))
+    logger.on_train_epoch_end(context)
+    logger.flush()
 
     def series(key):
         return [

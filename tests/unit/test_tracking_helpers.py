@@ -53,19 +53,24 @@ def test_settings_validation():
     ("policy", "expected"), [("every", [2, 4, 5]), ("best", [2, 5]), ("last", [5]), ("none", [])]
 )
 def test_registration_policy(policy, expected, tmp_path):
-    """Real checkpoints of a tiny network, every 2nd epoch of 5 and after the last (epoch 5)."""
+    """Real checkpoints of a tiny network, every 2nd epoch of 5 and after the last (epoch 5); each
+    version is queued right after the metrics logged before it."""
     from mindspore import nn
 
-    from vit_exp.tracking.registration import CheckpointRegistration, RegisteredVersion
+    from vit_exp.tracking.registration import CheckpointRegistration
     from vit_exp.train.callbacks import CheckpointSaver, EpochRecord, TrainHistory
 
-    class Registration(CheckpointRegistration):  # records its choice instead of writing to MLflow
-        def register(self, checkpoint):
-            self.versions.append(RegisteredVersion(str(len(self.versions) + 1), checkpoint))
-
+    queue = []
     history = TrainHistory(batch_size=8, lr_values=[])
     saver = CheckpointSaver(nn.Dense(2, 2), tmp_path, "m", every_n_epochs=2, keep=2, history=history)
-    registration = Registration(RegistrySettings(register=policy, name="m"), "run", saver, writer=None)
+    registration = CheckpointRegistration(
+        RegistrySettings(register=policy, name="m"),
+        "run",
+        saver,
+        tmp_path / "inputs",
+        put=queue.append,
+        flush_metrics=lambda: queue.append("metrics flushed"),
+    )
     for epoch, top1 in [(1, 0.5), (2, 0.7), (3, 0.9), (4, 0.6), (5, 0.8)]:
         history.epochs.append(EpochRecord(epoch, epoch * 10, 1.0, 1.0, 1.0, val={"top1": top1}))
         for callback in (saver, registration):
@@ -73,5 +78,8 @@ def test_registration_policy(policy, expected, tmp_path):
     for callback in (saver, registration):
         callback.on_train_end(None)
     assert [c.record.epoch for c in saver.written] == [2, 4, 5]
-    assert [v.checkpoint.record.epoch for v in registration.versions] == expected
+    versions = [item for item in queue if item != "metrics flushed"]
+    assert [int(v["tags"]["epoch"]) for v in versions] == expected
+    assert queue == [entry for v in versions for entry in ("metrics flushed", v)]  # metrics first
+    assert all(v["kind"] == "version" and v["name"] == "m" and v["tags"]["val/top1"] for v in versions)
     assert [c.record.epoch for c in saver.on_disk] == [4, 5] and not saver.written[0].path.exists()

@@ -38,7 +38,6 @@ def log_eval_run(
     run_dir: Path | None,
 ) -> str | None:
     """Log eval/* metrics and artifacts in a new run; tag the model version; return the run id."""
-    import mlflow
     from hydra.utils import instantiate
 
     settings: MlflowSettings = instantiate(cfg.mlflow)
@@ -57,13 +56,17 @@ def log_eval_run(
     }
     name = f"eval {ref.name or ref.run_id}{'/' + ref.version if ref.version else ''} on {data_name}"
     with tracked_run(settings, name, tags, run_dir=run_dir) as run:
-        mlflow.log_metrics(
-            {f"eval/{k}": report[k] for k in ("top1", "top5", "loss")} | {"eval/count": report["count"]}
-        )
-        mlflow.log_artifact(str(per_class))
-        mlflow.log_artifact(str(picture))
-        mlflow.log_params({"model_uri": ref.uri, "data.name": data_name, "data.root": str(cfg.data.root)})
         run_id = run.info.run_id
+        for key in ("top1", "top5", "loss", "count"):
+            client.log_metric(run_id, f"eval/{key}", report[key])
+        client.log_artifact(run_id, str(per_class))
+        client.log_artifact(run_id, str(picture))
+        for key, value in {
+            "model_uri": ref.uri,
+            "data.name": data_name,
+            "data.root": str(cfg.data.root),
+        }.items():
+            client.log_param(run_id, key, value)
     if ref.name and ref.version and cfg.get("tag_version", True):
         for key in ("top1", "top5", "loss"):
             client.set_model_version_tag(ref.name, ref.version, f"eval/{key}", f"{report[key]:.6g}")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,11 +13,14 @@ from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig
 
+from vit_exp.credentials import mask, reveal
 from vit_exp.data.folder import list_images
+from vit_exp.errors import RegistryError
 
 if TYPE_CHECKING:
     from vit_exp.device import DeviceSettings
     from vit_exp.tracking.metric_logger import MlflowMetricLogger
+    from vit_exp.tracking.outbox import Outbox
     from vit_exp.tracking.registration import CheckpointRegistration
     from vit_exp.tracking.registry import RegistrySettings
     from vit_exp.tracking.runs import MlflowSettings
@@ -73,17 +78,25 @@ class TrainJob:
         return cls(cfg, hydra, **{group: instantiate(cfg[group]) for group in groups})
 
 
+OUTBOX_DIR = "mlflow_outbox"
+
+
 @dataclass(frozen=True)
 class TrackedRun:
-    """The MLflow run a job records into."""
+    """The MLflow run a job records into, and its outbox (everything after the start goes through it)."""
 
     run_id: str
     tracking_uri: str
+    outbox: Outbox
 
 
 @contextlib.contextmanager
 def training_run(job: TrainJob) -> Iterator[TrackedRun | None]:
-    """Open the job's MLflow run (None with ``mlflow.enabled=false``); it ends FINISHED, FAILED or KILLED."""
+    """Open the job's MLflow run (None with ``mlflow.enabled=false``); it ends FINISHED, FAILED or KILLED.
+
+    The end goes through the outbox after everything else. When the store does not take it all
+    within ``mlflow.drain_timeout_s``, the journal is kept and the command says how to send it.
+    """
     if not job.mlflow.enabled:
         yield None
         return
@@ -93,8 +106,55 @@ def training_run(job: TrainJob) -> Iterator[TrackedRun | None]:
     if job.hydra.job_num is not None:
         tags["hydra.job.num"] = str(job.hydra.job_num)
     name = readable_run_name(job.cfg, job.hydra.overrides)
-    with tracked_run(job.mlflow, name, tags, job.hydra.sweep_dir, job.hydra.run_dir) as run:
-        yield TrackedRun(run.info.run_id, job.mlflow.tracking_uri)
+    opened: list[TrackedRun] = []
+    with tracked_run(
+        job.mlflow,
+        name,
+        tags,
+        job.hydra.sweep_dir,
+        job.hydra.run_dir,
+        finish=lambda run_id, status: _finish(job, opened, run_id, status),
+    ) as run:
+        opened.append(_with_outbox(job, run.info.run_id))
+        yield opened[0]
+
+
+def _with_outbox(job: TrainJob, run_id: str) -> TrackedRun:
+    from urllib.parse import urlparse
+
+    from vit_exp.tracking.outbox import Outbox, RunSender
+    from vit_exp.tracking.store import use_store
+
+    uri = job.mlflow.tracking_uri
+    background = urlparse(reveal(uri)).scheme in ("http", "https")  # network: never in the training thread
+    if background:  # the outbox retries; MLflow's own retries would hold a record for minutes
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
+    folder = (job.hydra.run_dir or Path(tempfile.mkdtemp(prefix="vit_exp_"))) / OUTBOX_DIR
+    outbox = Outbox(folder, RunSender(use_store(uri), run_id), background)
+    outbox.put({"kind": "run", "run_id": run_id, "tracking_uri": mask(uri)})
+    return TrackedRun(run_id, uri, outbox)
+
+
+def _finish(job: TrainJob, opened: list[TrackedRun], run_id: str, status: str) -> None:
+    if not opened:  # the run was created but its outbox was not: end it directly
+        from vit_exp.tracking.store import use_store
+
+        use_store(job.mlflow.tracking_uri).set_terminated(run_id, status=status)
+        return
+    run = opened[0]
+    left = run.outbox.finish(status, wait_s=job.mlflow.drain_timeout_s)
+    if not left:
+        return
+    message = (
+        f"mlflow: {left} record(s) of run {run.run_id} were not stored ({mask(run.tracking_uri)} is not "
+        f"answering); they are kept in {run.outbox.folder}: send them later with "
+        f"python -m vit_exp.sync outbox={run.outbox.folder}"
+    )
+    if status != "FINISHED":  # the run's own error is the one to report
+        log.warning(message)
+        return
+    raise RegistryError(message)
 
 
 def class_names_of(data, num_classes: int) -> list[str]:
@@ -103,12 +163,14 @@ def class_names_of(data, num_classes: int) -> list[str]:
     return names + [f"class_{i}" for i in range(len(names), num_classes)]
 
 
-def log_job_inputs(job: TrainJob, data, net) -> None:
-    """Params, tags and artifacts known before training (call inside ``training_run``)."""
+def log_job_inputs(job: TrainJob, run: TrackedRun, data, net) -> None:
+    """Params, tags and artifacts known before training."""
     from vit_exp.tracking.runs import log_run_inputs
+    from vit_exp.tracking.store import use_store
 
     hydra_dir = job.hydra.run_dir / ".hydra" if job.hydra.run_dir else None
-    log_run_inputs(job.cfg, hydra_dir, class_names_of(data, net.num_classes), net)
+    client = use_store(run.tracking_uri)
+    log_run_inputs(client, run.run_id, job.cfg, hydra_dir, class_names_of(data, net.num_classes), net)
 
 
 def example_image(data) -> bytes:
@@ -142,7 +204,7 @@ class TrainingCallbacks:
 
     def __exit__(self, *exc_info) -> None:
         if self.metric_logger is not None:
-            self.metric_logger.close()
+            self.metric_logger.flush()
 
 
 def assemble_callbacks(
@@ -170,7 +232,7 @@ def assemble_callbacks(
     from vit_exp.tracking.metric_logger import MlflowMetricLogger
 
     callbacks.metric_logger = MlflowMetricLogger(
-        run.run_id,
+        run.outbox.put,
         history,
         every_n_steps=job.mlflow.log_every_n_steps,
         details_every_n_steps=job.mlflow.log_details_every_n_steps,
@@ -178,13 +240,21 @@ def assemble_callbacks(
     )
     if job.registry.register != "none":
         from vit_exp.tracking.registration import CheckpointRegistration
-        from vit_exp.tracking.registry import PyfuncModelWriter, version_config, write_model_inputs
+        from vit_exp.tracking.registry import version_config, write_model_inputs
 
-        folder = (job.hydra.run_dir or Path(".")) / "model_inputs"
         config = version_config(job.cfg.model.name, net.config, data)
-        inputs = write_model_inputs(folder, config, class_names_of(data, net.num_classes))
-        writer = PyfuncModelWriter(inputs, example_image(data), job.registry.top_k)
+        inputs = write_model_inputs(
+            run.outbox.folder.parent / "model_inputs",
+            config,
+            class_names_of(data, net.num_classes),
+            example_image(data),
+        )
         callbacks.registration = CheckpointRegistration(
-            job.registry, run.run_id, callbacks.checkpoints, writer
+            job.registry,
+            run.run_id,
+            callbacks.checkpoints,
+            inputs,
+            put=run.outbox.put,
+            flush_metrics=callbacks.metric_logger.flush,
         )
     return callbacks

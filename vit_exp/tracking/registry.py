@@ -15,6 +15,7 @@ from vit_exp.tracking.store import already_exists
 PYFUNC_MODEL_FILE = Path(__file__).with_name("pyfunc_model.py")
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 POLICIES = ("every", "best", "last", "none")
+EXAMPLE_IMAGE = "input_example.image"  # the encoded bytes of one validation image
 
 
 @dataclass
@@ -89,20 +90,21 @@ def version_config(model_name: str, architecture, data) -> dict:
     }
 
 
-def write_model_inputs(folder: Path, config: dict, class_names: list[str]) -> dict[str, Path]:
-    """Write the config and class-name artifacts shared by all versions of one run."""
+def write_model_inputs(folder: Path, config: dict, class_names: list[str], example: bytes) -> Path:
+    """Write what all versions of one run share: config, class names and the input example."""
     import yaml
 
     folder.mkdir(parents=True, exist_ok=True)
+    (folder / EXAMPLE_IMAGE).write_bytes(example)
     config_path = folder / "config.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     names_path = folder / "class_names.json"
     names_path.write_text(json.dumps(class_names, indent=1))
-    return {"config": config_path, "class_names": names_path}
+    return folder
 
 
 class PyfuncModelWriter:
-    """Logs checkpoints as MLflow pyfunc models (models-from-code) to the active run.
+    """Logs checkpoints of a run as MLflow pyfunc models (models-from-code).
 
     ``mlflow.pyfunc.save_model`` runs once per writer; each checkpoint then logs that directory, its
     own checkpoint and its own ``MLmodel`` (last): ~30 ms a version instead of ~0.3 s (bench/RESULTS.md).
@@ -149,19 +151,17 @@ class PyfuncModelWriter:
         (template / "artifacts" / checkpoint.name).unlink()
         self._template_bytes = sum(f.stat().st_size for f in template.rglob("*") if f.is_file())
 
-    def log(self, checkpoint: Path, step: int, artifact_path: str) -> None:
-        """Log the pyfunc model of ``checkpoint`` under ``artifact_path`` of the active run."""
+    def log(self, client, run_id: str, checkpoint: Path, step: int, artifact_path: str) -> None:
+        """Log the pyfunc model of ``checkpoint`` under ``artifact_path`` of the run ``run_id``."""
         import copy
         import datetime
         import uuid
 
-        import mlflow
-
         if self._model is None:
             self._save_template(checkpoint)
         work = Path(self._workdir.name)
-        mlflow.log_artifacts(str(work / "model"), artifact_path=artifact_path)
-        mlflow.log_artifact(str(checkpoint), artifact_path=f"{artifact_path}/artifacts")
+        client.log_artifacts(run_id, str(work / "model"), artifact_path=artifact_path)
+        client.log_artifact(run_id, str(checkpoint), artifact_path=f"{artifact_path}/artifacts")
         model = copy.deepcopy(self._model)
         model.flavors["python_function"]["artifacts"]["checkpoint"] = {"path": f"artifacts/{checkpoint.name}"}
         model.metadata = {"global_step": step, "checkpoint": checkpoint.name}
@@ -169,39 +169,51 @@ class PyfuncModelWriter:
         model.utc_time_created = str(datetime.datetime.now(datetime.UTC).replace(tzinfo=None))
         model.model_size_bytes = checkpoint.stat().st_size + self._template_bytes
         model.save(str(work / "MLmodel"))
-        mlflow.log_artifact(str(work / "MLmodel"), artifact_path=artifact_path)
+        client.log_artifact(run_id, str(work / "MLmodel"), artifact_path=artifact_path)
 
 
-def log_checkpoint_version(
-    writer: PyfuncModelWriter,
-    checkpoint: Path,
-    registered_name: str,
-    step: int,
-    tags: Mapping[str, object],
-    ensure_model: bool = True,
-) -> str:
-    """Log ``checkpoint`` as a pyfunc model of the active run, register it, tag the version.
+def version_record(
+    checkpoint: Path, step: int, name: str, tags: Mapping[str, object], inputs: Path, top_k: int
+):
+    """The outbox record that makes ``checkpoint`` a version of ``name`` (all a later process needs)."""
+    return {
+        "kind": "version",
+        "checkpoint": str(checkpoint),
+        "step": step,
+        "name": name,
+        "tags": {k: str(v) for k, v in tags.items()},
+        "model_inputs": str(inputs),
+        "top_k": top_k,
+    }
 
-    ``ensure_model=False`` skips creating ``registered_name`` when the caller knows it exists.
+
+def register_version(client, run_id: str, record: dict, writer: PyfuncModelWriter) -> str:
+    """Log a version record's checkpoint as a pyfunc model of ``run_id`` and register it (once).
 
     The model is logged as run artifacts (``runs:/<run>/models/<name>``) rather than with
     ``log_model``, which would load and run every version once to validate its input example.
-    ``tests/`` load and serve the model instead.
+    Sending the same record again (a replay after a crash) finds the version and makes no second one.
     """
-    import mlflow
-
+    checkpoint = Path(record["checkpoint"])
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"checkpoint {checkpoint} is gone; it cannot become a model version")
     artifact_path = f"models/{checkpoint.stem.replace('.', '_')}"
-    writer.log(checkpoint, step, artifact_path)
-    client = mlflow.MlflowClient()
-    if ensure_model:
-        ensure_registered_model(client, registered_name)
-    version = client.create_model_version(
-        registered_name,
-        source=mlflow.get_artifact_uri(artifact_path),
-        run_id=mlflow.active_run().info.run_id,
-        tags={k: str(v) for k, v in tags.items()},
-    )
+    source = f"{client.get_run(run_id).info.artifact_uri}/{artifact_path}"
+    name = record["name"]
+    ensure_registered_model(client, name)
+    for existing in client.search_model_versions(f"name='{name}' and run_id='{run_id}'"):
+        if existing.source == source:
+            return str(existing.version)
+    writer.log(client, run_id, checkpoint, record["step"], artifact_path)
+    version = client.create_model_version(name, source=source, run_id=run_id, tags=record["tags"])
     return str(version.version)
+
+
+def model_writer(record: dict) -> PyfuncModelWriter:
+    """The writer for a version record's run (its config, class names and input example)."""
+    inputs = Path(record["model_inputs"])
+    shared = {"config": inputs / "config.yaml", "class_names": inputs / "class_names.json"}
+    return PyfuncModelWriter(shared, (inputs / EXAMPLE_IMAGE).read_bytes(), int(record["top_k"]))
 
 
 def ensure_registered_model(client, name: str) -> None:

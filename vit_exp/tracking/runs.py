@@ -11,7 +11,7 @@ import logging
 import platform
 import subprocess
 import traceback
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from vit_exp.config import PROJECT_ROOT
 from vit_exp.credentials import mask
 from vit_exp.errors import ConfigError, check_field_types, positive_int
-from vit_exp.tracking.store import experiment_id
+from vit_exp.tracking.store import experiment_id, use_store
 
 log = logging.getLogger("vit_exp.tracking")
 
@@ -40,6 +40,7 @@ class MlflowSettings:
     log_every_n_steps: int = 1
     log_details_every_n_steps: int = 10
     flush_interval_s: float = 10.0
+    drain_timeout_s: float = 120.0
 
     def __post_init__(self) -> None:
         check_field_types(self, "mlflow")
@@ -49,8 +50,9 @@ class MlflowSettings:
             )
         for key in ("log_every_n_steps", "log_details_every_n_steps"):
             positive_int(f"mlflow.{key}", getattr(self, key))
-        if not isinstance(self.flush_interval_s, (int, float)) or self.flush_interval_s < 0:
-            raise ConfigError(f"mlflow.flush_interval_s must be a number >= 0, got {self.flush_interval_s!r}")
+        for key in ("flush_interval_s", "drain_timeout_s"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"mlflow.{key} must be a number >= 0, got {getattr(self, key)!r}")
 
 
 def flatten(config: Mapping | DictConfig, prefix: str = "") -> dict[str, str]:
@@ -146,24 +148,29 @@ def tracked_run(
     tags: Mapping[str, str],
     sweep_dir: Path | None = None,
     run_dir: Path | None = None,
+    finish: Callable[[str, str], None] | None = None,
 ) -> Iterator[object]:
-    """Start an MLflow run (a child when a sweep parent exists) and always end it with a status."""
-    import mlflow
+    """Create an MLflow run (a child when a sweep parent exists) and always end it with a status.
+
+    ``finish(run_id, status)`` ends it (default: at once; a training run sends it through its outbox).
+    """
+    from mlflow.tracking.context.registry import resolve_tags
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
     experiment = experiment_id(settings)
-    parent = _parent_run_id(sweep_dir, run_dir)
-    run = mlflow.start_run(
-        experiment_id=experiment,
-        run_name=settings.run_name or run_name,
-        parent_run_id=parent,
-        tags=dict(tags),
-    )
+    client = use_store(settings.tracking_uri)
+    name = settings.run_name or run_name
+    all_tags = resolve_tags({**tags, MLFLOW_RUN_NAME: name})
+    if parent := _parent_run_id(sweep_dir, run_dir):
+        all_tags[MLFLOW_PARENT_RUN_ID] = parent
+    run = client.create_run(experiment, tags=all_tags, run_name=name)
+    run_id = run.info.run_id
     log.info(
         "mlflow: run %s (%s) in experiment '%s' at %s",
-        run.info.run_id,
-        run.info.run_name,
+        run_id,
+        name,
         settings.experiment,
-        settings.tracking_uri,
+        mask(settings.tracking_uri),
     )
     status = "FINISHED"
     try:
@@ -173,32 +180,31 @@ def tracked_run(
         raise
     except BaseException:
         status = "FAILED"
-        _log_traceback(run_dir)
+        _log_traceback(client, run_id, run_dir)
         raise
     finally:
-        mlflow.end_run(status=status)  # also drains MLflow's asynchronous logging queue
-        log.info("mlflow: run %s ended %s", run.info.run_id, status)
+        if finish is None:
+            client.set_terminated(run_id, status=status)
+            log.info("mlflow: run %s ended %s", run_id, status)
+        else:
+            finish(run_id, status)
 
 
-def _log_traceback(run_dir: Path | None) -> None:
-    import mlflow
-
+def _log_traceback(client, run_id: str, run_dir: Path | None) -> None:
     text = mask(traceback.format_exc())
     try:
         if run_dir is not None:
             run_dir.mkdir(parents=True, exist_ok=True)
-            path = run_dir / "traceback.txt"
-            path.write_text(text)
-            mlflow.log_artifact(str(path))
-        else:
-            mlflow.log_text(text, "traceback.txt")
+            (run_dir / "traceback.txt").write_text(text)
+        client.log_text(run_id, text, "traceback.txt")
     except Exception as exc:  # the run must still end FAILED
-        log.warning("mlflow: could not log the traceback (%s)", exc)
+        log.warning("mlflow: could not log the traceback (%s)", mask(str(exc)))
 
 
-def log_run_inputs(cfg: DictConfig, hydra_dir: Path | None, class_names: list[str], net) -> None:
+def log_run_inputs(
+    client, run_id: str, cfg: DictConfig, hydra_dir: Path | None, class_names: list[str], net
+) -> None:
     """Params (flattened config + parameter count) and artifacts (Hydra files, config, environment, model)."""
-    import mlflow
     from mlflow.entities import Param
 
     from vit_exp.models.vit import count_parameters, model_summary
@@ -206,13 +212,11 @@ def log_run_inputs(cfg: DictConfig, hydra_dir: Path | None, class_names: list[st
     params = flatten(cfg)
     params["model.num_parameters"] = str(count_parameters(net))
     items = list(params.items())
-    client = mlflow.MlflowClient()
-    run_id = mlflow.active_run().info.run_id
     for start in range(0, len(items), 100):
         client.log_batch(run_id, params=[Param(k, v) for k, v in items[start : start + 100]])
     for path in sorted(hydra_dir.glob("*.yaml")) if hydra_dir is not None else ():
-        mlflow.log_text(mask(path.read_text()), f"hydra/{path.name}")
-    mlflow.log_text(mask(OmegaConf.to_yaml(cfg, resolve=True)), "config_resolved.yaml")
-    mlflow.log_text(environment_listing(), "environment.txt")
-    mlflow.log_text(model_summary(net), "model_summary.txt")
-    mlflow.log_dict({"class_names": class_names}, "class_names.json")
+        client.log_text(run_id, mask(path.read_text()), f"hydra/{path.name}")
+    client.log_text(run_id, mask(OmegaConf.to_yaml(cfg, resolve=True)), "config_resolved.yaml")
+    client.log_text(run_id, environment_listing(), "environment.txt")
+    client.log_text(run_id, model_summary(net), "model_summary.txt")
+    client.log_dict(run_id, {"class_names": class_names}, "class_names.json")

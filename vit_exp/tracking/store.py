@@ -8,7 +8,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from vit_exp.credentials import mask, reveal, split_credentials
+from vit_exp.credentials import MASK, mask, reveal, split_credentials
 from vit_exp.errors import ConfigError, first_line
 from vit_exp.locking import exclusive
 
@@ -29,9 +29,9 @@ def use_store(tracking_uri: str):
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # importing mlflow sets it to INFO
     logging.getLogger("urllib3").setLevel(logging.ERROR)
     uri, user, password = split_credentials(reveal(tracking_uri))
-    if user:
+    if user and user != MASK:  # a masked one (a URI from a record) leaves the environment's in place
         os.environ["MLFLOW_TRACKING_USERNAME"] = user
-    if password:
+    if password and password != MASK:
         os.environ["MLFLOW_TRACKING_PASSWORD"] = password
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)

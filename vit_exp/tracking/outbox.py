@@ -1,0 +1,234 @@
+"""The outbox: what a training run sends to MLflow goes through an ordered journal on disk first.
+
+Metric batches, model versions and the run's end status are appended, in the order they happen,
+to ``<run dir>/mlflow_outbox/journal.jsonl`` and sent in that order; ``sent`` counts the records
+stored. So a version is only created after the metrics it is tagged with, and nothing is lost
+while the store is away. To a local store the records are sent in the training thread as they
+come (its SQL work costs the step no more there: bench/RESULTS.md); to a tracking server a
+background thread sends them, retrying with backoff while the server is away, so training never
+waits on the network. What is still unsent when the command ends stays in the journal, and
+``python -m vit_exp.sync`` sends it later into the same run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from vit_exp.credentials import mask
+from vit_exp.errors import first_line
+
+log = logging.getLogger("vit_exp.tracking")
+
+HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+JOURNAL = "journal.jsonl"
+SENT = "sent"
+TRANSIENT = (
+    "Connection refused",
+    "Connection aborted",
+    "Max retries exceeded",
+    "timed out",
+    "RemoteDisconnected",
+    "database is locked",
+    " 502",
+    " 503",
+    " 504",
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether sending may work later (the store is away or busy), rather than never."""
+    return any(marker in f"{type(exc).__name__}: {exc}" for marker in TRANSIENT)
+
+
+class Outbox:
+    """The journal of one run in ``folder``; ``send(record)`` stores one record (see ``Sender``).
+
+    ``put`` appends a record; in the background mode a thread sends it, otherwise it is sent at
+    once. ``finish(status, wait_s)`` queues the run's end and waits up to ``wait_s`` for everything
+    to be sent; it returns how many records are left in the journal.
+    """
+
+    def __init__(self, folder: Path, send: Callable[[dict], None], background: bool):
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self.journal = folder / JOURNAL
+        self.send = send
+        self.background = background
+        self._records = load_records(folder)
+        self._sent = sent_count(folder)
+        self._changed = threading.Condition()
+        self._stopping = False
+        self._warned_permanent = False
+        self._thread = None
+        if background:
+            self._thread = threading.Thread(
+                target=self._send_in_background, name="mlflow-outbox", daemon=True
+            )
+            self._thread.start()
+
+    @property
+    def unsent(self) -> int:
+        return len(self._records) - self._sent
+
+    def put(self, record: dict) -> None:
+        """Append ``record`` to the journal (flushed to disk) and send it (now, or in the background)."""
+        with self.journal.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        with self._changed:
+            self._records.append(record)
+            self._changed.notify_all()
+        if not self.background:
+            self.send_pending()
+
+    def finish(self, status: str, wait_s: float) -> int:
+        """Queue the run's end as ``status``; wait up to ``wait_s`` for the journal to empty."""
+        self.put({"kind": "end", "status": status})
+        deadline = time.monotonic() + wait_s
+        with self._changed:
+            while self.unsent and self.background and time.monotonic() < deadline:
+                self._changed.wait(timeout=min(1.0, max(0.0, deadline - time.monotonic())))
+            self._stopping = True
+            self._changed.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        return self.unsent
+
+    def send_pending(self) -> int:
+        """Send the records not sent yet, in order, now; return how many are left."""
+        self._send_pending(retry=False)
+        return self.unsent
+
+    def _send_pending(self, retry: bool) -> None:
+        """Send the records not sent yet, in order; with ``retry``, wait out a store that is away."""
+        backoff = 1.0
+        while self._sent < len(self._records) and not (self._stopping and retry and backoff > 1.0):
+            record = self._records[self._sent]
+            try:
+                with interrupts_deferred():  # a record is stored whole: no artifacts without their version
+                    self.send(record)
+            except Exception as exc:
+                if not is_transient(exc):
+                    self._skip(record, exc)
+                elif not retry:
+                    log.warning(
+                        "mlflow: store not answering (%s); records kept in %s", _short(exc), self.folder
+                    )
+                    return
+                else:
+                    with self._changed:
+                        self._changed.wait(timeout=backoff)
+                    backoff = min(backoff * 2, 15.0)
+                    continue
+            self._mark_sent()
+            backoff = 1.0
+
+    def _skip(self, record: dict, exc: Exception) -> None:
+        if not self._warned_permanent:
+            self._warned_permanent = True
+            log.warning(
+                "mlflow: the store refused a %s record (%s); it is skipped", record["kind"], _short(exc)
+            )
+
+    def _mark_sent(self) -> None:
+        with self._changed:
+            self._sent += 1
+            (self.folder / f"{SENT}.tmp").write_text(str(self._sent))
+            os.replace(self.folder / f"{SENT}.tmp", self.folder / SENT)
+            self._changed.notify_all()
+
+    def _send_in_background(self) -> None:
+        while True:
+            with self._changed:
+                while not self.unsent and not self._stopping:
+                    self._changed.wait()
+                if self._stopping and not self.unsent:
+                    return
+            self._send_pending(retry=True)
+            if self._stopping:
+                return
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM until the block ends, then raise KeyboardInterrupt (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {
+        sig: signal.signal(sig, lambda signum, frame: received.append(signum)) for sig in HELD_SIGNALS
+    }
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if received:
+            raise KeyboardInterrupt(f"signal {received[0]}")
+
+
+def load_records(folder: Path) -> list[dict]:
+    """The journal's records (a last line cut short by a crash is dropped)."""
+    journal = folder / JOURNAL
+    if not journal.is_file():
+        return []
+    records = []
+    for line in journal.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return records
+
+
+def sent_count(folder: Path) -> int:
+    path = folder / SENT
+    return int(path.read_text()) if path.is_file() else 0
+
+
+def _short(exc: BaseException) -> str:
+    return mask(first_line(str(exc)))[:160] or type(exc).__name__
+
+
+class RunSender:
+    """Sends one run's outbox records to the store: metric batches, model versions, the end status."""
+
+    def __init__(self, client, run_id: str):
+        self.client = client
+        self.run_id = run_id
+        self._writers: dict[str, object] = {}  # a pyfunc writer per model-inputs folder
+
+    def __call__(self, record: dict) -> None:
+        kind = record["kind"]
+        if kind == "metrics":
+            from mlflow.entities import Metric
+
+            metrics = [
+                Metric(key, value, timestamp, step) for key, value, timestamp, step in record["metrics"]
+            ]
+            self.client.log_batch(self.run_id, metrics=metrics, synchronous=True)
+        elif kind == "version":
+            from vit_exp.tracking.registry import model_writer, register_version
+
+            writer = self._writers.get(record["model_inputs"]) or model_writer(record)
+            self._writers[record["model_inputs"]] = writer
+            version = register_version(self.client, self.run_id, record, writer)
+            log.info(
+                "mlflow: registered %s as models:/%s/%s",
+                Path(record["checkpoint"]).name,
+                record["name"],
+                version,
+            )
+        elif kind == "end":
+            self.client.set_terminated(self.run_id, status=record["status"])
+            log.info("mlflow: run %s ended %s", self.run_id, record["status"])
