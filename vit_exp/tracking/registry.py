@@ -187,21 +187,32 @@ def version_record(
     }
 
 
-def register_version(client, run_id: str, record: dict, writer: PyfuncModelWriter) -> str:
-    """Log a version record's checkpoint as a pyfunc model of ``run_id`` and register it (once).
+def register_version(
+    client,
+    run,
+    record: dict,
+    writer: PyfuncModelWriter,
+    ensure_model: bool = True,
+    check_existing: bool = True,
+) -> str:
+    """Log a version record's checkpoint as a pyfunc model of ``run`` (a RunInfo) and register it.
 
     The model is logged as run artifacts (``runs:/<run>/models/<name>``) rather than with
     ``log_model``, which would load and run every version once to validate its input example.
-    Sending the same record again (a replay after a crash) finds the version and makes no second one.
+    With ``check_existing``, a record sent before (a replay after a crash) finds its version and
+    makes no second one; ``ensure_model=False`` skips creating the registered model.
     """
     checkpoint = Path(record["checkpoint"])
     if not checkpoint.is_file():
         raise FileNotFoundError(f"checkpoint {checkpoint} is gone; it cannot become a model version")
     artifact_path = f"models/{checkpoint.stem.replace('.', '_')}"
-    source = f"{client.get_run(run_id).info.artifact_uri}/{artifact_path}"
+    run_id, source = run.run_id, f"{run.artifact_uri}/{artifact_path}"
     name = record["name"]
-    ensure_registered_model(client, name)
-    for existing in client.search_model_versions(f"name='{name}' and run_id='{run_id}'"):
+    if ensure_model:
+        ensure_registered_model(client, name)
+    for existing in (
+        client.search_model_versions(f"name='{name}' and run_id='{run_id}'") if check_existing else ()
+    ):
         if existing.source == source:
             return str(existing.version)
     writer.log(client, run_id, checkpoint, record["step"], artifact_path)
