@@ -22,6 +22,6 @@ def composed_group(group: str, option: str) -> dict:
 
 def vit_config(name: str = "vit_tiny", **overrides):
     """The ViTConfig of ``model=<name>`` (10 classes unless overridden; default: the default run's)."""
-    from vit_exp.models.vit import ViTConfig
+    from vit_exp.models.config import ViTConfig
 
     return ViTConfig.from_mapping(composed_group("model", name), **({"num_classes": 10} | overrides))

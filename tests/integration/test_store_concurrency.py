@@ -55,7 +55,8 @@ def test_four_runs_starting_together_ten_trials(tmp_path, trial):
     check_store(store, 4)
 
 
-def test_joblib_launcher_with_two_jobs_on_a_new_store(tmp_path):
+def test_a_sweep_of_two_parallel_jobs_on_a_new_store(tmp_path):
+    """The joblib launcher, 2 jobs at once: one parent run, a child per job, a summary table."""
     store = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
     proc = run_cli(
         "vit_exp.run",
@@ -73,4 +74,11 @@ def test_joblib_launcher_with_two_jobs_on_a_new_store(tmp_path):
 
     client = mlflow.MlflowClient(tracking_uri=store)
     runs = client.search_runs([client.get_experiment_by_name("vit-exp").experiment_id])
-    assert len(runs) == 3 and {r.info.status for r in runs} == {"FINISHED"}  # parent + 2 jobs
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert {r.info.status for r in runs} == {"FINISHED"} and len(children) == 2
+    assert parent.data.tags["hydra.sweep.dir"] == str(tmp_path / "sweep")
+    assert "optim.lr=1e-3,2e-3" in parent.data.tags["hydra.sweep.overrides"]
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    assert sorted(float(c.data.params["optim.lr"]) for c in children) == [1e-3, 2e-3]
+    assert "sweep results (2 job(s))" in proc.stdout and "val/top1" in proc.stdout

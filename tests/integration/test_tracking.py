@@ -290,32 +290,3 @@ def test_ctrl_c_ends_the_run_killed_and_keeps_buffered_metrics(tmp_path, trackin
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
     epoch_ends = [m.step for m in client.get_metric_history(run.info.run_id, "epoch")]
     assert steps == list(range(1, len(steps) + 1)) and len(steps) >= epoch_ends[1], stderr[-2000:]
-
-
-def test_multirun_gives_one_parent_and_a_child_per_job(tmp_path, tracking_store):
-    proc = run_cli(
-        "vit_exp.run",
-        "--multirun",
-        *TINY_MODEL,
-        "trainer.max_steps=2",
-        "trainer.batch_size=32,64",
-        "registry.register=none",
-        f"paths.cache_dir={tmp_path / 'cache'}",
-        f"hydra.sweep.dir={tmp_path / 'sweep'}",
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    import mlflow
-
-    client = mlflow.MlflowClient(tracking_uri=tracking_store)
-    runs = client.search_runs([client.get_experiment_by_name("vit-exp").experiment_id])
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert len(parents) == 1 and len(children) == 2
-    parent = parents[0]
-    assert parent.info.status == "FINISHED"
-    assert parent.data.tags["hydra.sweep.dir"] == str(tmp_path / "sweep")
-    assert "trainer.batch_size=32,64" in parent.data.tags["hydra.sweep.overrides"]
-    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
-    assert sorted(c.data.params["trainer.batch_size"] for c in children) == ["32", "64"]
-    assert all(c.info.status == "FINISHED" for c in children)
-    assert "sweep results (2 job(s))" in proc.stdout and "val/top1" in proc.stdout

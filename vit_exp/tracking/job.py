@@ -74,6 +74,9 @@ class TrainJob:
     def from_config(cls, cfg: DictConfig, hydra: HydraJob) -> TrainJob:
         from hydra.utils import instantiate
 
+        from vit_exp.models.config import ViTConfig
+
+        ViTConfig.from_mapping(cfg.model, num_classes=cfg.model.num_classes or 1)  # checked, not kept
         groups = ("trainer", "optim", "device", "mlflow", "registry")
         return cls(cfg, hydra, **{group: instantiate(cfg[group]) for group in groups})
 

@@ -1,0 +1,68 @@
+"""The ViT's architecture as a checked dataclass (no MindSpore import: a bad model config fails fast)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+
+from vit_exp.errors import ConfigError, check_field_types, positive_int
+
+PATCH_EMBED_IMPLS = ("matmul", "conv")
+
+
+@dataclass(frozen=True)
+class ViTConfig:
+    """The architecture: the ``model.*`` keys that shape the network (defaults: ViT-B/16 at 224).
+
+    Dropout is given as keep-probabilities (1.0 = off), as in the reference. ``gelu_approximate``
+    picks tanh GELU (the reference's) or exact erf GELU; ``patch_embed`` (matmul | conv) and
+    ``fused_kernels`` (auto | on | off) choose how the same maths is computed.
+    """
+
+    image_size: int = 224
+    patch_size: int = 16
+    embed_dim: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    mlp_dim: int = 3072
+    num_classes: int = 1000
+    input_channels: int = 3
+    keep_prob: float = 1.0
+    attention_keep_prob: float = 1.0
+    gelu_approximate: bool = True
+    layer_norm_eps: float = 1e-7
+    patch_embed: str = "matmul"
+    fused_kernels: str = "auto"
+
+    def __post_init__(self) -> None:
+        check_field_types(self, "model")
+        for key in ("image_size", "patch_size", "embed_dim", "num_heads", "num_layers", "mlp_dim"):
+            positive_int(f"model.{key}", getattr(self, key))
+        positive_int("model.num_classes", self.num_classes)
+        if self.image_size % self.patch_size:
+            raise ConfigError(
+                f"model.image_size={self.image_size} is not divisible by model.patch_size={self.patch_size}"
+            )
+        if self.embed_dim % self.num_heads:
+            raise ConfigError(
+                f"model.embed_dim={self.embed_dim} is not divisible by model.num_heads={self.num_heads}"
+            )
+        for key in ("keep_prob", "attention_keep_prob"):
+            if not 0.0 < getattr(self, key) <= 1.0:
+                raise ConfigError(
+                    f"model.{key} must be in (0, 1] (1.0 = no dropout), got {getattr(self, key)}"
+                )
+        if self.patch_embed not in PATCH_EMBED_IMPLS:
+            raise ConfigError(
+                f"model.patch_embed must be one of {PATCH_EMBED_IMPLS}, got {self.patch_embed!r}"
+            )
+
+    @classmethod
+    def from_mapping(cls, model_config: Mapping, **overrides) -> ViTConfig:
+        """The ViTConfig of a ``model`` config section (keys that are not architecture are ignored)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in model_config.items() if k in names} | overrides)
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
