@@ -10,13 +10,10 @@ per point (bench/RESULTS.md); the outbox stores them in order, whatever the stor
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 
 from mindspore.train import Callback
-
-log = logging.getLogger("vit_exp.tracking")
 
 
 class MlflowMetricLogger(Callback):

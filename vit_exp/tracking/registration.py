@@ -6,7 +6,6 @@ version is created only once the metrics it is tagged with are stored in the run
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,8 +13,6 @@ from mindspore.train import Callback
 
 from vit_exp.tracking.registry import RegistrySettings, version_record
 from vit_exp.train.callbacks import SavedCheckpoint
-
-log = logging.getLogger("vit_exp.tracking")
 
 
 class CheckpointRegistration(Callback):

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from vit_exp.errors import ConfigError, check_field_types, positive_int
-
-log = logging.getLogger("vit_exp.train")
 
 
 @dataclass(frozen=True)
