@@ -79,7 +79,7 @@ def full(data, epochs: int, store: Path, net, every_epoch: bool) -> tuple[float,
     """
     from mindspore.train import Callback
 
-    from vit_exp.data.pipeline import train_dataset
+    from vit_exp.data.pipeline import TrainBatches
     from vit_exp.tracking.job import example_image
     from vit_exp.tracking.metric_logger import MlflowMetricLogger
     from vit_exp.tracking.outbox import Outbox, RunSender
@@ -102,17 +102,18 @@ def full(data, epochs: int, store: Path, net, every_epoch: bool) -> tuple[float,
             self.ends.append((time.perf_counter(), time.process_time()))
 
     clock = EpochClock()
-    train_ds = train_dataset(data, 32, 64)
-    plan = TrainSettings(epochs=epochs, batch_size=64).plan(train_ds.get_dataset_size())
+    batches = TrainBatches(data, 32, 64, seed=0, exact_skip=True)
+    plan = TrainSettings(epochs=epochs, batch_size=64).plan(batches.steps_per_epoch)
     adam = OptimizerSettings(name="adam", lr=1e-3)
     lr_values = adam.learning_rates(cosine_schedule(plan.total_steps, plan.steps_per_epoch))
     history = TrainHistory(64, lr_values)
-    saver = CheckpointSaver(net, store / "ckpt", "bench", 1 if every_epoch else epochs, 100, history)
+    saver = CheckpointSaver(store / "ckpt", "bench", history, 1 if every_epoch else epochs, keep=100)
     client = use_store(f"sqlite:///{store / 'mlflow.db'}")
     run_id = client.create_run("0").info.run_id
     outbox = Outbox(store / f"outbox-{run_id}", RunSender(client, run_id), background=False)
     logger = MlflowMetricLogger(outbox.put, history)
-    callbacks = [history, saver, logger]
+    saver.before_save = logger.flush
+    callbacks = [history, logger, saver]
     if every_epoch:  # registry.register=every (the default)
         classes = [str(i) for i in range(10)]
         inputs = write_model_inputs(store / "model_inputs", {"model": {}}, classes, example_image(data))
@@ -124,7 +125,7 @@ def full(data, epochs: int, store: Path, net, every_epoch: bool) -> tuple[float,
         )
     fit(
         net,
-        train_ds,
+        batches.epoch,
         None,
         optimizer=adam.build(net.trainable_params(), lr_values),
         loss_fn=CrossEntropySmooth(10),

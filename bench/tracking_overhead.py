@@ -110,14 +110,9 @@ def local_outbox(store: Path):
     return client, run_id, Outbox(store / f"outbox-{run_id}", RunSender(client, run_id), background=False)
 
 
-class _Batches:
-    """The same pre-loaded batch ``steps`` times, with the dataset method the loop calls."""
-
-    def __init__(self, images, labels, steps: int):
-        self.batches = [(images, labels)] * steps
-
-    def create_tuple_iterator(self, num_epochs: int):
-        return self.batches
+def _batches(images, labels, steps: int):
+    """``epoch_batches`` for the loop: the same pre-loaded batch ``steps`` times."""
+    return lambda epoch, skip: [(images, labels)] * (steps - skip)
 
 
 def loop_ips(step_parts, store: Path, steps: int, with_mlflow: bool) -> float:
@@ -134,7 +129,7 @@ def loop_ips(step_parts, store: Path, steps: int, with_mlflow: bool) -> float:
         callbacks.append(MlflowMetricLogger(local_outbox(store)[2].put, history))
     start = time.perf_counter()
     plan = TrainPlan(epochs=1, steps_per_epoch=steps, total_steps=steps, validation_epochs=())
-    run_training(step, _Batches(images, labels, steps), plan=plan, callbacks=callbacks)
+    run_training(step, _batches(images, labels, steps), plan=plan, callbacks=callbacks)
     seconds = time.perf_counter() - start
     return steps * 64 / seconds
 

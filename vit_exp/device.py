@@ -36,8 +36,8 @@ class DeviceSettings:
         """MindSpore's spelling of the target ("CPU", "GPU", "Ascend")."""
         return TARGETS[self.target.lower()]
 
-    def apply(self, seed: int | None = None) -> None:
-        """Set the device, execution mode and seed for this process."""
+    def apply(self, seed: int | None = None, deterministic: bool = False) -> None:
+        """Set the device, execution mode, seed and (``deterministic``) deterministic kernels."""
         import mindspore as ms
 
         try:
@@ -53,6 +53,8 @@ class DeviceSettings:
             ms.set_context(jit_config={"jit_level": self.jit_level})
         if self.max_device_memory:
             ms.set_context(max_device_memory=self.max_device_memory)
+        if deterministic:
+            ms.set_deterministic(True)
         if seed is not None:
             set_seed(seed)
 

@@ -17,7 +17,7 @@ def test_a_few_steps_reduce_the_loss(tmp_path):
     from mindspore.train import Callback
 
     from vit_exp.data.folder import ImageFolderData
-    from vit_exp.data.pipeline import train_dataset, val_dataset
+    from vit_exp.data.pipeline import TrainBatches, val_dataset
     from vit_exp.device import DeviceSettings
     from vit_exp.train.callbacks import CheckpointSaver, TrainHistory
     from vit_exp.train.losses import CrossEntropySmooth
@@ -37,15 +37,15 @@ def test_a_few_steps_reduce_the_loss(tmp_path):
     root = write_image_folder(tmp_path / "ds", ["red", "green", "blue", "grey"], per_class=16, size=16)
     data = ImageFolderData(root=root, train_crop_scale=(0.8, 1.0), hflip_prob=0.0, val_resize_margin=0)
     net = tiny_vit(num_classes=4)
-    train_ds = train_dataset(data, 32, 16)
-    plan = TrainSettings(epochs=6, batch_size=16).plan(train_ds.get_dataset_size())
+    batches = TrainBatches(data, 32, 16, seed=0, exact_skip=True)
+    plan = TrainSettings(epochs=6, batch_size=16).plan(batches.steps_per_epoch)
     optim = OptimizerSettings(name="adam", lr=3e-3)
     lr_values = optim.learning_rates(constant_schedule(plan.total_steps, plan.steps_per_epoch))
     history = TrainHistory(16, lr_values)
-    saver = CheckpointSaver(net, tmp_path / "ckpt", "tiny", every_n_epochs=1, keep=100, history=history)
+    saver = CheckpointSaver(tmp_path / "ckpt", "tiny", history, every_n_epochs=1, keep=100)
     fit(
         net,
-        train_ds,
+        batches.epoch,
         val_dataset(data, 32, 16),
         optimizer=optim.build(net.trainable_params(), lr_values),
         loss_fn=CrossEntropySmooth(4, 0.0),

@@ -26,6 +26,18 @@ def _setup(num_images=24, batch=8):
     return ms, net, loss, step, dataset, images, labels
 
 
+def epochs_of(dataset):
+    """``epoch_batches(epoch, skip)`` over a fixed dataset: the same batches every epoch."""
+
+    def batches(epoch: int, skip: int):
+        iterator = dataset.create_tuple_iterator(num_epochs=1)
+        for _ in range(skip):
+            next(iterator)
+        return iterator
+
+    return batches
+
+
 class Recorder:
     """A MindSpore Callback that records what it sees."""
 
@@ -70,7 +82,7 @@ def test_loop_calls_callbacks_in_model_fit_order_and_validates_on_schedule():
     calls = []
     run_training(
         step,
-        dataset,
+        epochs_of(dataset),
         plan=TrainPlan(epochs=3, steps_per_epoch=3, total_steps=9, validation_epochs=(2, 3)),
         callbacks=[recorder],
         validate=lambda: calls.append(1) or {"top1": 0.5, "eval_loss": 1.0},
@@ -104,7 +116,7 @@ def test_request_stop_ends_after_the_step_and_still_validates_that_epoch():
     recorder = Recorder(stop_at_step=4)
     run_training(
         step,
-        dataset,
+        epochs_of(dataset),
         plan=TrainPlan(epochs=5, steps_per_epoch=3, total_steps=15, validation_epochs=(5,)),
         callbacks=[recorder],
         validate=lambda: {"top1": 1.0, "eval_loss": 0.0},
@@ -121,7 +133,7 @@ def test_total_steps_ends_training_mid_epoch_and_that_epoch_validates():
     recorder = Recorder()
     run_training(
         step,
-        dataset,
+        epochs_of(dataset),
         plan=TrainPlan(epochs=2, steps_per_epoch=3, total_steps=5, validation_epochs=(2,)),
         callbacks=[recorder],
         validate=lambda: {"top1": 1.0, "eval_loss": 0.0},

@@ -84,8 +84,11 @@ def _batched(dataset, transforms: list, data: ImageFolderData, batch_size: int, 
     return dataset.batch(batch_size, drop_remainder=drop_remainder)
 
 
-def train_dataset(data: ImageFolderData, image_size: int, batch_size: int):
-    """Shuffled, augmented, batched training data (last partial batch dropped)."""
+def train_dataset(data: ImageFolderData, image_size: int, batch_size: int, skip_images: int = 0):
+    """Shuffled, augmented, batched training data (last partial batch dropped).
+
+    ``skip_images`` leaves out the first images of the shuffled order before they are decoded.
+    """
     split = data.split_dir(data.train_split, key="data.train_split")
     dataset = _folder_dataset(data, split, shuffle=True, key="data.train_split")
     if dataset.get_dataset_size() < batch_size:
@@ -93,7 +96,46 @@ def train_dataset(data: ImageFolderData, image_size: int, batch_size: int):
             f"trainer.batch_size={batch_size} is larger than the {dataset.get_dataset_size()} "
             f"training images in {split}"
         )
+    if skip_images:
+        dataset = dataset.skip(skip_images)
     return _batched(dataset, train_transforms(data, image_size), data, batch_size, drop_remainder=True)
+
+
+class TrainBatches:
+    """Training batches epoch by epoch; epoch ``e``'s order and augmentations depend on ``seed + e`` only.
+
+    So a resumed run gets the same batches as an uninterrupted one. ``epoch(e, skip)`` starts after
+    ``skip`` batches: with ``exact_skip`` they are decoded and augmented and dropped (the rest of the
+    epoch is then bit-identical), otherwise left out before decoding (fast; the rest of the epoch's
+    random crops differ from an uninterrupted run's).
+    """
+
+    def __init__(self, data: ImageFolderData, image_size: int, batch_size: int, seed: int, exact_skip: bool):
+        self.data = data
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.seed = seed
+        self.exact_skip = exact_skip
+        self._full = train_dataset(data, image_size, batch_size)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self._full.get_dataset_size()
+
+    def epoch(self, epoch: int, skip: int = 0):
+        """An iterator over epoch ``epoch``'s ``(images, labels)`` batches, from batch ``skip``."""
+        import mindspore.dataset as ds
+
+        ds.config.set_seed(self.seed + epoch - 1)  # read when the iterator builds the pipeline
+        if skip and not self.exact_skip:
+            dataset = train_dataset(self.data, self.image_size, self.batch_size, skip * self.batch_size)
+        else:
+            dataset = self._full
+        batches = dataset.create_tuple_iterator(num_epochs=1)
+        if self.exact_skip:
+            for _ in range(skip):
+                next(batches)
+        return batches
 
 
 def val_dataset(data: ImageFolderData, image_size: int, batch_size: int):

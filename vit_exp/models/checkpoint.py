@@ -207,6 +207,25 @@ def load_pretrained(net, source: str | Path, cache_dir: str | Path, name_map: st
     return load_into(net, params, path)
 
 
+# The first name part of every ViT parameter (RECIPE.md); a full-state checkpoint's other entries are
+# the optimizer's (moment1.*, adam_m.*, moments.*, global_step, learning_rate, ...) and the loop's.
+NETWORK_ROOTS = frozenset({"cls", "pos_embedding", "patch_embedding", "transformer", "norm", "dense"})
+
+
+def is_network_entry(name: str) -> bool:
+    return name.split(".", 1)[0] in NETWORK_ROOTS
+
+
+def write_network_checkpoint(source: Path, target: Path) -> Path:
+    """Write the network's parameters of checkpoint ``source`` (e.g. a full-state one) to ``target``."""
+    import mindspore as ms
+
+    params = ms.load_checkpoint(str(source), choice_func=is_network_entry)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    ms.save_checkpoint([{"name": name, "data": value} for name, value in params.items()], str(target))
+    return target
+
+
 def save_checkpoint(net, path: str | Path) -> Path:
     """Save the network's parameters (no optimizer state) to ``path``."""
     import mindspore as ms

@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,10 +33,31 @@ class EpochRecord:
 
 @dataclass(frozen=True)
 class SavedCheckpoint:
-    """A checkpoint file and the epoch it holds the weights of."""
+    """A checkpoint file: why it was written, at which step of which epoch, and that epoch's record.
+
+    ``kind``: "epoch" (after an epoch's validation; ``record`` holds its results), "step" (every
+    ``checkpoint_every_n_steps``) or "preempt" (on SIGTERM/Ctrl-C); those two have no record.
+    """
 
     path: Path
-    record: EpochRecord
+    record: EpochRecord | None
+    kind: str = "epoch"
+    step: int = 0
+    epoch: int = 0
+
+    def state_dict(self) -> dict:
+        return {
+            "path": str(self.path),
+            "record": asdict(self.record) if self.record else None,
+            "kind": self.kind,
+            "step": self.step,
+            "epoch": self.epoch,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict) -> SavedCheckpoint:
+        record = EpochRecord(**state["record"]) if state.get("record") else None
+        return cls(Path(state["path"]), record, state["kind"], int(state["step"]), int(state["epoch"]))
 
 
 class TrainHistory(Callback):
@@ -80,13 +102,35 @@ class TrainHistory(Callback):
         scored = [e for e in self.epochs if metric in e.val]
         return max(scored, key=lambda e: e.val[metric]) if scored else None
 
+    def state_dict(self) -> dict:
+        """What a resumed run needs to continue this history exactly (epoch means, best epoch)."""
+        return {
+            "global_step": self.global_step,
+            "epochs": [asdict(e) for e in self.epochs],
+            "epoch_losses": list(self._epoch_losses),
+            "epoch_step_seconds": self._epoch_step_seconds,
+            "epoch_seconds": time.perf_counter() - self._epoch_start if self._epoch_losses else 0.0,
+            "train_seconds": self._seconds_before + time.perf_counter() - self._train_start,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.global_step = int(state["global_step"])
+        self.epochs = [EpochRecord(**e) for e in state["epochs"]]
+        self._epoch_losses = [float(x) for x in state["epoch_losses"]]
+        self._epoch_step_seconds = float(state["epoch_step_seconds"])
+        self._resumed_epoch_seconds = float(state["epoch_seconds"])
+        self._seconds_before = float(state["train_seconds"])
+
+    _resumed_epoch_seconds = 0.0  # time the resumed epoch took before the interruption
+    _seconds_before = 0.0  # training time of earlier attempts
+
     def on_train_begin(self, run_context) -> None:
         self._train_start = time.perf_counter()
 
     def on_train_epoch_begin(self, run_context) -> None:
-        self._epoch_start = time.perf_counter()
-        self._epoch_losses = []
-        self._epoch_step_seconds = 0.0
+        # A resumed epoch keeps the losses and time of the steps done before the interruption.
+        self._epoch_start = time.perf_counter() - self._resumed_epoch_seconds
+        self._resumed_epoch_seconds = 0.0
 
     def on_train_step_begin(self, run_context) -> None:
         self._step_start = time.perf_counter()
@@ -119,9 +163,10 @@ class TrainHistory(Callback):
                 val=val,
             )
         )
+        self._epoch_losses, self._epoch_step_seconds = [], 0.0
 
     def on_train_end(self, run_context) -> None:
-        self.train_seconds = time.perf_counter() - self._train_start
+        self.train_seconds = self._seconds_before + time.perf_counter() - self._train_start
 
 
 class ConsoleProgress(Callback):
@@ -142,6 +187,9 @@ class ConsoleProgress(Callback):
             self.history.batch_size,
             plan.total_steps,
         )
+        done = int(run_context.original_args().cur_step_num)
+        if done:
+            log.info("continuing after step %d (%d step(s) to go)", done, plan.total_steps - done)
 
     def on_train_step_end(self, run_context) -> None:
         h, steps = self.history, self.plan.steps_per_epoch
@@ -173,41 +221,100 @@ class ConsoleProgress(Callback):
 
 
 class CheckpointSaver(Callback):
-    """Saves the network's parameters every ``every_n_epochs`` epochs and after the last, keeping ``keep``.
+    """Saves full-state checkpoints (``train.state``): after every ``every_n_epochs`` epochs and the
+    last, every ``every_n_steps`` steps (None: never) and on ``save_now``.
 
-    Files are ``<directory>/<prefix>-e<epoch>-s<step>.ckpt``. ``written`` lists every checkpoint in
-    order; ``on_disk`` those not yet pruned.
+    Files are ``<directory>/<prefix>-e<epoch>-s<step>.ckpt`` (``.preempt.ckpt`` on a signal). The
+    newest ``keep`` epoch checkpoints and ``keep_steps`` step/preempt checkpoints are kept.
+    ``written`` lists every checkpoint in order, ``on_disk`` those not pruned. ``extra_state()``
+    adds the tracking layer's part of the state; ``before_save()`` runs before each write (the
+    tracking layer hands over its metrics).
     """
 
-    def __init__(self, net, directory: str | Path, prefix: str, every_n_epochs: int, keep: int, history):
+    def __init__(
+        self,
+        directory: str | Path,
+        prefix: str,
+        history: TrainHistory,
+        every_n_epochs: int,
+        keep: int,
+        every_n_steps: int | None = None,
+        keep_steps: int = 2,
+        seed: int = 0,
+        extra_state: Callable[[], dict] = dict,
+        before_save: Callable[[], None] = lambda: None,
+    ):
         super().__init__()
-        self.net = net
         self.directory = Path(directory)
         self.prefix = prefix
+        self.history = history
         self.every = every_n_epochs
         self.keep = keep
-        self.history = history
+        self.every_n_steps = every_n_steps
+        self.keep_steps = keep_steps
+        self.seed = seed
+        self.extra_state = extra_state
+        self.before_save = before_save
         self.written: list[SavedCheckpoint] = []
         self.on_disk: list[SavedCheckpoint] = []
+        self.steps_per_epoch = 0
 
-    def _save(self, record: EpochRecord) -> None:
-        import mindspore as ms
+    def _state(self, cb, epoch_done: bool) -> dict:
+        from vit_exp.train.state import LoopPosition, position_state
 
-        self.directory.mkdir(parents=True, exist_ok=True)
-        path = self.directory / f"{self.prefix}-e{record.epoch:03d}-s{record.step:06d}.ckpt"
-        ms.save_checkpoint(self.net, str(path))
-        saved = SavedCheckpoint(path, record)
+        step = int(cb.cur_step_num)
+        in_epoch = step - (int(cb.cur_epoch_num) - 1) * int(cb.batch_num)
+        position = LoopPosition(int(cb.cur_epoch_num), in_epoch, step, epoch_done)
+        return {
+            "position": position_state(position),
+            "seed": self.seed,
+            "history": self.history.state_dict(),
+            **self.extra_state(),
+        }
+
+    def save_now(self, run_context, kind: str, epoch_done: bool = False) -> SavedCheckpoint:
+        """Write a checkpoint of the training network as it is now."""
+        from vit_exp.train.state import save_training_checkpoint
+
+        cb = run_context.original_args()
+        step, epoch = int(cb.cur_step_num), int(cb.cur_epoch_num)
+        self.before_save()
+        suffix = ".preempt" if kind == "preempt" else ""  # a resume may write this step again, validated
+        path = self.directory / f"{self.prefix}-e{epoch:03d}-s{step:06d}{suffix}.ckpt"
+        save_training_checkpoint(cb.train_network, path, self._state(cb, epoch_done))
+        record = self.history.last_epoch if kind == "epoch" else None
+        saved = SavedCheckpoint(path, record, kind, step, epoch)
         self.written.append(saved)
         self.on_disk.append(saved)
-        while len(self.on_disk) > self.keep:
-            self.on_disk.pop(0).path.unlink(missing_ok=True)
+        self._prune()
+        return saved
+
+    def _prune(self) -> None:
+        for kinds, keep in ((("epoch",), self.keep), (("step", "preempt"), self.keep_steps)):
+            mine = [c for c in self.on_disk if c.kind in kinds]
+            for old in mine[: max(0, len(mine) - keep)]:
+                self.on_disk.remove(old)
+                old.path.unlink(missing_ok=True)
+
+    def latest_step(self) -> int:
+        return self.written[-1].step if self.written else -1
+
+    def on_train_step_end(self, run_context) -> None:
+        cb = run_context.original_args()
+        step = int(cb.cur_step_num)
+        if not self.every_n_steps or step % self.every_n_steps:
+            return
+        epoch_end = step % int(cb.batch_num) == 0 and int(cb.cur_epoch_num) % self.every == 0
+        if not epoch_end:  # the epoch checkpoint follows, after validation
+            self.save_now(run_context, "step")
 
     def on_train_epoch_end(self, run_context) -> None:
         record = self.history.last_epoch
         if record.epoch % self.every == 0:
-            self._save(record)
+            self.save_now(run_context, "epoch", epoch_done=True)
 
     def on_train_end(self, run_context) -> None:
         record = self.history.last_epoch
-        if record is not None and not (self.written and self.written[-1].record is record):
-            self._save(record)
+        last = self.written[-1] if self.written else None
+        if record is not None and not (last and last.kind == "epoch" and last.step == record.step):
+            self.save_now(run_context, "epoch", epoch_done=True)

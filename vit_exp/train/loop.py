@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 from mindspore import nn
 from mindspore.train import RunContext
 
+from vit_exp.train.state import LoopPosition
+
 if TYPE_CHECKING:
     from vit_exp.train.trainer import TrainPlan
 
@@ -71,52 +73,67 @@ def validation_metrics(eval_network: nn.Cell, dataset, metrics: dict) -> dict[st
 
 def run_training(
     train_step: nn.Cell,
-    train_ds,
+    epoch_batches: Callable[[int, int], Iterator],
     *,
     plan: TrainPlan,
     callbacks: Sequence,
     validate: Callable[[], dict] | None = None,
+    start: LoopPosition | None = None,
+    stop_signal: Callable[[], bool] = lambda: False,
+    on_stop_signal: Callable[[RunContext, bool], None] | None = None,
 ) -> None:
-    """Run ``train_step(images, labels)`` over ``train_ds`` for ``plan.total_steps`` steps.
+    """Run ``train_step(images, labels)`` over ``epoch_batches(epoch, skip)`` up to ``plan.total_steps``.
 
+    ``start`` continues a resumed run (its epoch's first ``step_in_epoch`` batches are skipped).
     ``validate()`` fills ``cb_params.eval_results`` after each epoch in ``plan.validation_epochs``
     (before the callbacks' ``on_train_epoch_end``, as in Model.fit). A callback's
     ``run_context.request_stop()`` ends training after the current step; that epoch still validates.
+    ``stop_signal()`` true (a preemption) after a step or an epoch calls
+    ``on_stop_signal(run_context, epoch_done)``, which ends training by raising.
     """
+    start = start or LoopPosition.start()
     cb_params = CallbackParams(
         train_network=train_step,
         epoch_num=plan.epochs,
         batch_num=plan.steps_per_epoch,
-        cur_epoch_num=0,
-        cur_step_num=0,
+        cur_epoch_num=start.epoch,
+        cur_step_num=start.global_step,
         dataset_sink_mode=False,
         mode="train",
     )
     run_context = RunContext(cb_params)
 
+    def check_signal(epoch_done: bool) -> None:
+        if on_stop_signal is not None and stop_signal():
+            on_stop_signal(run_context, epoch_done)
+
     for callback in callbacks:
         callback.on_train_begin(run_context)
-    batches = train_ds.create_tuple_iterator(num_epochs=plan.epochs)
-    for epoch in range(1, plan.epochs + 1):
+    first = start.epoch + 1 if start.epoch_done else start.epoch
+    for epoch in range(first, plan.epochs + 1):
         cb_params.cur_epoch_num = epoch
         cb_params.pop("eval_results", None)
         train_step.set_train(True)
         for callback in callbacks:
             callback.on_train_epoch_begin(run_context)
-        for images, labels in batches:
-            for callback in callbacks:
-                callback.on_train_step_begin(run_context)
-            cb_params.net_outputs = train_step(images, labels)
-            cb_params.cur_step_num += 1
-            for callback in callbacks:
-                callback.on_train_step_end(run_context)
-            if cb_params.cur_step_num >= plan.total_steps or run_context.get_stop_requested():
-                break
+        skip = start.step_in_epoch if epoch == start.epoch else 0
+        if skip < plan.steps_per_epoch and cb_params.cur_step_num < plan.total_steps:
+            for images, labels in epoch_batches(epoch, skip):
+                for callback in callbacks:
+                    callback.on_train_step_begin(run_context)
+                cb_params.net_outputs = train_step(images, labels)
+                cb_params.cur_step_num += 1
+                for callback in callbacks:
+                    callback.on_train_step_end(run_context)
+                if cb_params.cur_step_num >= plan.total_steps or run_context.get_stop_requested():
+                    break
+                check_signal(epoch_done=False)
         if validate is not None and (epoch in plan.validation_epochs or run_context.get_stop_requested()):
             cb_params.eval_results = validate()
         for callback in callbacks:
             callback.on_train_epoch_end(run_context)
-        if run_context.get_stop_requested():
+        if run_context.get_stop_requested() or cb_params.cur_step_num >= plan.total_steps:
             break
+        check_signal(epoch_done=True)
     for callback in callbacks:
         callback.on_train_end(run_context)

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from vit_exp.errors import ConfigError, check_field_types, positive_int
+
+if TYPE_CHECKING:
+    from vit_exp.train.preemption import Preemption
+    from vit_exp.train.state import ResumePoint
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,11 @@ class TrainSettings:
     print_every_n_steps: int = 10
     checkpoint_every_n_epochs: int = 1
     keep_checkpoints: int = 100
+    checkpoint_every_n_steps: int | None = None
+    keep_step_checkpoints: int = 2
+    deterministic: bool = False
+    resume_fast_skip: bool = False
+    preempt_grace_s: float = 30.0
 
     def __post_init__(self) -> None:
         check_field_types(self, "trainer")
@@ -47,10 +58,19 @@ class TrainSettings:
             "print_every_n_steps",
             "checkpoint_every_n_epochs",
             "keep_checkpoints",
+            "keep_step_checkpoints",
         ):
             positive_int(f"trainer.{key}", getattr(self, key))
-        if self.max_steps is not None:
-            positive_int("trainer.max_steps", self.max_steps)
+        for key in ("max_steps", "checkpoint_every_n_steps"):
+            if getattr(self, key) is not None:
+                positive_int(f"trainer.{key}", getattr(self, key))
+        if self.deterministic and self.resume_fast_skip:
+            raise ConfigError(
+                "trainer.resume_fast_skip=true makes a resumed epoch's random crops differ; "
+                "with trainer.deterministic=true leave it false"
+            )
+        if not self.preempt_grace_s > 0:
+            raise ConfigError(f"trainer.preempt_grace_s must be seconds > 0, got {self.preempt_grace_s}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"trainer.label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
@@ -68,7 +88,7 @@ class TrainSettings:
 
 def fit(
     net,
-    train_ds,
+    epoch_batches,
     val_ds,
     *,
     optimizer,
@@ -77,14 +97,21 @@ def fit(
     plan: TrainPlan,
     callbacks: Sequence,
     amp_level: str = "O0",
+    resume: ResumePoint | None = None,
+    preemption: Preemption | None = None,
 ) -> None:
-    """Train ``net`` by ``plan`` with our loop (``loop.py``), validating on ``val_ds`` after each of
-    ``plan.validation_epochs`` with ``metrics`` and the mean ``loss_fn``; ``callbacks`` (MindSpore
-    ``Callback``s) see every step and epoch, in their order."""
+    """Train ``net`` by ``plan`` with our loop (``loop.py``) over ``epoch_batches(epoch, skip)``,
+    validating on ``val_ds`` after each of ``plan.validation_epochs`` with ``metrics`` and the mean
+    ``loss_fn``; ``callbacks`` (MindSpore ``Callback``s) see every step and epoch, in their order.
+
+    ``resume`` loads a full-state checkpoint (network and optimizer) and starts at its position;
+    ``preemption`` turns SIGTERM/Ctrl-C into a checkpoint and a ``Preempted`` exit.
+    """
     from mindspore import amp, nn
 
     from vit_exp.data.unreadable import unreadable_image_error
     from vit_exp.train.loop import gc_frozen, run_training, validation_metrics
+    from vit_exp.train.state import load_training_network
 
     validate = None
     if val_ds is not None:
@@ -94,8 +121,20 @@ def fit(
             return validation_metrics(eval_network, val_ds, metrics)
 
     train_step = amp.build_train_network(net, optimizer, loss_fn, level=amp_level)
-    with gc_frozen():
+    if resume is not None:
+        load_training_network(train_step, resume.entries, resume.path)
+    signals = preemption or contextlib.nullcontext()
+    with gc_frozen(), signals:
         try:
-            run_training(train_step, train_ds, plan=plan, callbacks=callbacks, validate=validate)
+            run_training(
+                train_step,
+                epoch_batches,
+                plan=plan,
+                callbacks=callbacks,
+                validate=validate,
+                start=resume.position if resume else None,
+                stop_signal=lambda: preemption is not None and preemption.requested,
+                on_stop_signal=preemption.stop if preemption else None,
+            )
         except RuntimeError as exc:  # MindSpore's pipeline names a file it cannot decode deep in its message
             raise (unreadable_image_error(exc) or exc) from exc

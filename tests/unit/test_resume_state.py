@@ -1,0 +1,226 @@
+"""Full-state checkpoints, the loop's start position, seeded epochs and the resume helpers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.helpers.data import write_image_folder
+from tests.helpers.models import tiny_vit
+from tests.unit.test_loop import Recorder, _setup, epochs_of
+from vit_exp.train.trainer import TrainPlan
+
+
+def _train_network(num_classes: int = 3):
+    import mindspore as ms
+    from mindspore import nn
+
+    from vit_exp.train.optim import OptimizerSettings
+
+    net = tiny_vit(num_classes=num_classes)
+    rates = np.full(8, 1e-2, np.float32)
+    optimizer = OptimizerSettings(name="adam", lr=1e-2).build(net.trainable_params(), rates)
+    loss = nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
+    return ms, net, ms.amp.build_train_network(net, optimizer, loss, level="O0")
+
+
+def test_a_full_state_checkpoint_restores_network_and_optimizer_and_loads_as_pretrained(tmp_path):
+    from vit_exp.models.checkpoint import is_network_entry, load_pretrained, write_network_checkpoint
+    from vit_exp.train.state import load_training_network, read_checkpoint, read_training_state
+    from vit_exp.train.state import save_training_checkpoint as save
+
+    ms, net, step = _train_network()
+    images = ms.Tensor(np.random.default_rng(0).normal(size=(4, 3, 32, 32)).astype(np.float32))
+    labels = ms.Tensor(np.array([0, 1, 2, 0], np.int32))
+    for _ in range(3):
+        step(images, labels)
+    path = save(step, tmp_path / "full.ckpt", {"position": {"epoch": 1}, "seed": 7})
+    saved = {p.name: p.asnumpy().copy() for p in step.get_parameters()}
+    assert int(saved["global_step"]) == 3 and np.abs(saved["moment2.dense.weight"]).sum() > 0
+    assert not list(tmp_path.glob(".*"))  # the temporary file was renamed
+
+    _, _, fresh = _train_network()
+    load_training_network(fresh, read_checkpoint(path), path)
+    restored = {p.name: p.asnumpy() for p in fresh.get_parameters()}
+    assert all(np.array_equal(saved[name], restored[name]) for name in saved)  # moments, step, weights
+    assert read_training_state(path)["seed"] == 7
+
+    report = load_pretrained(tiny_vit(num_classes=3), str(path), tmp_path)  # model.pretrained= use
+    assert "moment1.dense.weight" in report.ignored and "vit_exp.training_state" in report.ignored
+    network = write_network_checkpoint(path, tmp_path / "network.ckpt")
+    entries = ms.load_checkpoint(str(network))
+    assert set(entries) == {p.name for p in net.get_parameters()}
+    assert all(is_network_entry(p.name) for p in net.get_parameters())
+    assert network.stat().st_size < 0.4 * path.stat().st_size  # a version ships the network only
+
+
+def test_a_truncated_checkpoint_is_refused_and_a_parameters_only_one_has_no_state(tmp_path):
+    from vit_exp.errors import CheckpointError
+    from vit_exp.models.checkpoint import save_checkpoint
+    from vit_exp.train.state import read_training_state, save_training_checkpoint
+
+    _, net, step = _train_network()
+    path = save_training_checkpoint(step, tmp_path / "full.ckpt", {"position": {}})
+    data = path.read_bytes()
+    cut = tmp_path / "cut.ckpt"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        read_training_state(cut)
+    assert read_training_state(save_checkpoint(net, tmp_path / "weights.ckpt")) is None
+
+
+def test_the_loop_continues_from_a_position_and_stops_on_a_signal():
+    from vit_exp.train.loop import run_training
+    from vit_exp.train.state import LoopPosition
+
+    _, _, _, step, dataset, _, _ = _setup()
+    plan = TrainPlan(epochs=3, steps_per_epoch=3, total_steps=9, validation_epochs=(1, 2, 3))
+    recorder = Recorder()
+    run_training(
+        step,
+        epochs_of(dataset),
+        plan=plan,
+        callbacks=[recorder],
+        validate=lambda: {"top1": 1.0, "eval_loss": 0.0},
+        start=LoopPosition(epoch=2, step_in_epoch=1, global_step=4),
+    )
+    assert recorder.steps == [5, 6, 7, 8, 9]
+    assert recorder.events[:2] == ["begin", "epoch_begin 2"] and set(recorder.eval_seen) == {2, 3}
+
+    pending = Recorder()  # the epoch's steps done, its validation not: validate first
+    run_training(
+        step,
+        epochs_of(dataset),
+        plan=plan,
+        callbacks=[pending],
+        validate=lambda: {"top1": 1.0, "eval_loss": 0.0},
+        start=LoopPosition(epoch=1, step_in_epoch=3, global_step=3),
+    )
+    assert pending.steps == [4, 5, 6, 7, 8, 9] and set(pending.eval_seen) == {1, 2, 3}
+
+    stops = []
+
+    def stop(run_context, epoch_done):
+        stops.append((run_context.original_args().cur_step_num, epoch_done))
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_training(
+            step,
+            epochs_of(dataset),
+            plan=plan,
+            callbacks=[Recorder()],
+            stop_signal=lambda: True,
+            on_stop_signal=stop,
+        )
+    assert stops == [(1, False)]
+
+
+def test_each_epoch_has_its_own_seeded_batches_and_a_skip_replays_them_exactly(tmp_path):
+    from vit_exp.data.folder import ImageFolderData
+    from vit_exp.data.pipeline import TrainBatches
+    from vit_exp.device import set_seed
+
+    set_seed(0)
+    root = write_image_folder(tmp_path / "ds", ["a", "b", "c"], per_class=8, size=16)
+    data = ImageFolderData(root=root, train_crop_scale=(0.3, 1.0), hflip_prob=0.5, val_resize_margin=0)
+
+    def arrays(batches):
+        return [(x.asnumpy(), y.asnumpy()) for x, y in batches]
+
+    exact = TrainBatches(data, 32, 4, seed=3, exact_skip=True)
+    epoch2 = arrays(exact.epoch(2))
+    assert len(epoch2) == exact.steps_per_epoch == 6
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(epoch2, arrays(exact.epoch(2)), strict=True))
+    epoch1 = arrays(exact.epoch(1))
+    assert not all(np.array_equal(a[1], b[1]) for a, b in zip(epoch1, epoch2, strict=True))  # reshuffled
+    skipped = arrays(exact.epoch(2, skip=4))
+    assert len(skipped) == 2
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(skipped, epoch2[4:], strict=True))
+
+    fast = arrays(TrainBatches(data, 32, 4, seed=3, exact_skip=False).epoch(2, skip=4))
+    assert [y.tolist() for _, y in fast] == [y.tolist() for _, y in epoch2[4:]]  # the same images
+
+
+def test_resume_compares_configs_without_the_keys_that_do_not_change_the_result():
+    from vit_exp.tracking.resume import IGNORED_KEYS, config_differences
+
+    then = {"optim.lr": "0.001", "trainer.epochs": "30", "paths.output_dir": "/a", "resume": "None"}
+    now = {"optim.lr": "0.002", "trainer.epochs": "30", "paths.output_dir": "/b", "resume": "auto"}
+    assert config_differences(then, now) == ["optim.lr: 0.001 -> 0.002"]
+    assert config_differences({}, {"trainer.seed": "1"}) == ["trainer.seed: (not set) -> 1"]
+    assert "trainer.print_every_n_steps" in IGNORED_KEYS and "trainer.seed" not in IGNORED_KEYS
+
+
+def test_step_checkpoints_are_kept_by_their_own_rule_and_resume_picks_the_newest_whole_one(tmp_path):
+    from mindspore import nn
+    from mindspore.train import RunContext
+
+    from vit_exp.tracking.resume import latest_checkpoint
+    from vit_exp.train.callbacks import CheckpointSaver, EpochRecord, TrainHistory
+    from vit_exp.train.loop import CallbackParams
+
+    history = TrainHistory(batch_size=8, lr_values=[])
+    saver = CheckpointSaver(tmp_path, "m", history, every_n_epochs=1, keep=5, every_n_steps=2, keep_steps=2)
+    cb = CallbackParams(train_network=nn.Dense(2, 2), batch_num=5, cur_epoch_num=1, cur_step_num=0)
+    context = RunContext(cb)
+    for step in range(1, 11):
+        cb.cur_step_num, cb.cur_epoch_num = step, (step - 1) // 5 + 1
+        saver.on_train_step_end(context)
+        if step % 5 == 0:
+            history.epochs.append(EpochRecord(cb.cur_epoch_num, step, 1.0, 1.0, 1.0, val={"top1": 0.5}))
+            saver.on_train_epoch_end(context)
+    kinds = [(c.kind, c.step) for c in saver.written]
+    assert kinds == [("step", 2), ("step", 4), ("epoch", 5), ("step", 6), ("step", 8), ("epoch", 10)]
+    kept = [(c.kind, c.step) for c in saver.on_disk]
+    assert kept == [("epoch", 5), ("step", 6), ("step", 8), ("epoch", 10)]
+    assert sorted(p.name for p in tmp_path.glob("*.ckpt")) == sorted(c.path.name for c in saver.on_disk)
+
+    newest = saver.on_disk[-1].path
+    newest.write_bytes(newest.read_bytes()[:100])  # cut short: the resume falls back to step 8
+    path, state = latest_checkpoint([tmp_path])
+    assert path == saver.on_disk[-2].path and state["position"]["global_step"] == 8
+    assert state["position"]["epoch_done"] is False and state["position"]["step_in_epoch"] == 3
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGUSR2"])
+def test_a_signal_saves_after_the_step_and_a_launchers_sigusr2_handler_runs_after_the_save(sig):
+    import os
+    import signal
+    from pathlib import Path
+
+    from mindspore.train import Callback
+
+    from vit_exp.train.loop import run_training
+    from vit_exp.train.preemption import Preempted, Preemption
+
+    events = []
+
+    class SignalAtStep2(Callback):
+        def on_train_step_end(self, run_context):
+            if run_context.original_args().cur_step_num == 2:
+                os.kill(os.getpid(), getattr(signal, sig))
+
+    def save(run_context, epoch_done):
+        events.append(("saved", run_context.original_args().cur_step_num, epoch_done))
+        return Path("checkpoint.ckpt")
+
+    previous = signal.signal(signal.SIGUSR2, lambda signum, frame: events.append(("launcher", signum)))
+    try:
+        _, _, _, step, dataset, _, _ = _setup()
+        plan = TrainPlan(epochs=3, steps_per_epoch=3, total_steps=9, validation_epochs=())
+        with pytest.raises(Preempted) as stopped, Preemption(30, save) as preemption:
+            run_training(
+                step,
+                epochs_of(dataset),
+                plan=plan,
+                callbacks=[SignalAtStep2()],
+                stop_signal=lambda: preemption.requested,
+                on_stop_signal=preemption.stop,
+            )
+        assert stopped.value.step == 2 and isinstance(stopped.value, KeyboardInterrupt)
+        launcher = [("launcher", signal.SIGUSR2)] if sig == "SIGUSR2" else []
+        assert events == [("saved", 2, False), *launcher]
+        assert signal.getsignal(signal.SIGTERM) is not preemption._on_signal  # handlers restored
+    finally:
+        signal.signal(signal.SIGUSR2, previous)

@@ -1,0 +1,103 @@
+"""Preemption: SIGTERM (a cluster taking the node back) or Ctrl-C during training ends it cleanly.
+
+The first signal lets the step in progress finish, saves a full-state checkpoint and ends training
+with ``Preempted`` (a KeyboardInterrupt: the run ends KILLED). A second signal stops at once. If
+no checkpoint is written within ``grace_s`` seconds (a step or a validation that does not end),
+``on_timeout()`` runs and the process exits 143, before the scheduler's SIGKILL.
+SIGUSR2 is handled too when a launcher listens for it (submitit requeues a SLURM job on it): the
+checkpoint is saved first, then the launcher's handler runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+log = logging.getLogger("vit_exp.train")
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class Preempted(KeyboardInterrupt):
+    """Training stopped on a signal after saving ``checkpoint`` at ``step``."""
+
+    def __init__(self, checkpoint: Path, step: int):
+        super().__init__(f"stopped at step {step}; checkpoint {checkpoint}")
+        self.checkpoint = checkpoint
+        self.step = step
+
+
+class Preemption:
+    """Signal handling around a training loop (``with preemption: ...``); see the module docstring.
+
+    ``save(run_context, epoch_done)`` writes the checkpoint and returns its path.
+    """
+
+    def __init__(
+        self,
+        grace_s: float,
+        save: Callable[[object, bool], Path],
+        on_timeout: Callable[[], None] = lambda: None,
+    ):
+        self.grace_s = grace_s
+        self.save = save
+        self.on_timeout = on_timeout
+        self.requested = False
+        self._signal: int | None = None
+        self._launcher_handler = None  # a launcher's SIGUSR2 handler (submitit's requeue)
+        self._previous: dict = {}
+        self._timer: threading.Timer | None = None
+
+    def __enter__(self) -> Preemption:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._on_signal) for sig in SIGNALS}
+            if callable(handler := signal.getsignal(signal.SIGUSR2)):
+                self._launcher_handler = handler
+                self._previous[signal.SIGUSR2] = signal.signal(signal.SIGUSR2, self._on_signal)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def _on_signal(self, signum, frame) -> None:
+        if self.requested:  # a second signal: stop now
+            raise KeyboardInterrupt(f"signal {signum}")
+        self.requested = True
+        self._signal = signum
+        name = signal.Signals(signum).name
+        log.warning("%s: saving a checkpoint after the current step (within %.0f s)", name, self.grace_s)
+        self._timer = threading.Timer(self.grace_s, self._give_up)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _give_up(self) -> None:
+        log.error(
+            "no checkpoint within trainer.preempt_grace_s=%.0f s (the step or validation in progress "
+            "did not end); exiting: a resume continues from the last checkpoint written",
+            self.grace_s,
+        )
+        try:
+            self.on_timeout()
+        finally:
+            logging.shutdown()
+            os._exit(143)
+
+    def stop(self, run_context, epoch_done: bool) -> None:
+        """Save the checkpoint and end training (the loop calls this once ``requested`` is set)."""
+        path = self.save(run_context, epoch_done)
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._signal == signal.SIGUSR2 and self._launcher_handler is not None:
+            try:  # the launcher requeues the job (and would exit): the run still ends KILLED
+                self._launcher_handler(signal.SIGUSR2, None)
+            except (SystemExit, Exception) as exc:
+                log.info("the launcher's SIGUSR2 handler ended with %r", exc)
+        raise Preempted(path, int(run_context.original_args().cur_step_num))
