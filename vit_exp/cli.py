@@ -141,8 +141,8 @@ def run_job(task: Callable[[Any], Any], cfg) -> Any:
     """
     try:
         return task(cfg)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr, flush=True)
+    except KeyboardInterrupt as exc:
+        print(f"interrupted{_resume_hint(exc)}", file=sys.stderr, flush=True)
         sys.exit(130)
     except Exception as exc:
         run_dir = hydra_run_dir()
@@ -152,6 +152,17 @@ def run_job(task: Callable[[Any], Any], cfg) -> Any:
             sys.exit(1)
         (run_dir / JOB_ERROR_FILE).write_text(message + "\n")
         return math.nan
+
+
+def _resume_hint(exc: KeyboardInterrupt) -> str:
+    """For a training stopped with a checkpoint: where it is, and the command that continues it."""
+    if not hasattr(exc, "checkpoint"):
+        return ""
+    # A resumed attempt gets a directory of its own (its run's earlier ones are found in MLflow).
+    args = [a for a in sys.argv[1:] if not a.startswith(("resume=", "hydra.run.dir="))]
+    module = Path(sys.argv[0]).stem if sys.argv and sys.argv[0].endswith(".py") else "run"
+    command = " ".join(["python -m vit_exp." + module, *args, "resume=auto"])
+    return f": {exc}; continue with: {mask(command)}"
 
 
 def make_main(config_name: str, task: Callable[[Any], Any]) -> Callable[[], None]:

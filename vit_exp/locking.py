@@ -19,3 +19,18 @@ def exclusive(lock_file: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def hold_if_free(lock_file: Path):
+    """Take an exclusive lock on ``lock_file`` without waiting; return its open handle (the lock
+    lasts until it is closed or the process ends, kill -9 included), or None when another holds it."""
+    import fcntl
+
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    handle = lock_file.open("a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle

@@ -34,20 +34,26 @@ def train(cfg: DictConfig) -> float | None:
     from hydra.utils import instantiate
 
     from vit_exp.tracking.job import HydraJob, TrainJob, assemble_callbacks, log_job_inputs, training_run
+    from vit_exp.tracking.resume import NothingToDo, resolve_resume
 
     job = TrainJob.from_config(cfg, HydraJob.current())  # every settings group checked first
     writable_directory("paths.checkpoint_dir", cfg.paths.checkpoint_dir)  # now, not after epoch 1
+    client = None
     if job.mlflow.enabled:
         from vit_exp.tracking.store import use_store
 
-        use_store(job.mlflow.tracking_uri)  # a store that does not answer fails now, before any work
-    from vit_exp.data.pipeline import train_dataset, val_dataset
+        client = use_store(job.mlflow.tracking_uri)  # a store that does not answer fails now
+    resume = resolve_resume(job, client)
+    if isinstance(resume, NothingToDo):
+        log.info(resume.message)
+        return resume.best_top1
+    from vit_exp.data.pipeline import TrainBatches, val_dataset
     from vit_exp.models.vit import count_parameters
     from vit_exp.train.losses import CrossEntropySmooth
     from vit_exp.train.metrics import classification_metrics
     from vit_exp.train.trainer import fit
 
-    job.device.apply(seed=job.trainer.seed)
+    job.device.apply(seed=job.trainer.seed, deterministic=job.trainer.deterministic)
     data = instantiate(cfg.data)
     num_classes = resolve_num_classes(cfg.model.num_classes, data)
     net = instantiate(cfg.model, num_classes=num_classes)
@@ -63,17 +69,23 @@ def train(cfg: DictConfig) -> float | None:
     )
     batch_size = job.trainer.batch_size
     val_ds = val_dataset(data, net.image_size, batch_size)  # checks the val split before training
-    train_ds = train_dataset(data, net.image_size, batch_size)
-    plan = job.trainer.plan(train_ds.get_dataset_size())
+    batches = TrainBatches(
+        data, net.image_size, batch_size, job.trainer.seed, exact_skip=not job.trainer.resume_fast_skip
+    )
+    plan = job.trainer.plan(batches.steps_per_epoch)
     schedule = instantiate(cfg.sched)(total_steps=plan.total_steps, steps_per_epoch=plan.steps_per_epoch)
     lr_values = job.optim.learning_rates(schedule)
-    with training_run(job) as run:
-        if run is not None:
+    point = resume_point(resume)
+    with training_run(job, resume) as run:
+        if run is not None and (resume is None or resume.run_id is None):
             log_job_inputs(job, run, data, net)
-        with assemble_callbacks(job, run, net, data, plan, lr_values) as callbacks:
+        logged = resume.logged_steps if resume is not None else None
+        with assemble_callbacks(job, run, net, data, plan, lr_values, logged) as callbacks:
+            if point is not None:
+                callbacks.load_state(resume.state, point.path)
             fit(
                 net,
-                train_ds,
+                batches.epoch,
                 val_ds,
                 optimizer=job.optim.build(net.trainable_params(), lr_values),
                 loss_fn=CrossEntropySmooth(num_classes, job.trainer.label_smoothing),
@@ -81,8 +93,40 @@ def train(cfg: DictConfig) -> float | None:
                 plan=plan,
                 callbacks=callbacks.ordered,
                 amp_level=job.device.amp_level,
+                resume=point,
+                preemption=preemption(job, callbacks, run),
             )
         return report(callbacks, plan, run)
+
+
+def resume_point(resume):
+    """The checkpoint a resumed job loads (None for a new run or a run that wrote none)."""
+    if resume is None or resume.checkpoint is None:
+        return None
+    from vit_exp.train.state import ResumePoint, position_of, read_checkpoint
+
+    entries = read_checkpoint(resume.checkpoint)
+    return ResumePoint(resume.checkpoint, entries, position_of(resume.state))
+
+
+def preemption(job, callbacks, run):
+    """SIGTERM/Ctrl-C handling for the training loop: a checkpoint, then the run ends KILLED."""
+    from vit_exp.train.preemption import Preemption
+
+    def save(run_context, epoch_done: bool):
+        last = callbacks.checkpoints.written[-1] if callbacks.checkpoints.written else None
+        step = int(run_context.original_args().cur_step_num)
+        if last is not None and last.step == step and (last.kind == "epoch") == epoch_done:
+            return last.path  # this very state is on disk already
+        return callbacks.checkpoints.save_now(run_context, "preempt", epoch_done).path
+
+    def on_timeout() -> None:
+        if callbacks.metric_logger is not None:
+            callbacks.metric_logger.flush()
+        if run is not None:
+            run.outbox.finish("KILLED", wait_s=min(5.0, job.mlflow.drain_timeout_s))
+
+    return Preemption(job.trainer.preempt_grace_s, save, on_timeout)
 
 
 def report(callbacks, plan, run) -> float | None:

@@ -23,11 +23,19 @@ REMOVED = {
     "optim._partial_",  # optim is a settings object now, not a partial optimizer factory
 }
 REPLACED = {"optim._target_": "vit_exp.train.optim.OptimizerSettings"}
-ADDED = {  # new keys (issue 12), in every config that has their group
+ADDED = {  # new keys (issues 12, 13), in every config that has their group
     "data.skip_unreadable": False,
     "data.check_cache_dir": "${paths.cache_dir}/image_checks",
     "mlflow.drain_timeout_s": 120,
+    "trainer.checkpoint_every_n_steps": None,
+    "trainer.keep_step_checkpoints": 2,
+    "trainer.deterministic": False,
+    "trainer.resume_fast_skip": False,
+    "trainer.preempt_grace_s": 30,
+    "registry.step_checkpoints": False,
+    "resume": None,  # top level of the training entry (the configs with a trainer group)
 }
+GROUP_OF_TOP_LEVEL = {"resume": "trainer"}
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
@@ -43,7 +51,9 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 def expected_after_changes(flat: dict) -> dict:
     renamed = {RENAMED.get(key, key): value for key, value in flat.items() if key not in REMOVED}
     groups = {key.split(".")[0] for key in flat}
-    added = {key: value for key, value in ADDED.items() if key.split(".")[0] in groups}
+    added = {
+        key: value for key, value in ADDED.items() if GROUP_OF_TOP_LEVEL.get(key, key.split(".")[0]) in groups
+    }
     return {key: REPLACED.get(key, value) for key, value in renamed.items()} | added
 
 

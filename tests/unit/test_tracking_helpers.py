@@ -56,13 +56,17 @@ def test_registration_policy(policy, expected, tmp_path):
     """Real checkpoints of a tiny network, every 2nd epoch of 5 and after the last (epoch 5); each
     version is queued right after the metrics logged before it."""
     from mindspore import nn
+    from mindspore.train import RunContext
 
     from vit_exp.tracking.registration import CheckpointRegistration
     from vit_exp.train.callbacks import CheckpointSaver, EpochRecord, TrainHistory
+    from vit_exp.train.loop import CallbackParams
 
     queue = []
     history = TrainHistory(batch_size=8, lr_values=[])
-    saver = CheckpointSaver(nn.Dense(2, 2), tmp_path, "m", every_n_epochs=2, keep=2, history=history)
+    saver = CheckpointSaver(tmp_path, "m", history, every_n_epochs=2, keep=2)
+    cb = CallbackParams(train_network=nn.Dense(2, 2), batch_num=10, cur_epoch_num=0, cur_step_num=0)
+    context = RunContext(cb)
     registration = CheckpointRegistration(
         RegistrySettings(register=policy, name="m"),
         "run",
@@ -72,11 +76,12 @@ def test_registration_policy(policy, expected, tmp_path):
         flush_metrics=lambda: queue.append("metrics flushed"),
     )
     for epoch, top1 in [(1, 0.5), (2, 0.7), (3, 0.9), (4, 0.6), (5, 0.8)]:
+        cb.cur_epoch_num, cb.cur_step_num = epoch, epoch * 10
         history.epochs.append(EpochRecord(epoch, epoch * 10, 1.0, 1.0, 1.0, val={"top1": top1}))
         for callback in (saver, registration):
-            callback.on_train_epoch_end(None)
+            callback.on_train_epoch_end(context)
     for callback in (saver, registration):
-        callback.on_train_end(None)
+        callback.on_train_end(context)
     assert [c.record.epoch for c in saver.written] == [2, 4, 5]
     versions = [item for item in queue if item != "metrics flushed"]
     assert [int(v["tags"]["epoch"]) for v in versions] == expected

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from vit_exp.tracking.outbox import Outbox
     from vit_exp.tracking.registration import CheckpointRegistration
     from vit_exp.tracking.registry import RegistrySettings
+    from vit_exp.tracking.resume import ResumeTarget
     from vit_exp.tracking.runs import MlflowSettings
     from vit_exp.train.callbacks import CheckpointSaver, ConsoleProgress, TrainHistory
     from vit_exp.train.optim import OptimizerSettings
@@ -81,33 +82,48 @@ class TrainJob:
         return cls(cfg, hydra, **{group: instantiate(cfg[group]) for group in groups})
 
 
-OUTBOX_DIR = "mlflow_outbox"
-
-
 @dataclass(frozen=True)
 class TrackedRun:
-    """The MLflow run a job records into, and its outbox (everything after the start goes through it)."""
+    """The MLflow run a job records into, and its outbox (everything after the start goes through it).
+
+    ``lock``: the run's lock, held while this process trains it (see ``tracking.resume``).
+    """
 
     run_id: str
     tracking_uri: str
     outbox: Outbox
+    lock: object | None = None
 
 
 @contextlib.contextmanager
-def training_run(job: TrainJob) -> Iterator[TrackedRun | None]:
+def training_run(job: TrainJob, resume: ResumeTarget | None = None) -> Iterator[TrackedRun | None]:
     """Open the job's MLflow run (None with ``mlflow.enabled=false``); it ends FINISHED, FAILED or KILLED.
 
-    The end goes through the outbox after everything else. When the store does not take it all
-    within ``mlflow.drain_timeout_s``, the journal is kept and the command says how to send it.
+    ``resume`` (with a run id) continues that run as its next attempt. The end goes through the
+    outbox after everything else. When the store does not take it all within
+    ``mlflow.drain_timeout_s``, the journal is kept and the command says how to send it.
     """
     if not job.mlflow.enabled:
         yield None
         return
+    from vit_exp.locking import hold_if_free
+    from vit_exp.tracking.resume import RUN_LOCK, TAG_DIGEST, attempt_tags, comparable_config, config_digest
     from vit_exp.tracking.runs import readable_run_name, run_tags, tracked_run
 
-    tags = run_tags(job.cfg, job.hydra.overrides)
-    if job.hydra.job_num is not None:
-        tags["hydra.job.num"] = str(job.hydra.job_num)
+    checkpoint_dir = Path(str(job.cfg.paths.checkpoint_dir)).resolve()
+    reopen = resume.run_id if resume is not None else None
+    if reopen:
+        tags = attempt_tags(resume.attempt, job.hydra.run_dir, checkpoint_dir, resume.from_step)
+        lock = resume.lock
+    else:
+        tags = run_tags(job.cfg, job.hydra.overrides)
+        tags[TAG_DIGEST] = config_digest(comparable_config(job.cfg))
+        tags |= attempt_tags(1, job.hydra.run_dir, checkpoint_dir, None)
+        if resume is not None and resume.checkpoint is not None:
+            tags["vit_exp.resumed_from_checkpoint"] = str(resume.checkpoint)
+        if job.hydra.job_num is not None:
+            tags["hydra.job.num"] = str(job.hydra.job_num)
+        lock = hold_if_free(job.hydra.run_dir / RUN_LOCK) if job.hydra.run_dir else None
     name = readable_run_name(job.cfg, job.hydra.overrides)
     opened: list[TrackedRun] = []
     with tracked_run(
@@ -117,15 +133,16 @@ def training_run(job: TrainJob) -> Iterator[TrackedRun | None]:
         job.hydra.sweep_dir,
         job.hydra.run_dir,
         finish=lambda run_id, status: _finish(job, opened, run_id, status),
+        reopen_run_id=reopen,
     ) as run:
-        opened.append(_with_outbox(job, run.info.run_id))
+        opened.append(_with_outbox(job, run.info.run_id, lock))
         yield opened[0]
 
 
-def _with_outbox(job: TrainJob, run_id: str) -> TrackedRun:
+def _with_outbox(job: TrainJob, run_id: str, lock) -> TrackedRun:
     from urllib.parse import urlparse
 
-    from vit_exp.tracking.outbox import Outbox, RunSender
+    from vit_exp.tracking.outbox import OUTBOX_DIR, Outbox, RunSender
     from vit_exp.tracking.store import use_store
 
     uri = job.mlflow.tracking_uri
@@ -136,7 +153,7 @@ def _with_outbox(job: TrainJob, run_id: str) -> TrackedRun:
     folder = (job.hydra.run_dir or Path(tempfile.mkdtemp(prefix="vit_exp_"))) / OUTBOX_DIR
     outbox = Outbox(folder, RunSender(use_store(uri), run_id), background)
     outbox.put({"kind": "run", "run_id": run_id, "tracking_uri": mask(uri)})
-    return TrackedRun(run_id, uri, outbox)
+    return TrackedRun(run_id, uri, outbox, lock)
 
 
 def _finish(job: TrainJob, opened: list[TrackedRun], run_id: str, status: str) -> None:
@@ -193,14 +210,27 @@ class TrainingCallbacks:
 
     history: TrainHistory  # runs first: the others read from it
     console: ConsoleProgress
-    checkpoints: CheckpointSaver  # before the registration, which reads what it saved
+    checkpoints: CheckpointSaver  # after the metrics (in the outbox up to its step), before registration
     metric_logger: MlflowMetricLogger | None = None
     registration: CheckpointRegistration | None = None
 
     @property
     def ordered(self) -> list:
-        callbacks = [self.history, self.console, self.checkpoints, self.metric_logger, self.registration]
+        callbacks = [self.history, self.console, self.metric_logger, self.checkpoints, self.registration]
         return [c for c in callbacks if c is not None]
+
+    def load_state(self, state: dict, checkpoint: Path) -> None:
+        """Continue from a full-state checkpoint's ``state`` (written at ``checkpoint``)."""
+        from vit_exp.train.callbacks import SavedCheckpoint
+
+        self.history.load_state_dict(state["history"])
+        if self.registration is not None:
+            self.registration.load_state_dict(state)
+            position = state["position"]
+            record = self.history.last_epoch if position["epoch_done"] else None
+            kind = "epoch" if position["epoch_done"] else "step"
+            resumed = SavedCheckpoint(checkpoint, record, kind, position["global_step"], position["epoch"])
+            self.registration.catch_up(resumed)
 
     def __enter__(self) -> TrainingCallbacks:
         return self
@@ -211,23 +241,41 @@ class TrainingCallbacks:
 
 
 def assemble_callbacks(
-    job: TrainJob, run: TrackedRun | None, net, data, plan: TrainPlan, lr_values
+    job: TrainJob,
+    run: TrackedRun | None,
+    net,
+    data,
+    plan: TrainPlan,
+    lr_values,
+    logged_steps: dict[str, int] | None = None,
 ) -> TrainingCallbacks:
-    """Every callback of a training job, built from its settings (the MLflow ones only with a run)."""
+    """Every callback of a training job, built from its settings (the MLflow ones only with a run).
+
+    ``logged_steps``: per metric, the last step a resumed run already holds (not logged again).
+    """
+    from vit_exp.tracking.resume import comparable_config
     from vit_exp.train.callbacks import CheckpointSaver, ConsoleProgress, TrainHistory
 
     trainer = job.trainer
     history = TrainHistory(trainer.batch_size, lr_values)
+    comparable = comparable_config(job.cfg)
     callbacks = TrainingCallbacks(
         history=history,
         console=ConsoleProgress(history, plan, trainer.print_every_n_steps),
         checkpoints=CheckpointSaver(
-            net,
             job.cfg.paths.checkpoint_dir,
             job.cfg.model.name,
-            trainer.checkpoint_every_n_epochs,
-            trainer.keep_checkpoints,
             history,
+            every_n_epochs=trainer.checkpoint_every_n_epochs,
+            keep=trainer.keep_checkpoints,
+            every_n_steps=trainer.checkpoint_every_n_steps,
+            keep_steps=trainer.keep_step_checkpoints,
+            seed=trainer.seed,
+            extra_state=lambda: {
+                "run_id": run.run_id if run else None,
+                "config": comparable,
+                **(callbacks.registration.state_dict() if callbacks.registration else {}),
+            },
         ),
     )
     if run is None:
@@ -240,7 +288,10 @@ def assemble_callbacks(
         every_n_steps=job.mlflow.log_every_n_steps,
         details_every_n_steps=job.mlflow.log_details_every_n_steps,
         flush_interval_s=float(job.mlflow.flush_interval_s),
+        logged_steps=logged_steps or {},
     )
+    # A checkpoint's metrics are in the outbox before it is written: a resume from it loses none.
+    callbacks.checkpoints.before_save = callbacks.metric_logger.flush
     if job.registry.register != "none":
         from vit_exp.tracking.registration import CheckpointRegistration
         from vit_exp.tracking.registry import version_config, write_model_inputs

@@ -31,6 +31,7 @@ class MlflowMetricLogger(Callback):
         details_every_n_steps: int = 10,
         flush_interval_s: float = 10.0,
         max_buffered: int = 1000,
+        logged_steps: dict[str, int] | None = None,
     ):
         super().__init__()
         self.put = put
@@ -43,8 +44,11 @@ class MlflowMetricLogger(Callback):
         self._window_steps = 0
         self._buffer: list[list] = []
         self._last_flush = time.monotonic()
+        self.logged_steps = logged_steps or {}  # a resumed run's: points up to these steps are in the run
 
     def _add(self, key: str, value: float, step: int) -> None:
+        if step <= self.logged_steps.get(key, -1):  # logged by the attempt before a resume: one point a step
+            return
         self._buffer.append([key, float(value), int(time.time() * 1000), int(step)])
 
     def flush(self) -> None:

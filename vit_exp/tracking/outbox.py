@@ -28,6 +28,7 @@ from vit_exp.errors import first_line
 log = logging.getLogger("vit_exp.tracking")
 
 HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+OUTBOX_DIR = "mlflow_outbox"  # in the run directory
 JOURNAL = "journal.jsonl"
 SENT = "sent"
 TRANSIENT = (
@@ -162,7 +163,8 @@ class Outbox:
 
 @contextlib.contextmanager
 def interrupts_deferred() -> Iterator[None]:
-    """Hold Ctrl-C and SIGTERM until the block ends, then raise KeyboardInterrupt (main thread only)."""
+    """Hold Ctrl-C and SIGTERM until the block ends, then hand the first to its handler (main thread
+    only; the CLI's raises KeyboardInterrupt, training's saves a checkpoint first)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -175,8 +177,11 @@ def interrupts_deferred() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        if received:
-            raise KeyboardInterrupt(f"signal {received[0]}")
+        if received:  # delivered now to the handler it was meant for (training saves a checkpoint)
+            handler = previous[received[0]]
+            if not callable(handler):
+                raise KeyboardInterrupt(f"signal {received[0]}")
+            handler(received[0], None)
 
 
 def load_records(folder: Path) -> list[dict]:

@@ -19,8 +19,10 @@ class CheckpointRegistration(Callback):
     """Queues the checkpoints ``checkpoints`` (a CheckpointSaver) writes as model versions.
 
     ``every``: each checkpoint; ``best``: each whose val/top1 beats every one queued so far;
-    ``last``: the last checkpoint, when training ends. Runs after the saver. ``queued`` lists the
-    checkpoints; ``put(record)`` is the outbox's, ``flush_metrics()`` the metrics logger's.
+    ``last``: the last checkpoint, when training ends. Epoch checkpoints only, unless
+    ``registry.step_checkpoints`` (step checkpoints have no val/top1: never "best"). Runs after the
+    saver. ``queued`` lists the checkpoints (a resumed run starts with its earlier attempts');
+    ``put(record)`` is the outbox's, ``flush_metrics()`` the metrics logger's.
     """
 
     def __init__(
@@ -44,15 +46,33 @@ class CheckpointRegistration(Callback):
 
     def improves(self, checkpoint: SavedCheckpoint) -> bool:
         """Whether ``checkpoint``'s val/top1 beats every checkpoint queued so far (or there is none)."""
-        score = checkpoint.record.val.get("top1", float("-inf"))
-        return all(score > c.record.val.get("top1", float("-inf")) for c in self.queued)
+        score = _top1(checkpoint)
+        return score > float("-inf") and all(score > _top1(c) for c in self.queued)
+
+    def wanted(self, checkpoint: SavedCheckpoint) -> bool:
+        """Whether the policy makes ``checkpoint`` a version when it is written."""
+        if checkpoint.kind != "epoch" and not self.settings.step_checkpoints:
+            return False
+        policy = self.settings.register
+        return policy == "every" or (policy == "best" and self.improves(checkpoint))
+
+    def state_dict(self) -> dict:
+        return {"registered": [c.state_dict() for c in self.queued]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.queued = [SavedCheckpoint.from_state(c) for c in state.get("registered", [])]
+
+    def catch_up(self, resumed_from: SavedCheckpoint) -> None:
+        """Register the checkpoint a resumed run starts from if the policy wanted it: the attempt
+        that wrote it may have been killed before queueing it (a version made already is found)."""
+        if self.wanted(resumed_from):
+            self.register(resumed_from)
 
     def _consider_new_checkpoints(self) -> None:
         new = self.checkpoints.written[self._seen :]
         self._seen += len(new)
         for checkpoint in new:
-            policy = self.settings.register
-            if policy == "every" or (policy == "best" and self.improves(checkpoint)):
+            if self.wanted(checkpoint):
                 self.register(checkpoint)
 
     def on_train_epoch_end(self, run_context) -> None:
@@ -60,18 +80,30 @@ class CheckpointRegistration(Callback):
 
     def on_train_end(self, run_context) -> None:
         self._consider_new_checkpoints()
-        if self.settings.register == "last" and self.checkpoints.written:
-            self.register(self.checkpoints.written[-1])
+        epochs = [c for c in self.checkpoints.written if c.kind == "epoch"]
+        if self.settings.register == "last" and epochs and epochs[-1] not in self.queued:
+            self.register(epochs[-1])
 
     def register(self, checkpoint: SavedCheckpoint) -> None:
         """Queue ``checkpoint`` as a version of ``settings.name``, after the metrics logged so far."""
-        record = checkpoint.record
-        tags = {"epoch": record.epoch, "global_step": record.step, "source_run_id": self.run_id}
-        tags |= {f"val/{k}": f"{v:.6g}" for k, v in record.val.items() if k in ("top1", "top5", "loss")}
+        tags = {"epoch": checkpoint.epoch, "global_step": checkpoint.step, "source_run_id": self.run_id}
+        tags["checkpoint_kind"] = checkpoint.kind
+        if checkpoint.record is not None:
+            val = checkpoint.record.val
+            tags |= {f"val/{k}": f"{v:.6g}" for k, v in val.items() if k in ("top1", "top5", "loss")}
         self.flush_metrics()
         self.queued.append(checkpoint)
         self.put(
             version_record(
-                checkpoint.path, record.step, self.settings.name, tags, self.model_inputs, self.settings.top_k
+                checkpoint.path,
+                checkpoint.step,
+                self.settings.name,
+                tags,
+                self.model_inputs,
+                self.settings.top_k,
             )
         )
+
+
+def _top1(checkpoint: SavedCheckpoint) -> float:
+    return checkpoint.record.val.get("top1", float("-inf")) if checkpoint.record else float("-inf")

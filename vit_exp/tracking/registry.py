@@ -25,6 +25,7 @@ class RegistrySettings:
     register: str = "every"
     name: str = "vit"
     top_k: int = 5
+    step_checkpoints: bool = False
 
     def __post_init__(self) -> None:
         check_field_types(self, "registry")
@@ -152,7 +153,17 @@ class PyfuncModelWriter:
         self._template_bytes = sum(f.stat().st_size for f in template.rglob("*") if f.is_file())
 
     def log(self, client, run_id: str, checkpoint: Path, step: int, artifact_path: str) -> None:
-        """Log the pyfunc model of ``checkpoint`` under ``artifact_path`` of the run ``run_id``."""
+        """Log the pyfunc model of ``checkpoint`` under ``artifact_path`` of the run ``run_id``.
+
+        A version ships the network only: the optimizer's and the loop's state stay with the run.
+        """
+        from vit_exp.models.checkpoint import write_network_checkpoint
+
+        with tempfile.TemporaryDirectory(prefix="vit_exp_network_") as folder:
+            network = write_network_checkpoint(checkpoint, Path(folder) / checkpoint.name)
+            self._log(client, run_id, network, step, artifact_path)
+
+    def _log(self, client, run_id: str, checkpoint: Path, step: int, artifact_path: str) -> None:
         import copy
         import datetime
         import uuid

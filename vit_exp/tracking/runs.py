@@ -128,7 +128,7 @@ def run_tags(cfg: DictConfig, overrides: list[str]) -> dict[str, str]:
     }
 
 
-def _parent_run_id(sweep_dir: Path | None, run_dir: Path | None) -> str | None:
+def sweep_parent_run_id(sweep_dir: Path | None, run_dir: Path | None) -> str | None:
     """The sweep's parent run id, written by the sweep callback into the sweep directory."""
     if sweep_dir is None:
         return None
@@ -149,26 +149,26 @@ def tracked_run(
     sweep_dir: Path | None = None,
     run_dir: Path | None = None,
     finish: Callable[[str, str], None] | None = None,
+    reopen_run_id: str | None = None,
 ) -> Iterator[object]:
     """Create an MLflow run (a child when a sweep parent exists) and always end it with a status.
 
+    ``reopen_run_id``: continue that run instead (status back to RUNNING, ``tags`` added).
     ``finish(run_id, status)`` ends it (default: at once; a training run sends it through its outbox).
     """
-    from mlflow.tracking.context.registry import resolve_tags
-    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
-
-    experiment = experiment_id(settings)
     client = use_store(settings.tracking_uri)
-    name = settings.run_name or run_name
-    all_tags = resolve_tags({**tags, MLFLOW_RUN_NAME: name})
-    if parent := _parent_run_id(sweep_dir, run_dir):
-        all_tags[MLFLOW_PARENT_RUN_ID] = parent
-    run = client.create_run(experiment, tags=all_tags, run_name=name)
+    if reopen_run_id is not None:
+        client.update_run(reopen_run_id, status="RUNNING")
+        for key, value in tags.items():
+            client.set_tag(reopen_run_id, key, value)
+        run = client.get_run(reopen_run_id)
+    else:
+        run = _create_run(client, settings, run_name, tags, sweep_dir, run_dir)
     run_id = run.info.run_id
     log.info(
         "mlflow: run %s (%s) in experiment '%s' at %s",
         run_id,
-        name,
+        run.info.run_name,
         settings.experiment,
         mask(settings.tracking_uri),
     )
@@ -188,6 +188,18 @@ def tracked_run(
             log.info("mlflow: run %s ended %s", run_id, status)
         else:
             finish(run_id, status)
+
+
+def _create_run(client, settings: MlflowSettings, run_name: str, tags, sweep_dir, run_dir):
+    from mlflow.tracking.context.registry import resolve_tags
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+    experiment = experiment_id(settings)
+    name = settings.run_name or run_name
+    all_tags = resolve_tags({**tags, MLFLOW_RUN_NAME: name})
+    if parent := sweep_parent_run_id(sweep_dir, run_dir):
+        all_tags[MLFLOW_PARENT_RUN_ID] = parent
+    return client.create_run(experiment, tags=all_tags, run_name=name)
 
 
 def _log_traceback(client, run_id: str, run_dir: Path | None) -> None:

@@ -89,32 +89,21 @@ class MlflowSweepCallback(Callback):
         settings = _settings(config)
         if settings is None:
             return
-        from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
-
         from vit_exp.cli import call_on_abort
         from vit_exp.tracking.store import experiment_id, use_store
 
         sweep_dir = Path(str(config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
+        client = use_store(settings.tracking_uri)
         experiment = experiment_id(settings)
-        overrides = " ".join(config.hydra.overrides.task) or "(none)"
-        sweeper = str(config.hydra.sweeper.get("_target_", "")).rsplit(".", 1)[-1]
-        what = "-".join(str(config[g].name) for g in ("model", "data") if g in config and "name" in config[g])
-        name = f"sweep {what or config.get('task_name', '')} {overrides}"[:250]
-        run = use_store(settings.tracking_uri).create_run(
-            experiment,
-            run_name=name,
-            tags={
-                MLFLOW_RUN_NAME: name,
-                "hydra.sweep.dir": str(sweep_dir),
-                "hydra.sweep.overrides": overrides,
-                "hydra.sweeper": sweeper,
-                "vit_exp.role": "sweep",
-            },
-        )
-        (sweep_dir / PARENT_RUN_FILE).write_text(run.info.run_id)
-        call_on_abort(lambda status: end_parent_if_running(settings, run.info.run_id, status))
-        log.info("mlflow: sweep parent run %s (%s)", run.info.run_id, name)
+        key = sweep_key(config)
+        run_id = None
+        if str(config.get("resume")) == "auto":
+            run_id = _earlier_sweep(client, experiment, key)
+        if run_id is None:
+            run_id = _new_parent(client, experiment, config, sweep_dir, key)
+        (sweep_dir / PARENT_RUN_FILE).write_text(run_id)
+        call_on_abort(lambda status: end_parent_if_running(settings, run_id, status))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         settings = _settings(config)
@@ -138,6 +127,64 @@ class MlflowSweepCallback(Callback):
                 f"{len(failed)} of {len(jobs)} sweep job(s) did not finish; job {first.num} "
                 f"({first.overrides}): {first.error or first.status}"
             )
+
+
+def sweep_key(config: DictConfig) -> str:
+    """What makes two sweep commands the same sweep: task, sweeper, overrides (``resume=`` aside)."""
+    import hashlib
+
+    overrides = [o for o in config.hydra.overrides.task if not o.startswith("resume=")]
+    sweeper = str(config.hydra.sweeper.get("_target_", ""))
+    params = {str(k): str(v) for k, v in (config.hydra.sweeper.get("params") or {}).items()}
+    text = repr((config.get("task_name"), sweeper, sorted(overrides), sorted(params.items())))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _earlier_sweep(client, experiment: str, key: str) -> str | None:
+    """The newest parent run of the same sweep, reopened (RUNNING) to continue; None when none."""
+    runs = client.search_runs(
+        [experiment],
+        f"tags.`vit_exp.sweep_key` = '{key}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if not runs:
+        log.info("resume=auto: no earlier run of this sweep; starting a new one")
+        return None
+    parent = runs[0]
+    count = int(parent.data.tags.get("vit_exp.resume.count", "0")) + 1
+    client.update_run(parent.info.run_id, status="RUNNING")
+    client.set_tag(parent.info.run_id, "vit_exp.resume.count", str(count))
+    log.info(
+        "resume=auto: continuing sweep parent run %s ('%s', was %s): finished jobs are skipped",
+        parent.info.run_id,
+        parent.info.run_name,
+        parent.info.status,
+    )
+    return parent.info.run_id
+
+
+def _new_parent(client, experiment: str, config: DictConfig, sweep_dir: Path, key: str) -> str:
+    from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
+
+    overrides = " ".join(config.hydra.overrides.task) or "(none)"
+    sweeper = str(config.hydra.sweeper.get("_target_", "")).rsplit(".", 1)[-1]
+    what = "-".join(str(config[g].name) for g in ("model", "data") if g in config and "name" in config[g])
+    name = f"sweep {what or config.get('task_name', '')} {overrides}"[:250]
+    run = client.create_run(
+        experiment,
+        run_name=name,
+        tags={
+            MLFLOW_RUN_NAME: name,
+            "hydra.sweep.dir": str(sweep_dir),
+            "hydra.sweep.overrides": overrides,
+            "hydra.sweeper": sweeper,
+            "vit_exp.role": "sweep",
+            "vit_exp.sweep_key": key,
+        },
+    )
+    log.info("mlflow: sweep parent run %s (%s)", run.info.run_id, name)
+    return run.info.run_id
 
 
 def sweep_table(client, jobs: list[SweepJob]) -> str:

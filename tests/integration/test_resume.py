@@ -1,0 +1,269 @@
+"""Resume (issue 13): kill -9 and SIGTERM mid-training, then ``resume=auto`` continues the same MLflow
+run from its last full-state checkpoint, exactly; sweeps resume; bad resume input gets one line.
+
+Real CLI processes, a real SQLite store, digits with a tiny ViT; an uninterrupted run of the same
+command (its own experiment) is the reference.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.models import TINY_MODEL
+from tests.helpers.processes import run_cli, start_cli
+
+EPOCHS, STEPS_PER_EPOCH = 4, 22  # digits: 1437 training images, batch 64
+TOTAL = EPOCHS * STEPS_PER_EPOCH
+
+
+def train_args(store: str, cache: Path, experiment: str, run_dir: Path, *extra: str) -> list[str]:
+    return [
+        *TINY_MODEL,
+        f"trainer.epochs={EPOCHS}",
+        "trainer.print_every_n_steps=1",
+        "trainer.checkpoint_every_n_steps=3",
+        "trainer.deterministic=true",
+        "registry.name=resumed-vit",
+        f"mlflow.tracking_uri={store}",
+        f"mlflow.experiment={experiment}",
+        f"paths.cache_dir={cache}",
+        f"hydra.run.dir={run_dir}",
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> dict:
+    """A store holding one uninterrupted reference run (experiment ``reference``)."""
+    folder = tmp_path_factory.mktemp("resume")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    cache = folder / "cache"
+    proc = run_cli("vit_exp.run", *train_args(uri, cache, "reference", folder / "reference"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {"uri": uri, "cache": cache, "folder": folder, "reference": only_run(uri, "reference")}
+
+
+def client_of(uri: str):
+    import mlflow
+
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def only_run(uri: str, experiment: str):
+    client = client_of(uri)
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    assert len(runs) == 1, [r.info.run_id for r in runs]
+    return runs[0]
+
+
+def history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client_of(uri).get_metric_history(run_id, key))
+
+
+def train_until(args: list[str], log: Path, line: str, sig: int):
+    """Start training; send ``sig`` once the console shows ``line``; return the process's exit code."""
+    process = start_cli("vit_exp.run", *args, log=log)
+    deadline = time.time() + 240
+    while line not in log.read_text():
+        assert process.poll() is None, f"training ended before '{line}':\n{log.read_text()[-3000:]}"
+        assert time.time() < deadline, f"no '{line}' in time:\n{log.read_text()[-3000:]}"
+        time.sleep(0.02)
+    process.send_signal(sig)
+    return process.wait(timeout=120)
+
+
+def assert_same_record(uri: str, resumed, reference) -> None:
+    """One point per step for every metric, equal to the uninterrupted run's (deterministic mode)."""
+    for key in ("train/loss", "train/lr", "train/epoch_loss", "val/top1", "val/loss", "epoch"):
+        got, want = history(uri, resumed.info.run_id, key), history(uri, reference.info.run_id, key)
+        steps = [s for s, _ in got]
+        assert len(steps) == len(set(steps)), f"{key}: a step logged twice"
+        assert steps == [s for s, _ in want], f"{key}: steps differ"
+        worst = max(abs(a - b) for (_, a), (_, b) in zip(got, want, strict=True))
+        assert worst <= 1e-6, f"{key}: differs from the uninterrupted run by {worst}"
+    versions = client_of(uri).search_model_versions(f"run_id='{resumed.info.run_id}'")
+    steps = sorted(int(v.tags["global_step"]) for v in versions)
+    assert steps == [STEPS_PER_EPOCH * e for e in range(1, EPOCHS + 1)], "one version per epoch checkpoint"
+
+
+def test_kill_9_mid_epoch_then_resume_auto_is_exact_and_lands_in_the_same_run(store, tmp_path):
+    uri, cache = store["uri"], store["cache"]
+    step = random.Random().randint(1, STEPS_PER_EPOCH - 1)
+    first = train_args(uri, cache, "killed", tmp_path / "first")
+    code = train_until(first, tmp_path / "first.out", f"epoch 3/{EPOCHS} step {step}/", signal.SIGKILL)
+    assert code == -signal.SIGKILL
+    killed = only_run(uri, "killed")
+    assert killed.info.status == "RUNNING"  # kill -9: nothing could end it
+
+    again = run_cli("vit_exp.run", *train_args(uri, cache, "killed", tmp_path / "again", "resume=auto"))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"continuing run {killed.info.run_id}" in again.stdout, again.stdout[-2000:]
+    resumed = only_run(uri, "killed")  # the same run, not a second one
+    assert resumed.info.status == "FINISHED"
+    tags = resumed.data.tags
+    assert tags["vit_exp.resume.count"] == "1" and tags["vit_exp.attempts"] == "2"
+    from_step = int(tags["vit_exp.attempt.2.from_step"])
+    assert 2 * STEPS_PER_EPOCH <= from_step <= 2 * STEPS_PER_EPOCH + step + 3, (from_step, step)
+    assert_same_record(uri, resumed, store["reference"])
+    kept = list((tmp_path / "first" / "checkpoints").glob("*.ckpt"))
+    assert kept, "the first attempt's checkpoints are kept"
+    assert (tmp_path / "again" / "checkpoints" / f"vit_tiny-e004-s{TOTAL:06d}.ckpt").is_file()
+
+
+def test_sigterm_saves_a_checkpoint_ends_killed_and_resume_loses_no_step(store, tmp_path):
+    uri, cache = store["uri"], store["cache"]
+    step = random.Random().randint(1, STEPS_PER_EPOCH - 1)
+    first = train_args(uri, cache, "preempted", tmp_path / "first")
+    code = train_until(first, tmp_path / "first.out", f"epoch 2/{EPOCHS} step {step}/", signal.SIGTERM)
+    output = (tmp_path / "first.out").read_text()
+    assert code == 130, output[-3000:]
+    last_line = output.strip().splitlines()[-1]
+    assert "continue with: python -m vit_exp.run" in last_line and last_line.endswith("resume=auto")
+    assert "hydra.run.dir" not in last_line  # the next attempt gets a directory of its own
+    preempted = only_run(uri, "preempted")
+    assert preempted.info.status == "KILLED"
+    (saved,) = (tmp_path / "first" / "checkpoints").glob("*.preempt.ckpt")
+    saved_step = int(saved.name.split("-s")[1].split(".")[0])
+    assert saved_step >= STEPS_PER_EPOCH + step
+    logged = history(uri, preempted.info.run_id, "train/loss")
+    assert [s for s, _ in logged] == list(range(1, saved_step + 1)), "every step up to the checkpoint"
+
+    again = run_cli("vit_exp.run", *train_args(uri, cache, "preempted", tmp_path / "again", "resume=auto"))
+    assert again.returncode == 0, again.stderr[-3000:]
+    resumed = only_run(uri, "preempted")
+    assert resumed.info.status == "FINISHED"
+    assert int(resumed.data.tags["vit_exp.attempt.2.from_step"]) == saved_step  # no step lost
+    assert_same_record(uri, resumed, store["reference"])
+
+
+def test_bad_resume_input_gets_one_line(store, tmp_path):
+    from tests.helpers.models import tiny_vit
+    from vit_exp.models.checkpoint import save_checkpoint
+
+    uri, cache, reference = store["uri"], store["cache"], store["reference"]
+
+    def resume(value: str, *extra: str):
+        args = train_args(uri, cache, "reference", tmp_path / value.replace("/", "_")[-20:], *extra)
+        return run_cli("vit_exp.run", *args, f"resume={value}")
+
+    finished = resume(reference.info.run_id)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert "already FINISHED; nothing to do" in finished.stdout
+
+    unknown = resume("0123456789abcdef0123456789abcdef")
+    assert unknown.returncode == 1
+    assert unknown.stderr.strip().splitlines() == [
+        f"error: resume=0123456789abcdef0123456789abcdef: no such run in {uri}"
+    ]
+
+    differs = resume(reference.info.run_id, "optim.lr=0.002", "trainer.label_smoothing=0.2")
+    assert differs.returncode == 1
+    (line,) = differs.stderr.strip().splitlines()
+    assert "another config" in line and "optim.lr: 0.001 -> 0.002" in line
+    assert "trainer.label_smoothing: 0.1 -> 0.2" in line
+
+    weights_only = save_checkpoint(tiny_vit(num_classes=10), tmp_path / "weights.ckpt")
+    plain = resume(str(weights_only))
+    assert plain.returncode == 1
+    (line,) = plain.stderr.strip().splitlines()
+    assert "network parameters only" in line and f"model.pretrained={weights_only}" in line
+
+    (full,) = (store["folder"] / "reference" / "checkpoints").glob("*-e001-s000022.ckpt")
+    other = resume(str(full), "trainer.epochs=9")
+    assert other.returncode == 1
+    (line,) = other.stderr.strip().splitlines()
+    assert "trainer.epochs: 4 -> 9" in line
+
+    neither = resume("no-such-thing")
+    assert neither.returncode == 1 and "not a checkpoint file and not a run id" in neither.stderr
+
+
+def test_an_interrupted_sweep_resumes_under_the_same_parent_and_skips_finished_jobs(store, tmp_path):
+    uri, cache = store["uri"], store["cache"]
+    command = [
+        "--multirun",
+        *TINY_MODEL,
+        "trainer.epochs=2",
+        "trainer.print_every_n_steps=1",
+        f"mlflow.tracking_uri={uri}",
+        "mlflow.experiment=sweep",
+        f"paths.cache_dir={cache}",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        "optim.lr=0.001,0.002",
+    ]
+    log = tmp_path / "first.out"
+    process = start_cli("vit_exp.run", *command, log=log)
+    deadline = time.time() + 300
+    while "step 5/" not in log.read_text().partition("#1 : ")[2]:  # job 1, a few steps in
+        assert process.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 130, log.read_text()[-3000:]
+
+    client = client_of(uri)
+    experiment = client.get_experiment_by_name("sweep").experiment_id
+    (parent,) = client.search_runs([experiment], "tags.`vit_exp.role` = 'sweep'")
+    assert parent.info.status == "KILLED"
+
+    again = run_cli("vit_exp.run", *command, "resume=auto")
+    assert again.returncode == 0, again.stderr[-3000:]
+    out = again.stdout
+    assert f"continuing sweep parent run {parent.info.run_id}" in out
+    assert "already FINISHED; nothing to do" in out and "continuing run" in out
+    (parent_after,) = client.search_runs([experiment], "tags.`vit_exp.role` = 'sweep'")
+    assert parent_after.info.run_id == parent.info.run_id and parent_after.info.status == "FINISHED"
+    children = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    by_job = {int(r.data.tags["hydra.job.num"]): r for r in children}
+    assert sorted(by_job) == [0, 1] and len(children) == 2
+    assert all(r.info.status == "FINISHED" for r in children)
+    assert by_job[0].data.tags["vit_exp.attempts"] == "1"  # finished: skipped, not trained again
+    assert by_job[1].data.tags["vit_exp.attempts"] == "2"  # interrupted: continued
+    steps = [s for s, _ in history(uri, by_job[1].info.run_id, "train/loss")]
+    assert steps == list(range(1, 2 * STEPS_PER_EPOCH + 1))
+
+
+@pytest.mark.slow
+def test_the_default_run_killed_at_a_random_step_resumes_within_the_noise_of_two_runs(tmp_path):
+    """Point 5 of issue 13 on the README's default run (30 epochs, default mode): kill -9 at a random
+    step of epoch 3 to 25, rerun with resume=auto; the record equals an uninterrupted run's within
+    the difference between two uninterrupted runs (0 on CPU: they are bit-identical) + 1e-6."""
+    uri, cache = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "cache"
+
+    def default(experiment: str, run_dir: str, *extra: str) -> list[str]:
+        where = [
+            f"mlflow.tracking_uri={uri}",
+            f"paths.cache_dir={cache}",
+            f"hydra.run.dir={tmp_path / run_dir}",
+        ]
+        return [*where, f"mlflow.experiment={experiment}", *extra]
+
+    for name in ("first", "second"):
+        proc = run_cli("vit_exp.run", *default(name, name))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    first, second = only_run(uri, "first"), only_run(uri, "second")
+    rng = random.Random()
+    epoch, step = rng.randint(3, 25), rng.randint(1, STEPS_PER_EPOCH)
+    code = train_until(
+        [*default("killed", "killed"), "trainer.print_every_n_steps=1"],
+        tmp_path / "killed.out",
+        f"epoch {epoch}/30 step {step}/",
+        signal.SIGKILL,
+    )
+    assert code == -signal.SIGKILL
+    again = run_cli(
+        "vit_exp.run", *default("killed", "again", "trainer.print_every_n_steps=1", "resume=auto")
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    resumed = only_run(uri, "killed")
+    assert resumed.info.status == "FINISHED" and resumed.data.tags["vit_exp.resume.count"] == "1"
+    for key in ("train/loss", "val/top1"):
+        a, b, got = (history(uri, r.info.run_id, key) for r in (first, second, resumed))
+        assert [s for s, _ in got] == [s for s, _ in a], f"{key}: steps differ (killed at {epoch}/{step})"
+        noise = max(abs(x - y) for (_, x), (_, y) in zip(a, b, strict=True))
+        worst = max(abs(x - y) for (_, x), (_, y) in zip(a, got, strict=True))
+        assert worst <= noise + 1e-6, f"{key}: {worst} vs run-to-run {noise} (killed at {epoch}/{step})"

@@ -1,0 +1,337 @@
+"""Resume: the run and checkpoint a ``resume=`` value names, whether they may continue, and what
+the continuing attempt needs (the run's lock, its earlier attempts' records sent, the steps logged).
+
+``resume=auto`` continues the newest run of this experiment (of this sweep, in a sweep) whose
+comparable config has the same digest, unless it finished; ``resume=<run id>`` that run;
+``resume=<checkpoint>`` that checkpoint's run (or a new run when the run is not in this store).
+Every attempt of a run holds ``.run.lock`` in the run's first directory, so a live run is never
+continued twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from vit_exp.errors import CheckpointError, ConfigError, RegistryError
+
+log = logging.getLogger("vit_exp.tracking")
+
+# Keys that do not change what a run computes: where things are, how often it prints, checkpoints
+# and records, which device id, and resume itself. A resume compares every other key.
+IGNORED_PREFIXES = ("paths.", "mlflow.", "registry.")
+IGNORED_KEYS = frozenset(
+    {
+        "resume",
+        "task_name",
+        "data.root",
+        "data.check_cache_dir",
+        "data.prefetch_size",
+        "model.checkpoint_cache_dir",
+        "device.device_id",
+        "device.max_device_memory",
+        "trainer.print_every_n_steps",
+        "trainer.checkpoint_every_n_epochs",
+        "trainer.keep_checkpoints",
+        "trainer.checkpoint_every_n_steps",
+        "trainer.keep_step_checkpoints",
+        "trainer.preempt_grace_s",
+        "trainer.resume_fast_skip",
+    }
+)
+NOT_CONFIG_PARAMS = frozenset({"model.num_parameters"})
+
+TAG_DIGEST = "vit_exp.config_digest"
+TAG_ATTEMPTS = "vit_exp.attempts"
+TAG_RESUMES = "vit_exp.resume.count"
+RUN_LOCK = ".run.lock"
+UNFINISHED = ("RUNNING", "KILLED", "FAILED")
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+_STEP = re.compile(r"-s(\d+)(\.preempt)?\.ckpt$")
+
+
+def comparable_config(cfg: DictConfig) -> dict[str, str]:
+    """The flattened config (as logged in params) without the keys a resume ignores."""
+    from vit_exp.tracking.runs import flatten
+
+    return {k: v for k, v in flatten(cfg).items() if _compared(k)}
+
+
+def _compared(key: str) -> bool:
+    return not key.startswith(IGNORED_PREFIXES) and key not in IGNORED_KEYS and key not in NOT_CONFIG_PARAMS
+
+
+def config_digest(comparable: dict[str, str]) -> str:
+    return hashlib.sha256(json.dumps(comparable, sort_keys=True).encode()).hexdigest()
+
+
+def config_differences(then: dict[str, str], now: dict[str, str]) -> list[str]:
+    """``key: then -> now`` for each compared key whose value differs."""
+    keys = sorted(k for k in set(then) | set(now) if _compared(k))
+    unset = "(not set)"
+    return [f"{k}: {then.get(k, unset)} -> {now.get(k, unset)}" for k in keys if then.get(k) != now.get(k)]
+
+
+def attempt_tags(number: int, run_dir: Path | None, checkpoint_dir: Path, from_step: int | None) -> dict:
+    """Tags of attempt ``number`` of a run (the first is 1): its directories, the step it began at."""
+    tags = {TAG_ATTEMPTS: str(number), f"vit_exp.attempt.{number}.checkpoint_dir": str(checkpoint_dir)}
+    if run_dir is not None:
+        tags[f"vit_exp.attempt.{number}.run_dir"] = str(run_dir)
+    if number > 1:
+        tags[TAG_RESUMES] = str(number - 1)
+        tags[f"vit_exp.attempt.{number}.from_step"] = str(from_step or 0)
+    return tags
+
+
+@dataclass
+class Attempts:
+    """The directories of a run's earlier attempts, from its tags."""
+
+    run_dirs: list[Path]
+    checkpoint_dirs: list[Path]
+
+    @classmethod
+    def of(cls, tags: dict[str, str]) -> Attempts:
+        count = int(tags.get(TAG_ATTEMPTS, "0") or 0)
+        run_dirs = [tags.get(f"vit_exp.attempt.{n}.run_dir") for n in range(1, count + 1)]
+        ckpt_dirs = [tags.get(f"vit_exp.attempt.{n}.checkpoint_dir") for n in range(1, count + 1)]
+        return cls([Path(d) for d in run_dirs if d], [Path(d) for d in ckpt_dirs if d])
+
+
+@dataclass
+class ResumeTarget:
+    """What a continuing attempt starts from.
+
+    ``run_id`` None: a new run (from ``checkpoint`` of a run not in this store). ``checkpoint``
+    None: the run wrote none; it starts again at step 0. ``logged_steps``: per metric, the last
+    step already in the run (the attempt does not log those steps again).
+    """
+
+    run_id: str | None
+    checkpoint: Path | None
+    state: dict | None
+    attempt: int
+    home: Path | None
+    logged_steps: dict[str, int] = field(default_factory=dict)
+    lock: object | None = None
+
+    @property
+    def from_step(self) -> int:
+        return int(self.state["position"]["global_step"]) if self.state else 0
+
+
+@dataclass(frozen=True)
+class NothingToDo:
+    """``resume=`` names a run that finished."""
+
+    run_id: str
+    message: str
+    best_top1: float | None
+
+
+def resolve_resume(job, client=None) -> ResumeTarget | NothingToDo | None:
+    """What ``resume=`` (``job.cfg.resume``) continues; None for a new run."""
+    value = job.cfg.get("resume")
+    if value in (None, "", "never", False):
+        return None
+    value = str(value)
+    now = comparable_config(job.cfg)
+    if client is None:
+        return _untracked(value, now)
+    if value == "auto":
+        return _auto(job, client, now)
+    path = Path(value).expanduser()
+    if path.is_file():
+        return _from_checkpoint(job, client, path, now)
+    if _RUN_ID.match(value):
+        return _from_run_id(job, client, value, now)
+    raise ConfigError(
+        f"resume={value}: not a checkpoint file and not a run id (32 hex digits); "
+        "use resume=auto, resume=<run id> or resume=<checkpoint path>"
+    )
+
+
+def _untracked(value: str, now: dict) -> ResumeTarget:
+    path = Path(value).expanduser()
+    if value == "auto" or not path.is_file():
+        raise ConfigError(
+            f"resume={value}: runs are found in the MLflow store; with mlflow.enabled=false "
+            "pass resume=<checkpoint path>"
+        )
+    state = _checked_state(path, now)
+    return ResumeTarget(None, path, state, attempt=1, home=None)
+
+
+def _checked_state(path: Path, now: dict) -> dict:
+    from vit_exp.train.state import read_training_state
+
+    state = read_training_state(path, what=f"resume={path}")
+    if state is None:
+        raise CheckpointError(
+            f"resume={path}: this checkpoint holds network parameters only (no training state); "
+            f"start a new run from its weights with model.pretrained={path}"
+        )
+    differences = config_differences(state.get("config", {}), now)
+    if differences:
+        raise ConfigError(
+            f"resume={path}: the checkpoint was trained with another config: {_listed(differences)}"
+        )
+    return state
+
+
+def _listed(differences: list[str]) -> str:
+    shown = "; ".join(differences[:6])
+    return shown + (f"; and {len(differences) - 6} more" if len(differences) > 6 else "")
+
+
+def _auto(job, client, now: dict) -> ResumeTarget | NothingToDo | None:
+    from vit_exp.tracking.runs import sweep_parent_run_id
+    from vit_exp.tracking.store import experiment_id
+
+    parent = sweep_parent_run_id(job.hydra.sweep_dir, job.hydra.run_dir)
+    query = f"tags.`{TAG_DIGEST}` = '{config_digest(now)}'"
+    if parent:
+        query += f" and tags.`mlflow.parentRunId` = '{parent}'"
+    runs = client.search_runs(
+        [experiment_id(job.mlflow)], query, order_by=["attributes.start_time DESC"], max_results=50
+    )
+    runs = [r for r in runs if parent or "mlflow.parentRunId" not in r.data.tags]
+    if not runs:
+        where = "this sweep" if parent else f"experiment '{job.mlflow.experiment}'"
+        log.info("resume=auto: no earlier run of this config in %s; starting a new run", where)
+        return None
+    return _continue(job, client, runs[0], "resume=auto")
+
+
+def _from_run_id(job, client, run_id: str, now: dict) -> ResumeTarget | NothingToDo:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise ConfigError(f"resume={run_id}: no such run in {_store(job)}") from None
+    params = {k: v for k, v in run.data.params.items() if _compared(k)}
+    differences = config_differences(params, now)
+    if differences:
+        raise ConfigError(
+            f"resume={run_id}: run '{run.info.run_name}' was trained with another config: "
+            f"{_listed(differences)}; rerun with its values, or leave out resume= for a new run"
+        )
+    return _continue(job, client, run, f"resume={run_id}")
+
+
+def _from_checkpoint(job, client, path: Path, now: dict) -> ResumeTarget | NothingToDo:
+    from mlflow.exceptions import MlflowException
+
+    state = _checked_state(path, now)
+    run_id = state.get("run_id")
+    try:
+        run = client.get_run(run_id) if run_id else None
+    except MlflowException:
+        run = None
+    if run is None:
+        log.info(
+            "resume=%s: its run %s is not in %s; a new run continues from this checkpoint",
+            path,
+            run_id,
+            _store(job),
+        )
+        return ResumeTarget(None, path.resolve(), state, attempt=1, home=None)
+    return _continue(job, client, run, f"resume={path}", checkpoint=path.resolve(), state=state)
+
+
+def _store(job) -> str:
+    from vit_exp.credentials import mask
+
+    return mask(job.mlflow.tracking_uri)
+
+
+def _continue(job, client, run, how: str, checkpoint: Path | None = None, state: dict | None = None):
+    """Check that ``run`` may continue here, send its earlier attempts' records, find its checkpoint."""
+    from vit_exp.locking import hold_if_free
+
+    run_id, status = run.info.run_id, run.info.status
+    if status not in UNFINISHED:
+        return NothingToDo(
+            run_id,
+            f"{how}: run {run_id} ('{run.info.run_name}') already {status}; nothing to do "
+            "(leave out resume= for a new run)",
+            _best_top1(client, run_id),
+        )
+    tags = run.data.tags
+    attempts = Attempts.of(tags)
+    home = attempts.run_dirs[0] if attempts.run_dirs else None
+    lock = None
+    if home is not None:
+        lock = hold_if_free(home / RUN_LOCK)
+        if lock is None:
+            raise RegistryError(
+                f"{how}: run {run_id} is being trained by a live process (it holds {home / RUN_LOCK}); "
+                "stop that process or wait for it"
+            )
+    for folder in attempts.run_dirs:
+        _send_earlier_records(client, run_id, folder)
+    if checkpoint is None:
+        checkpoint, state = latest_checkpoint(attempts.checkpoint_dirs)
+    number = int(tags.get(TAG_ATTEMPTS, "1") or 1) + 1
+    target = ResumeTarget(run_id, checkpoint, state, number, home, logged_steps(client, run_id), lock)
+    where = f"checkpoint {checkpoint} (step {target.from_step})" if checkpoint else "step 0 (no checkpoint)"
+    log.info("%s: continuing run %s ('%s', %s) from %s", how, run_id, run.info.run_name, status, where)
+    return target
+
+
+def _send_earlier_records(client, run_id: str, run_dir: Path) -> None:
+    """Send what an earlier attempt left in its outbox (before this attempt logs anything)."""
+    from vit_exp.tracking.outbox import OUTBOX_DIR, Outbox, RunSender, load_records, sent_count
+
+    folder = run_dir / OUTBOX_DIR
+    if not folder.is_dir() or len(load_records(folder)) <= sent_count(folder):
+        return
+    left = Outbox(folder, RunSender(client, run_id), background=False).send_pending()
+    if left:
+        raise RegistryError(
+            f"resume: {left} record(s) of an earlier attempt of run {run_id} in {folder} could not be "
+            f"stored; send them with python -m vit_exp.sync outbox={folder}, then resume"
+        )
+
+
+def latest_checkpoint(folders: list[Path]) -> tuple[Path | None, dict | None]:
+    """The full-state checkpoint with the highest step in ``folders`` (a later folder wins a tie);
+    an unreadable one is skipped with a warning."""
+    from vit_exp.train.state import read_training_state
+
+    found = []
+    for order, folder in enumerate(folders):
+        for path in folder.glob("*.ckpt") if folder.is_dir() else ():
+            match = _STEP.search(path.name)
+            if match and not path.name.startswith("."):  # a validated one beats a preempt one of its step
+                found.append((int(match.group(1)), not match.group(2), order, path))
+    for *_, path in sorted(found, reverse=True):
+        try:
+            state = read_training_state(path)
+        except CheckpointError as exc:
+            log.warning("%s; using an earlier checkpoint", exc)
+            continue
+        if state is not None:
+            return path, state
+    return None, None
+
+
+def logged_steps(client, run_id: str) -> dict[str, int]:
+    """Per metric key, the last step stored in the run."""
+    run = client.get_run(run_id)
+    latest = getattr(run.data, "_metric_objs", None)
+    if latest is not None:
+        return {m.key: int(m.step) for m in latest}
+    return {key: max(m.step for m in client.get_metric_history(run_id, key)) for key in run.data.metrics}
+
+
+def _best_top1(client, run_id: str) -> float | None:
+    history = client.get_metric_history(run_id, "val/top1")
+    return max(m.value for m in history) if history else None
