@@ -17,8 +17,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-from bench._models import vit_config
+from _models import vit_config
 
 
 def sizes_and_write_times(model: str, rounds: int, folder: Path) -> dict:
@@ -58,7 +57,8 @@ def sizes_and_write_times(model: str, rounds: int, folder: Path) -> dict:
 
 def replay_seconds(folder: Path) -> tuple[float, int]:
     """Seconds to run one digits epoch through the training pipeline (no model), and its batches."""
-    from bench.framework_overhead import digits
+    from framework_overhead import digits
+
     from vit_exp.data.pipeline import TrainBatches
 
     data = digits(folder)

@@ -224,3 +224,36 @@ def test_a_signal_saves_after_the_step_and_a_launchers_sigusr2_handler_runs_afte
         assert signal.getsignal(signal.SIGTERM) is not preemption._on_signal  # handlers restored
     finally:
         signal.signal(signal.SIGUSR2, previous)
+
+
+def test_a_checkpoint_that_does_not_come_within_the_grace_period_ends_the_process(tmp_path):
+    """A step that outlasts ``trainer.preempt_grace_s`` after SIGTERM: ``on_timeout`` (the run ends
+    KILLED) runs and the process exits 143 instead of waiting for the scheduler's SIGKILL."""
+    import subprocess
+    import sys
+    import textwrap
+    import time
+
+    script = tmp_path / "stuck.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import os, signal, time
+            from vit_exp.train.preemption import Preemption
+
+            def on_timeout():
+                print("ended KILLED", flush=True)
+
+            with Preemption(0.5, save=lambda rc, done: None, on_timeout=on_timeout):
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(30)  # a step that does not end
+            print("not reached", flush=True)
+            """
+        )
+    )
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 143, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "ended KILLED"
+    assert "trainer.preempt_grace_s=0.5 s" in proc.stderr  # the log line names the setting to raise
+    assert time.monotonic() - start < 20

@@ -73,14 +73,14 @@ class Preemption:
         self.requested = True
         self._signal = signum
         name = signal.Signals(signum).name
-        log.warning("%s: saving a checkpoint after the current step (within %.0f s)", name, self.grace_s)
+        log.warning("%s: saving a checkpoint after the current step (within %g s)", name, self.grace_s)
         self._timer = threading.Timer(self.grace_s, self._give_up)
         self._timer.daemon = True
         self._timer.start()
 
     def _give_up(self) -> None:
         log.error(
-            "no checkpoint within trainer.preempt_grace_s=%.0f s (the step or validation in progress "
+            "no checkpoint within trainer.preempt_grace_s=%g s (the step or validation in progress "
             "did not end); exiting: a resume continues from the last checkpoint written",
             self.grace_s,
         )
