@@ -100,6 +100,16 @@ def test_kill_9_mid_epoch_then_resume_auto_is_exact_and_lands_in_the_same_run(st
     killed = only_run(uri, "killed")
     assert killed.info.status == "RUNNING"  # kill -9: nothing could end it
 
+    from vit_exp.locking import hold_if_free
+
+    lock = hold_if_free(tmp_path / "first" / ".run.lock")  # as if the first attempt were still alive
+    assert lock is not None, "kill -9 released the run's lock"
+    busy = run_cli("vit_exp.run", *train_args(uri, cache, "killed", tmp_path / "busy", "resume=auto"))
+    lock.close()
+    assert busy.returncode == 1
+    (line,) = busy.stderr.strip().splitlines()
+    assert f"run {killed.info.run_id} is being trained by a live process" in line
+
     again = run_cli("vit_exp.run", *train_args(uri, cache, "killed", tmp_path / "again", "resume=auto"))
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"continuing run {killed.info.run_id}" in again.stdout, again.stdout[-2000:]

@@ -75,27 +75,24 @@ def test_the_loop_continues_from_a_position_and_stops_on_a_signal():
 
     _, _, _, step, dataset, _, _ = _setup()
     plan = TrainPlan(epochs=3, steps_per_epoch=3, total_steps=9, validation_epochs=(1, 2, 3))
-    recorder = Recorder()
-    run_training(
-        step,
-        epochs_of(dataset),
-        plan=plan,
-        callbacks=[recorder],
-        validate=lambda: {"top1": 1.0, "eval_loss": 0.0},
-        start=LoopPosition(epoch=2, step_in_epoch=1, global_step=4),
-    )
-    assert recorder.steps == [5, 6, 7, 8, 9]
-    assert recorder.events[:2] == ["begin", "epoch_begin 2"] and set(recorder.eval_seen) == {2, 3}
 
-    pending = Recorder()  # the epoch's steps done, its validation not: validate first
-    run_training(
-        step,
-        epochs_of(dataset),
-        plan=plan,
-        callbacks=[pending],
-        validate=lambda: {"top1": 1.0, "eval_loss": 0.0},
-        start=LoopPosition(epoch=1, step_in_epoch=3, global_step=3),
-    )
+    def train_from(position: LoopPosition) -> Recorder:
+        recorder = Recorder()
+        run_training(
+            step,
+            epochs_of(dataset),
+            plan=plan,
+            callbacks=[recorder],
+            validate=lambda: {"top1": 1.0, "eval_loss": 0.0},
+            start=position,
+        )
+        return recorder
+
+    resumed = train_from(LoopPosition(epoch=2, step_in_epoch=1, global_step=4))
+    assert resumed.steps == [5, 6, 7, 8, 9]
+    assert resumed.events[:2] == ["begin", "epoch_begin 2"] and set(resumed.eval_seen) == {2, 3}
+    # the epoch's steps done, its validation not: it validates first
+    pending = train_from(LoopPosition(epoch=1, step_in_epoch=3, global_step=3))
     assert pending.steps == [4, 5, 6, 7, 8, 9] and set(pending.eval_seen) == {1, 2, 3}
 
     stops = []
