@@ -65,6 +65,34 @@ def history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
     return sorted((m.step, m.value) for m in client_of(uri).get_metric_history(run_id, key))
 
 
+def resolve_in_process(uri: str, cache: Path, experiment: str, run_dir: Path, *extra: str):
+    """``resolve_resume`` for the command ``train_args(...) + extra``, composed by Hydra in this process
+    (the checks before any training; the CLI's one-line output of them is tested by CLI runs)."""
+    import mlflow
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from vit_exp.config import CONFIG_DIR, register_resolvers
+    from vit_exp.tracking.job import HydraJob, TrainJob
+    from vit_exp.tracking.resume import resolve_resume
+
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        args = train_args(uri, cache, experiment, run_dir, *extra)
+        cfg = compose("train", overrides=args, return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    HydraConfig.instance().set_config(cfg)
+    try:
+        with open_dict(cfg):  # a job's config, as Hydra hands it to the task
+            del cfg["hydra"]
+        return resolve_resume(TrainJob.from_config(cfg, HydraJob()), mlflow.MlflowClient(uri))
+    finally:
+        HydraConfig.instance().cfg = None  # this process is no Hydra app for the tests after
+
+
 def train_until(args: list[str], log: Path, line: str, sig: int):
     """Start training; send ``sig`` once the console shows ``line``; return the process's exit code."""
     process = start_cli("vit_exp.run", *args, log=log)
@@ -100,15 +128,16 @@ def test_kill_9_mid_epoch_then_resume_auto_is_exact_and_lands_in_the_same_run(st
     killed = only_run(uri, "killed")
     assert killed.info.status == "RUNNING"  # kill -9: nothing could end it
 
+    from vit_exp.errors import RegistryError
     from vit_exp.locking import hold_if_free
 
     lock = hold_if_free(tmp_path / "first" / ".run.lock")  # as if the first attempt were still alive
     assert lock is not None, "kill -9 released the run's lock"
-    busy = run_cli("vit_exp.run", *train_args(uri, cache, "killed", tmp_path / "busy", "resume=auto"))
-    lock.close()
-    assert busy.returncode == 1
-    (line,) = busy.stderr.strip().splitlines()
-    assert f"run {killed.info.run_id} is being trained by a live process" in line
+    try:
+        with pytest.raises(RegistryError, match=f"run {killed.info.run_id} is being trained by a live"):
+            resolve_in_process(uri, cache, "killed", tmp_path / "busy", f"resume={killed.info.run_id}")
+    finally:
+        lock.close()
 
     again = run_cli("vit_exp.run", *train_args(uri, cache, "killed", tmp_path / "again", "resume=auto"))
     assert again.returncode == 0, again.stderr[-3000:]
@@ -137,8 +166,12 @@ def test_sigterm_saves_a_checkpoint_ends_killed_and_resume_loses_no_step(store, 
     assert "hydra.run.dir" not in last_line  # the next attempt gets a directory of its own
     preempted = only_run(uri, "preempted")
     assert preempted.info.status == "KILLED"
-    (saved,) = (tmp_path / "first" / "checkpoints").glob("*.preempt.ckpt")
-    saved_step = int(saved.name.split("-s")[1].split(".")[0])
+    # "interrupted: stopped at step S; checkpoint P; continue with: ..." (P: a .preempt.ckpt, or the
+    # step checkpoint written at that very step)
+    saved = Path(last_line.split("; checkpoint ")[1].split(";")[0])
+    saved_step = int(last_line.split("stopped at step ")[1].split(";")[0])
+    assert saved.is_file() and saved.parent == tmp_path / "first" / "checkpoints"
+    assert saved.name.endswith(f"-s{saved_step:06d}.preempt.ckpt") or saved_step % 3 == 0
     assert saved_step >= STEPS_PER_EPOCH + step
     logged = history(uri, preempted.info.run_id, "train/loss")
     assert [s for s, _ in logged] == list(range(1, saved_step + 1)), "every step up to the checkpoint"
@@ -153,44 +186,42 @@ def test_sigterm_saves_a_checkpoint_ends_killed_and_resume_loses_no_step(store, 
 
 def test_bad_resume_input_gets_one_line(store, tmp_path):
     from tests.helpers.models import tiny_vit
+    from vit_exp.errors import CheckpointError, ConfigError
     from vit_exp.models.checkpoint import save_checkpoint
 
     uri, cache, reference = store["uri"], store["cache"], store["reference"]
 
-    def resume(value: str, *extra: str):
-        args = train_args(uri, cache, "reference", tmp_path / value.replace("/", "_")[-20:], *extra)
+    def resume(value: str, *extra: str):  # the CLI, as a user runs it
+        args = train_args(uri, cache, "reference", tmp_path / "cli", *extra)
         return run_cli("vit_exp.run", *args, f"resume={value}")
+
+    def resolve(value: str, *extra: str):
+        return resolve_in_process(uri, cache, "reference", tmp_path / "in", f"resume={value}", *extra)
 
     finished = resume(reference.info.run_id)
     assert finished.returncode == 0, finished.stderr[-2000:]
     assert "already FINISHED; nothing to do" in finished.stdout
 
-    unknown = resume("0123456789abcdef0123456789abcdef")
-    assert unknown.returncode == 1
-    assert unknown.stderr.strip().splitlines() == [
-        f"error: resume=0123456789abcdef0123456789abcdef: no such run in {uri}"
-    ]
-
     differs = resume(reference.info.run_id, "optim.lr=0.002", "trainer.label_smoothing=0.2")
     assert differs.returncode == 1
     (line,) = differs.stderr.strip().splitlines()
-    assert "another config" in line and "optim.lr: 0.001 -> 0.002" in line
-    assert "trainer.label_smoothing: 0.1 -> 0.2" in line
+    assert line.startswith(f"error: resume={reference.info.run_id}: run ") and "another config" in line
+    assert "optim.lr: 0.001 -> 0.002" in line and "trainer.label_smoothing: 0.1 -> 0.2" in line
+
+    with pytest.raises(ConfigError, match=f"resume=0123456789abcdef0123456789abcdef: no such run in {uri}"):
+        resolve("0123456789abcdef0123456789abcdef")
 
     weights_only = save_checkpoint(tiny_vit(num_classes=10), tmp_path / "weights.ckpt")
-    plain = resume(str(weights_only))
-    assert plain.returncode == 1
-    (line,) = plain.stderr.strip().splitlines()
-    assert "network parameters only" in line and f"model.pretrained={weights_only}" in line
+    with pytest.raises(CheckpointError, match="network parameters only") as plain:
+        resolve(str(weights_only))
+    assert f"model.pretrained={weights_only}" in str(plain.value)
 
     (full,) = (store["folder"] / "reference" / "checkpoints").glob("*-e001-s000022.ckpt")
-    other = resume(str(full), "trainer.epochs=9")
-    assert other.returncode == 1
-    (line,) = other.stderr.strip().splitlines()
-    assert "trainer.epochs: 4 -> 9" in line
+    with pytest.raises(ConfigError, match=r"trainer\.epochs: 4 -> 9"):
+        resolve(str(full), "trainer.epochs=9")
 
-    neither = resume("no-such-thing")
-    assert neither.returncode == 1 and "not a checkpoint file and not a run id" in neither.stderr
+    with pytest.raises(ConfigError, match="not a checkpoint file and not a run id"):
+        resolve("no-such-thing")
 
 
 def test_an_interrupted_sweep_resumes_under_the_same_parent_and_skips_finished_jobs(store, tmp_path):

@@ -254,3 +254,34 @@ def test_a_checkpoint_that_does_not_come_within_the_grace_period_ends_the_proces
     assert proc.stdout.strip() == "ended KILLED"
     assert "trainer.preempt_grace_s=0.5 s" in proc.stderr  # the log line names the setting to raise
     assert time.monotonic() - start < 20
+
+
+@pytest.mark.parametrize(
+    ("policy", "kind", "top1", "registers"),
+    [
+        ("every", "epoch", 0.5, True),  # its attempt may have died before queueing it
+        ("every", "preempt", None, False),  # preempt and step checkpoints are not versions
+        ("best", "epoch", 0.9, True),  # better than every version so far
+        ("best", "epoch", 0.7, False),
+        ("last", "epoch", 0.9, False),  # the last one comes at the end
+    ],
+)
+def test_a_resumed_run_registers_the_checkpoint_it_starts_from_only_if_the_policy_wanted_it(
+    policy, kind, top1, registers, tmp_path
+):
+    from vit_exp.tracking.registration import CheckpointRegistration
+    from vit_exp.tracking.registry import RegistrySettings
+    from vit_exp.train.callbacks import EpochRecord, SavedCheckpoint
+
+    earlier = SavedCheckpoint(
+        tmp_path / "m-e001-s000010.ckpt", EpochRecord(1, 10, 1.0, 1.0, 1.0, {"top1": 0.8})
+    )
+    queue = []
+    registration = CheckpointRegistration(
+        RegistrySettings(register=policy, name="m"), "run", None, tmp_path, put=queue.append
+    )
+    registration.load_state_dict({"registered": [earlier.state_dict()]})
+    assert registration.queued == [earlier]
+    record = EpochRecord(2, 20, 1.0, 1.0, 1.0, {"top1": top1}) if top1 is not None else None
+    registration.catch_up(SavedCheckpoint(tmp_path / "m-e002-s000020.ckpt", record, kind, 20, 2))
+    assert [int(r["step"]) for r in queue] == ([20] if registers else [])

@@ -227,8 +227,8 @@ class TrainingCallbacks:
         if self.registration is not None:
             self.registration.load_state_dict(state)
             position = state["position"]
-            record = self.history.last_epoch if position["epoch_done"] else None
-            kind = "epoch" if position["epoch_done"] else "step"
+            kind = state.get("kind", "step")
+            record = self.history.last_epoch if kind == "epoch" else None
             resumed = SavedCheckpoint(checkpoint, record, kind, position["global_step"], position["epoch"])
             self.registration.catch_up(resumed)
 

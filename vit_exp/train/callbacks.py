@@ -259,7 +259,7 @@ class CheckpointSaver(Callback):
         self.on_disk: list[SavedCheckpoint] = []
         self.steps_per_epoch = 0
 
-    def _state(self, cb, epoch_done: bool) -> dict:
+    def _state(self, cb, kind: str, epoch_done: bool) -> dict:
         from vit_exp.train.state import LoopPosition, position_state
 
         step = int(cb.cur_step_num)
@@ -267,6 +267,7 @@ class CheckpointSaver(Callback):
         position = LoopPosition(int(cb.cur_epoch_num), in_epoch, step, epoch_done)
         return {
             "position": position_state(position),
+            "kind": kind,
             "seed": self.seed,
             "history": self.history.state_dict(),
             **self.extra_state(),
@@ -281,7 +282,7 @@ class CheckpointSaver(Callback):
         self.before_save()
         suffix = ".preempt" if kind == "preempt" else ""  # a resume may write this step again, validated
         path = self.directory / f"{self.prefix}-e{epoch:03d}-s{step:06d}{suffix}.ckpt"
-        save_training_checkpoint(cb.train_network, path, self._state(cb, epoch_done))
+        save_training_checkpoint(cb.train_network, path, self._state(cb, kind, epoch_done))
         record = self.history.last_epoch if kind == "epoch" else None
         saved = SavedCheckpoint(path, record, kind, step, epoch)
         self.written.append(saved)
