@@ -201,6 +201,7 @@ def test_bad_resume_input_gets_one_line(store, tmp_path):
     finished = resume(reference.info.run_id)
     assert finished.returncode == 0, finished.stderr[-2000:]
     assert "already FINISHED; nothing to do" in finished.stdout
+    assert resolve("auto") is None  # auto continues unfinished runs: a finished one starts a new run
 
     differs = resume(reference.info.run_id, "optim.lr=0.002", "trainer.label_smoothing=0.2")
     assert differs.returncode == 1

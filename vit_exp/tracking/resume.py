@@ -1,8 +1,9 @@
 """Resume: the run and checkpoint a ``resume=`` value names, whether they may continue, and what
 the continuing attempt needs (the run's lock, its earlier attempts' records sent, the steps logged).
 
-``resume=auto`` continues the newest run of this experiment (of this sweep, in a sweep) whose
-comparable config has the same digest, unless it finished; ``resume=<run id>`` that run;
+``resume=auto`` continues the newest unfinished run of this experiment whose comparable config has
+the same digest (in a sweep: this job's run under the sweep's parent, skipped when it finished);
+``resume=<run id>`` that run;
 ``resume=<checkpoint>`` that checkpoint's run (or a new run when the run is not in this store).
 Every attempt of a run holds ``.run.lock`` in the run's first directory, so a live run is never
 continued twice.
@@ -191,22 +192,38 @@ def _listed(differences: list[str]) -> str:
 
 
 def _auto(job, client, now: dict) -> ResumeTarget | NothingToDo | None:
+    """In a sweep: this job's run under the sweep's parent (FINISHED: skipped). Alone: the newest
+    unfinished run of this config in the experiment (a finished one does not stop a new run)."""
     from vit_exp.tracking.runs import sweep_parent_run_id
-    from vit_exp.tracking.store import experiment_id
 
     parent = sweep_parent_run_id(job.hydra.sweep_dir, job.hydra.run_dir)
     query = f"tags.`{TAG_DIGEST}` = '{config_digest(now)}'"
     if parent:
         query += f" and tags.`mlflow.parentRunId` = '{parent}'"
-    runs = client.search_runs(
-        [experiment_id(job.mlflow)], query, order_by=["attributes.start_time DESC"], max_results=50
+    experiment = client.get_experiment_by_name(job.mlflow.experiment)
+    runs = (
+        client.search_runs(
+            [experiment.experiment_id], query, order_by=["attributes.start_time DESC"], max_results=100
+        )
+        if experiment is not None
+        else []
     )
-    runs = [r for r in runs if parent or "mlflow.parentRunId" not in r.data.tags]
-    if not runs:
-        where = "this sweep" if parent else f"experiment '{job.mlflow.experiment}'"
-        log.info("resume=auto: no earlier run of this config in %s; starting a new run", where)
+    if parent:
+        if runs:
+            return _continue(job, client, runs[0], "resume=auto")
+        log.info("resume=auto: no earlier run of this job in this sweep; starting a new run")
         return None
-    return _continue(job, client, runs[0], "resume=auto")
+    alone = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    unfinished = [r for r in alone if r.info.status in UNFINISHED]
+    if unfinished:
+        return _continue(job, client, unfinished[0], "resume=auto")
+    finished = f" ({len(alone)} finished)" if alone else ""
+    log.info(
+        "resume=auto: no unfinished run of this config in experiment '%s'%s; starting a new run",
+        job.mlflow.experiment,
+        finished,
+    )
+    return None
 
 
 def _from_run_id(job, client, run_id: str, now: dict) -> ResumeTarget | NothingToDo:
