@@ -95,6 +95,7 @@ def _mask_file(path: Path) -> None:
 JOB_ERROR_FILE = "error.txt"  # a failed sweep job's one-line error, in its job directory
 _abort_hooks: list[Callable[[str], None]] = []
 _failures: list[str] = []  # found after the jobs ran (a sweep job failed): the command exits 1
+_last_lines: list[str] = []  # a sweep job's interruption (with its resume hint), printed last
 
 
 def fail_at_exit(message: str) -> None:
@@ -142,7 +143,11 @@ def run_job(task: Callable[[Any], Any], cfg) -> Any:
     try:
         return task(cfg)
     except KeyboardInterrupt as exc:
-        print(f"interrupted{_resume_hint(exc)}", file=sys.stderr, flush=True)
+        line = f"interrupted{_resume_hint(exc)}"
+        if _in_multirun():  # printed once the sweep's parent has ended: the command's last line
+            _last_lines.append(line)
+        else:
+            print(line, file=sys.stderr, flush=True)
         sys.exit(130)
     except Exception as exc:
         run_dir = hydra_run_dir()
@@ -202,8 +207,9 @@ def make_main(config_name: str, task: Callable[[Any], Any]) -> Callable[[], None
                 raise
             interrupted = isinstance(exc, KeyboardInterrupt) or exc.code == 130
             _run_abort_hooks("KILLED" if interrupted else "FAILED")
+            for line in _last_lines or (["interrupted"] if isinstance(exc, KeyboardInterrupt) else []):
+                print(line, file=sys.stderr, flush=True)
             if isinstance(exc, KeyboardInterrupt):
-                print("interrupted", file=sys.stderr, flush=True)
                 sys.exit(130)
             raise
         except Exception as exc:

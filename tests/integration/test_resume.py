@@ -246,6 +246,9 @@ def test_an_interrupted_sweep_resumes_under_the_same_parent_and_skips_finished_j
         time.sleep(0.02)
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=120) == 130, log.read_text()[-3000:]
+    last_line = log.read_text().strip().splitlines()[-1]  # after the parent's end: the hint
+    assert "continue with: python -m vit_exp.run --multirun" in last_line
+    assert last_line.endswith("resume=auto")
 
     client = client_of(uri)
     experiment = client.get_experiment_by_name("sweep").experiment_id
