@@ -118,7 +118,6 @@ class ResumeTarget:
     checkpoint: Path | None
     state: dict | None
     attempt: int
-    home: Path | None
     logged_steps: dict[str, int] = field(default_factory=dict)
     lock: object | None = None
 
@@ -166,7 +165,7 @@ def _untracked(value: str, now: dict) -> ResumeTarget:
             "pass resume=<checkpoint path>"
         )
     state = _checked_state(path, now)
-    return ResumeTarget(None, path, state, attempt=1, home=None)
+    return ResumeTarget(None, path, state, attempt=1)
 
 
 def _checked_state(path: Path, now: dict) -> dict:
@@ -259,7 +258,7 @@ def _from_checkpoint(job, client, path: Path, now: dict) -> ResumeTarget | Nothi
             run_id,
             _store(job),
         )
-        return ResumeTarget(None, path.resolve(), state, attempt=1, home=None)
+        return ResumeTarget(None, path.resolve(), state, attempt=1)
     return _continue(job, client, run, f"resume={path}", checkpoint=path.resolve(), state=state)
 
 
@@ -297,7 +296,7 @@ def _continue(job, client, run, how: str, checkpoint: Path | None = None, state:
     if checkpoint is None:
         checkpoint, state = latest_checkpoint(attempts.checkpoint_dirs)
     number = int(tags.get(TAG_ATTEMPTS, "1") or 1) + 1
-    target = ResumeTarget(run_id, checkpoint, state, number, home, logged_steps(client, run_id), lock)
+    target = ResumeTarget(run_id, checkpoint, state, number, logged_steps(client, run_id), lock)
     where = f"checkpoint {checkpoint} (step {target.from_step})" if checkpoint else "step 0 (no checkpoint)"
     log.info("%s: continuing run %s ('%s', %s) from %s", how, run_id, run.info.run_name, status, where)
     return target

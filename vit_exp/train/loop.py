@@ -91,7 +91,7 @@ def run_training(
     ``stop_signal()`` true (a preemption) after a step or an epoch calls
     ``on_stop_signal(run_context, epoch_done)``, which ends training by raising.
     """
-    start = start or LoopPosition.start()
+    start = start or LoopPosition()  # the first step
     cb_params = CallbackParams(
         train_network=train_step,
         epoch_num=plan.epochs,

@@ -33,10 +33,6 @@ class LoopPosition:
     global_step: int = 0
     epoch_done: bool = False
 
-    @classmethod
-    def start(cls) -> LoopPosition:
-        return cls()
-
 
 @dataclass(frozen=True)
 class ResumePoint:
