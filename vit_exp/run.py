@@ -6,6 +6,7 @@ python -m vit_exp.run [group=option ...] [key=value ...]
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from omegaconf import DictConfig
 
@@ -33,7 +34,14 @@ def train(cfg: DictConfig) -> float | None:
     """Run one training job from a composed config; return the best validation top-1."""
     from hydra.utils import instantiate
 
-    from vit_exp.tracking.job import HydraJob, TrainJob, assemble_callbacks, log_job_inputs, training_run
+    from vit_exp.tracking.job import (
+        HydraJob,
+        TrainJob,
+        assemble_callbacks,
+        class_names_of,
+        log_job_inputs,
+        training_run,
+    )
     from vit_exp.tracking.resume import NothingToDo, resolve_resume
 
     job = TrainJob.from_config(cfg, HydraJob.current())  # every settings group checked first
@@ -47,6 +55,7 @@ def train(cfg: DictConfig) -> float | None:
     if isinstance(resume, NothingToDo):
         log.info(resume.message)
         return resume.best_top1
+    from vit_exp.data.digest import data_identity
     from vit_exp.data.pipeline import TrainBatches, val_dataset
     from vit_exp.models.vit import count_parameters
     from vit_exp.train.losses import CrossEntropySmooth
@@ -57,13 +66,20 @@ def train(cfg: DictConfig) -> float | None:
     data = instantiate(cfg.data)
     num_classes = resolve_num_classes(cfg.model.num_classes, data)
     net = instantiate(cfg.model, num_classes=num_classes)
+    identity = data_identity(
+        data, Path(cfg.paths.cache_dir) / "data_digests", class_names_of(data, num_classes)
+    )
     log.info(
-        "model %s: %s parameters, %d classes | data %s: %s | device %s (%s mode)",
+        "model %s: %s parameters, %d classes | data %s: %s (%d train / %d val images, digest %s) | "
+        "device %s (%s mode)",
         cfg.model.name,
         f"{count_parameters(net):,}",
         num_classes,
         data.name,
         data.root,
+        identity.train.num_images,
+        identity.val.num_images,
+        identity.digest,
         job.device.target,
         job.device.mode,
     )
@@ -78,9 +94,9 @@ def train(cfg: DictConfig) -> float | None:
     point = resume_point(resume)
     with training_run(job, resume) as run:
         if run is not None and (resume is None or resume.run_id is None):
-            log_job_inputs(job, run, data, net)
+            log_job_inputs(job, run, data, net, identity)
         logged = resume.logged_steps if resume is not None else None
-        with assemble_callbacks(job, run, net, data, plan, lr_values, logged) as callbacks:
+        with assemble_callbacks(job, run, net, data, identity, plan, lr_values, logged) as callbacks:
             if point is not None:
                 callbacks.load_state(resume.state, point.path)
             fit(
@@ -157,7 +173,10 @@ def report(callbacks, plan, run) -> float | None:
         count, name = len(callbacks.registration.queued), callbacks.registration.settings.name
         log.info("model versions: %d checkpoint(s) registered as versions of '%s'", count, name)
     if run is not None:
+        from vit_exp.tracking.store import runs_page_url
+
         log.info("mlflow run: %s (%s)", run.run_id, run.tracking_uri)
+        log.info("mlflow ui: %s", runs_page_url(run.tracking_uri, run.experiment_id, run.run_id))
     return best.val["top1"] if best else None
 
 

@@ -37,7 +37,7 @@ def check_store(store: str, runs: int) -> None:
     experiment = client.get_experiment_by_name("vit-exp")
     found = client.search_runs([experiment.experiment_id])
     assert len(found) == runs and {r.info.status for r in found} == {"FINISHED"}
-    versions = [int(v.version) for v in client.search_model_versions("name='vit_tiny'")]
+    versions = [int(v.version) for v in client.search_model_versions("name='vit_tiny-digits'")]
     assert sorted(versions) == list(range(1, runs + 1))  # one per run, numbers unique
 
 

@@ -18,6 +18,7 @@ from vit_exp.data.folder import list_images
 from vit_exp.errors import RegistryError
 
 if TYPE_CHECKING:
+    from vit_exp.data.digest import DataIdentity
     from vit_exp.device import DeviceSettings
     from vit_exp.tracking.metric_logger import MlflowMetricLogger
     from vit_exp.tracking.outbox import Outbox
@@ -93,6 +94,7 @@ class TrackedRun:
     tracking_uri: str
     outbox: Outbox
     lock: object | None = None
+    experiment_id: str = ""
 
 
 @contextlib.contextmanager
@@ -135,11 +137,11 @@ def training_run(job: TrainJob, resume: ResumeTarget | None = None) -> Iterator[
         finish=lambda run_id, status: _finish(job, opened, run_id, status),
         reopen_run_id=reopen,
     ) as run:
-        opened.append(_with_outbox(job, run.info.run_id, lock))
+        opened.append(_with_outbox(job, run.info.run_id, lock, run.info.experiment_id))
         yield opened[0]
 
 
-def _with_outbox(job: TrainJob, run_id: str, lock) -> TrackedRun:
+def _with_outbox(job: TrainJob, run_id: str, lock, experiment: str) -> TrackedRun:
     from urllib.parse import urlparse
 
     from vit_exp.tracking.outbox import OUTBOX_DIR, Outbox, RunSender
@@ -153,7 +155,7 @@ def _with_outbox(job: TrainJob, run_id: str, lock) -> TrackedRun:
     folder = (job.hydra.run_dir or Path(tempfile.mkdtemp(prefix="vit_exp_"))) / OUTBOX_DIR
     outbox = Outbox(folder, RunSender(use_store(uri), run_id), background)
     outbox.put({"kind": "run", "run_id": run_id, "tracking_uri": mask(uri)})
-    return TrackedRun(run_id, uri, outbox, lock)
+    return TrackedRun(run_id, uri, outbox, lock, experiment)
 
 
 def _finish(job: TrainJob, opened: list[TrackedRun], run_id: str, status: str) -> None:
@@ -183,14 +185,16 @@ def class_names_of(data, num_classes: int) -> list[str]:
     return names + [f"class_{i}" for i in range(len(names), num_classes)]
 
 
-def log_job_inputs(job: TrainJob, run: TrackedRun, data, net) -> None:
-    """Params, tags and artifacts known before training."""
+def log_job_inputs(job: TrainJob, run: TrackedRun, data, net, identity: DataIdentity) -> None:
+    """Params, tags, datasets and artifacts known before training."""
+    from vit_exp.tracking.lineage import log_datasets
     from vit_exp.tracking.runs import log_run_inputs
     from vit_exp.tracking.store import use_store
 
     hydra_dir = job.hydra.run_dir / ".hydra" if job.hydra.run_dir else None
     client = use_store(run.tracking_uri)
     log_run_inputs(client, run.run_id, job.cfg, hydra_dir, class_names_of(data, net.num_classes), net)
+    log_datasets(client, run.run_id, identity)
 
 
 def example_image(data) -> bytes:
@@ -245,6 +249,7 @@ def assemble_callbacks(
     run: TrackedRun | None,
     net,
     data,
+    identity: DataIdentity,
     plan: TrainPlan,
     lr_values,
     logged_steps: dict[str, int] | None = None,
@@ -310,5 +315,6 @@ def assemble_callbacks(
             inputs,
             put=run.outbox.put,
             flush_metrics=callbacks.metric_logger.flush,
+            data_tags=identity.tags(),
         )
     return callbacks

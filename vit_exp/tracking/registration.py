@@ -22,7 +22,8 @@ class CheckpointRegistration(Callback):
     ``last``: the last checkpoint, when training ends. Epoch checkpoints only, unless
     ``registry.step_checkpoints`` (step checkpoints have no val/top1: never "best"). Runs after the
     saver. ``queued`` lists the checkpoints (a resumed run starts with its earlier attempts');
-    ``put(record)`` is the outbox's, ``flush_metrics()`` the metrics logger's.
+    ``put(record)`` is the outbox's, ``flush_metrics()`` the metrics logger's; ``data_tags``
+    (``data.name``, ``data.digest``, ...) go on every version.
     """
 
     def __init__(
@@ -33,6 +34,7 @@ class CheckpointRegistration(Callback):
         model_inputs: Path,
         put: Callable[[dict], None],
         flush_metrics: Callable[[], None] = lambda: None,
+        data_tags: dict[str, str] | None = None,
     ):
         super().__init__()
         self.settings = settings
@@ -41,6 +43,7 @@ class CheckpointRegistration(Callback):
         self.model_inputs = model_inputs
         self.put = put
         self.flush_metrics = flush_metrics
+        self.data_tags = dict(data_tags or {})
         self.queued: list[SavedCheckpoint] = []
         self._seen = 0  # checkpoints of checkpoints.written already considered
 
@@ -88,6 +91,7 @@ class CheckpointRegistration(Callback):
         """Queue ``checkpoint`` as a version of ``settings.name``, after the metrics logged so far."""
         tags = {"epoch": checkpoint.epoch, "global_step": checkpoint.step, "source_run_id": self.run_id}
         tags["checkpoint_kind"] = checkpoint.kind
+        tags |= self.data_tags
         if checkpoint.record is not None:
             val = checkpoint.record.val
             tags |= {f"val/{k}": f"{v:.6g}" for k, v in val.items() if k in ("top1", "top5", "loss")}

@@ -118,6 +118,26 @@ def default_artifact_location(tracking_uri: str, experiment: str) -> str | None:
     return (db_path.parent / "artifacts" / experiment).resolve().as_uri()
 
 
+# What the experiment holds: model training runs, not GenAI traces (the tag MLflow's UI defines for it;
+# MLflow 3.17's UI still opens on its GenAI overview unless the URL says ?workflowType=machine_learning).
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+
+
+def runs_page_url(tracking_uri: str, experiment: str, run_id: str | None = None) -> str:
+    """The MLflow UI page of an experiment's runs (or of one run), in the "Model training" view.
+
+    For a database or file store that is where ``mlflow ui`` serves it (127.0.0.1:5000).
+    """
+    from urllib.parse import urlparse
+
+    parsed = urlparse(tracking_uri)
+    base = "http://127.0.0.1:5000"
+    if parsed.scheme in ("http", "https"):  # without any user:password@
+        base = parsed._replace(netloc=parsed.netloc.rpartition("@")[2], query="", fragment="").geturl()
+    page = f"{base.rstrip('/')}/#/experiments/{experiment}/runs"
+    return (f"{page}/{run_id}" if run_id else page) + "?workflowType=machine_learning"
+
+
 def experiment_id(settings) -> str:
     """The id of ``settings.experiment`` in ``settings.tracking_uri``, creating the experiment if needed."""
     client = use_store(settings.tracking_uri)
@@ -128,7 +148,7 @@ def experiment_id(settings) -> str:
         location = settings.artifact_location or default_artifact_location(
             settings.tracking_uri, settings.experiment
         )
-        return client.create_experiment(settings.experiment, artifact_location=location)
+        return client.create_experiment(settings.experiment, artifact_location=location, tags=EXPERIMENT_TAGS)
     except Exception as exc:
         if already_exists(exc):
             return client.get_experiment_by_name(settings.experiment).experiment_id
