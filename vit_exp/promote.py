@@ -29,6 +29,9 @@ def promote(cfg: DictConfig) -> dict:
         min_delta=float(cfg.min_delta),
         version=None if cfg.version is None else str(cfg.version),
         reason=cfg.reason,
+        data_digest=None if cfg.data_digest is None else str(cfg.data_digest),
+        tie_breaker=cfg.tie_breaker,
+        tie_breaker_higher_is_better=cfg.tie_breaker_higher_is_better,
     )
     decision = decide(client, request)
     print(comparison_table(decision), flush=True)

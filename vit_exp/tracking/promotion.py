@@ -1,4 +1,11 @@
-"""Alias promotion in the MLflow registry: pick a candidate by a metric tag, compare, move the alias."""
+"""Alias promotion in the MLflow registry: pick a candidate by a metric tag, compare, move the alias.
+
+Only versions trained on the same data are compared: those whose ``data.digest`` tag equals the
+alias holder's, or the one a request names (``data_digest``, a digest or a unique prefix of one).
+With no holder and versions of several datasets, promotion refuses and lists them. Ties on the
+metric are broken by ``tie_breaker`` (default ``val/loss``, lower is better), then by the later
+step, then by the later version.
+"""
 
 from __future__ import annotations
 
@@ -24,6 +31,12 @@ class PromotionRequest:
     min_delta: float = 0.0
     version: str | None = None
     reason: str | None = None
+    data_digest: str | None = None
+    tie_breaker: str | None = "val/loss"
+    tie_breaker_higher_is_better: bool = False
+
+
+UNKNOWN_DATA = "unknown"  # versions registered before data identity tags existed
 
 
 @dataclass(frozen=True)
@@ -34,6 +47,15 @@ class VersionScore:
     score: float
     aliases: list[str]
     run_id: str | None
+    data_name: str = UNKNOWN_DATA
+    data_digest: str = UNKNOWN_DATA
+    tie_score: float = math.nan
+    step: int = -1
+
+    @property
+    def data(self) -> str:
+        """``digits:289287cc`` (name and the start of the digest)."""
+        return f"{self.data_name}:{self.data_digest[:8]}"
 
 
 @dataclass
@@ -41,6 +63,7 @@ class Decision:
     """The outcome: candidate and current holder (versions), their scores, and whether to promote."""
 
     versions: list[VersionScore] = field(default_factory=list)  # sorted by version
+    data_digest: str | None = None  # the data compared (None: no version has a score)
     metric: str = ""
     alias: str = ""
     candidate: str | None = None
@@ -68,32 +91,43 @@ def decide(client, request: PromotionRequest) -> Decision:
     for alias, version in registered.aliases.items():
         aliases_by_version.setdefault(str(version), []).append(alias)
     versions = sorted(client.search_model_versions(f"name='{request.name}'"), key=lambda v: int(v.version))
-    rows = [
-        VersionScore(
-            str(v.version), _score(v.tags, request.metric), aliases_by_version.get(v.version, []), v.run_id
-        )
-        for v in versions
-    ]
+    rows = [_version_score(v, request, aliases_by_version.get(str(v.version), [])) for v in versions]
     decision = Decision(versions=rows, metric=request.metric, alias=request.alias)
+    holder = registered.aliases.get(request.alias)
+    holder_row = next((r for r in rows if holder is not None and r.version == str(holder)), None)
+    decision.data_digest = _data_compared(request, rows, holder_row)
     sign = 1.0 if request.higher_is_better else -1.0
-    scored = [r for r in rows if not math.isnan(r.score)]
+    tie_sign = 1.0 if request.tie_breaker_higher_is_better else -1.0
+    scored = [r for r in rows if not math.isnan(r.score) and r.data_digest == decision.data_digest]
     if request.version is not None:
         scored = [r for r in scored if r.version == request.version]
         if not scored:
             raise RegistryError(
-                f"version {request.version} of '{request.name}' has no numeric '{request.metric}' tag"
+                f"version {request.version} of '{request.name}' has no numeric '{request.metric}' tag "
+                f"or was trained on other data than data.digest={decision.data_digest}"
             )
     if not scored:
         raise RegistryError(f"no version of '{request.name}' has a numeric '{request.metric}' tag to compare")
-    best = max(scored, key=lambda r: (sign * r.score, -int(r.version)))
+
+    def rank(r: VersionScore) -> tuple:
+        tie = -math.inf if math.isnan(r.tie_score) else tie_sign * r.tie_score
+        return (sign * r.score, tie, r.step, int(r.version))
+
+    best = max(scored, key=rank)
     decision.candidate, decision.candidate_score = best.version, best.score
-    holder = registered.aliases.get(request.alias)
     if holder is not None:
         decision.current = str(holder)
         decision.current_score = next((r.score for r in rows if r.version == decision.current), math.nan)
+    other_data = holder_row is not None and holder_row.data_digest != decision.data_digest
     if decision.current is None:
         decision.promote = True
         decision.summary = f"version {decision.candidate} becomes @{request.alias} (no current holder)"
+    elif other_data and decision.current != decision.candidate:
+        decision.promote = True
+        decision.summary = (
+            f"version {decision.candidate} ({best.data}) becomes @{request.alias}, as asked by data_digest=; "
+            f"the holder, version {decision.current}, was trained on other data ({holder_row.data})"
+        )
     elif decision.current == decision.candidate:
         decision.summary = f"version {decision.candidate} already holds @{request.alias}"
     else:
@@ -114,6 +148,48 @@ def decide(client, request: PromotionRequest) -> Decision:
     return decision
 
 
+def _version_score(version, request: PromotionRequest, aliases: list[str]) -> VersionScore:
+    tags = version.tags
+    step = _score(tags, "global_step")
+    return VersionScore(
+        str(version.version),
+        _score(tags, request.metric),
+        aliases,
+        version.run_id,
+        data_name=tags.get("data.name", UNKNOWN_DATA),
+        data_digest=tags.get("data.digest", UNKNOWN_DATA),
+        tie_score=_score(tags, request.tie_breaker) if request.tie_breaker else math.nan,
+        step=-1 if math.isnan(step) else int(step),
+    )
+
+
+def _data_compared(request: PromotionRequest, rows: list[VersionScore], holder: VersionScore | None) -> str:
+    """The data digest whose versions compete: the request's, else the holder's, else the only one."""
+    datasets: dict[str, list[VersionScore]] = {}
+    for row in rows:
+        datasets.setdefault(row.data_digest, []).append(row)
+    listing = "; ".join(
+        f"{group[0].data_name} data_digest={digest} ({len(group)} version(s))"
+        for digest, group in sorted(datasets.items(), key=lambda item: item[1][0].data_name)
+    )
+    if request.data_digest:
+        matches = [d for d in datasets if d.startswith(str(request.data_digest))]
+        if len(matches) != 1:
+            found = "matches several" if matches else "matches none"
+            raise RegistryError(
+                f"data_digest={request.data_digest} {found} of the versions of '{request.name}': {listing}"
+            )
+        return matches[0]
+    if holder is not None:
+        return holder.data_digest
+    if len(datasets) > 1:
+        raise RegistryError(
+            f"versions of '{request.name}' were trained on {len(datasets)} datasets and no version holds "
+            f"@{request.alias}; choose one with data_digest=...: {listing}"
+        )
+    return next(iter(datasets), UNKNOWN_DATA)
+
+
 def apply_decision(client, request: PromotionRequest, decision: Decision) -> None:
     """Move the alias, keep the replaced version reachable, record who/what/why on the version."""
     if decision.current is not None and request.previous_alias:
@@ -125,6 +201,7 @@ def apply_decision(client, request: PromotionRequest, decision: Decision) -> Non
         "promotion.by": f"{getpass.getuser()}@{socket.gethostname()}",
         "promotion.at": when,
         "promotion.metric": f"{request.metric}={decision.candidate_score:.6g}",
+        "promotion.data_digest": decision.data_digest or UNKNOWN_DATA,
         "promotion.replaced_version": decision.current or "none",
         "promotion.reason": request.reason or decision.summary,
     }
@@ -133,10 +210,17 @@ def apply_decision(client, request: PromotionRequest, decision: Decision) -> Non
 
 
 def comparison_table(decision: Decision) -> str:
-    """Versions with their metric and aliases; the candidate and current holder marked."""
-    header = f"{'version':>7}  {decision.metric:>12}  {'aliases':<24} {'run_id':<32}  note"
+    """Versions with their data, metric and aliases; the candidate and current holder marked.
+
+    Versions of other data are counted below the table, not listed.
+    """
+    header = (
+        f"{'version':>7}  {'data':<20} {decision.metric:>12}  {'step':>8}  {'aliases':<20} "
+        f"{'run_id':<32}  note"
+    )
     lines = [header, "-" * len(header)]
-    for row in decision.versions:
+    compared = [r for r in decision.versions if r.data_digest == decision.data_digest]
+    for row in compared:
         note = []
         if row.version == decision.candidate:
             note.append("candidate")
@@ -144,5 +228,12 @@ def comparison_table(decision: Decision) -> str:
             note.append(f"current @{decision.alias}")
         shown = "-" if math.isnan(row.score) else f"{row.score:.6g}"
         aliases, run_id = ",".join(row.aliases) or "-", row.run_id or "-"
-        lines.append(f"{row.version:>7}  {shown:>12}  {aliases:<24} {run_id:<32}  {' '.join(note)}")
+        step = "-" if row.step < 0 else str(row.step)
+        lines.append(
+            f"{row.version:>7}  {row.data:<20} {shown:>12}  {step:>8}  {aliases:<20} {run_id:<32}  "
+            f"{' '.join(note)}".rstrip()
+        )
+    others = len(decision.versions) - len(compared)
+    if others:
+        lines.append(f"({others} version(s) trained on other data not compared; see data_digest=)")
     return "\n".join(lines)
