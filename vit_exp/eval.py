@@ -26,6 +26,26 @@ def predict_dataset(predictor, dataset):
     return np.concatenate(probs), np.concatenate(labels)
 
 
+def check_classes_fit(data, model_classes: list[str], ref) -> None:
+    """DataError unless every label of ``data`` is a class of the model with the same index and name.
+
+    A subset passes (5 ImageNet folders with ``class_map=imagenet`` against a 1000-class model).
+    """
+    names = list(data.class_names)
+    for folder, label in sorted(data.class_indexing.items(), key=lambda item: item[1]):
+        ours = names[label] if label < len(names) else folder
+        theirs = model_classes[label] if label < len(model_classes) else None
+        if ours != theirs:
+            trained_on = ref.tags.get("data.name") if ref.tags else None
+            model = f"{ref.uri}" + (f" (trained on {trained_on})" if trained_on else "")
+            found = f"'{theirs}'" if theirs is not None else f"no class {label} (it has {len(model_classes)})"
+            raise DataError(
+                f"data {data.name} ({data.root}, class_map={data.class_map}) does not fit {model}: "
+                f"folder {folder} is label {label} '{ours}', the model has {found}; "
+                "evaluate on the data the model was trained for (same class indices and names)"
+            )
+
+
 def evaluate(cfg: DictConfig) -> dict:
     """Evaluate ``cfg.model_uri`` on ``cfg.data``'s val split; log an eval run; return the metrics."""
     from hydra.utils import instantiate
@@ -40,16 +60,11 @@ def evaluate(cfg: DictConfig) -> dict:
     client = use_store(cfg.mlflow.tracking_uri)
     ref = resolve(client, cfg.model_uri)
     instantiate(cfg.device).apply()
-    predictor = load_predictor(ref.uri)
+    predictor = load_predictor(ref.pinned_uri)
     data = instantiate(cfg.data)
     data.mean, data.std = predictor.mean, predictor.std  # normalise as the model was trained
     num_classes = len(predictor.class_names)
-    top_label = max(data.class_indexing.values())
-    if top_label >= num_classes:
-        raise DataError(
-            f"data ({data.name}, class_map={data.class_map}) has labels up to {top_label} "
-            f"but {cfg.model_uri} predicts {num_classes} classes; pick the data the model was trained for"
-        )
+    check_classes_fit(data, predictor.class_names, ref)
     log.info(
         "evaluating %s (%s) on %s/%s",
         ref.uri,

@@ -43,7 +43,7 @@ def predict(cfg: DictConfig) -> list[dict]:
     client = use_store(cfg.mlflow.tracking_uri)
     ref = resolve(client, cfg.model_uri)
     instantiate(cfg.device).apply()
-    predictor = load_predictor(ref.uri)
+    predictor = load_predictor(ref.pinned_uri)
     images, readable, failures = [], [], []
     for path in files:
         try:

@@ -1,15 +1,15 @@
-"""Resolve a model URI (``models:/NAME/V``, ``models:/NAME@alias``, ``runs:/ID/path``) with clear errors,
-and load it as a :class:`~vit_exp.models.inference.Predictor`."""
+"""Resolve a model URI (``models:/NAME/V``, ``models:/NAME/latest``, ``models:/NAME@alias``,
+``runs:/ID/path``) with clear errors, and load it as a :class:`~vit_exp.models.inference.Predictor`."""
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from vit_exp.errors import ConfigError, RegistryError, first_line
 
-_MODELS_VERSION = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)$")
+_MODELS_VERSION = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+|latest)$")
 _MODELS_ALIAS = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[\w-]+)$")
 _RUNS = re.compile(r"^runs:/(?P<run_id>[0-9a-f]{32})/(?P<path>.+)$")
 
@@ -22,6 +22,12 @@ class ModelRef:
     name: str | None
     version: str | None
     run_id: str | None
+    tags: dict[str, str] = field(default_factory=dict)  # the version's tags (data.name, val/top1, ...)
+
+    @property
+    def pinned_uri(self) -> str:
+        """The URI of exactly this version (an alias or ``latest`` may move while it is used)."""
+        return f"models:/{self.name}/{self.version}" if self.name and self.version else self.uri
 
 
 def _registered_names(client) -> list[str]:
@@ -56,6 +62,8 @@ def resolve(client, uri: str) -> ModelRef:
     if match := _MODELS_VERSION.match(uri):
         name, version = match["name"], match["version"]
         require_registered_model(client, name)
+        if version == "latest":
+            return _latest(client, uri, name)
         try:
             mv = client.get_model_version(name, version)
         except MlflowException:
@@ -63,7 +71,7 @@ def resolve(client, uri: str) -> ModelRef:
             raise RegistryError(
                 f"model '{name}' has no version {version}; versions: {', '.join(map(str, known)) or 'none'}"
             ) from None
-        return ModelRef(uri, name, str(mv.version), mv.run_id)
+        return ModelRef(uri, name, str(mv.version), mv.run_id, dict(mv.tags))
     if match := _MODELS_ALIAS.match(uri):
         name, alias = match["name"], match["alias"]
         require_registered_model(client, name)
@@ -75,7 +83,7 @@ def resolve(client, uri: str) -> ModelRef:
                 f"model '{name}' has no alias '{alias}'; aliases: {', '.join(aliases) or 'none'} "
                 f"(set one with python -m vit_exp.promote name={name})"
             ) from None
-        return ModelRef(uri, name, str(mv.version), mv.run_id)
+        return ModelRef(uri, name, str(mv.version), mv.run_id, dict(mv.tags))
     if match := _RUNS.match(uri):
         try:
             client.get_run(match["run_id"])
@@ -84,8 +92,17 @@ def resolve(client, uri: str) -> ModelRef:
         return ModelRef(uri, None, None, match["run_id"])
     raise ConfigError(
         f"model_uri={uri} is not a model URI; "
-        "use models:/NAME/VERSION, models:/NAME@ALIAS or runs:/RUN_ID/PATH"
+        "use models:/NAME/VERSION, models:/NAME/latest, models:/NAME@ALIAS or runs:/RUN_ID/PATH"
     )
+
+
+def _latest(client, uri: str, name: str) -> ModelRef:
+    """``models:/NAME/latest``: the highest version number (what MLflow itself resolves it to)."""
+    versions = client.search_model_versions(f"name='{name}'")
+    if not versions:
+        raise RegistryError(f"model '{name}' has no versions yet ({uri})")
+    mv = max(versions, key=lambda v: int(v.version))
+    return ModelRef(uri, name, str(mv.version), mv.run_id, dict(mv.tags))
 
 
 def load_predictor(uri: str):
