@@ -303,6 +303,22 @@ def test_serve_champion_over_http(registry, champion, tmp_path):
         np.testing.assert_allclose(
             [p["top_k_probabilities"] for p in served], local["top_k_probabilities"].tolist(), rtol=1e-6
         )
+        assert all(p["error"] is None for p in served)
+
+        # One unreadable image among 16: the other 15 are answered, the bad row says why.
+        batch = [images[i % 3] for i in range(16)]
+        batch[7] = images[0][: len(images[0]) // 2]  # a truncated PNG
+        rows = [[base64.b64encode(b).decode()] for b in batch]
+        mixed = post(
+            f"http://127.0.0.1:{port}/invocations",
+            {"dataframe_split": {"columns": ["image"], "data": rows}},
+        )["predictions"]
+        assert len(mixed) == 16
+        assert mixed[7]["class_index"] is None and mixed[7]["top_k_names"] == []
+        assert mixed[7]["error"].startswith("row 7: not a readable image")
+        good = [p for i, p in enumerate(mixed) if i != 7]
+        assert all(p["error"] is None for p in good)
+        assert [p["class_index"] for p in good] == [served[i % 3]["class_index"] for i in range(16) if i != 7]
     finally:
         stop_process(server)
         log.close()

@@ -23,7 +23,9 @@ def decode_rgb(data: bytes, source: str = "image") -> np.ndarray:
                 background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
                 image = Image.alpha_composite(background, rgba)
             return np.asarray(image.convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except UnidentifiedImageError:
+        raise DataError(f"{source}: not a readable image (unknown image format or corrupt data)") from None
+    except (OSError, ValueError) as exc:
         raise DataError(f"{source}: not a readable image ({type(exc).__name__}: {exc})") from None
 
 

@@ -6,7 +6,8 @@ MLflow loads this file by path; nothing is unpickled. Artifacts of each model ve
 
 Input: a DataFrame with an ``image`` column of encoded image bytes (JPEG/PNG/...; over HTTP the
 bytes are base64 strings). Output: one row per image with ``class_index``, ``class_name``,
-``probability`` (the top-1) and ``top_k_indices``, ``top_k_names``, ``top_k_probabilities``;
+``probability`` (the top-1), ``top_k_indices``, ``top_k_names``, ``top_k_probabilities`` and
+``error`` (null, or why that row's image could not be read: its other fields are then null/empty);
 ``k`` is the version's ``top_k`` (its model config, from ``registry.top_k``) unless
 ``params.top_k`` is given.
 """
@@ -52,7 +53,10 @@ class ViTImageClassifier(PythonModel):
         self.top_k = int((getattr(context, "model_config", None) or {}).get("top_k", TOP_K))
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        """One row per input row. A row whose image cannot be read gets ``error`` (the reason) and
+        empty prediction fields; the other rows are predicted as usual."""
         from vit_exp.data.images import decode_rgb
+        from vit_exp.errors import DataError
 
         if isinstance(model_input, pd.DataFrame):
             if INPUT_COLUMN not in model_input.columns:
@@ -61,19 +65,34 @@ class ViTImageClassifier(PythonModel):
         else:
             values = list(model_input)
         k = int((params or {}).get("top_k", self.top_k))
-        images = [decode_rgb(_as_bytes(v), source=f"row {i}") for i, v in enumerate(values)]
-        top = self.predictor.top_k(images, k=k)
-        names = self.predictor.class_names
-        return pd.DataFrame(
-            {
-                "class_index": top.indices[:, 0],
-                "class_name": [names[i] for i in top.indices[:, 0]],
-                "probability": top.probabilities[:, 0].astype(float),
-                "top_k_indices": [row.tolist() for row in top.indices],
-                "top_k_names": [[names[i] for i in row] for row in top.indices],
-                "top_k_probabilities": [row.astype(float).tolist() for row in top.probabilities],
-            }
-        )
+        images, errors = {}, {}
+        for i, value in enumerate(values):
+            try:
+                images[i] = decode_rgb(_as_bytes(value), source=f"row {i}")
+            except (DataError, ValueError) as exc:
+                errors[i] = str(exc) if str(exc).startswith(f"row {i}") else f"row {i}: {exc}"
+        rows = {i: None for i in range(len(values))}
+        if images:
+            top = self.predictor.top_k(list(images.values()), k=k)
+            names = self.predictor.class_names
+            for i, indices, probabilities in zip(images, top.indices, top.probabilities, strict=True):
+                rows[i] = {
+                    "class_index": int(indices[0]),
+                    "class_name": names[indices[0]],
+                    "probability": float(probabilities[0]),
+                    "top_k_indices": indices.tolist(),
+                    "top_k_names": [names[j] for j in indices],
+                    "top_k_probabilities": probabilities.astype(float).tolist(),
+                    "error": None,
+                }
+        failed = {"class_index": None, "class_name": None, "probability": None}
+        failed |= {"top_k_indices": [], "top_k_names": [], "top_k_probabilities": []}
+        records = [row if row is not None else {**failed, "error": errors[i]} for i, row in rows.items()]
+        columns = [*failed, "error"]
+        if not errors:
+            return pd.DataFrame.from_records(records, columns=columns)
+        # object columns keep None (JSON null) in the failed rows' fields, not NaN
+        return pd.DataFrame({c: pd.Series([r[c] for r in records], dtype=object) for c in columns})
 
 
 mlflow.models.set_model(ViTImageClassifier())

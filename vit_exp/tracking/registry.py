@@ -52,6 +52,7 @@ def pyfunc_signature(top_k: int = 5):
                 ColSpec(Array("long"), "top_k_indices"),
                 ColSpec(Array("string"), "top_k_names"),
                 ColSpec(Array("double"), "top_k_probabilities"),
+                ColSpec("string", "error", required=False),
             ]
         ),
         params=ParamSchema([ParamSpec("top_k", "long", top_k)]),
