@@ -71,6 +71,15 @@ def flatten(config: Mapping | DictConfig, prefix: str = "") -> dict[str, str]:
     return flat
 
 
+LOCATION_KEYS = ("data.check_cache_dir", "model.checkpoint_cache_dir")
+
+
+def is_location_key(key: str) -> bool:
+    """Where a job keeps files (``paths.*``, cache folders): a tag of its run, not a param, so the
+    UI's parameter plots and comparisons show hyperparameters, not each job's directories."""
+    return key.startswith("paths.") or key in LOCATION_KEYS
+
+
 def readable_run_name(cfg: DictConfig, overrides: list[str]) -> str:
     """``vit_tiny-digits optim.lr=0.001 trainer.batch_size=32`` (paths and hydra overrides left out)."""
     keep = [
@@ -216,16 +225,20 @@ def _log_traceback(client, run_id: str, run_dir: Path | None) -> None:
 def log_run_inputs(
     client, run_id: str, cfg: DictConfig, hydra_dir: Path | None, class_names: list[str], net
 ) -> None:
-    """Params (flattened config + parameter count) and artifacts (Hydra files, config, environment, model)."""
-    from mlflow.entities import Param
+    """Params (flattened config without locations, + parameter count), location tags and artifacts
+    (Hydra files, config, environment, model)."""
+    from mlflow.entities import Param, RunTag
 
     from vit_exp.models.vit import count_parameters, model_summary
 
-    params = flatten(cfg)
+    flat = flatten(cfg)
+    params = {k: v for k, v in flat.items() if not is_location_key(k)}
     params["model.num_parameters"] = str(count_parameters(net))
+    locations = [RunTag(k, v) for k, v in flat.items() if is_location_key(k)]
     items = list(params.items())
     for start in range(0, len(items), 100):
         client.log_batch(run_id, params=[Param(k, v) for k, v in items[start : start + 100]])
+    client.log_batch(run_id, tags=locations)
     for path in sorted(hydra_dir.glob("*.yaml")) if hydra_dir is not None else ():
         client.log_text(run_id, mask(path.read_text()), f"hydra/{path.name}")
     client.log_text(run_id, mask(OmegaConf.to_yaml(cfg, resolve=True)), "config_resolved.yaml")

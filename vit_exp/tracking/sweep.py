@@ -2,7 +2,9 @@
 
 ``on_multirun_start`` creates the parent run (tagged with the sweep directory and overrides) and
 writes its id into the sweep directory, where each job's run finds it and becomes its child.
-``on_multirun_end`` prints a table of the jobs (status, val/top1, a failed job's error) and ends the
+The parent's params are the sweep's keys (swept choices and fixed overrides).
+``on_multirun_end`` prints a table of the jobs (status, val/top1, a failed job's error), puts the best
+job's val metrics and run id on the parent (so sweeps compare in the runs table) and ends the
 parent FINISHED, or FAILED when a job failed, which also makes the command exit non-zero. A sweep
 that is interrupted or breaks ends its parent KILLED or FAILED (never RUNNING).
 """
@@ -10,6 +12,7 @@ that is interrupted or breaks ends its parent KILLED or FAILED (never RUNNING).
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,6 +120,16 @@ class MlflowSweepCallback(Callback):
         parent = client.get_run(path.read_text().strip())
         jobs = sweep_jobs(client, sweep_dir, parent)
         print(sweep_table(client, jobs), flush=True)
+        best = best_job(client, jobs)
+        if best is not None:
+            record_best_job(client, parent.info.run_id, best)
+            log.info(
+                "mlflow: best job %d (%s): val/top1 %.4f, run %s",
+                best.job.num,
+                best.job.overrides,
+                best.metrics["val/top1"],
+                best.job.run.info.run_id,
+            )
         failed = [job for job in jobs if job.status != "FINISHED"]
         end_parent_if_running(settings, parent.info.run_id, "FAILED" if failed else "FINISHED")
         if failed:
@@ -165,6 +178,7 @@ def _earlier_sweep(client, experiment: str, key: str) -> str | None:
 
 
 def _new_parent(client, experiment: str, config: DictConfig, sweep_dir: Path, key: str) -> str:
+    from mlflow.entities import Param
     from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
     overrides = " ".join(config.hydra.overrides.task) or "(none)"
@@ -183,8 +197,70 @@ def _new_parent(client, experiment: str, config: DictConfig, sweep_dir: Path, ke
             "vit_exp.sweep_key": key,
         },
     )
+    client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in sweep_params(config).items()])
     log.info("mlflow: sweep parent run %s (%s)", run.info.run_id, name)
     return run.info.run_id
+
+
+def sweep_params(config: DictConfig) -> dict[str, str]:
+    """The sweep's keys as params: each swept key with its choices (``optim.lr`` -> ``1e-3,3e-3``,
+    or an Optuna range), and the fixed overrides of the command line."""
+    from vit_exp.credentials import mask
+    from vit_exp.tracking.runs import MAX_PARAM_LENGTH
+
+    params = {}
+    for override in config.hydra.overrides.task:
+        key, _, value = override.partition("=")
+        if key.lstrip("+~") != "resume":
+            params[key.lstrip("+~")] = value
+    for key, value in (config.hydra.sweeper.get("params") or {}).items():
+        params[str(key)] = str(value)
+    return {k: mask(v)[:MAX_PARAM_LENGTH] for k, v in params.items()}
+
+
+@dataclass(frozen=True)
+class BestJob:
+    """The sweep's best job by its best val/top1, with the val metrics of that epoch."""
+
+    job: SweepJob
+    metrics: dict[str, float]
+
+
+def best_job(client, jobs: list[SweepJob]) -> BestJob | None:
+    """The job whose best val/top1 is highest (the earlier job on a tie); None when none validated."""
+    best: BestJob | None = None
+    for job in jobs:
+        if job.run is None:
+            continue
+        history = client.get_metric_history(job.run.info.run_id, "val/top1")
+        if not history:
+            continue
+        top = max(history, key=lambda m: (m.value, -m.step))
+        if best is not None and top.value <= best.metrics["val/top1"]:
+            continue
+        metrics = {"val/top1": top.value}
+        for key in ("val/top5", "val/loss"):
+            same_step = [m for m in client.get_metric_history(job.run.info.run_id, key) if m.step == top.step]
+            if same_step:
+                metrics[key] = same_step[-1].value
+        best = BestJob(job, metrics)
+    return best
+
+
+def record_best_job(client, parent_id: str, best: BestJob) -> None:
+    """Put the best job's val metrics (same keys as the jobs') and its run id on the parent run."""
+    from mlflow.entities import Metric, RunTag
+
+    now = int(time.time() * 1000)
+    client.log_batch(
+        parent_id,
+        metrics=[Metric(k, v, now, 0) for k, v in best.metrics.items()],
+        tags=[
+            RunTag("sweep.best_run_id", best.job.run.info.run_id),
+            RunTag("sweep.best_job", str(best.job.num)),
+            RunTag("sweep.best_overrides", best.job.overrides or "(none)"),
+        ],
+    )
 
 
 def sweep_table(client, jobs: list[SweepJob]) -> str:
