@@ -82,3 +82,10 @@ def test_a_sweep_of_two_parallel_jobs_on_a_new_store(tmp_path):
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
     assert sorted(float(c.data.params["optim.lr"]) for c in children) == [1e-3, 2e-3]
     assert "sweep results (2 job(s))" in proc.stdout and "val/top1" in proc.stdout
+    # the parent compares with other sweeps: swept keys as params, the best job's metrics and run id
+    assert parent.data.params["optim.lr"] == "1e-3,2e-3"
+    best = max(children, key=lambda c: (c.data.metrics["val/top1"], -int(c.data.tags["hydra.job.num"])))
+    best_top1 = max(m.value for m in client.get_metric_history(best.info.run_id, "val/top1"))
+    assert parent.data.metrics["val/top1"] == pytest.approx(best_top1)
+    assert "val/loss" in parent.data.metrics
+    assert parent.data.tags["sweep.best_run_id"] == best.info.run_id

@@ -58,7 +58,11 @@ def test_params_tags_and_run_name(tiny_run):
     assert params["model.embed_dim"] == "32" and params["trainer.epochs"] == "2"
     assert int(params["model.num_parameters"]) > 10_000
     assert not any(k.startswith("hydra.") for k in params)
+    # where the job kept its files is a tag, not a param (compare plots show hyperparameters)
+    assert not [k for k in params if k.startswith("paths.") or k.endswith("cache_dir")]
     tags = run.data.tags
+    assert tags["paths.output_dir"] == str(tiny_run["tmp"] / "run")
+    assert tags["paths.checkpoint_dir"] == str(tiny_run["tmp"] / "run" / "checkpoints")
     assert "optim.lr=3e-3" in tags["hydra.overrides"]
     assert tags["mindspore.version"] == "2.10.0" and tags["mlflow.version"].startswith("3.")
     assert tags["device.target"] == "cpu"
