@@ -154,13 +154,17 @@ def test_eval_by_alias_matches_mindspore_metrics(registry, champion):
 
     # MindSpore's own metrics on the same checkpoint and data.
     import mindspore as ms
+    import mlflow
     from mindspore.train import Model, Top1CategoricalAccuracy, TopKCategoricalAccuracy
 
     from vit_exp.data.folder import ImageFolderData
     from vit_exp.data.pipeline import val_dataset
 
-    source = Path(client.download_artifacts(version.run_id, "models"))
-    ckpt = next(p for p in source.rglob("*.ckpt") if f"-s{int(version.tags['global_step']):06d}" in p.name)
+    mlflow.set_tracking_uri(registry["uri"])
+    mlflow.set_registry_uri(registry["uri"])
+    source = Path(mlflow.artifacts.download_artifacts(f"models:/consumer-vit/{version.version}"))
+    (ckpt,) = (source / "artifacts").glob("*.ckpt")
+    assert f"-s{int(version.tags['global_step']):06d}" in ckpt.name
     net = tiny_vit(num_classes=3)
     ms.load_param_into_net(net, ms.load_checkpoint(str(ckpt)), strict_load=True)
     data = ImageFolderData(root=registry["root"])

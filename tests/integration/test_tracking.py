@@ -107,8 +107,9 @@ def test_artifacts(tiny_run):
     assert "mindspore==2.10.0" in env
 
 
-def test_every_checkpoint_is_a_tagged_model_version(tiny_run):
+def test_every_checkpoint_is_a_tagged_model_version(tiny_run, monkeypatch):
     client, run = tiny_run["client"], tiny_run["run"]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tiny_run["uri"])  # models:/ resolves from the global URIs
     versions = sorted(client.search_model_versions("name='tiny-vit'"), key=lambda v: int(v.version))
     assert [str(v.version) for v in versions] == ["1", "2"]
     assert [v.tags["epoch"] for v in versions] == ["1", "2"]
@@ -123,16 +124,43 @@ def test_every_checkpoint_is_a_tagged_model_version(tiny_run):
     import mlflow
     from mlflow.models import Model
 
-    local = [
-        Path(mlflow.artifacts.download_artifacts(artifact_uri=v.source, tracking_uri=tiny_run["uri"]))
-        for v in versions
-    ]
+    mlflow.set_tracking_uri(tiny_run["uri"])
+    mlflow.set_registry_uri(tiny_run["uri"])
+    local = [Path(mlflow.artifacts.download_artifacts(artifact_uri=v.source)) for v in versions]
     models = [Model.load(str(path)) for path in local]
     assert [m.metadata["global_step"] for m in models] == [4, 8]
     paths = [m.flavors["python_function"]["artifacts"]["checkpoint"]["path"] for m in models]
     assert [p.rsplit("-", 2)[-2:] for p in paths] == [["e001", "s000004.ckpt"], ["e002", "s000008.ckpt"]]
     assert all((root / path).is_file() for root, path in zip(local, paths, strict=True))
     assert len({m.model_uuid for m in models}) == 2
+
+
+def test_each_version_is_a_logged_model_of_its_run_stored_once(tiny_run):
+    """MLflow 3: a LoggedModel per registered checkpoint (an output of the run at its step, with the
+    run's val metrics of that step); the version comes from it; its checkpoint is the training
+    checkpoint's own file (a hard link: one copy on disk)."""
+    client, run = tiny_run["client"], tiny_run["run"]
+    run_id = run.info.run_id
+    models = client.search_logged_models([run.info.experiment_id], order_by=[{"field_name": "creation_time"}])
+    assert [m.name for m in models] == ["vit_tiny-e001-s000004", "vit_tiny-e002-s000008"]
+    assert all(m.source_run_id == run_id and str(m.status).endswith("READY") for m in models)
+    outputs = client.get_run(run_id).outputs.model_outputs
+    assert sorted((o.model_id, o.step) for o in outputs) == sorted(
+        zip([m.model_id for m in models], [4, 8], strict=True)
+    )
+    versions = sorted(client.search_model_versions("name='tiny-vit'"), key=lambda v: int(v.version))
+    assert [v.source for v in versions] == [f"models:/{m.model_id}" for m in models]
+    val = {m.step: m for m in client.get_metric_history(run_id, "val/top1")}
+    assert sorted(val) == [4, 8]  # linking the metrics to the models added no point to the run
+    for model, step in zip(models, [4, 8], strict=True):
+        linked = {m.key: m for m in model.metrics}
+        assert set(linked) == {"val/top1", "val/top5", "val/loss"}
+        assert linked["val/top1"].value == val[step].value and linked["val/top1"].step == step
+        assert linked["val/top1"].dataset_name == "image_folder"
+        checkpoint = tiny_run["tmp"] / "run" / "checkpoints" / f"{model.name}.ckpt"
+        stored = Path(model.artifact_location.removeprefix("file://")) / "artifacts" / checkpoint.name
+        assert stored.stat().st_ino == checkpoint.stat().st_ino  # the same file, stored once
+    assert not list(Path(run.info.artifact_uri.removeprefix("file://")).glob("models"))
 
 
 PREDICT_IN_A_FRESH_PROCESS = """
@@ -187,7 +215,8 @@ def test_pyfunc_in_fresh_process_equals_direct_inference(tiny_run):
     images = sorted((tiny_run["root"] / "val").rglob("*.png"))[::4]
     env = {**os.environ, "MLFLOW_TRACKING_URI": tiny_run["uri"]}
     served = predict_in_a_fresh_process("models:/tiny-vit/2", images, tiny_run["tmp"], env)
-    checkpoint = sorted((tiny_run["tmp"] / "run/checkpoints").glob("*.ckpt"))[-1]
+    checkpoints = (tiny_run["tmp"] / "run/checkpoints").glob("*.ckpt")
+    checkpoint = sorted(p for p in checkpoints if not p.name.endswith(".state.ckpt"))[-1]
     assert_equals_direct_inference(served, checkpoint, images)
 
 

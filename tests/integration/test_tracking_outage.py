@@ -77,10 +77,14 @@ def test_server_away_during_training_loses_nothing(server, tmp_path):
     assert {"hydra", "config_resolved.yaml", "model_summary.txt"} <= {
         a.path for a in client.list_artifacts(run.info.run_id)
     }
-    model_files = {
-        a.path.rsplit("/", 1)[-1]
-        for a in client.list_artifacts(run.info.run_id, "models/vit_tiny-e001-s000022")
-    }
+    models = client.search_logged_models(
+        [run.info.experiment_id], filter_string="name = 'vit_tiny-e001-s000022'"
+    )
+    # one READY model; any other is one a send cut short by the outage left behind, marked FAILED
+    (model,) = [m for m in models if str(m.status).endswith("READY")]
+    assert all(str(m.status).endswith("FAILED") for m in models if m is not model)
+    assert model.source_run_id == run.info.run_id
+    model_files = {a.path.rsplit("/", 1)[-1] for a in client.list_logged_model_artifacts(model.model_id)}
     assert {"MLmodel", "serving_input_example.json", "artifacts", "code"} <= model_files
 
 

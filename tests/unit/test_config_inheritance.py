@@ -22,7 +22,10 @@ REMOVED = {
     "data.infer_split",  # never read
     "optim._partial_",  # optim is a settings object now, not a partial optimizer factory
 }
-REPLACED = {"optim._target_": "vit_exp.train.optim.OptimizerSettings"}
+REPLACED = {
+    "optim._target_": "vit_exp.train.optim.OptimizerSettings",
+    "registry.name": "${model.name}-${data.name}",  # issue 14: names do not collide across datasets
+}
 ADDED = {  # new keys (issues 12, 13), in every config that has their group
     "data.skip_unreadable": False,
     "data.check_cache_dir": "${paths.cache_dir}/image_checks",
@@ -34,8 +37,16 @@ ADDED = {  # new keys (issues 12, 13), in every config that has their group
     "trainer.preempt_grace_s": 30,
     "registry.step_checkpoints": False,
     "resume": None,  # top level of the training entry (the configs with a trainer group)
+    "data_digest": None,  # issue 14, top level of the promote entry (the configs with a metric key)
+    "tie_breaker": "val/loss",
+    "tie_breaker_higher_is_better": False,
 }
-GROUP_OF_TOP_LEVEL = {"resume": "trainer"}
+GROUP_OF_TOP_LEVEL = {
+    "resume": "trainer",
+    "data_digest": "metric",
+    "tie_breaker": "metric",
+    "tie_breaker_higher_is_better": "metric",
+}
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -26,7 +28,13 @@ def _train_network(num_classes: int = 3):
 
 def test_a_full_state_checkpoint_restores_network_and_optimizer_and_loads_as_pretrained(tmp_path):
     from vit_exp.models.checkpoint import is_network_entry, load_pretrained, write_network_checkpoint
-    from vit_exp.train.state import load_training_network, read_checkpoint, read_training_state
+    from vit_exp.train.state import (
+        STATE_ENTRY,
+        load_training_network,
+        read_checkpoint,
+        read_training_state,
+        state_file,
+    )
     from vit_exp.train.state import save_training_checkpoint as save
 
     ms, net, step = _train_network()
@@ -45,27 +53,47 @@ def test_a_full_state_checkpoint_restores_network_and_optimizer_and_loads_as_pre
     assert all(np.array_equal(saved[name], restored[name]) for name in saved)  # moments, step, weights
     assert read_training_state(path)["seed"] == 7
 
-    report = load_pretrained(tiny_vit(num_classes=3), str(path), tmp_path)  # model.pretrained= use
-    assert "moment1.dense.weight" in report.ignored and "vit_exp.training_state" in report.ignored
-    network = write_network_checkpoint(path, tmp_path / "network.ckpt")
-    entries = ms.load_checkpoint(str(network))
-    assert set(entries) == {p.name for p in net.get_parameters()}
+    # The checkpoint's own file is the network alone (what a version ships and pretrained= loads);
+    # the optimizer and the training state are in its .state.ckpt.
+    assert set(ms.load_checkpoint(str(path))) == {p.name for p in net.get_parameters()}
     assert all(is_network_entry(p.name) for p in net.get_parameters())
-    assert network.stat().st_size < 0.4 * path.stat().st_size  # a version ships the network only
+    states = state_file(path)
+    assert states.name == "full.state.ckpt" and "moment1.dense.weight" in ms.load_checkpoint(str(states))
+    assert path.stat().st_size < 0.4 * (path.stat().st_size + states.stat().st_size)
+    report = load_pretrained(tiny_vit(num_classes=3), str(path), tmp_path)  # model.pretrained= use
+    assert report.ignored == [] and len(report.loaded) == len(list(net.get_parameters()))
+    assert read_training_state(states)["seed"] == 7  # either file names the checkpoint
+
+    # A single-file checkpoint of the earlier layout still resumes and loads as pretrained.
+    single = tmp_path / "single.ckpt"
+    ms.save_checkpoint(step, str(single), append_dict={STATE_ENTRY: json.dumps({"version": 1, "seed": 3})})
+    assert read_training_state(single)["seed"] == 3 and "moment1.dense.weight" in read_checkpoint(single)
+    report = load_pretrained(tiny_vit(num_classes=3), str(single), tmp_path)
+    assert "moment1.dense.weight" in report.ignored and "vit_exp.training_state" in report.ignored
+    network = write_network_checkpoint(single, tmp_path / "network.ckpt")
+    assert set(ms.load_checkpoint(str(network))) == {p.name for p in net.get_parameters()}
 
 
 def test_a_truncated_checkpoint_is_refused_and_a_parameters_only_one_has_no_state(tmp_path):
     from vit_exp.errors import CheckpointError
     from vit_exp.models.checkpoint import save_checkpoint
-    from vit_exp.train.state import read_training_state, save_training_checkpoint
+    from vit_exp.train.state import read_checkpoint, read_training_state, save_training_checkpoint, state_file
 
     _, net, step = _train_network()
     path = save_training_checkpoint(step, tmp_path / "full.ckpt", {"position": {}})
-    data = path.read_bytes()
-    cut = tmp_path / "cut.ckpt"
-    cut.write_bytes(data[: len(data) // 2])
+    states = state_file(path)
+    states.write_bytes(states.read_bytes()[: states.stat().st_size // 2])
     with pytest.raises(CheckpointError, match="cannot read checkpoint"):
-        read_training_state(cut)
+        read_training_state(path)
+    other = save_training_checkpoint(step, tmp_path / "other.ckpt", {"position": {}})
+    other.write_bytes(other.read_bytes()[:100])  # the network file cut short: its state file says so
+    with pytest.raises(CheckpointError, match=r"network file .*other.ckpt .* is 100 bytes"):
+        read_training_state(other)
+    with pytest.raises(CheckpointError):
+        read_checkpoint(other)
+    other.unlink()
+    with pytest.raises(CheckpointError, match="is missing"):
+        read_training_state(other)
     assert read_training_state(save_checkpoint(net, tmp_path / "weights.ckpt")) is None
 
 
@@ -156,6 +184,7 @@ def test_step_checkpoints_are_kept_by_their_own_rule_and_resume_picks_the_newest
     from vit_exp.tracking.resume import latest_checkpoint
     from vit_exp.train.callbacks import CheckpointSaver, EpochRecord, TrainHistory
     from vit_exp.train.loop import CallbackParams
+    from vit_exp.train.state import checkpoint_files, state_file
 
     history = TrainHistory(batch_size=8, lr_values=[])
     saver = CheckpointSaver(tmp_path, "m", history, every_n_epochs=1, keep=5, every_n_steps=2, keep_steps=2)
@@ -171,10 +200,12 @@ def test_step_checkpoints_are_kept_by_their_own_rule_and_resume_picks_the_newest
     assert kinds == [("step", 2), ("step", 4), ("epoch", 5), ("step", 6), ("step", 8), ("epoch", 10)]
     kept = [(c.kind, c.step) for c in saver.on_disk]
     assert kept == [("epoch", 5), ("step", 6), ("step", 8), ("epoch", 10)]
-    assert sorted(p.name for p in tmp_path.glob("*.ckpt")) == sorted(c.path.name for c in saver.on_disk)
+    files = sorted(p.name for p in tmp_path.glob("*.ckpt"))
+    assert files == sorted(f.name for c in saver.on_disk for f in checkpoint_files(c.path))
 
     newest = saver.on_disk[-1].path
-    newest.write_bytes(newest.read_bytes()[:100])  # cut short: the resume falls back to step 8
+    cut = state_file(newest)  # cut short: the resume falls back to step 8
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
     path, state = latest_checkpoint([tmp_path])
     assert path == saver.on_disk[-2].path and state["position"]["global_step"] == 8
     assert state["position"]["epoch_done"] is False and state["position"]["step_in_epoch"] == 3

@@ -1,4 +1,5 @@
-"""Checkpoints as MLflow model versions: log the pyfunc (models-from-code), register it, tag it."""
+"""Checkpoints as MLflow model versions: a LoggedModel of the run holding the pyfunc (models-from-code),
+registered from that model and tagged."""
 
 from __future__ import annotations
 
@@ -106,9 +107,10 @@ def write_model_inputs(folder: Path, config: dict, class_names: list[str], examp
 
 
 class PyfuncModelWriter:
-    """Logs checkpoints of a run as MLflow pyfunc models (models-from-code).
+    """Writes checkpoints of a run as MLflow pyfunc models (models-from-code), each the artifacts of
+    its own LoggedModel.
 
-    ``mlflow.pyfunc.save_model`` runs once per writer; each checkpoint then logs that directory, its
+    ``mlflow.pyfunc.save_model`` runs once per writer; each checkpoint then gets that directory, its
     own checkpoint and its own ``MLmodel`` (last): ~30 ms a version instead of ~0.3 s (bench/RESULTS.md).
     """
 
@@ -153,35 +155,74 @@ class PyfuncModelWriter:
         (template / "artifacts" / checkpoint.name).unlink()
         self._template_bytes = sum(f.stat().st_size for f in template.rglob("*") if f.is_file())
 
-    def log(self, client, run_id: str, checkpoint: Path, step: int, artifact_path: str) -> None:
-        """Log the pyfunc model of ``checkpoint`` under ``artifact_path`` of the run ``run_id``.
+    def write(self, client, model, checkpoint: Path, step: int, run_id: str) -> None:
+        """Store the pyfunc model of ``checkpoint`` as the artifacts of the LoggedModel ``model``.
 
-        A version ships the network only: the optimizer's and the loop's state stay with the run.
+        A version ships the network only: the checkpoint's own file (its optimizer and loop state
+        stay beside it, in ``.state.ckpt``). On a local artifact store that file is hard linked, not
+        copied: a registered checkpoint is stored once.
         """
-        from vit_exp.models.checkpoint import write_network_checkpoint
+        from vit_exp.train.state import state_file
 
         with tempfile.TemporaryDirectory(prefix="vit_exp_network_") as folder:
-            network = write_network_checkpoint(checkpoint, Path(folder) / checkpoint.name)
-            self._log(client, run_id, network, step, artifact_path)
+            if not state_file(checkpoint).is_file():  # a single-file full-state checkpoint (earlier layout)
+                from vit_exp.models.checkpoint import write_network_checkpoint
 
-    def _log(self, client, run_id: str, checkpoint: Path, step: int, artifact_path: str) -> None:
+                checkpoint = write_network_checkpoint(checkpoint, Path(folder) / checkpoint.name)
+            self._write(client, model, checkpoint, step, run_id)
+
+    def _write(self, client, model, checkpoint: Path, step: int, run_id: str) -> None:
         import copy
         import datetime
-        import uuid
 
         if self._model is None:
             self._save_template(checkpoint)
         work = Path(self._workdir.name)
-        client.log_artifacts(run_id, str(work / "model"), artifact_path=artifact_path)
-        client.log_artifact(run_id, str(checkpoint), artifact_path=f"{artifact_path}/artifacts")
-        model = copy.deepcopy(self._model)
-        model.flavors["python_function"]["artifacts"]["checkpoint"] = {"path": f"artifacts/{checkpoint.name}"}
-        model.metadata = {"global_step": step, "checkpoint": checkpoint.name}
-        model.model_uuid = uuid.uuid4().hex
-        model.utc_time_created = str(datetime.datetime.now(datetime.UTC).replace(tzinfo=None))
-        model.model_size_bytes = checkpoint.stat().st_size + self._template_bytes
-        model.save(str(work / "MLmodel"))
-        client.log_artifact(run_id, str(work / "MLmodel"), artifact_path=artifact_path)
+        mlmodel = copy.deepcopy(self._model)
+        mlmodel.flavors["python_function"]["artifacts"]["checkpoint"] = {
+            "path": f"artifacts/{checkpoint.name}"
+        }
+        mlmodel.metadata = {"global_step": step, "checkpoint": checkpoint.name}
+        mlmodel.model_uuid = model.model_id
+        mlmodel.model_id, mlmodel.run_id = model.model_id, run_id
+        mlmodel.utc_time_created = str(datetime.datetime.now(datetime.UTC).replace(tzinfo=None))
+        mlmodel.model_size_bytes = checkpoint.stat().st_size + self._template_bytes
+        target = local_folder(model.artifact_location)
+        if target is not None:  # the files go straight into place, the checkpoint as a hard link
+            shutil.copytree(work / "model", target, dirs_exist_ok=True)
+            link_or_copy(checkpoint, target / "artifacts" / checkpoint.name)
+            mlmodel.save(str(target / "MLmodel"))  # last: a model directory with MLmodel is whole
+            return
+        with tempfile.TemporaryDirectory(prefix="vit_exp_model_") as staging:
+            staged = Path(staging) / "model"
+            shutil.copytree(work / "model", staged)
+            link_or_copy(checkpoint, staged / "artifacts" / checkpoint.name)
+            mlmodel.save(str(staged / "MLmodel"))
+            client.log_model_artifacts(model.model_id, str(staged))
+
+
+def local_folder(location: str) -> Path | None:
+    """The folder of a local artifact location (a path or ``file://`` URI); None for a remote one."""
+    from urllib.parse import unquote, urlparse
+
+    parsed = urlparse(location)
+    if parsed.scheme == "file":
+        return Path(unquote(parsed.path))
+    if parsed.scheme == "" or (len(parsed.scheme) == 1 and location[1:3] in (":/", ":\\")):
+        return Path(location)
+    return None
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    """Hard link ``source`` at ``target`` (one copy on disk), or copy it across file systems."""
+    import os
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.unlink(missing_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:  # another file system, or links not allowed
+        shutil.copy2(source, target)
 
 
 def version_record(
@@ -199,6 +240,10 @@ def version_record(
     }
 
 
+MODEL_TYPE = "MindSpore ViT image classifier"
+VAL_METRICS = ("val/top1", "val/top5", "val/loss")
+
+
 def register_version(
     client,
     run,
@@ -207,29 +252,95 @@ def register_version(
     ensure_model: bool = True,
     check_existing: bool = True,
 ) -> str:
-    """Log a version record's checkpoint as a pyfunc model of ``run`` (a RunInfo) and register it.
+    """Make a version record's checkpoint a LoggedModel of ``run`` (a RunInfo) and register it.
 
-    The model is logged as run artifacts (``runs:/<run>/models/<name>``) rather than with
-    ``log_model``, which would load and run every version once to validate its input example.
-    With ``check_existing``, a record sent before (a replay after a crash) finds its version and
-    makes no second one; ``ensure_model=False`` skips creating the registered model.
+    The model (named after the checkpoint) is an output of the run at its step, with the run's
+    val metrics of that step linked to it, and the registered version's source is
+    ``models:/<model_id>``. Its files are written directly rather than with ``log_model``, which
+    would load and run every version once to validate its input example. With ``check_existing``,
+    a record sent before (a replay after a crash) finds its model and version and makes no second.
     """
+    from mlflow.entities import LoggedModelStatus
+
     checkpoint = Path(record["checkpoint"])
     if not checkpoint.is_file():
         raise FileNotFoundError(f"checkpoint {checkpoint} is gone; it cannot become a model version")
-    artifact_path = f"models/{checkpoint.stem.replace('.', '_')}"
-    run_id, source = run.run_id, f"{run.artifact_uri}/{artifact_path}"
-    name = record["name"]
+    name, step = record["name"], int(record["step"])
     if ensure_model:
         ensure_registered_model(client, name)
-    for existing in (
-        client.search_model_versions(f"name='{name}' and run_id='{run_id}'") if check_existing else ()
-    ):
-        if existing.source == source:
-            return str(existing.version)
-    writer.log(client, run_id, checkpoint, record["step"], artifact_path)
-    version = client.create_model_version(name, source=source, run_id=run_id, tags=record["tags"])
+    model = _existing_model(client, run, checkpoint) if check_existing else None
+    if model is not None:
+        for existing in client.search_model_versions(f"name='{name}' and run_id='{run.run_id}'"):
+            if existing.source == f"models:/{model.model_id}":
+                return str(existing.version)
+    else:
+        model = client.create_logged_model(
+            run.experiment_id,
+            name=_model_name(checkpoint),
+            source_run_id=run.run_id,
+            tags={"checkpoint": checkpoint.name, "global_step": str(step)},
+            model_type=MODEL_TYPE,
+        )
+        writer.write(client, model, checkpoint, step, run.run_id)
+        _link_to_run(client, run.run_id, model.model_id, step, record["tags"])
+        client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)  # READY: whole and linked
+    version = client.create_model_version(
+        name,
+        source=f"models:/{model.model_id}",
+        run_id=run.run_id,
+        tags=record["tags"],
+        model_id=model.model_id,
+    )
+    _list_version_on_model(client, model.model_id, name, str(version.version))
     return str(version.version)
+
+
+def _model_name(checkpoint: Path) -> str:
+    return checkpoint.name[: -len(".ckpt")].replace(".", "_")
+
+
+def _existing_model(client, run, checkpoint: Path):
+    """The READY LoggedModel of ``checkpoint`` in ``run`` (None when there is none). One left
+    PENDING by a crash mid-write is marked FAILED: a new one takes its place."""
+    from mlflow.entities import LoggedModelStatus
+
+    found = client.search_logged_models(
+        [run.experiment_id],
+        filter_string=f"source_run_id = '{run.run_id}' AND name = '{_model_name(checkpoint)}'",
+    )
+    for model in found:
+        if str(model.status) in ("READY", str(LoggedModelStatus.READY)):
+            return model
+        client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
+    return None
+
+
+def _link_to_run(client, run_id: str, model_id: str, step: int, tags: Mapping[str, str]) -> None:
+    """The model is an output of the run at ``step``; the run's val metrics of that step are its
+    metrics (the same points again, so the run's history gains none), on the val dataset."""
+    from mlflow.entities import LoggedModelOutput, Metric
+
+    client.log_outputs(run_id, [LoggedModelOutput(model_id, step)])
+    dataset = {}
+    if tags.get("data.name") and tags.get("data.val_digest"):
+        dataset = {"dataset_name": tags["data.name"], "dataset_digest": tags["data.val_digest"]}
+    metrics = [
+        Metric(m.key, m.value, m.timestamp, m.step, model_id=model_id, **dataset)
+        for key in VAL_METRICS
+        for m in client.get_metric_history(run_id, key)
+        if m.step == step
+    ]
+    if metrics:
+        client.log_batch(run_id, metrics=metrics, synchronous=True)
+
+
+def _list_version_on_model(client, model_id: str, name: str, version: str) -> None:
+    """The ``mlflow.modelVersions`` tag the UI reads (a tracking server sets it; a database store not)."""
+    key = "mlflow.modelVersions"
+    listed = json.loads(client.get_logged_model(model_id).tags.get(key) or "[]")
+    if not any(v.get("name") == name and str(v.get("version")) == version for v in listed):
+        listed.append({"name": name, "version": version})
+        client.set_logged_model_tags(model_id, {key: json.dumps(listed)})
 
 
 def model_writer(record: dict) -> PyfuncModelWriter:

@@ -224,7 +224,8 @@ class CheckpointSaver(Callback):
     """Saves full-state checkpoints (``train.state``): after every ``every_n_epochs`` epochs and the
     last, every ``every_n_steps`` steps (None: never) and on ``save_now``.
 
-    Files are ``<directory>/<prefix>-e<epoch>-s<step>.ckpt`` (``.preempt.ckpt`` on a signal). The
+    Files are ``<directory>/<prefix>-e<epoch>-s<step>.ckpt`` (``.preempt.ckpt`` on a signal), each
+    with its ``.state.ckpt``. The
     newest ``keep`` epoch checkpoints and ``keep_steps`` step/preempt checkpoints are kept.
     ``written`` lists every checkpoint in order, ``on_disk`` those not pruned. ``extra_state()``
     adds the tracking layer's part of the state; ``before_save()`` runs before each write (the
@@ -291,11 +292,14 @@ class CheckpointSaver(Callback):
         return saved
 
     def _prune(self) -> None:
+        from vit_exp.train.state import checkpoint_files
+
         for kinds, keep in ((("epoch",), self.keep), (("step", "preempt"), self.keep_steps)):
             mine = [c for c in self.on_disk if c.kind in kinds]
             for old in mine[: max(0, len(mine) - keep)]:
                 self.on_disk.remove(old)
-                old.path.unlink(missing_ok=True)
+                for path in checkpoint_files(old.path):  # a model version's hard link stays
+                    path.unlink(missing_ok=True)
 
     def latest_step(self) -> int:
         return self.written[-1].step if self.written else -1

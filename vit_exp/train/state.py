@@ -1,11 +1,14 @@
-"""Full-state checkpoints: the network, the optimizer and where training stands, in one ``.ckpt`` file.
+"""Full-state checkpoints: the network, the optimizer and where training stands, as two files.
 
-The file is a plain MindSpore checkpoint of the training network (the ViT's parameters under their
-reference names, the optimizer's ``moment1.*``/``moment2.*``/``beta*_power``/``global_step``, the
-per-step ``learning_rate``) plus one string entry, ``vit_exp.training_state``: JSON with the loop
-position, the seed, the run's history and what the tracking layer keeps (registered checkpoints,
-run id, config). ``model.pretrained=`` reads the network's entries and ignores the rest.
-Files are written under a temporary name, fsynced and renamed: a file with its final name is whole.
+``<stem>.ckpt`` holds the ViT's parameters under their reference names: what ``model.pretrained=``
+loads and what a model version ships (on a local store the version's file is this very file, hard
+linked: it is stored once). ``<stem>.state.ckpt`` holds the rest of the training network (the
+optimizer's ``moment1.*``/``moment2.*``/``beta*_power``/``global_step``, the per-step
+``learning_rate``) and one string entry, ``vit_exp.training_state``: JSON with the loop position,
+the seed, the run's history, what the tracking layer keeps (registered checkpoints, run id,
+config) and the name and size of its network file. Each file is written under a temporary name
+with a CRC, fsynced and renamed, the network file first: a state file with its final name has a
+whole network file beside it. Single-file checkpoints of earlier versions still load.
 """
 
 from __future__ import annotations
@@ -19,6 +22,28 @@ from vit_exp.errors import CheckpointError, first_line
 
 STATE_ENTRY = "vit_exp.training_state"
 STATE_VERSION = 1
+STATE_SUFFIX = ".state.ckpt"
+
+
+def state_file(checkpoint: Path) -> Path:
+    """The training-state file of the checkpoint ``<stem>.ckpt``: ``<stem>.state.ckpt``."""
+    checkpoint = Path(checkpoint)
+    if checkpoint.name.endswith(STATE_SUFFIX):
+        return checkpoint
+    return checkpoint.with_name(checkpoint.name[: -len(".ckpt")] + STATE_SUFFIX)
+
+
+def network_file(checkpoint: Path) -> Path:
+    """The network file of a checkpoint given by either of its files."""
+    checkpoint = Path(checkpoint)
+    if checkpoint.name.endswith(STATE_SUFFIX):
+        return checkpoint.with_name(checkpoint.name[: -len(STATE_SUFFIX)] + ".ckpt")
+    return checkpoint
+
+
+def checkpoint_files(checkpoint: Path) -> list[Path]:
+    """Every file of a checkpoint (network and state)."""
+    return [network_file(checkpoint), state_file(checkpoint)]
 
 
 @dataclass(frozen=True)
@@ -43,29 +68,58 @@ class ResumePoint:
     position: LoopPosition
 
 
-def save_training_checkpoint(train_network, path: Path, state: dict) -> Path:
-    """Write ``train_network``'s parameters and ``state`` (JSON-able) to ``path``, atomically."""
-    import mindspore as ms
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.stem}.partial.ckpt")
+def _write_atomically(path: Path, write) -> None:
+    partial = path.with_name(f".{path.name[: -len('.ckpt')]}.partial.ckpt")
     partial.unlink(missing_ok=True)
-    payload = json.dumps({"version": STATE_VERSION, **state})
-    ms.save_checkpoint(train_network, str(partial), append_dict={STATE_ENTRY: payload}, crc_check=True)
+    write(str(partial))
     with open(partial, "rb") as handle:  # a file with the final name survives a power cut whole
         os.fsync(handle.fileno())
     os.replace(partial, path)
+
+
+def save_training_checkpoint(train_network, path: Path, state: dict) -> Path:
+    """Write ``train_network``'s parameters and ``state`` (JSON-able) as the checkpoint ``path``
+    (its network file) and ``state_file(path)``, each atomically, the network first."""
+    import mindspore as ms
+
+    from vit_exp.models.checkpoint import is_network_entry
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomically(
+        path, lambda to: ms.save_checkpoint(train_network, to, choice_func=is_network_entry, crc_check=True)
+    )
+    network = {"file": path.name, "bytes": path.stat().st_size}
+    payload = json.dumps({"version": STATE_VERSION, **state, "network": network})
+    _write_atomically(
+        state_file(path),
+        lambda to: ms.save_checkpoint(
+            train_network,
+            to,
+            choice_func=lambda name: not is_network_entry(name),
+            append_dict={STATE_ENTRY: payload},
+            crc_check=True,
+        ),
+    )
     return path
 
 
-def read_checkpoint(path: Path, what: str = "resume") -> dict:
-    """Every entry of the checkpoint at ``path`` (checked against its CRC)."""
+def _load(path: Path, what: str, **kwargs) -> dict:
     import mindspore as ms
 
     try:
-        return ms.load_checkpoint(str(path), crc_check=True)
+        return ms.load_checkpoint(str(path), crc_check=True, **kwargs)
     except Exception as exc:
         raise CheckpointError(f"{what}: cannot read checkpoint {path}: {first_line(str(exc))}") from None
+
+
+def read_checkpoint(path: Path, what: str = "resume") -> dict:
+    """Every entry of the checkpoint at ``path`` (given by either file; each checked against its CRC)."""
+    states = state_file(path)
+    if not states.is_file():  # parameters only, or a single-file checkpoint of an earlier version
+        return _load(path, what)
+    entries = _load(states, what)
+    _check_network_file(states, training_state(entries), what)
+    return {**_load(network_file(path), what), **entries}
 
 
 def training_state(entries: dict) -> dict | None:
@@ -78,16 +132,32 @@ def training_state(entries: dict) -> dict | None:
 
 
 def read_training_state(path: Path, what: str = "resume") -> dict | None:
-    """Only the training state of the checkpoint at ``path`` (None when it holds parameters only)."""
+    """Only the training state of the checkpoint at ``path`` (None when it holds parameters only).
+
+    A state file whose network file is missing or cut short is a CheckpointError.
+    """
     import mindspore as ms
 
+    source = state_file(path) if state_file(path).is_file() else Path(path)
     try:
-        entries = ms.load_checkpoint(str(path), choice_func=lambda name: name == STATE_ENTRY)
+        entries = ms.load_checkpoint(str(source), choice_func=lambda name: name == STATE_ENTRY)
     except Exception as exc:
         if "empty after filter" in str(exc):  # a readable checkpoint without the entry
             return None
-        raise CheckpointError(f"{what}: cannot read checkpoint {path}: {first_line(str(exc))}") from None
-    return training_state(entries)
+        raise CheckpointError(f"{what}: cannot read checkpoint {source}: {first_line(str(exc))}") from None
+    state = training_state(entries)
+    if source.name.endswith(STATE_SUFFIX):
+        _check_network_file(source, state, what)
+    return state
+
+
+def _check_network_file(states: Path, state: dict | None, what: str) -> None:
+    expected = (state or {}).get("network") or {}
+    network = states.with_name(expected.get("file", network_file(states).name))
+    size = network.stat().st_size if network.is_file() else None
+    if size is None or size != expected.get("bytes", size):
+        found = "missing" if size is None else f"{size} bytes, not {expected['bytes']}"
+        raise CheckpointError(f"{what}: the network file {network} of checkpoint {states} is {found}")
 
 
 def position_of(state: dict) -> LoopPosition:
