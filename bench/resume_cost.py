@@ -26,7 +26,7 @@ def sizes_and_write_times(model: str, rounds: int, folder: Path) -> dict:
 
     from vit_exp.models.vit import ViT
     from vit_exp.train.optim import OptimizerSettings
-    from vit_exp.train.state import save_training_checkpoint
+    from vit_exp.train.state import checkpoint_files, save_training_checkpoint
 
     net = ViT(vit_config(model, num_classes=1000 if model != "vit_tiny" else 10))
     optimizer = OptimizerSettings(name="adam", lr=1e-3).build(
@@ -45,7 +45,7 @@ def sizes_and_write_times(model: str, rounds: int, folder: Path) -> dict:
         full_times.append(time.perf_counter() - start)
     result = {
         "network_mb": (folder / "network-0.ckpt").stat().st_size / 1e6,
-        "full_mb": (folder / "full-0.ckpt").stat().st_size / 1e6,
+        "full_mb": sum(p.stat().st_size for p in checkpoint_files(folder / "full-0.ckpt")) / 1e6,
         "network_write_s": statistics.median(network_times),
         "full_write_s": statistics.median(full_times),
     }

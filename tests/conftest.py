@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -13,12 +14,20 @@ register_resolvers()
 
 
 @pytest.fixture(autouse=True)
-def tracking_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every test (and every CLI it starts) records into its own SQLite MLflow store."""
+def tracking_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Every test (and every CLI it starts) records into its own SQLite MLflow store.
+
+    A test may point MLflow's process-wide URIs at a store (``models:/`` URIs resolve from them);
+    they are reset afterwards, so no later test or subprocess inherits them.
+    """
     uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
     monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    return uri
+    yield uri
+    if "mlflow" in sys.modules:  # set_*_uri also wrote the environment: monkeypatch restores it next
+        sys.modules["mlflow"].set_registry_uri(None)
+        sys.modules["mlflow"].set_tracking_uri(None)
 
 
 @pytest.fixture

@@ -66,6 +66,8 @@ def train(cfg: DictConfig) -> float | None:
     data = instantiate(cfg.data)
     num_classes = resolve_num_classes(cfg.model.num_classes, data)
     net = instantiate(cfg.model, num_classes=num_classes)
+    batch_size = job.trainer.batch_size
+    val_ds = val_dataset(data, net.image_size, batch_size)  # checks the val split before training
     identity = data_identity(
         data, Path(cfg.paths.cache_dir) / "data_digests", class_names_of(data, num_classes)
     )
@@ -83,8 +85,6 @@ def train(cfg: DictConfig) -> float | None:
         job.device.target,
         job.device.mode,
     )
-    batch_size = job.trainer.batch_size
-    val_ds = val_dataset(data, net.image_size, batch_size)  # checks the val split before training
     batches = TrainBatches(
         data, net.image_size, batch_size, job.trainer.seed, exact_skip=not job.trainer.resume_fast_skip
     )

@@ -146,7 +146,7 @@ def test_a_bad_value_is_one_line_and_leaves_no_run(cli, tracking_store, override
     assert_one_line_error(cli(override), expected)
     import mlflow
 
-    client = mlflow.MlflowClient(tracking_uri=tracking_store)
+    client = mlflow.MlflowClient(tracking_uri=tracking_store, registry_uri=tracking_store)
     experiments = [e.experiment_id for e in client.search_experiments()]
     assert client.search_runs(experiments) == []  # checked before any run was created
 

@@ -57,10 +57,13 @@ def assert_versions_have_their_metrics(store: str) -> tuple[object, list]:
 def assert_no_half_made_versions(store: str, run, versions) -> None:
     import mlflow
 
-    client = mlflow.MlflowClient(tracking_uri=store)
-    logged = {a.path for a in client.list_artifacts(run.info.run_id, "models")}
-    registered = {v.source.rsplit("/artifacts/", 1)[-1] for v in versions}
-    assert logged == registered, f"model artifacts without a version: {sorted(logged - registered)}"
+    client = mlflow.MlflowClient(tracking_uri=store, registry_uri=store)
+    models = client.search_logged_models([run.info.experiment_id])
+    ready = {m.model_id for m in models if str(m.status).endswith("READY")}
+    registered = {v.source.removeprefix("models:/") for v in versions}
+    assert ready == registered, f"logged models without a version: {sorted(ready - registered)}"
+    pending = [m.name for m in models if str(m.status).endswith("PENDING")]
+    assert not pending, f"logged models left half-written: {pending}"
 
 
 @pytest.mark.parametrize("seed", [0])

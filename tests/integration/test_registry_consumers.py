@@ -283,6 +283,7 @@ def test_serve_champion_over_http(registry, champion, tmp_path):
         wait_for_http(f"http://127.0.0.1:{port}/ping", server, tmp_path / "serve.log")
         import mlflow
 
+        mlflow.set_tracking_uri(registry["uri"])  # the version's source, models:/<model_id>, resolves from it
         example_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=version.source))
         example = json.loads((example_dir / "serving_input_example.json").read_text())
         answer = post(f"http://127.0.0.1:{port}/invocations", example)

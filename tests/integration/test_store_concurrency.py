@@ -72,7 +72,7 @@ def test_a_sweep_of_two_parallel_jobs_on_a_new_store(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     import mlflow
 
-    client = mlflow.MlflowClient(tracking_uri=store)
+    client = mlflow.MlflowClient(tracking_uri=store, registry_uri=store)
     runs = client.search_runs([client.get_experiment_by_name("vit-exp").experiment_id])
     (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]

@@ -15,7 +15,7 @@ SMALL = [*TINY_MODEL, "model.num_layers=1", "registry.register=none"]
 def runs_by_role(store: str) -> tuple[object, list]:
     import mlflow
 
-    client = mlflow.MlflowClient(tracking_uri=store)
+    client = mlflow.MlflowClient(tracking_uri=store, registry_uri=store)
     runs = client.search_runs([client.get_experiment_by_name("vit-exp").experiment_id])
     parents = [r for r in runs if r.data.tags.get("vit_exp.role") == "sweep"]
     assert len(parents) == 1

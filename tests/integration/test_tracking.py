@@ -44,7 +44,7 @@ def tiny_run(tmp_path_factory):
     assert proc.returncode == 0, proc.stderr[-3000:]
     import mlflow
 
-    client = mlflow.MlflowClient(tracking_uri=uri)
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
     experiment = client.get_experiment_by_name("tracked-test")
     (run,) = client.search_runs([experiment.experiment_id])
     return {"client": client, "run": run, "uri": uri, "root": root, "tmp": tmp, "stdout": proc.stdout}
@@ -273,7 +273,7 @@ def test_an_unreadable_image_is_named_and_can_be_left_out(tmp_path, tracking_sto
     ], proc.stderr
     import mlflow
 
-    client = mlflow.MlflowClient(tracking_uri=tracking_store)
+    client = mlflow.MlflowClient(tracking_uri=tracking_store, registry_uri=tracking_store)
     (run,) = client.search_runs([client.get_experiment_by_name("vit-exp").experiment_id])
     assert run.info.status == "FAILED"
     assert "Traceback" in Path(client.download_artifacts(run.info.run_id, "traceback.txt")).read_text()
@@ -316,7 +316,7 @@ def test_ctrl_c_ends_the_run_killed_and_keeps_buffered_metrics(tmp_path, trackin
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode != 0, stderr[-2000:]
-    client = mlflow.MlflowClient(tracking_uri=tracking_store)
+    client = mlflow.MlflowClient(tracking_uri=tracking_store, registry_uri=tracking_store)
     (run,) = client.search_runs([client.get_experiment_by_name("vit-exp").experiment_id])
     assert run.info.status == "KILLED", stderr[-2000:]
     assert len(client.get_metric_history(run.info.run_id, "val/top1")) >= 2, stderr[-2000:]

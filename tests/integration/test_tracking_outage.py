@@ -72,7 +72,7 @@ def test_server_away_during_training_loses_nothing(server, tmp_path):
     assert_complete_record(server)
     import mlflow
 
-    client = mlflow.MlflowClient(tracking_uri=server.url)
+    client = mlflow.MlflowClient(tracking_uri=server.url, registry_uri=server.url)
     (run,) = client.search_runs([client.get_experiment_by_name("vit-exp").experiment_id])
     assert {"hydra", "config_resolved.yaml", "model_summary.txt"} <= {
         a.path for a in client.list_artifacts(run.info.run_id)
@@ -102,7 +102,7 @@ def test_server_still_away_at_the_end_keeps_the_outbox_for_sync(server, tmp_path
     server.start()
     import mlflow
 
-    client = mlflow.MlflowClient(tracking_uri=server.url)
+    client = mlflow.MlflowClient(tracking_uri=server.url, registry_uri=server.url)
     (run,) = client.search_runs([client.get_experiment_by_name("vit-exp").experiment_id])
     assert run.info.status == "RUNNING"  # not FINISHED while records are only in the outbox
     sync = run_cli("vit_exp.sync", f"outbox={outbox}", f"hydra.run.dir={tmp_path / 'sync'}")
@@ -135,7 +135,7 @@ def test_sync_sends_what_the_outbox_kept_into_the_same_run(tmp_path, tracking_st
     assert outbox.unsent == 7
     sync = run_cli("vit_exp.sync", f"outbox={folder}", f"hydra.run.dir={tmp_path / 'sync'}")
     assert sync.returncode == 0, sync.stderr[-2000:]
-    client = mlflow.MlflowClient(tracking_uri=tracking_store)
+    client = mlflow.MlflowClient(tracking_uri=tracking_store, registry_uri=tracking_store)
     assert sorted(m.step for m in client.get_metric_history(run_id, "train/loss")) == [1, 2, 3, 4, 5]
     assert client.get_run(run_id).info.status == "FINISHED"
     again = run_cli("vit_exp.sync", f"outbox={folder}", f"hydra.run.dir={tmp_path / 'sync2'}")

@@ -80,7 +80,7 @@ def test_cli_trains_validates_and_checkpoints(tmp_path):
     assert "val loss" in out and "top1" in out and "top5" in out
     assert "finished 6 step(s)" in out and "stopped at trainer.max_steps" in out
     checkpoints = sorted((run_dir / "checkpoints").glob("*.ckpt"))
-    assert [c.name for c in checkpoints] == ["vit_tiny-e001-s000006.ckpt"]
+    assert [c.name for c in checkpoints] == ["vit_tiny-e001-s000006.ckpt", "vit_tiny-e001-s000006.state.ckpt"]
     config = yaml.safe_load((run_dir / ".hydra/config.yaml").read_text())
     assert config["model"]["embed_dim"] == 32 and config["trainer"]["max_steps"] == 6
     assert (tmp_path / "cache/datasets/digits/train/7").is_dir()
@@ -98,10 +98,10 @@ def test_cli_pretrained_checkpoint_round_trip(tmp_path):
     ]
     first = run_cli("vit_exp.run", *common, f"hydra.run.dir={tmp_path / 'a'}")
     assert first.returncode == 0, first.stderr[-3000:]
-    ckpt = next((tmp_path / "a/checkpoints").glob("*.ckpt"))
+    ckpt = next((tmp_path / "a/checkpoints").glob("*[0-9].ckpt"))
     second = run_cli("vit_exp.run", *common, f"model.pretrained={ckpt}", f"hydra.run.dir={tmp_path / 'b'}")
     assert second.returncode == 0, second.stderr[-3000:]
     assert "re-initialised" not in second.stdout + second.stderr
     before = ms.load_checkpoint(str(ckpt))["cls"].asnumpy()
-    after = ms.load_checkpoint(str(next((tmp_path / "b/checkpoints").glob("*.ckpt"))))["cls"].asnumpy()
+    after = ms.load_checkpoint(str(next((tmp_path / "b/checkpoints").glob("*[0-9].ckpt"))))["cls"].asnumpy()
     assert before.shape == after.shape and not np.array_equal(before, after)  # trained further from it

@@ -201,8 +201,19 @@ def load_into(net, params: dict, path: Path, head_names: tuple[str, ...] = HEAD_
 
 
 def load_pretrained(net, source: str | Path, cache_dir: str | Path, name_map: str = "auto") -> LoadReport:
-    """Fetch ``source`` (path or URL), rename by ``name_map``, check and load it into ``net``."""
+    """Fetch ``source`` (path or URL), rename by ``name_map``, check and load it into ``net``.
+
+    The training-state file of a vit-exp checkpoint (``X.state.ckpt``) stands for its network file.
+    """
     path = fetch_checkpoint(source, cache_dir)
+    if path.name.endswith(".state.ckpt"):
+        network = path.with_name(path.name[: -len(".state.ckpt")] + ".ckpt")
+        if not network.is_file():
+            raise CheckpointError(
+                f"model.pretrained: {path} holds a training state; its network file {network} is missing"
+            )
+        log.info("model.pretrained: %s is a training state; loading its network file %s", path, network)
+        path = network
     params = apply_name_map(_read_checkpoint(path), name_map)
     return load_into(net, params, path)
 
