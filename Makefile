@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: install run test test-all lint format clean
+.PHONY: install run ui test test-all lint format clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"vit-exp needs Python 3.11, {sys.executable} is {sys.version.split()[0]} (set PYTHON=...)"'
@@ -18,6 +18,9 @@ install: $(STAMP)   ## create .venv and install vit-exp with its dev and sweep e
 
 run: $(STAMP)       ## train the default experiment (override with ARGS="model=vit_small ...")
 	$(BIN)/python -m vit_exp.run $(ARGS)
+
+ui: $(STAMP)        ## the MLflow UI on the runs of the store (prints the link to open; ARGS="port=5001")
+	$(BIN)/python -m vit_exp.ui $(ARGS)
 
 test: $(STAMP)      ## run the test suite (slow tests excluded)
 	$(BIN)/python -m pytest $(ARGS)

@@ -68,6 +68,9 @@ def test_params_tags_and_run_name(tiny_run):
     assert tags["device.target"] == "cpu"
     assert len(tags["git.commit"]) == 40 and tags["git.dirty"] in ("true", "false")
     assert run.info.run_name.startswith("vit_tiny-image_folder") and "optim.lr=3e-3" in run.info.run_name
+    # the last lines name the run's page in the UI, in the "Model training" view
+    page = f"/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}?workflowType=machine_learning"
+    assert f"mlflow ui: http://127.0.0.1:5000{page}" in tiny_run["stdout"]
 
 
 def test_metric_histories(tiny_run):

@@ -1,0 +1,78 @@
+"""Start the MLflow UI on the configured store and print the page of the experiment's runs.
+
+python -m vit_exp.ui [port=5000] [host=127.0.0.1] [mlflow.experiment=vit-exp]
+
+MLflow 3.17's UI opens an experiment on its GenAI overview unless the URL says
+``?workflowType=machine_learning``: the printed link does, so it lands on the runs table. With a
+tracking server (``http://...``) nothing is started: the link is the server's own.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import urlparse
+
+from omegaconf import DictConfig
+
+from vit_exp.cli import make_main
+from vit_exp.errors import ConfigError, positive_int
+
+log = logging.getLogger("vit_exp.ui")
+
+
+def ui(cfg: DictConfig) -> str:
+    """Print the runs page of ``cfg.mlflow.experiment``; serve the store there unless it is a server."""
+    from vit_exp.credentials import reveal
+    from vit_exp.tracking.store import runs_page_url, use_store
+
+    port = positive_int("port", cfg.port)
+    uri = str(cfg.mlflow.tracking_uri)
+    client = use_store(uri)
+    experiment = client.get_experiment_by_name(cfg.mlflow.experiment)
+    remote = urlparse(reveal(uri)).scheme in ("http", "https")
+    base = uri if remote else f"http://{cfg.host}:{port}"
+    if experiment is None:
+        names = ", ".join(e.name for e in client.search_experiments()) or "none"
+        raise ConfigError(
+            f"mlflow.experiment={cfg.mlflow.experiment}: no such experiment in this store "
+            f"(experiments: {names}); train first (python -m vit_exp.run)"
+        )
+    url = runs_page_url(base, experiment.experiment_id)
+    print(f"MLflow UI, runs of '{experiment.name}': {url}", flush=True)
+    if remote:
+        return url
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", reveal(uri)]
+    command += ["--host", str(cfg.host), "--port", str(port)]
+    log.info("starting the MLflow UI (Ctrl-C stops it)")
+    server = subprocess.Popen(command, env=env, start_new_session=True)  # its workers in its own group
+    try:
+        server.wait()
+    finally:  # Ctrl-C or SIGTERM: the server and its workers go too
+        _stop_group(server)
+    return url
+
+
+def _stop_group(server: subprocess.Popen) -> None:
+    import signal
+
+    for sig, wait_s in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(server.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            server.wait(timeout=wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+main = make_main("ui", ui)
+
+if __name__ == "__main__":
+    main()
