@@ -310,10 +310,12 @@ def test_serve_champion_over_http(registry, champion, tmp_path):
         )
         assert all(p["error"] is None for p in served)
 
-        # One unreadable image among 16: the other 15 are answered, the bad row says why.
+        # An unreadable image and a value that is not base64 among 16: the others are answered, each
+        # bad row says why.
         batch = [images[i % 3] for i in range(16)]
         batch[7] = images[0][: len(images[0]) // 2]  # a truncated PNG
         rows = [[base64.b64encode(b).decode()] for b in batch]
+        rows[11] = ["this is not base64!"]
         mixed = post(
             f"http://127.0.0.1:{port}/invocations",
             {"dataframe_split": {"columns": ["image"], "data": rows}},
@@ -321,9 +323,11 @@ def test_serve_champion_over_http(registry, champion, tmp_path):
         assert len(mixed) == 16
         assert mixed[7]["class_index"] is None and mixed[7]["top_k_names"] == []
         assert mixed[7]["error"].startswith("row 7: not a readable image")
-        good = [p for i, p in enumerate(mixed) if i != 7]
+        assert mixed[11]["error"].startswith("row 11: not valid base64") and mixed[11]["class_name"] is None
+        good = [p for i, p in enumerate(mixed) if i not in (7, 11)]
         assert all(p["error"] is None for p in good)
-        assert [p["class_index"] for p in good] == [served[i % 3]["class_index"] for i in range(16) if i != 7]
+        expected = [served[i % 3]["class_index"] for i in range(16) if i not in (7, 11)]
+        assert [p["class_index"] for p in good] == expected
     finally:
         stop_process(server)
         log.close()

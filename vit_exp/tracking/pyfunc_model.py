@@ -31,9 +31,9 @@ def _as_bytes(value) -> bytes:
         return bytes(value)
     if isinstance(value, str):
         try:
-            return base64.b64decode(value)
+            return base64.b64decode("".join(value.split()), validate=True)  # wrapped lines are fine
         except (binascii.Error, ValueError):
-            raise ValueError("image values must be bytes or base64-encoded strings") from None
+            raise ValueError("not valid base64 (send the image's bytes base64-encoded)") from None
     raise ValueError(f"unsupported image value of type {type(value).__name__}")
 
 

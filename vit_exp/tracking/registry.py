@@ -38,13 +38,16 @@ class RegistrySettings:
 
 
 def pyfunc_signature(top_k: int = 5):
-    """Input: an ``image`` column of encoded bytes; output: top-1 and top-k columns; param ``top_k``."""
+    """Input: an ``image`` column of encoded image bytes (or their base64 text); output: top-1, top-k
+    and ``error`` columns; param ``top_k``."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
     from mlflow.types.schema import Array
 
     return ModelSignature(
-        inputs=Schema([ColSpec("binary", "image")]),
+        # "string", not "binary": MLflow would base64-decode a binary column itself and fail the whole
+        # request on one bad value; the model decodes each row and answers a bad one with its error.
+        inputs=Schema([ColSpec("string", "image")]),
         outputs=Schema(
             [
                 ColSpec("long", "class_index"),
