@@ -220,6 +220,8 @@ def test_bad_resume_input_gets_one_line(store, tmp_path):
     (full,) = (store["folder"] / "reference" / "checkpoints").glob("*-e001-s000022.ckpt")
     with pytest.raises(ConfigError, match=r"trainer\.epochs: 4 -> 9"):
         resolve(str(full), "trainer.epochs=9")
+    with pytest.raises(ConfigError, match=r"trainer\.epochs: 4 -> 9"):  # named by its state file too
+        resolve(str(full).replace(".ckpt", ".state.ckpt"), "trainer.epochs=9")
 
     with pytest.raises(ConfigError, match="not a checkpoint file and not a run id"):
         resolve("no-such-thing")

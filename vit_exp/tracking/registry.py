@@ -165,8 +165,9 @@ class PyfuncModelWriter:
         stay beside it, in ``.state.ckpt``). On a local artifact store that file is hard linked, not
         copied: a registered checkpoint is stored once.
         """
-        from vit_exp.train.state import state_file
+        from vit_exp.train.state import network_file, state_file
 
+        checkpoint = network_file(checkpoint)  # named by its state file (a resume=X.state.ckpt): the same
         with tempfile.TemporaryDirectory(prefix="vit_exp_network_") as folder:
             if not state_file(checkpoint).is_file():  # a single-file full-state checkpoint (earlier layout)
                 from vit_exp.models.checkpoint import write_network_checkpoint

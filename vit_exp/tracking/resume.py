@@ -21,6 +21,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from vit_exp.errors import CheckpointError, ConfigError, RegistryError
+from vit_exp.train.state import network_file
 
 log = logging.getLogger("vit_exp.tracking")
 
@@ -165,10 +166,11 @@ def _untracked(value: str, now: dict) -> ResumeTarget:
             "pass resume=<checkpoint path>"
         )
     state = _checked_state(path, now)
-    return ResumeTarget(None, path, state, attempt=1)
+    return ResumeTarget(None, network_file(path), state, attempt=1)
 
 
 def _checked_state(path: Path, now: dict) -> dict:
+    """The training state of the checkpoint ``path`` names (by either file), checked against ``now``."""
     from vit_exp.train.state import read_training_state
 
     state = read_training_state(path, what=f"resume={path}")
@@ -246,6 +248,7 @@ def _from_checkpoint(job, client, path: Path, now: dict) -> ResumeTarget | Nothi
     from mlflow.exceptions import MlflowException
 
     state = _checked_state(path, now)
+    path = network_file(path)  # a checkpoint is named by its network file (what a version ships)
     run_id = state.get("run_id")
     try:
         run = client.get_run(run_id) if run_id else None
