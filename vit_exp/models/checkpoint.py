@@ -206,8 +206,8 @@ def load_pretrained(net, source: str | Path, cache_dir: str | Path, name_map: st
     The training-state file of a vit-exp checkpoint (``X.state.ckpt``) stands for its network file.
     """
     path = fetch_checkpoint(source, cache_dir)
-    if path.name.endswith(".state.ckpt"):
-        network = path.with_name(path.name[: -len(".state.ckpt")] + ".ckpt")
+    if path.name.endswith(STATE_SUFFIX):
+        network = network_file(path)
         if not network.is_file():
             raise CheckpointError(
                 f"model.pretrained: {path} holds a training state; its network file {network} is missing"
@@ -216,6 +216,18 @@ def load_pretrained(net, source: str | Path, cache_dir: str | Path, name_map: st
         path = network
     params = apply_name_map(_read_checkpoint(path), name_map)
     return load_into(net, params, path)
+
+
+# A vit-exp training checkpoint is <stem>.ckpt (the network) and <stem>.state.ckpt (the rest: train/state.py).
+STATE_SUFFIX = ".state.ckpt"
+
+
+def network_file(checkpoint: Path) -> Path:
+    """The network file of a checkpoint given by either of its files."""
+    checkpoint = Path(checkpoint)
+    if checkpoint.name.endswith(STATE_SUFFIX):
+        return checkpoint.with_name(checkpoint.name[: -len(STATE_SUFFIX)] + ".ckpt")
+    return checkpoint
 
 
 # The first name part of every ViT parameter (RECIPE.md); a full-state checkpoint's other entries are

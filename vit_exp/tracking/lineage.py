@@ -28,7 +28,7 @@ def dataset_entity(name: str, split: SplitDigest):
 
 def log_datasets(client, run_id: str, identity: DataIdentity) -> None:
     """Record the train and val splits as the run's inputs and the data identity as run tags."""
-    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.entities import DatasetInput, InputTag, RunTag
     from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
     inputs = [
@@ -36,5 +36,4 @@ def log_datasets(client, run_id: str, identity: DataIdentity) -> None:
         for context, split in (("train", identity.train), ("val", identity.val))
     ]
     client.log_inputs(run_id, datasets=inputs)
-    for key, value in identity.tags().items():
-        client.set_tag(run_id, key, value)
+    client.log_batch(run_id, tags=[RunTag(k, v) for k, v in identity.tags().items()])

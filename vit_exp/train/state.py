@@ -19,10 +19,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from vit_exp.errors import CheckpointError, first_line
+from vit_exp.models.checkpoint import STATE_SUFFIX, network_file
 
 STATE_ENTRY = "vit_exp.training_state"
 STATE_VERSION = 1
-STATE_SUFFIX = ".state.ckpt"
 
 
 def state_file(checkpoint: Path) -> Path:
@@ -31,14 +31,6 @@ def state_file(checkpoint: Path) -> Path:
     if checkpoint.name.endswith(STATE_SUFFIX):
         return checkpoint
     return checkpoint.with_name(checkpoint.name[: -len(".ckpt")] + STATE_SUFFIX)
-
-
-def network_file(checkpoint: Path) -> Path:
-    """The network file of a checkpoint given by either of its files."""
-    checkpoint = Path(checkpoint)
-    if checkpoint.name.endswith(STATE_SUFFIX):
-        return checkpoint.with_name(checkpoint.name[: -len(STATE_SUFFIX)] + ".ckpt")
-    return checkpoint
 
 
 def checkpoint_files(checkpoint: Path) -> list[Path]:
