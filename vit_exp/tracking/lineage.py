@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import time
 
 from vit_exp.data.digest import DataIdentity, SplitDigest
 
+# A unique-key violation, as SQLite, PostgreSQL and MySQL word it (also inside a server's answer).
+DUPLICATE_KEY = ("UNIQUE constraint failed", "violates unique constraint", "Duplicate entry")
+INPUT_ATTEMPTS = 5
 IMAGE_FOLDER_SCHEMA = {
     "mlflow_colspec": [{"type": "binary", "name": "image"}, {"type": "long", "name": "label"}]
 }
@@ -35,5 +39,28 @@ def log_datasets(client, run_id: str, identity: DataIdentity) -> None:
         DatasetInput(dataset_entity(identity.name, split), [InputTag(MLFLOW_DATASET_CONTEXT, context)])
         for context, split in (("train", identity.train), ("val", identity.val))
     ]
-    client.log_inputs(run_id, datasets=inputs)
+    log_inputs_racing_others(client, run_id, inputs)
     client.log_batch(run_id, tags=[RunTag(k, v) for k, v in identity.tags().items()])
+
+
+def is_duplicate_key(exc: BaseException) -> bool:
+    """Whether the store refused an insert because the row already exists."""
+    return any(marker in str(exc) for marker in DUPLICATE_KEY)
+
+
+def log_inputs_racing_others(client, run_id: str, inputs: list) -> None:
+    """``log_inputs``, also when other jobs log the same dataset at the same moment.
+
+    MLflow looks a dataset (experiment, name, digest) up and inserts it when missing, in one
+    transaction that is not serialized against other processes: two sweep jobs starting together
+    both miss it and the second insert fails on the unique key, rolling back its whole call. The
+    dataset exists by then, so the next try finds it and links the run to it.
+    """
+    for attempt in range(1, INPUT_ATTEMPTS + 1):
+        try:
+            client.log_inputs(run_id, datasets=inputs)
+            return
+        except Exception as exc:
+            if attempt == INPUT_ATTEMPTS or not is_duplicate_key(exc):
+                raise
+            time.sleep(0.05 * attempt)
