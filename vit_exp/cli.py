@@ -186,6 +186,10 @@ def make_main(config_name: str, task: Callable[[Any], Any]) -> Callable[[], None
         return run_job(task, cfg)
 
     def main() -> None:
+        from vit_exp.train.parallel import serve_if_scheduler, worker_overrides
+
+        serve_if_scheduler()  # msrun's scheduler runs this command too: it only serves the workers
+        sys.argv += worker_overrides()
         hide_command_line_secrets()
         # MindSpore's and OpenCV's C++ log lines off the console (the environment wins): their errors
         # reach us as exceptions, shown in one line (GLOG_v=3 shows MindSpore's error lines too).

@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 
 from vit_exp.cli import make_main
 from vit_exp.errors import ConfigError, positive_int, writable_directory
+from vit_exp.train.objective import best_value, check_optimized_metric, epoch_values
 
 log = logging.getLogger("vit_exp.run")
 
@@ -31,7 +32,7 @@ def resolve_num_classes(configured: int | None, data) -> int:
 
 
 def train(cfg: DictConfig) -> float | None:
-    """Run one training job from a composed config; return the best validation top-1."""
+    """Run one training job from a composed config; return the best value of ``optimized_metric``."""
     from hydra.utils import instantiate
 
     from vit_exp.tracking.job import (
@@ -43,9 +44,18 @@ def train(cfg: DictConfig) -> float | None:
         training_run,
     )
     from vit_exp.tracking.resume import NothingToDo, resolve_resume
+    from vit_exp.train import parallel
 
-    job = TrainJob.from_config(cfg, HydraJob.current())  # every settings group checked first
-    writable_directory("paths.checkpoint_dir", cfg.paths.checkpoint_dir)  # now, not after epoch 1
+    workers = parallel.from_environment()  # under msrun: this worker's rank; rank 0 alone records
+    job = TrainJob.from_config(cfg, HydraJob.current(), workers)  # every settings group checked first
+    objective = check_optimized_metric(cfg.optimized_metric, sweep_direction())
+    if workers.world_size > 1 and cfg.get("resume") not in (None, "", "never", False):
+        raise ConfigError(
+            f"resume={cfg.resume} is not supported with msrun data parallelism yet ({workers.world_size} "
+            "workers); continue with one process, or start again without resume="
+        )
+    if workers.is_main:
+        writable_directory("paths.checkpoint_dir", cfg.paths.checkpoint_dir)  # now, not after epoch 1
     client = None
     if job.mlflow.enabled:
         from vit_exp.tracking.store import use_store
@@ -54,7 +64,7 @@ def train(cfg: DictConfig) -> float | None:
     resume = resolve_resume(job, client)
     if isinstance(resume, NothingToDo):
         log.info(resume.message)
-        return resume.best_top1
+        return resume.best
     from vit_exp.data.digest import data_identity
     from vit_exp.data.pipeline import TrainBatches, val_dataset
     from vit_exp.models.vit import count_parameters
@@ -63,6 +73,7 @@ def train(cfg: DictConfig) -> float | None:
     from vit_exp.train.trainer import fit
 
     job.device.apply(seed=job.trainer.seed, deterministic=job.trainer.deterministic)
+    parallel.start(workers)
     data = instantiate(cfg.data)
     num_classes = resolve_num_classes(cfg.model.num_classes, data)
     net = instantiate(cfg.model, num_classes=num_classes)
@@ -73,7 +84,7 @@ def train(cfg: DictConfig) -> float | None:
     )
     log.info(
         "model %s: %s parameters, %d classes | data %s: %s (%d train / %d val images, digest %s) | "
-        "device %s (%s mode)",
+        "device %s (%s mode)%s",
         cfg.model.name,
         f"{count_parameters(net):,}",
         num_classes,
@@ -84,9 +95,18 @@ def train(cfg: DictConfig) -> float | None:
         identity.digest,
         job.device.target,
         job.device.mode,
+        f" | data parallel: worker {workers.rank} of {workers.world_size}, global batch "
+        f"{workers.global_batch(batch_size)}"
+        if workers.world_size > 1
+        else "",
     )
     batches = TrainBatches(
-        data, net.image_size, batch_size, job.trainer.seed, exact_skip=not job.trainer.resume_fast_skip
+        data,
+        net.image_size,
+        batch_size,
+        job.trainer.seed,
+        exact_skip=not job.trainer.resume_fast_skip,
+        shard=(workers.world_size, workers.rank),
     )
     plan = job.trainer.plan(batches.steps_per_epoch)
     schedule = instantiate(cfg.sched)(total_steps=plan.total_steps, steps_per_epoch=plan.steps_per_epoch)
@@ -110,9 +130,10 @@ def train(cfg: DictConfig) -> float | None:
                 callbacks=callbacks.ordered,
                 amp_level=job.device.amp_level,
                 resume=point,
-                preemption=preemption(job, callbacks, run),
+                preemption=preemption(job, callbacks, run) if workers.is_main else None,
+                world_size=workers.world_size,
             )
-        return report(callbacks, plan, run)
+        return report(callbacks, plan, run, objective)
 
 
 def resume_point(resume):
@@ -145,8 +166,8 @@ def preemption(job, callbacks, run):
     return Preemption(job.trainer.preempt_grace_s, save, on_timeout)
 
 
-def report(callbacks, plan, run) -> float | None:
-    """Log the end-of-run summary; return the best validation top-1."""
+def report(callbacks, plan, run, objective: str = "val/top1") -> float | None:
+    """Log the end-of-run summary; return the best value of the metric ``objective``."""
     history = callbacks.history
     best, last = history.best("top1"), history.last_epoch
     log.info("=" * 72)
@@ -177,7 +198,17 @@ def report(callbacks, plan, run) -> float | None:
 
         log.info("mlflow run: %s (%s)", run.run_id, run.tracking_uri)
         log.info("mlflow ui: %s", runs_page_url(run.tracking_uri, run.experiment_id, run.run_id))
-    return best.val["top1"] if best else None
+    return best_value(objective, epoch_values(objective, history.epochs))
+
+
+def sweep_direction() -> str | None:
+    """The running sweep's optimization direction (None outside a sweep, or for a grid)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    direction = HydraConfig.get().sweeper.get("direction")
+    return str(direction) if isinstance(direction, str) else None
 
 
 main = make_main("train", train)

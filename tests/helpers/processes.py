@@ -136,3 +136,28 @@ class MlflowServer:
         if self.process is not None:
             stop_process(self.process)
             self.process = None
+
+
+def run_msrun(workers: int, module: str, *args: str, log_dir: Path, timeout: int = 600):
+    """``msrun`` with ``workers`` local workers running ``python -m <module> args``, as the README says.
+
+    msrun starts ``python`` from PATH, so this venv's comes first; ``--join`` waits for the workers.
+    """
+    bin_dir = Path(sys.executable).parent
+    env = _cli_environment() | {"PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    command = [
+        str(bin_dir / "msrun"),
+        f"--worker_num={workers}",
+        f"--local_worker_num={workers}",
+        f"--master_port={free_port()}",
+        f"--log_dir={log_dir}",
+        "--join=True",
+        "--cluster_time_out=120",
+        "python",
+        "-m",
+        module,
+        *args,
+    ]
+    return subprocess.run(
+        command, cwd=str(PROJECT_ROOT), env=env, capture_output=True, text=True, timeout=timeout
+    )

@@ -44,6 +44,10 @@ def test_embed_dim_not_divisible_by_heads(cli):
     )
 
 
+def test_unknown_optimized_metric(cli):
+    assert_one_line_error(cli("optimized_metric=val/acc"), "optimized_metric=val/acc", "val/top1")
+
+
 def test_missing_data_root(cli, tmp_path):
     assert_one_line_error(
         cli("data=image_folder", f"data.root={tmp_path / 'nowhere'}"), "data.root", "nowhere"

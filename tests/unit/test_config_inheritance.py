@@ -40,9 +40,11 @@ ADDED = {  # new keys (issues 12, 13), in every config that has their group
     "data_digest": None,  # issue 14, top level of the promote entry (the configs with a metric key)
     "tie_breaker": "val/loss",
     "tie_breaker_higher_is_better": False,
+    "optimized_metric": "val/top1",  # issue 15: what a sweep optimizes, top level of the training entry
 }
 GROUP_OF_TOP_LEVEL = {
     "resume": "trainer",
+    "optimized_metric": "trainer",
     "data_digest": "metric",
     "tie_breaker": "metric",
     "tie_breaker_higher_is_better": "metric",

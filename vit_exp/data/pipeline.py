@@ -59,7 +59,8 @@ def worker_count(data: ImageFolderData) -> int:
     return max(1, min(wanted, cpus))
 
 
-def _folder_dataset(data: ImageFolderData, split_dir: Path, shuffle: bool, key: str):
+def _folder_dataset(data: ImageFolderData, split_dir: Path, shuffle: bool, key: str, shard=(1, 0)):
+    """The split's images in file order or shuffled; ``shard`` = (shards, this one): see ``train_dataset``."""
     import mindspore.dataset as ds
 
     if data.skip_unreadable:
@@ -68,11 +69,13 @@ def _folder_dataset(data: ImageFolderData, split_dir: Path, shuffle: bool, key: 
         split_dir = readable_split(split_dir, Path(data.check_cache_dir).expanduser(), key)
 
     ds.config.set_prefetch_size(max(1, int(data.prefetch_size)))
+    shards = {"num_shards": shard[0], "shard_id": shard[1]} if shuffle else {}
     return ds.ImageFolderDataset(
         str(split_dir),
         shuffle=shuffle,
         class_indexing=data.class_indexing,
         num_parallel_workers=worker_count(data),
+        **shards,
     )
 
 
@@ -84,17 +87,23 @@ def _batched(dataset, transforms: list, data: ImageFolderData, batch_size: int, 
     return dataset.batch(batch_size, drop_remainder=drop_remainder)
 
 
-def train_dataset(data: ImageFolderData, image_size: int, batch_size: int, skip_images: int = 0):
+def train_dataset(
+    data: ImageFolderData, image_size: int, batch_size: int, skip_images: int = 0, shard=(1, 0)
+):
     """Shuffled, augmented, batched training data (last partial batch dropped).
 
-    ``skip_images`` leaves out the first images of the shuffled order before they are decoded.
+    The order is one shuffle of the whole split (by the dataset seed); ``shard`` = (n, i) keeps
+    every n-th image of it from the i-th on, so batch k of the n shards together (batch size b
+    each) holds exactly batch k of one process with batch size n * b. ``skip_images`` leaves out
+    the shard's first images before they are decoded.
     """
     split = data.split_dir(data.train_split, key="data.train_split")
-    dataset = _folder_dataset(data, split, shuffle=True, key="data.train_split")
+    dataset = _folder_dataset(data, split, shuffle=True, key="data.train_split", shard=shard)
     if dataset.get_dataset_size() < batch_size:
+        per = f" per worker ({shard[0]} workers)" if shard[0] > 1 else ""
         raise ConfigError(
             f"trainer.batch_size={batch_size} is larger than the {dataset.get_dataset_size()} "
-            f"training images in {split}"
+            f"training images{per} in {split}"
         )
     if skip_images:
         dataset = dataset.skip(skip_images)
@@ -104,33 +113,45 @@ def train_dataset(data: ImageFolderData, image_size: int, batch_size: int, skip_
 class TrainBatches:
     """Training batches epoch by epoch; epoch ``e``'s order and augmentations depend on ``seed + e`` only.
 
-    So a resumed run gets the same batches as an uninterrupted one. ``epoch(e, skip)`` starts after
+    So a resumed run gets the same batches as an uninterrupted one. ``shard`` = (workers, rank)
+    gives a data-parallel worker its part of each global batch. ``epoch(e, skip)`` starts after
     ``skip`` batches: with ``exact_skip`` they are decoded and augmented and dropped (the rest of the
     epoch is then bit-identical), otherwise left out before decoding (fast; the rest of the epoch's
     random crops differ from an uninterrupted run's).
     """
 
-    def __init__(self, data: ImageFolderData, image_size: int, batch_size: int, seed: int, exact_skip: bool):
+    def __init__(
+        self,
+        data: ImageFolderData,
+        image_size: int,
+        batch_size: int,
+        seed: int,
+        exact_skip: bool,
+        shard=(1, 0),
+    ):
         self.data = data
         self.image_size = image_size
         self.batch_size = batch_size
         self.seed = seed
         self.exact_skip = exact_skip
-        self._full = train_dataset(data, image_size, batch_size)
+        self.shard = tuple(shard)
+        self._first = self._dataset(1)
+
+    def _dataset(self, epoch: int, skip_images: int = 0):
+        import mindspore.dataset as ds
+
+        # The shuffle is drawn from the seed when the dataset is made, the crops when it is iterated.
+        ds.config.set_seed(self.seed + epoch - 1)
+        return train_dataset(self.data, self.image_size, self.batch_size, skip_images, self.shard)
 
     @property
     def steps_per_epoch(self) -> int:
-        return self._full.get_dataset_size()
+        return self._first.get_dataset_size()
 
     def epoch(self, epoch: int, skip: int = 0):
         """An iterator over epoch ``epoch``'s ``(images, labels)`` batches, from batch ``skip``."""
-        import mindspore.dataset as ds
-
-        ds.config.set_seed(self.seed + epoch - 1)  # read when the iterator builds the pipeline
-        if skip and not self.exact_skip:
-            dataset = train_dataset(self.data, self.image_size, self.batch_size, skip * self.batch_size)
-        else:
-            dataset = self._full
+        fast_skip = skip and not self.exact_skip
+        dataset = self._dataset(epoch, skip * self.batch_size if fast_skip else 0)
         batches = dataset.create_tuple_iterator(num_epochs=1)
         if self.exact_skip:
             for _ in range(skip):

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from vit_exp.tracking.runs import MlflowSettings
     from vit_exp.train.callbacks import CheckpointSaver, ConsoleProgress, TrainHistory
     from vit_exp.train.optim import OptimizerSettings
+    from vit_exp.train.parallel import DataParallel
     from vit_exp.train.trainer import TrainPlan, TrainSettings
 
 log = logging.getLogger("vit_exp.tracking")
@@ -62,7 +63,11 @@ class HydraJob:
 
 @dataclass(frozen=True)
 class TrainJob:
-    """A training job's config and every settings object in it, built (and so checked) up front."""
+    """A training job's config and every settings object in it, built (and so checked) up front.
+
+    ``workers``: its place in a data-parallel job; only the main worker records (MLflow run,
+    checkpoints, versions), so the others get ``mlflow.enabled=false``.
+    """
 
     cfg: DictConfig
     hydra: HydraJob
@@ -71,16 +76,24 @@ class TrainJob:
     device: DeviceSettings
     mlflow: MlflowSettings
     registry: RegistrySettings
+    workers: DataParallel
 
     @classmethod
-    def from_config(cls, cfg: DictConfig, hydra: HydraJob) -> TrainJob:
+    def from_config(cls, cfg: DictConfig, hydra: HydraJob, workers: DataParallel | None = None) -> TrainJob:
+        import dataclasses
+
         from hydra.utils import instantiate
 
         from vit_exp.models.config import ViTConfig
+        from vit_exp.train.parallel import DataParallel
 
         ViTConfig.from_mapping(cfg.model, num_classes=cfg.model.num_classes or 1)  # checked, not kept
         groups = ("trainer", "optim", "device", "mlflow", "registry")
-        return cls(cfg, hydra, **{group: instantiate(cfg[group]) for group in groups})
+        settings = {group: instantiate(cfg[group]) for group in groups}
+        workers = workers or DataParallel()
+        if not workers.is_main:
+            settings["mlflow"] = dataclasses.replace(settings["mlflow"], enabled=False)
+        return cls(cfg, hydra, workers=workers, **settings)
 
 
 @dataclass(frozen=True)
@@ -195,6 +208,19 @@ def log_job_inputs(job: TrainJob, run: TrackedRun, data, net, identity: DataIden
     client = use_store(run.tracking_uri)
     log_run_inputs(client, run.run_id, job.cfg, hydra_dir, class_names_of(data, net.num_classes), net)
     log_datasets(client, run.run_id, identity)
+    log_data_parallel(client, run.run_id, job)
+
+
+def log_data_parallel(client, run_id: str, job: TrainJob) -> None:
+    """How many workers trained the run, and the batch per worker (``trainer.batch_size``) and in all."""
+    from mlflow.entities import Param
+
+    workers, batch = job.workers, job.trainer.batch_size
+    params = {
+        "parallel.world_size": workers.world_size,
+        "parallel.global_batch_size": workers.global_batch(batch),
+    }
+    client.log_batch(run_id, params=[Param(key, str(value)) for key, value in params.items()])
 
 
 def example_image(data) -> bytes:
@@ -217,10 +243,12 @@ class TrainingCallbacks:
     checkpoints: CheckpointSaver  # after the metrics (in the outbox up to its step), before registration
     metric_logger: MlflowMetricLogger | None = None
     registration: CheckpointRegistration | None = None
+    writes_checkpoints: bool = True  # false in a data-parallel worker other than the main one
 
     @property
     def ordered(self) -> list:
-        callbacks = [self.history, self.console, self.metric_logger, self.checkpoints, self.registration]
+        checkpoints = self.checkpoints if self.writes_checkpoints else None
+        callbacks = [self.history, self.console, self.metric_logger, checkpoints, self.registration]
         return [c for c in callbacks if c is not None]
 
     def load_state(self, state: dict, checkpoint: Path) -> None:
@@ -262,7 +290,7 @@ def assemble_callbacks(
     from vit_exp.train.callbacks import CheckpointSaver, ConsoleProgress, TrainHistory
 
     trainer = job.trainer
-    history = TrainHistory(trainer.batch_size, lr_values)
+    history = TrainHistory(job.workers.global_batch(trainer.batch_size), lr_values)  # images/s of all
     comparable = comparable_config(job.cfg)
     callbacks = TrainingCallbacks(
         history=history,
@@ -282,6 +310,7 @@ def assemble_callbacks(
                 **(callbacks.registration.state_dict() if callbacks.registration else {}),
             },
         ),
+        writes_checkpoints=job.workers.is_main,
     )
     if run is None:
         return callbacks

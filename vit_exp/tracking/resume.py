@@ -133,7 +133,7 @@ class NothingToDo:
 
     run_id: str
     message: str
-    best_top1: float | None
+    best: float | None  # of the run's ``optimized_metric``
 
 
 def resolve_resume(job, client=None) -> ResumeTarget | NothingToDo | None:
@@ -281,7 +281,7 @@ def _continue(job, client, run, how: str, checkpoint: Path | None = None, state:
             run_id,
             f"{how}: run {run_id} ('{run.info.run_name}') already {status}; nothing to do "
             "(leave out resume= for a new run)",
-            _best_top1(client, run_id),
+            _best(client, run_id, str(job.cfg.get("optimized_metric", "val/top1"))),
         )
     tags = run.data.tags
     attempts = Attempts.of(tags)
@@ -351,6 +351,7 @@ def logged_steps(client, run_id: str) -> dict[str, int]:
     return {key: max(m.step for m in client.get_metric_history(run_id, key)) for key in run.data.metrics}
 
 
-def _best_top1(client, run_id: str) -> float | None:
-    history = client.get_metric_history(run_id, "val/top1")
-    return max(m.value for m in history) if history else None
+def _best(client, run_id: str, metric: str) -> float | None:
+    from vit_exp.train.objective import best_value
+
+    return best_value(metric, [m.value for m in client.get_metric_history(run_id, metric)])

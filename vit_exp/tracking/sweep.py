@@ -12,6 +12,7 @@ that is interrupted or breaks ends its parent KILLED or FAILED (never RUNNING).
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,14 +121,16 @@ class MlflowSweepCallback(Callback):
         parent = client.get_run(path.read_text().strip())
         jobs = sweep_jobs(client, sweep_dir, parent)
         print(sweep_table(client, jobs), flush=True)
-        best = best_job(client, jobs)
+        metric = str(config.get("optimized_metric", "val/top1"))
+        best = best_job(client, jobs, metric)
         if best is not None:
             record_best_job(client, parent.info.run_id, best)
             log.info(
-                "mlflow: best job %d (%s): val/top1 %.4f, run %s",
+                "mlflow: best job %d (%s): %s %.4f, run %s",
                 best.job.num,
                 best.job.overrides,
-                best.metrics["val/top1"],
+                metric,
+                best.metrics[metric],
                 best.job.run.info.run_id,
             )
         failed = [job for job in jobs if job.status != "FINISHED"]
@@ -220,28 +223,34 @@ def sweep_params(config: DictConfig) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class BestJob:
-    """The sweep's best job by its best val/top1, with the val metrics of that epoch."""
+    """The sweep's best job by the best value of its optimized metric, with that epoch's val metrics."""
 
     job: SweepJob
     metrics: dict[str, float]
 
 
-def best_job(client, jobs: list[SweepJob]) -> BestJob | None:
-    """The job whose best val/top1 is highest (the earlier job on a tie); None when none validated."""
+def best_job(client, jobs: list[SweepJob], metric: str = "val/top1") -> BestJob | None:
+    """The job with the best value of ``metric`` over its epochs (the earlier job on a tie; higher
+    or lower is better as the metric says); None when no job logged it."""
+    from vit_exp.train.objective import HIGHER_IS_BETTER
+
+    sign = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
     best: BestJob | None = None
     for job in jobs:
         if job.run is None:
             continue
-        history = client.get_metric_history(job.run.info.run_id, "val/top1")
+        history = [
+            m for m in client.get_metric_history(job.run.info.run_id, metric) if not math.isnan(m.value)
+        ]
         if not history:
             continue
-        top = max(history, key=lambda m: (m.value, -m.step))
-        if best is not None and top.value <= best.metrics["val/top1"]:
+        top = max(history, key=lambda m: (sign * m.value, -m.step))
+        if best is not None and sign * top.value <= sign * best.metrics[metric]:
             continue
-        metrics = {"val/top1": top.value}
-        for key in ("val/top5", "val/loss"):
+        metrics = {metric: top.value}
+        for key in ("val/top1", "val/top5", "val/loss"):
             same_step = [m for m in client.get_metric_history(job.run.info.run_id, key) if m.step == top.step]
-            if same_step:
+            if same_step and key != metric:
                 metrics[key] = same_step[-1].value
         best = BestJob(job, metrics)
     return best

@@ -99,6 +99,7 @@ def fit(
     amp_level: str = "O0",
     resume: ResumePoint | None = None,
     preemption: Preemption | None = None,
+    world_size: int = 1,
 ) -> None:
     """Train ``net`` by ``plan`` with our loop (``loop.py``) over ``epoch_batches(epoch, skip)``,
     validating on ``val_ds`` after each of ``plan.validation_epochs`` with ``metrics`` and the mean
@@ -106,11 +107,14 @@ def fit(
 
     ``resume`` loads a full-state checkpoint (network and optimizer) and starts at its position;
     ``preemption`` turns SIGTERM/Ctrl-C into a checkpoint and a ``Preempted`` exit.
+    ``world_size`` > 1 (msrun data parallelism, ``train.parallel``): each step's loss is the mean
+    over the workers, like the gradients.
     """
     from mindspore import amp, nn
 
     from vit_exp.data.unreadable import unreadable_image_error
     from vit_exp.train.loop import gc_frozen, run_training, validation_metrics
+    from vit_exp.train.parallel import mean_loss_step
     from vit_exp.train.state import load_training_network
 
     validate = None
@@ -123,6 +127,7 @@ def fit(
     train_step = amp.build_train_network(net, optimizer, loss_fn, level=amp_level)
     if resume is not None:
         load_training_network(train_step, resume.entries, resume.path)
+    train_step = mean_loss_step(train_step, world_size)
     signals = preemption or contextlib.nullcontext()
     with gc_frozen(), signals:
         try:

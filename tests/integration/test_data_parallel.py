@@ -1,0 +1,82 @@
+"""Data parallelism with msrun: 2 workers at batch 32 train like one process at batch 64; rank 0 records."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tests.helpers.models import TINY_MODEL
+from tests.helpers.processes import run_cli, run_msrun
+
+STEPS = 20
+# No dropout (the tiny ViT has none) and crops that keep the whole image: every step is the same maths.
+SAME_MATHS = [
+    *TINY_MODEL,
+    "model.num_layers=1",
+    f"trainer.max_steps={STEPS}",
+    "data.train_crop_scale=[1.0,1.0]",
+    "data.train_crop_ratio=[1.0,1.0]",
+    "data.hflip_prob=0",
+    "registry.register=every",
+]
+
+
+def only_run(store: str):
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=store, registry_uri=store)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    return client, runs
+
+
+def losses(client, run) -> list[float]:
+    history = client.get_metric_history(run.info.run_id, "train/loss")
+    return [m.value for m in sorted(history, key=lambda m: m.step)]
+
+
+def test_two_workers_at_batch_32_train_like_one_process_at_batch_64(tmp_path):
+    cache = f"paths.cache_dir={tmp_path / 'cache'}"
+    one_store = f"sqlite:///{tmp_path / 'one' / 'mlflow.db'}"
+    one = run_cli(
+        "vit_exp.run",
+        *SAME_MATHS,
+        "trainer.batch_size=64",
+        cache,
+        f"mlflow.tracking_uri={one_store}",
+        f"hydra.run.dir={tmp_path / 'one'}",
+    )
+    assert one.returncode == 0, one.stderr[-3000:]
+    two_store = f"sqlite:///{tmp_path / 'two' / 'mlflow.db'}"
+    two = run_msrun(
+        2,
+        "vit_exp.run",
+        *SAME_MATHS,
+        "trainer.batch_size=32",
+        cache,
+        f"mlflow.tracking_uri={two_store}",
+        f"hydra.run.dir={tmp_path / 'two'}",
+        log_dir=tmp_path / "msrun",
+    )
+    logs = {p.name: p.read_text() for p in (tmp_path / "msrun").glob("*.log")}
+    assert two.returncode == 0, two.stdout[-2000:] + logs.get("worker_0.log", "")[-2000:]
+
+    client, runs = only_run(two_store)
+    assert len(runs) == 1, "only rank 0 may create a run"
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    assert (params["parallel.world_size"], params["trainer.batch_size"]) == ("2", "32")
+    assert params["parallel.global_batch_size"] == "64"
+    one_client, (single,) = only_run(one_store)
+    assert single.data.params["parallel.world_size"] == "1"
+    parallel_losses, single_losses = losses(client, run), losses(one_client, single)
+    assert len(parallel_losses) == len(single_losses) == STEPS
+    np.testing.assert_allclose(parallel_losses, single_losses, atol=1e-4, rtol=0)
+    assert single_losses[0] != single_losses[-1]  # it trained
+
+    versions = client.search_model_versions("name = 'vit_tiny-digits'")
+    assert [v.run_id for v in versions] == [run.info.run_id]  # one checkpoint, one version, rank 0's
+    rank1_log = (tmp_path / "two" / "train-rank1.log").read_text()
+    assert "worker 1 of 2" in rank1_log and "mlflow" not in rank1_log
+    assert (tmp_path / "two" / ".hydra-rank1" / "config.yaml").is_file()
+    checkpoints = sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir())
+    assert checkpoints == [f"vit_tiny-e001-s{STEPS:06d}.ckpt", f"vit_tiny-e001-s{STEPS:06d}.state.ckpt"]

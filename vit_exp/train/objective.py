@@ -1,0 +1,52 @@
+"""The value a training command returns: the best over epochs of one per-epoch metric.
+
+A sweep optimizes it (``optimized_metric`` in ``conf/train.yaml``, as in lightning-hydra-template's
+``hparams_search``). Each metric has its own sense of better; a sweeper's direction must agree.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+from vit_exp.errors import ConfigError
+
+# Per-epoch metrics the run logs to MLflow, and whether higher is better.
+HIGHER_IS_BETTER = {"val/top1": True, "val/top5": True, "val/loss": False, "train/epoch_loss": False}
+
+
+def check_optimized_metric(name: str, direction: str | None = None) -> str:
+    """``name`` if the run logs it per epoch (and ``direction`` agrees with it), else a ConfigError."""
+    if name not in HIGHER_IS_BETTER:
+        raise ConfigError(
+            f"optimized_metric={name} is not a per-epoch metric the run logs; use one of "
+            f"{', '.join(HIGHER_IS_BETTER)}"
+        )
+    if direction is not None and direction != best_direction(name):
+        better = "higher" if HIGHER_IS_BETTER[name] else "lower"
+        raise ConfigError(
+            f"hydra.sweeper.direction={direction} disagrees with optimized_metric={name}, where "
+            f"{better} is better: use direction={best_direction(name)}"
+        )
+    return name
+
+
+def best_direction(name: str) -> str:
+    """``maximize`` or ``minimize``: the direction that improves metric ``name``."""
+    return "maximize" if HIGHER_IS_BETTER[name] else "minimize"
+
+
+def best_value(name: str, values: Iterable[float]) -> float | None:
+    """The best of a metric's per-epoch ``values`` (None when there are none)."""
+    values = [v for v in values if not math.isnan(v)]  # NaN (a diverged epoch) is never the best
+    if not values:
+        return None
+    return max(values) if HIGHER_IS_BETTER[name] else min(values)
+
+
+def epoch_values(name: str, epochs) -> list[float]:
+    """Metric ``name`` of each ``EpochRecord`` that has it (``val/x`` from its validation)."""
+    if name == "train/epoch_loss":
+        return [e.train_loss for e in epochs]
+    key = name.removeprefix("val/")
+    return [e.val[key] for e in epochs if key in e.val]

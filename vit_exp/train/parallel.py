@@ -1,0 +1,115 @@
+"""Data-parallel training under MindSpore's ``msrun``: which process this is, and the step's loss.
+
+``msrun --worker_num=N ... python -m vit_exp.run ...`` starts a scheduler and N workers running the
+same command, each with ``MS_ROLE`` and ``RANK_ID`` in its environment. The scheduler only serves
+the cluster (``serve_if_scheduler``). Each worker joins the cluster (``start``) with MindSpore's data
+parallel mode, so the train step's gradients are averaged over the workers (AllReduce) before the
+optimizer runs; every worker reads its own shard of each global batch (``data.pipeline``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+
+from vit_exp.errors import ConfigError
+
+ROLE = "MS_ROLE"  # set by msrun: MS_SCHED for the scheduler, MS_WORKER for the workers
+WORKERS = "MS_WORKER_NUM"
+RANK = "RANK_ID"
+
+
+@dataclass(frozen=True)
+class DataParallel:
+    """This process's place in a data-parallel job (one process: world size 1, rank 0)."""
+
+    world_size: int = 1
+    rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the one process that records (MLflow run, checkpoints, versions)."""
+        return self.rank == 0
+
+    def global_batch(self, per_device_batch: int) -> int:
+        return per_device_batch * self.world_size
+
+
+def from_environment() -> DataParallel:
+    """The job as msrun describes it in the environment (no msrun: one process)."""
+    if os.environ.get(ROLE) != "MS_WORKER":
+        return DataParallel()
+    try:
+        world, rank = int(os.environ[WORKERS]), int(os.environ[RANK])
+    except (KeyError, ValueError):
+        raise ConfigError(f"msrun worker without a usable {WORKERS}/{RANK} in its environment") from None
+    return DataParallel(world, rank)
+
+
+def serve_if_scheduler() -> None:
+    """In msrun's scheduler process: serve the cluster until the workers are done, then exit.
+
+    msrun runs the training command as its scheduler too; it must not compose configs, open
+    run directories or touch the store, so this runs before anything else does.
+    """
+    if os.environ.get(ROLE) != "MS_SCHED":
+        return
+    from mindspore.communication import init
+
+    init()  # returns when the cluster is finished
+    sys.exit(0)
+
+
+def worker_overrides() -> list[str]:
+    """Hydra overrides that keep a non-main worker's files apart in the shared run directory.
+
+    Every worker composes the same config, so they share ``hydra.run.dir``; worker N > 0 writes its
+    config copy to ``.hydra-rankN`` and its log to ``<task>-rankN.log`` there (and nothing else).
+    """
+    workers = from_environment()
+    if workers.is_main:
+        return []
+    suffix = f"rank{workers.rank}"
+    return [
+        f"hydra.output_subdir=.hydra-{suffix}",
+        f"hydra.job_logging.handlers.file.filename=${{hydra.runtime.output_dir}}/${{hydra.job.name}}-{suffix}.log",
+    ]
+
+
+def start(parallel: DataParallel) -> None:
+    """Join the msrun cluster in data-parallel mode (gradients averaged). After ``device.apply``."""
+    if parallel.world_size == 1 and os.environ.get(ROLE) != "MS_WORKER":
+        return
+    import mindspore as ms
+    from mindspore.communication import get_group_size, get_rank, init
+
+    init()
+    if (get_group_size(), get_rank()) != (parallel.world_size, parallel.rank):
+        raise ConfigError(
+            f"msrun: this worker is rank {get_rank()} of {get_group_size()}, but its environment "
+            f"says {parallel.rank} of {parallel.world_size}"
+        )
+    ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True)
+
+
+def mean_loss_step(train_step, world_size: int):
+    """``train_step`` whose returned loss is the mean over the workers (the global batch's loss).
+
+    The parameters are ``train_step``'s own, with their names (checkpoints do not change).
+    """
+    if world_size == 1:
+        return train_step
+    from mindspore import nn, ops
+
+    class MeanLossAcrossWorkers(nn.Cell):
+        def __init__(self):
+            super().__init__(auto_prefix=False)
+            self.train_step = train_step
+            self.all_reduce = ops.AllReduce()
+            self.scale = 1.0 / world_size
+
+        def construct(self, images, labels):
+            return self.all_reduce(self.train_step(images, labels)) * self.scale
+
+    return MeanLossAcrossWorkers()
