@@ -55,14 +55,24 @@ def test_four_runs_starting_together_ten_trials(tmp_path, trial):
     check_store(store, 4)
 
 
-def test_a_sweep_of_two_parallel_jobs_on_a_new_store(tmp_path):
-    """The joblib launcher, 2 jobs at once: one parent run, a child per job, a summary table."""
+@pytest.mark.parametrize(
+    ("launcher", "metric"),
+    [
+        (["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], "val/top1"),
+        # a cluster launcher (submitit_slurm on a cluster: sweeps/slurm_grid.yaml), run locally
+        (["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"], "val/loss"),
+    ],
+    ids=["joblib", "submitit_local"],
+)
+def test_a_sweep_of_two_parallel_jobs_on_a_new_store(tmp_path, launcher, metric):
+    """2 jobs at once: one parent run, a child per job, a summary table, the best job by the
+    sweep's optimized_metric (higher or lower is better as the metric says) on the parent."""
     store = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
     proc = run_cli(
         "vit_exp.run",
         "--multirun",
-        "hydra/launcher=joblib",
-        "hydra.launcher.n_jobs=2",
+        *launcher,
+        f"optimized_metric={metric}",
         *SMOKE_RUN,
         "optim.lr=1e-3,2e-3",
         f"mlflow.tracking_uri={store}",
@@ -84,8 +94,20 @@ def test_a_sweep_of_two_parallel_jobs_on_a_new_store(tmp_path):
     assert "sweep results (2 job(s))" in proc.stdout and "val/top1" in proc.stdout
     # the parent compares with other sweeps: swept keys as params, the best job's metrics and run id
     assert parent.data.params["optim.lr"] == "1e-3,2e-3"
-    best = max(children, key=lambda c: (c.data.metrics["val/top1"], -int(c.data.tags["hydra.job.num"])))
-    best_top1 = max(m.value for m in client.get_metric_history(best.info.run_id, "val/top1"))
-    assert parent.data.metrics["val/top1"] == pytest.approx(best_top1)
-    assert "val/loss" in parent.data.metrics
+    sign = 1 if metric == "val/top1" else -1  # val/loss: lower is better
+    best = max(children, key=lambda c: (sign * c.data.metrics[metric], -int(c.data.tags["hydra.job.num"])))
+    assert parent.data.metrics[metric] == pytest.approx(best.data.metrics[metric])  # one epoch each
+    assert {"val/top1", "val/loss"} <= set(parent.data.metrics)
     assert parent.data.tags["sweep.best_run_id"] == best.info.run_id
+
+
+def test_the_slurm_sweep_composes_with_the_keys_a_cluster_needs():
+    """sweeps/slurm_grid.yaml: Hydra's submitit_slurm launcher with our keys, and the local swap."""
+    sweep = ("--config-dir", "sweeps", "--config-name", "slurm_grid", "--cfg", "hydra")
+    slurm = run_cli("vit_exp.run", *sweep, "hydra.launcher.partition=gpu-a100")
+    assert slurm.returncode == 0, slurm.stderr
+    assert "submitit_launcher.SlurmLauncher" in slurm.stdout and "partition: gpu-a100" in slurm.stdout
+    assert "source .venv/bin/activate" in slurm.stdout
+    local = run_cli("vit_exp.run", *sweep, "hydra/launcher=submitit_local", "device=cpu")
+    assert local.returncode == 0, local.stderr
+    assert "submitit_launcher.LocalLauncher" in local.stdout and "partition" not in local.stdout

@@ -34,6 +34,15 @@ def test_default_config_composes(compose):
     assert cfg.device.amp_level == "O0"
 
 
+@pytest.mark.parametrize("device", ["cpu", "gpu", "ascend"])
+def test_each_msrun_worker_takes_the_device_of_its_local_rank(compose, monkeypatch, device):
+    from hydra.utils import instantiate
+
+    assert instantiate(compose([f"device={device}"]).device).device_id == 0  # no msrun
+    monkeypatch.setenv("DEVICE_ID", "3")  # msrun's local rank of the worker
+    assert instantiate(compose([f"device={device}"]).device).device_id == 3
+
+
 def test_issue_example_command_composes(compose):
     cfg = compose(["model=vit_b16", "optim.lr=5e-5"])
     assert cfg.model.embed_dim == 768 and cfg.model.patch_size == 16

@@ -25,6 +25,7 @@ REMOVED = {
 REPLACED = {
     "optim._target_": "vit_exp.train.optim.OptimizerSettings",
     "registry.name": "${model.name}-${data.name}",  # issue 14: names do not collide across datasets
+    "device.device_id": "${oc.decode:${oc.env:DEVICE_ID,0}}",  # issue 15: msrun's worker's device
 }
 ADDED = {  # new keys (issues 12, 13), in every config that has their group
     "data.skip_unreadable": False,
