@@ -11,6 +11,18 @@ CONFIG_DIR = PROJECT_ROOT / "conf"
 
 
 def register_resolvers() -> None:
-    """Register ``${vit_exp.project_root:}`` (idempotent)."""
+    """Register ``${vit_exp.project_root:}`` and ``${vit_exp.beside_store:...}`` (idempotent)."""
     if not OmegaConf.has_resolver("vit_exp.project_root"):
         OmegaConf.register_new_resolver("vit_exp.project_root", lambda: str(PROJECT_ROOT))
+    if not OmegaConf.has_resolver("vit_exp.beside_store"):
+        OmegaConf.register_new_resolver("vit_exp.beside_store", beside_store)
+
+
+def beside_store(tracking_uri: str, file_name: str, fallback_dir: str) -> str:
+    """An SQLite URI for ``file_name`` in the folder of a SQLite MLflow store; for any other store
+    (a tracking server) in ``fallback_dir``. E.g. the Optuna study of a sweep, next to its runs."""
+    prefix = "sqlite:///"
+    folder = (
+        Path(tracking_uri[len(prefix) :]).parent if tracking_uri.startswith(prefix) else Path(fallback_dir)
+    )
+    return f"{prefix}{folder / file_name}"

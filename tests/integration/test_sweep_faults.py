@@ -69,8 +69,9 @@ def test_ctrl_c_in_a_sweep_ends_the_parent_and_the_job_killed(tmp_path, tracking
 def test_a_sweeper_that_breaks_ends_the_parent_failed_in_one_line(tmp_path, tracking_store):
     """Optuna rejects the search space after the parent run was created (as a storage error would)."""
     (tmp_path / "broken.yaml").write_text(
-        "defaults:\n  - train\n  - override hydra/sweeper: optuna\n  - _self_\n"
-        "hydra:\n  sweeper:\n    n_trials: 1\n    params:\n      optim.lr: interval(1e-2, 1e-4)\n"
+        "defaults:\n  - train\n  - override hydra/sweeper: optuna_study\n  - _self_\n"
+        "hydra:\n  sweeper:\n    direction: maximize\n    study_name: broken\n    n_trials: 1\n"
+        "    params:\n      optim.lr: interval(1e-2, 1e-4)\n"
     )
     proc = run_cli(
         "vit_exp.run",

@@ -1,0 +1,110 @@
+"""The Optuna study of a sweep persists (hydra/sweeper=optuna_study, Optuna 4): a sweep killed
+mid-trial and run again continues the study; sweeps started together share it."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+
+from tests.helpers.models import TINY_MODEL
+from tests.helpers.processes import run_cli, start_cli
+
+SMALL = [*TINY_MODEL, "model.num_layers=1", "registry.register=none"]
+SWEEP = """defaults:
+  - train
+  - override hydra/sweeper: optuna_study
+  - _self_
+hydra:
+  sweeper:
+    direction: maximize
+    sampler:
+      seed: 0
+    params:
+      optim.lr: tag(log, interval(1e-4, 1e-2))
+"""
+
+
+def study(storage: str, name: str):
+    import optuna
+
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def sweep_args(tmp_path, name: str, trials: int, sweep_dir: str, steps: int = 2) -> list[str]:
+    (tmp_path / "optuna_small.yaml").write_text(SWEEP)
+    return [
+        "--multirun",
+        "--config-dir",
+        str(tmp_path),
+        "--config-name",
+        "optuna_small",
+        *SMALL,
+        f"trainer.max_steps={steps}",
+        f"hydra.sweeper.study_name={name}",
+        f"hydra.sweeper.n_trials={trials}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        f"hydra.sweep.dir={tmp_path / sweep_dir}",
+    ]
+
+
+def test_a_sweep_killed_mid_trial_continues_where_it_stopped(tmp_path, tracking_store):
+    """SIGKILL while trial 2 trains; the same command again: trials 0 and 1 keep their results,
+    trial 2 is failed and its params run again (trial 3), and the study ends with 3 results."""
+    storage = tracking_store.replace("mlflow.db", "optuna.db")  # the default: beside the store
+    args = sweep_args(tmp_path, "killed", 3, "first")
+    long_trials = [*args[:-2], "trainer.max_steps=120", "trainer.print_every_n_steps=10", args[-1]]
+    first = start_cli("vit_exp.run", *long_trials, log=tmp_path / "first.log")
+    deadline = time.time() + 300
+    while time.time() < deadline:  # kill while trial 2 trains (a step line after its launch line)
+        log = (tmp_path / "first.log").read_text()
+        if "#2 :" in log and " step " in log[log.index("#2 :") :]:
+            break
+        assert first.poll() is None, log[-3000:]
+        time.sleep(0.2)
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=60)
+    before = {t.number: t for t in study(storage, "killed").trials}
+    assert [before[n].state.name for n in (0, 1, 2)] == ["COMPLETE", "COMPLETE", "RUNNING"]
+
+    again = run_cli("vit_exp.run", *sweep_args(tmp_path, "killed", 3, "again"))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "trial(s) 2 of study 'killed'" in again.stdout  # named as the one cut short
+    after = {t.number: t for t in study(storage, "killed").trials}
+    assert after[0].value == before[0].value and after[1].value == before[1].value  # kept, not rerun
+    assert after[2].state.name == "FAIL" and after[3].state.name == "COMPLETE"
+    assert after[3].params == before[2].params  # the trial cut short ran again
+    assert sorted(p.name for p in (tmp_path / "again").iterdir() if p.is_dir()) == ["3"]  # job = trial
+    assert sum(t.state.name == "COMPLETE" for t in after.values()) == 3 and len(after) == 4
+
+
+@pytest.mark.slow
+def test_two_sweeps_started_together_share_one_study(tmp_path, tracking_store):
+    """Two commands at once on one storage: 4 trials in all, numbers unique, both succeed."""
+    storage = tracking_store.replace("mlflow.db", "optuna.db")
+    processes = [
+        start_cli("vit_exp.run", *sweep_args(tmp_path, "shared", 4, f"sweep{i}"), log=tmp_path / f"{i}.log")
+        for i in range(2)
+    ]
+    for i, process in enumerate(processes):
+        assert process.wait(timeout=600) == 0, (tmp_path / f"{i}.log").read_text()[-3000:]
+    trials = study(storage, "shared").trials
+    assert sorted(t.number for t in trials) == [0, 1, 2, 3]
+    assert all(t.state.name == "COMPLETE" for t in trials)
+    ran = [sorted(int(p.name) for p in (tmp_path / f"sweep{i}").iterdir() if p.is_dir()) for i in range(2)]
+    assert sorted(ran[0] + ran[1]) == [0, 1, 2, 3] and ran[0] and ran[1]  # both took part
+
+
+def test_a_direction_against_the_optimized_metric_fails_before_any_trial(tmp_path, tracking_store):
+    """optimized_metric=val/loss with direction=maximize: one line, no trial, the parent FAILED."""
+    proc = run_cli("vit_exp.run", *sweep_args(tmp_path, "wrong", 2, "sweep"), "optimized_metric=val/loss")
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert proc.returncode == 1 and len(errors) == 1, proc.stderr[-2000:]
+    assert "hydra.sweeper.direction=maximize" in errors[0] and "direction=minimize" in errors[0]
+    assert not (tmp_path / "sweep" / "0").exists()
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_store)
+    (parent,) = client.search_runs([client.get_experiment_by_name("vit-exp").experiment_id])
+    assert parent.info.status == "FAILED"
