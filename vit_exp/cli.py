@@ -166,7 +166,9 @@ def _resume_hint(exc: KeyboardInterrupt) -> str:
     # A resumed attempt gets a directory of its own (its run's earlier ones are found in MLflow).
     args = [a for a in sys.argv[1:] if not a.startswith(("resume=", "hydra.run.dir="))]
     module = Path(sys.argv[0]).stem if sys.argv and sys.argv[0].endswith(".py") else "run"
-    command = " ".join(["python -m vit_exp." + module, *args, "resume=auto"])
+    from vit_exp.train.parallel import msrun_prefix
+
+    command = msrun_prefix() + " ".join(["python -m vit_exp." + module, *args, "resume=auto"])
     return f": {exc}; continue with: {mask(command)}"
 
 

@@ -49,11 +49,6 @@ def train(cfg: DictConfig) -> float | None:
     workers = parallel.from_environment()  # under msrun: this worker's rank; rank 0 alone records
     job = TrainJob.from_config(cfg, HydraJob.current(), workers)  # every settings group checked first
     objective = check_optimized_metric(cfg.optimized_metric, sweep_direction())
-    if workers.world_size > 1 and cfg.get("resume") not in (None, "", "never", False):
-        raise ConfigError(
-            f"resume={cfg.resume} is not supported with msrun data parallelism yet ({workers.world_size} "
-            "workers); continue with one process, or start again without resume="
-        )
     if workers.is_main:
         writable_directory("paths.checkpoint_dir", cfg.paths.checkpoint_dir)  # now, not after epoch 1
     client = None
@@ -61,7 +56,12 @@ def train(cfg: DictConfig) -> float | None:
         from vit_exp.tracking.store import use_store
 
         client = use_store(job.mlflow.tracking_uri)  # a store that does not answer fails now
-    resume = resolve_resume(job, client)
+    if workers.world_size > 1:  # the workers meet first: a resume is found by rank 0 alone
+        job.device.apply(seed=job.trainer.seed, deterministic=job.trainer.deterministic)
+        parallel.start(workers)
+    resume = resolve_resume(job, client) if workers.is_main else None
+    if workers.world_size > 1 and cfg.get("resume") not in (None, "", "never", False):
+        resume = same_resume_on_every_worker(job, resume)
     if isinstance(resume, NothingToDo):
         log.info(resume.message)
         return resume.best
@@ -72,8 +72,8 @@ def train(cfg: DictConfig) -> float | None:
     from vit_exp.train.metrics import classification_metrics
     from vit_exp.train.trainer import fit
 
-    job.device.apply(seed=job.trainer.seed, deterministic=job.trainer.deterministic)
-    parallel.start(workers)
+    if workers.world_size == 1:
+        job.device.apply(seed=job.trainer.seed, deterministic=job.trainer.deterministic)
     data = instantiate(cfg.data)
     num_classes = resolve_num_classes(cfg.model.num_classes, data)
     net = instantiate(cfg.model, num_classes=num_classes)
@@ -130,10 +130,29 @@ def train(cfg: DictConfig) -> float | None:
                 callbacks=callbacks.ordered,
                 amp_level=job.device.amp_level,
                 resume=point,
-                preemption=preemption(job, callbacks, run) if workers.is_main else None,
+                preemption=preemption(job, callbacks, run) if workers.is_main else worker_preemption(job),
                 world_size=workers.world_size,
             )
         return report(callbacks, plan, run, objective)
+
+
+def same_resume_on_every_worker(job, resume):
+    """Rank 0's resume (found in the store) for every data-parallel worker: the same checkpoint,
+    or, when the run finished, nothing to do on any of them."""
+    from vit_exp.tracking.resume import NothingToDo, from_checkpoint
+    from vit_exp.train.parallel import share_from_main
+
+    if isinstance(resume, NothingToDo):
+        shared = {"done": resume.message}
+    else:
+        checkpoint = resume.checkpoint if resume is not None else None
+        shared = {"checkpoint": str(checkpoint) if checkpoint else None}
+    shared = share_from_main(shared)
+    if job.workers.is_main:
+        return resume
+    if "done" in shared:
+        return NothingToDo("", shared["done"], None)
+    return from_checkpoint(Path(shared["checkpoint"]), job) if shared["checkpoint"] else None
 
 
 def resume_point(resume):
@@ -164,6 +183,14 @@ def preemption(job, callbacks, run):
             run.outbox.finish("KILLED", wait_s=min(5.0, job.mlflow.drain_timeout_s))
 
     return Preemption(job.trainer.preempt_grace_s, save, on_timeout)
+
+
+def worker_preemption(job):
+    """A data-parallel worker that does not record: on SIGTERM/Ctrl-C it ends after the current
+    step (as the main worker does, whose AllReduce that step needs), saving nothing."""
+    from vit_exp.train.preemption import Preemption
+
+    return Preemption(job.trainer.preempt_grace_s, lambda run_context, epoch_done: None)
 
 
 def report(callbacks, plan, run, objective: str = "val/top1") -> float | None:

@@ -138,11 +138,9 @@ class MlflowServer:
             self.process = None
 
 
-def run_msrun(workers: int, module: str, *args: str, log_dir: Path, timeout: int = 600):
-    """``msrun`` with ``workers`` local workers running ``python -m <module> args``, as the README says.
-
-    msrun starts ``python`` from PATH, so this venv's comes first; ``--join`` waits for the workers.
-    """
+def msrun_command(workers: int, module: str, *args: str, log_dir: Path) -> tuple[list[str], dict]:
+    """``msrun`` with ``workers`` local workers running ``python -m <module> args``, as the README
+    says, and its environment (msrun starts ``python`` from PATH: this venv's comes first)."""
     bin_dir = Path(sys.executable).parent
     env = _cli_environment() | {"PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
     command = [
@@ -158,6 +156,20 @@ def run_msrun(workers: int, module: str, *args: str, log_dir: Path, timeout: int
         module,
         *args,
     ]
+    return command, env
+
+
+def run_msrun(workers: int, module: str, *args: str, log_dir: Path, timeout: int = 600):
+    """Run msrun (see ``msrun_command``) and wait for it (``--join``: for its workers)."""
+    command, env = msrun_command(workers, module, *args, log_dir=log_dir)
     return subprocess.run(
         command, cwd=str(PROJECT_ROOT), env=env, capture_output=True, text=True, timeout=timeout
     )
+
+
+def start_msrun(workers: int, module: str, *args: str, log_dir: Path) -> subprocess.Popen:
+    """Start msrun (see ``msrun_command``) in the background, its console output to ``log_dir``."""
+    command, env = msrun_command(workers, module, *args, log_dir=log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with (log_dir / "msrun.out").open("w") as out:
+        return subprocess.Popen(command, cwd=str(PROJECT_ROOT), env=env, stdout=out, stderr=subprocess.STDOUT)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import signal
+import time
+
 import numpy as np
+import pytest
 
 from tests.helpers.models import TINY_MODEL
-from tests.helpers.processes import run_cli, run_msrun
+from tests.helpers.processes import run_cli, run_msrun, start_msrun
 
 STEPS = 20
 # No dropout (the tiny ViT has none) and crops that keep the whole image: every step is the same maths.
@@ -80,3 +84,59 @@ def test_two_workers_at_batch_32_train_like_one_process_at_batch_64(tmp_path):
     assert (tmp_path / "two" / ".hydra-rank1" / "config.yaml").is_file()
     checkpoints = sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir())
     assert checkpoints == [f"vit_tiny-e001-s{STEPS:06d}.ckpt", f"vit_tiny-e001-s{STEPS:06d}.state.ckpt"]
+
+
+@pytest.mark.slow
+def test_a_data_parallel_run_stopped_by_sigterm_resumes_exactly(tmp_path):
+    """SIGTERM to msrun mid-training (its workers get it too): rank 0 saves a checkpoint and ends
+    the run KILLED; the same msrun command with resume=auto continues that run on 2 workers, and
+    every step's loss equals one uninterrupted process at the global batch."""
+    steps = 300
+    common = [*SAME_MATHS[:-1], "registry.register=none", "trainer.epochs=100", f"trainer.max_steps={steps}"]
+    common += ["trainer.checkpoint_every_n_steps=10", f"paths.cache_dir={tmp_path / 'cache'}"]
+    one_store = f"sqlite:///{tmp_path / 'one' / 'mlflow.db'}"
+    one = run_cli(
+        "vit_exp.run",
+        *common,
+        "trainer.batch_size=64",
+        f"mlflow.tracking_uri={one_store}",
+        f"hydra.run.dir={tmp_path / 'one'}",
+    )
+    assert one.returncode == 0, one.stderr[-3000:]
+
+    store = f"sqlite:///{tmp_path / 'two' / 'mlflow.db'}"
+    two = [*common, "trainer.batch_size=32", f"mlflow.tracking_uri={store}"]
+    first = start_msrun(
+        2, "vit_exp.run", *two, f"hydra.run.dir={tmp_path / 'first'}", log_dir=tmp_path / "log1"
+    )
+    worker_log = tmp_path / "log1" / "worker_0.log"
+    deadline = time.time() + 300
+    while time.time() < deadline and not list((tmp_path / "first" / "checkpoints").glob("*-s000040.ckpt")):
+        assert first.poll() is None, (tmp_path / "log1" / "msrun.out").read_text()[-3000:]
+        time.sleep(0.5)
+    first.send_signal(signal.SIGTERM)  # msrun leaves its workers; they get SIGTERM when it dies
+    first.wait(timeout=120)
+    deadline = time.time() + 120
+    while time.time() < deadline and "interrupted" not in worker_log.read_text():
+        time.sleep(0.5)
+    assert "continue with: msrun --worker_num=2 ..." in worker_log.read_text()
+    client, (run,) = only_run(store)
+    assert run.info.status == "KILLED"
+    stopped_at = max(m.step for m in client.get_metric_history(run.info.run_id, "train/loss"))
+    assert 40 <= stopped_at < steps
+
+    again = run_msrun(
+        2,
+        "vit_exp.run",
+        *two,
+        "resume=auto",
+        f"hydra.run.dir={tmp_path / 'again'}",
+        log_dir=tmp_path / "log2",
+    )
+    assert again.returncode == 0, (tmp_path / "log2" / "worker_0.log").read_text()[-3000:]
+    client, (run,) = only_run(store)  # the same run, continued
+    assert run.info.status == "FINISHED" and run.data.tags["vit_exp.attempts"] == "2"
+    history = client.get_metric_history(run.info.run_id, "train/loss")
+    assert sorted(m.step for m in history) == list(range(1, steps + 1))  # each step once
+    one_client, (single,) = only_run(one_store)
+    np.testing.assert_allclose(losses(client, run), losses(one_client, single), atol=1e-4, rtol=0)

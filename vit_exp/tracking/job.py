@@ -132,7 +132,7 @@ def training_run(job: TrainJob, resume: ResumeTarget | None = None) -> Iterator[
         lock = resume.lock
     else:
         tags = run_tags(job.cfg, job.hydra.overrides)
-        tags[TAG_DIGEST] = config_digest(comparable_config(job.cfg))
+        tags[TAG_DIGEST] = config_digest(comparable_config(job.cfg, job.workers.world_size))
         tags |= attempt_tags(1, job.hydra.run_dir, checkpoint_dir, None)
         if resume is not None and resume.checkpoint is not None:
             tags["vit_exp.resumed_from_checkpoint"] = str(resume.checkpoint)
@@ -291,7 +291,7 @@ def assemble_callbacks(
 
     trainer = job.trainer
     history = TrainHistory(job.workers.global_batch(trainer.batch_size), lr_values)  # images/s of all
-    comparable = comparable_config(job.cfg)
+    comparable = comparable_config(job.cfg, job.workers.world_size)
     callbacks = TrainingCallbacks(
         history=history,
         console=ConsoleProgress(history, plan, trainer.print_every_n_steps),

@@ -58,11 +58,18 @@ _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 _STEP = re.compile(r"-s(\d+)(\.preempt)?\.ckpt$")
 
 
-def comparable_config(cfg: DictConfig) -> dict[str, str]:
-    """The flattened config (as logged in params) without the keys a resume ignores."""
+def comparable_config(cfg: DictConfig, world_size: int = 1) -> dict[str, str]:
+    """The flattened config (as logged in params) without the keys a resume ignores; with msrun
+    data parallelism also the number of workers (it makes the global batch and the data order)."""
     from vit_exp.tracking.runs import flatten
 
-    return {k: v for k, v in flatten(cfg).items() if _compared(k)}
+    comparable = {k: v for k, v in flatten(cfg).items() if _compared(k)}
+    if world_size > 1:
+        comparable[WORLD_SIZE] = str(world_size)
+    return comparable
+
+
+WORLD_SIZE = "parallel.world_size"
 
 
 def _compared(key: str) -> bool:
@@ -142,7 +149,7 @@ def resolve_resume(job, client=None) -> ResumeTarget | NothingToDo | None:
     if value in (None, "", "never", False):
         return None
     value = str(value)
-    now = comparable_config(job.cfg)
+    now = comparable_config(job.cfg, job.workers.world_size)
     if client is None:
         return _untracked(value, now)
     if value == "auto":
@@ -156,6 +163,12 @@ def resolve_resume(job, client=None) -> ResumeTarget | NothingToDo | None:
         f"resume={value}: not a checkpoint file and not a run id (32 hex digits); "
         "use resume=auto, resume=<run id> or resume=<checkpoint path>"
     )
+
+
+def from_checkpoint(path: Path, job) -> ResumeTarget:
+    """The checkpoint ``path`` as a data-parallel worker that does not record continues from it
+    (the main worker found it, in the store or on the command line)."""
+    return _untracked(str(path), comparable_config(job.cfg, job.workers.world_size))
 
 
 def _untracked(value: str, now: dict) -> ResumeTarget:

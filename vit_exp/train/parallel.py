@@ -61,6 +61,14 @@ def serve_if_scheduler() -> None:
     sys.exit(0)
 
 
+def msrun_prefix() -> str:
+    """How this process was started by msrun, as a command prefix ("" outside msrun)."""
+    workers = os.environ.get(WORKERS)
+    if os.environ.get(ROLE) != "MS_WORKER" or not workers:
+        return ""
+    return f"msrun --worker_num={workers} ... "
+
+
 def worker_overrides() -> list[str]:
     """Hydra overrides that keep a non-main worker's files apart in the shared run directory.
 
@@ -84,6 +92,7 @@ def start(parallel: DataParallel) -> None:
     import mindspore as ms
     from mindspore.communication import get_group_size, get_rank, init
 
+    end_with_launcher()
     init()
     if (get_group_size(), get_rank()) != (parallel.world_size, parallel.rank):
         raise ConfigError(
@@ -91,6 +100,56 @@ def start(parallel: DataParallel) -> None:
             f"says {parallel.rank} of {parallel.world_size}"
         )
     ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True)
+
+
+def end_with_launcher() -> None:
+    """Get SIGTERM when msrun (our parent) dies, as when it is stopped with SIGTERM itself: msrun
+    then leaves its workers running, and the main worker must still end its run KILLED with a
+    checkpoint. Linux only (elsewhere nothing changes)."""
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # msrun is already gone (the signal would never come)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+MAX_SHARED_BYTES = 8192
+
+
+def share_from_main(value):
+    """The main worker's ``value`` (JSON-able) on every worker (one AllReduce; the others' is ignored).
+
+    For what only rank 0 can find out (it alone reads the store), e.g. the checkpoint a resume
+    continues from.
+    """
+    import json
+
+    import numpy as np
+    from mindspore import Tensor, nn, ops
+    from mindspore.communication import get_rank
+
+    payload = np.zeros(MAX_SHARED_BYTES, np.float32)
+    if get_rank() == 0:
+        encoded = json.dumps(value).encode()
+        if len(encoded) > MAX_SHARED_BYTES:
+            raise ConfigError(f"msrun: cannot share {len(encoded)} bytes between workers (path too long)")
+        payload[: len(encoded)] = np.frombuffer(encoded, np.uint8)
+
+    class Sum(nn.Cell):
+        def __init__(self):
+            super().__init__()
+            self.all_reduce = ops.AllReduce()
+
+        def construct(self, x):
+            return self.all_reduce(x)
+
+    summed = Sum()(Tensor(payload)).asnumpy().astype(np.uint8)
+    return json.loads(summed[summed > 0].tobytes().decode())
 
 
 def mean_loss_step(train_step, world_size: int):

@@ -34,13 +34,14 @@ class Preempted(KeyboardInterrupt):
 class Preemption:
     """Signal handling around a training loop (``with preemption: ...``); see the module docstring.
 
-    ``save(run_context, epoch_done)`` writes the checkpoint and returns its path.
+    ``save(run_context, epoch_done)`` writes the checkpoint and returns its path (None: nothing to
+    save, as in a data-parallel worker other than the main one, which then just stops).
     """
 
     def __init__(
         self,
         grace_s: float,
-        save: Callable[[object, bool], Path],
+        save: Callable[[object, bool], Path | None],
         on_timeout: Callable[[], None] = lambda: None,
     ):
         self.grace_s = grace_s
@@ -95,9 +96,12 @@ class Preemption:
         path = self.save(run_context, epoch_done)
         if self._timer is not None:
             self._timer.cancel()
+        step = int(run_context.original_args().cur_step_num)
+        if path is None:  # a data-parallel worker that does not record: nothing to save
+            raise KeyboardInterrupt(f"stopped at step {step}")
         if self._signal == signal.SIGUSR2 and self._launcher_handler is not None:
             try:  # the launcher requeues the job (and would exit): the run still ends KILLED
                 self._launcher_handler(signal.SIGUSR2, None)
             except (SystemExit, Exception) as exc:
                 log.info("the launcher's SIGUSR2 handler ended with %r", exc)
-        raise Preempted(path, int(run_context.original_args().cur_step_num))
+        raise Preempted(path, step)
