@@ -20,7 +20,6 @@ import contextlib
 import logging
 import math
 import os
-import re
 import socket
 import threading
 import time
@@ -42,18 +41,8 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
-try:  # vit-exp prints its ConfigError as one line and keeps credentials out of logs
-    from vit_exp.credentials import mask, reveal
-    from vit_exp.errors import ConfigError as _ConfigError
-except ImportError:  # pragma: no cover - the plugin outside vit-exp
-    _ConfigError = ValueError  # type: ignore[assignment,misc]
-
-    def mask(text: str) -> str:
-        return re.sub(r"(://[^:/@\s]+:)[^@/\s]+@", r"\1***@", text)
-
-    def reveal(text: str) -> str:
-        return text
-
+from vit_exp.credentials import mask, reveal  # one-line errors, credentials kept out of logs
+from vit_exp.errors import ConfigError as _ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -191,14 +180,10 @@ def exclusive(lock_file: Path | None) -> Iterator[None]:
     if lock_file is None:
         yield
         return
-    import fcntl
+    from vit_exp.locking import exclusive as locked
 
-    with lock_file.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with locked(lock_file):
+        yield
 
 
 def _start_time(pid: int) -> str | None:

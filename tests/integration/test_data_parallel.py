@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import subprocess
 import time
 
 import numpy as np
@@ -116,6 +117,7 @@ def test_a_data_parallel_run_stopped_by_sigterm_resumes_exactly(tmp_path):
         time.sleep(0.5)
     first.send_signal(signal.SIGTERM)  # msrun leaves its workers; they get SIGTERM when it dies
     first.wait(timeout=120)
+    subprocess.run(["pkill", "-f", f"tail -f {tmp_path}"])  # msrun's own log tails, left by it too
     deadline = time.time() + 120
     while time.time() < deadline and "interrupted" not in worker_log.read_text():
         time.sleep(0.5)
