@@ -12,6 +12,8 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[dev,sweep]"
+	@# the official Optuna sweeper (pins Optuna 2.10) of an older install; ours is hydra/sweeper=optuna_study
+	@$(BIN)/python -m pip uninstall --quiet -y hydra-optuna-sweeper 2>/dev/null || true
 	@touch $(STAMP)
 
 install: $(STAMP)   ## create .venv and install vit-exp with its dev and sweep extras
