@@ -56,6 +56,16 @@ def champion(registry) -> str:
     return str(client.get_model_version_by_alias("consumer-vit", "champion").version)
 
 
+def promote_choice(versions) -> str:
+    """The version promote picks: best val/top1, then lowest val/loss, then later step and version."""
+
+    def key(v):
+        tags = v.tags
+        return (float(tags["val/top1"]), -float(tags["val/loss"]), int(tags["global_step"]), int(v.version))
+
+    return str(max(versions, key=key).version)
+
+
 def cli(registry, module: str, *args: str) -> subprocess.CompletedProcess:
     return run_cli(module, f"mlflow.tracking_uri={registry['uri']}", *args)
 
@@ -84,10 +94,7 @@ def test_promote_dry_run_then_promote_then_min_delta(registry):
     assert "candidate" in dry.stdout and "val/top1" in dry.stdout
     assert client.get_registered_model("consumer-vit").aliases == {}
 
-    versions = {
-        v.version: float(v.tags["val/top1"]) for v in client.search_model_versions("name='consumer-vit'")
-    }
-    best = max(versions, key=lambda v: (versions[v], -int(v)))
+    best = promote_choice(client.search_model_versions("name='consumer-vit'"))
     first = cli(registry, "vit_exp.promote", "name=consumer-vit", f"hydra.run.dir={out}/b")
     assert first.returncode == 0, first.stderr
     assert str(client.get_model_version_by_alias("consumer-vit", "champion").version) == str(best)
