@@ -47,7 +47,7 @@ IGNORED_KEYS = frozenset(
         "trainer.resume_fast_skip",
     }
 )
-NOT_CONFIG_PARAMS = frozenset({"model.num_parameters"})
+NOT_CONFIG_PARAMS = frozenset({"model.num_parameters", "parallel.global_batch_size"})
 
 TAG_DIGEST = "vit_exp.config_digest"
 TAG_ATTEMPTS = "vit_exp.attempts"
@@ -248,6 +248,8 @@ def _from_run_id(job, client, run_id: str, now: dict) -> ResumeTarget | NothingT
     except MlflowException:
         raise ConfigError(f"resume={run_id}: no such run in {_store(job)}") from None
     params = {k: v for k, v in run.data.params.items() if _compared(k)}
+    if params.get(WORLD_SIZE) == "1":  # one process: compared as a config without the key
+        del params[WORLD_SIZE]
     differences = config_differences(params, now)
     if differences:
         raise ConfigError(
