@@ -3,58 +3,27 @@
 MindSpore's CPU backend runs GELU and LayerNorm, and their gradients, as chains of element-wise
 kernels, one memory pass each; ``cpu_kernels.cc`` does each in one vectorised, threaded pass.
 
-The library is compiled once per source/compiler/CPU with ``g++`` into ``$VIT_EXP_KERNEL_CACHE``
-(default ``~/.cache/vit_exp/kernels``). Where that is impossible (no compiler, not Linux, not a CPU
-target) ``model.fused_kernels=auto`` falls back to the composed MindSpore ops with one warning;
-``model.fused_kernels=on`` makes it an error.
+The library is compiled once per source/compiler/CPU (kernel_build.py). Where that is impossible
+(no compiler, not Linux, not a CPU target) ``model.fused_kernels=auto`` falls back to the composed
+MindSpore ops with one warning; ``model.fused_kernels=on`` makes it an error.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
 from vit_exp.errors import ConfigError, KernelBuildError
+from vit_exp.models.kernel_build import build_library
 
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("cpu_kernels.cc")
-COMPILE_FLAGS = (
-    "-O3",
-    "-march=native",
-    "-fno-trapping-math",
-    "-fopenmp-simd",
-    "-std=c++17",
-    "-shared",
-    "-fPIC",
-    "-pthread",
-)
 FUSED_KERNEL_MODES = ("auto", "on", "off")
-
-
-def kernel_cache_dir() -> Path:
-    """Where compiled kernel libraries are kept (``VIT_EXP_KERNEL_CACHE`` or ``~/.cache/vit_exp/kernels``)."""
-    return Path(os.environ.get("VIT_EXP_KERNEL_CACHE", "~/.cache/vit_exp/kernels")).expanduser()
-
-
-def _cpu_signature() -> str:
-    """The CPU model and feature flags (``-march=native`` output is only valid on a matching CPU)."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return platform.processor()
-    wanted = [line for line in lines if line.startswith(("model name", "flags"))]
-    return "\n".join(dict.fromkeys(wanted))
 
 
 def kernel_library() -> Path:
@@ -72,42 +41,14 @@ def kernel_library() -> Path:
 @functools.cache
 def _build_once() -> Path | KernelBuildError:
     try:
-        return _build()
+        return build_library(SOURCE)
     except KernelBuildError as exc:
         return exc
-    except OSError as exc:
-        return KernelBuildError(f"cannot write the kernel cache {kernel_cache_dir()}: {exc}")
 
 
 def forget_kernel_library() -> None:
     """Forget this process's build outcome (the next :func:`kernel_library` looks again)."""
     _build_once.cache_clear()
-
-
-def _build() -> Path:
-    if platform.system() != "Linux":
-        raise KernelBuildError(f"MindSpore aot kernels need Linux, this is {platform.system()}")
-    compiler = shutil.which(os.environ.get("CXX", "g++"))
-    if compiler is None:
-        raise KernelBuildError("no C++ compiler found (install g++ or set CXX)")
-    key = hashlib.sha256(
-        SOURCE.read_bytes() + " ".join(COMPILE_FLAGS).encode() + compiler.encode() + _cpu_signature().encode()
-    ).hexdigest()[:16]
-    target = kernel_cache_dir() / f"vit_exp_cpu_kernels_{key}.so"
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        built = Path(tmp) / target.name
-        result = subprocess.run(
-            [compiler, *COMPILE_FLAGS, "-o", str(built), str(SOURCE)], capture_output=True, text=True
-        )
-        if result.returncode != 0:
-            first = (result.stderr.strip().splitlines() or ["(no output)"])[0]
-            raise KernelBuildError(f"compiling {SOURCE.name} failed: {first}")
-        os.replace(built, target)  # atomic: concurrent builders (sweeps) never see a partial file
-    log.info("built fused CPU kernels: %s", target)
-    return target
 
 
 def _device_target() -> str:
