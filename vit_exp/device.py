@@ -1,10 +1,11 @@
-"""MindSpore execution context: device target, id, graph/pynative mode, AMP level, seed, threads."""
+"""MindSpore execution context: device target, id, graph/pynative mode, AMP level, precision, seed."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from vit_exp.errors import ConfigError, check_field_types, first_line
+from vit_exp.models.config import PRECISIONS
 
 TARGETS = {"cpu": "CPU", "gpu": "GPU", "ascend": "Ascend"}
 MODES = ("graph", "pynative")
@@ -21,6 +22,7 @@ class DeviceSettings:
     amp_level: str = "O0"
     jit_level: str | None = None
     max_device_memory: str | None = None
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         check_field_types(self, "device")
@@ -28,6 +30,8 @@ class DeviceSettings:
             raise ConfigError(f"device.target must be one of {tuple(TARGETS)}, got {self.target!r}")
         if self.mode not in MODES:
             raise ConfigError(f"device.mode must be one of {MODES}, got {self.mode!r}")
+        if str(self.precision).lower() not in PRECISIONS:
+            raise ConfigError(f"device.precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.amp_level not in AMP_LEVELS:
             raise ConfigError(f"device.amp_level must be one of {AMP_LEVELS}, got {self.amp_level!r}")
 

@@ -59,8 +59,9 @@ def evaluate(cfg: DictConfig) -> dict:
     batch_size = positive_int("batch_size", cfg.batch_size)
     client = use_store(cfg.mlflow.tracking_uri)
     ref = resolve(client, cfg.model_uri)
-    instantiate(cfg.device).apply()
-    predictor = load_predictor(ref.pinned_uri)
+    device = instantiate(cfg.device)
+    device.apply()
+    predictor = load_predictor(ref.pinned_uri, device.precision)
     data = instantiate(cfg.data)
     data.mean, data.std = predictor.mean, predictor.std  # normalise as the model was trained
     num_classes = len(predictor.class_names)
@@ -81,7 +82,9 @@ def evaluate(cfg: DictConfig) -> dict:
         report["top5"],
         report["loss"],
     )
-    log_eval_run(cfg, client, ref, data.name, predictor.class_names, report, hydra_run_dir())
+    log_eval_run(
+        cfg, client, ref, data.name, predictor.class_names, report, hydra_run_dir(), predictor.net.precision
+    )
     return {k: report[k] for k in ("top1", "top5", "loss", "count")}
 
 

@@ -42,8 +42,9 @@ def predict(cfg: DictConfig) -> list[dict]:
     base, files = collect_inputs(cfg.inputs)
     client = use_store(cfg.mlflow.tracking_uri)
     ref = resolve(client, cfg.model_uri)
-    instantiate(cfg.device).apply()
-    predictor = load_predictor(ref.pinned_uri)
+    device = instantiate(cfg.device)
+    device.apply()
+    predictor = load_predictor(ref.pinned_uri, device.precision)
     images, readable, failures = [], [], []
     for path in files:
         try:

@@ -76,7 +76,7 @@ def train(cfg: DictConfig) -> float | None:
         job.device.apply(seed=job.trainer.seed, deterministic=job.trainer.deterministic)
     data = instantiate(cfg.data)
     num_classes = resolve_num_classes(cfg.model.num_classes, data)
-    net = instantiate(cfg.model, num_classes=num_classes)
+    net = instantiate(cfg.model, num_classes=num_classes, precision=job.device.precision)
     batch_size = job.trainer.batch_size
     val_ds = val_dataset(data, net.image_size, batch_size)  # checks the val split before training
     identity = data_identity(
@@ -84,7 +84,7 @@ def train(cfg: DictConfig) -> float | None:
     )
     log.info(
         "model %s: %s parameters, %d classes | data %s: %s (%d train / %d val images, digest %s) | "
-        "device %s (%s mode)%s",
+        "device %s (%s mode, %s)%s",
         cfg.model.name,
         f"{count_parameters(net):,}",
         num_classes,
@@ -95,6 +95,7 @@ def train(cfg: DictConfig) -> float | None:
         identity.digest,
         job.device.target,
         job.device.mode,
+        net.precision,
         f" | data parallel: worker {workers.rank} of {workers.world_size}, global batch "
         f"{workers.global_batch(batch_size)}"
         if workers.world_size > 1

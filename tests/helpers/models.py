@@ -35,3 +35,17 @@ def tiny_vit(num_classes: int = 5, **overrides):
     from vit_exp.models.vit import ViT, ViTConfig
 
     return ViT(ViTConfig(num_classes=num_classes, **(TINY_VIT_ARGS | overrides)))
+
+
+def _bf16_cpu() -> bool:
+    from vit_exp.models.bf16 import cpu_has_bf16
+
+    return cpu_has_bf16()
+
+
+# Tests of device.precision=bf16 need a CPU that multiplies bf16 natively (avx512_bf16 / amx_bf16)
+# and the C++ compiler; elsewhere the fallback to fp32 is what is tested.
+requires_bf16 = pytest.mark.skipif(
+    not _bf16_cpu() or platform.system() != "Linux" or shutil.which(os.environ.get("CXX", "g++")) is None,
+    reason="this CPU has no native bf16 (avx512_bf16 / amx_bf16) or there is no C++ compiler",
+)

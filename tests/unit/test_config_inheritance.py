@@ -31,6 +31,7 @@ ADDED = {  # new keys (issues 12, 13), in every config that has their group
     "data.skip_unreadable": False,
     "data.check_cache_dir": "${paths.cache_dir}/image_checks",
     "mlflow.drain_timeout_s": 120,
+    "device.precision": "fp32",  # issue 16: bf16 matmuls on CPU (fp32 stays the default)
     "trainer.checkpoint_every_n_steps": None,
     "trainer.keep_step_checkpoints": 2,
     "trainer.deterministic": False,

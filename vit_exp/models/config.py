@@ -8,6 +8,7 @@ from dataclasses import dataclass, fields
 from vit_exp.errors import ConfigError, check_field_types, positive_int
 
 PATCH_EMBED_IMPLS = ("matmul", "conv")
+PRECISIONS = ("fp32", "bf16", "auto")
 
 
 @dataclass(frozen=True)
@@ -16,7 +17,8 @@ class ViTConfig:
 
     Dropout is given as keep-probabilities (1.0 = off), as in the reference. ``gelu_approximate``
     picks tanh GELU (the reference's) or exact erf GELU; ``patch_embed`` (matmul | conv) and
-    ``fused_kernels`` (auto | on | off) choose how the same maths is computed.
+    ``fused_kernels`` (auto | on | off) choose how the same maths is computed. ``precision``
+    (fp32 | bf16 | auto, from ``device.precision``) is what the dense layers multiply in.
     """
 
     image_size: int = 224
@@ -33,6 +35,7 @@ class ViTConfig:
     layer_norm_eps: float = 1e-7
     patch_embed: str = "matmul"
     fused_kernels: str = "auto"
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         check_field_types(self, "model")
@@ -52,6 +55,8 @@ class ViTConfig:
                 raise ConfigError(
                     f"model.{key} must be in (0, 1] (1.0 = no dropout), got {getattr(self, key)}"
                 )
+        if str(self.precision).lower() not in PRECISIONS:
+            raise ConfigError(f"device.precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.patch_embed not in PATCH_EMBED_IMPLS:
             raise ConfigError(
                 f"model.patch_embed must be one of {PATCH_EMBED_IMPLS}, got {self.patch_embed!r}"

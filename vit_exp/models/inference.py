@@ -32,9 +32,12 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(
-        cls, checkpoint: str | Path, config: Mapping, class_names: Sequence[str]
+        cls, checkpoint: str | Path, config: Mapping, class_names: Sequence[str], precision: str = "fp32"
     ) -> Predictor:
-        """Build the ViT of ``config["model"]`` and load ``checkpoint`` (every name must fit)."""
+        """Build the ViT of ``config["model"]`` and load ``checkpoint`` (every name must fit).
+
+        ``precision``: what the dense layers multiply in (``device.precision``: fp32 | bf16 | auto).
+        """
         import mindspore as ms
 
         from vit_exp.errors import CheckpointError
@@ -42,7 +45,7 @@ class Predictor:
         from vit_exp.models.vit import ViT, ViTConfig
 
         num_classes = int(config["model"].get("num_classes") or len(class_names))
-        net = ViT(ViTConfig.from_mapping(config["model"], num_classes=num_classes))
+        net = ViT(ViTConfig.from_mapping(config["model"], num_classes=num_classes, precision=precision))
         report = load_into(net, ms.load_checkpoint(str(checkpoint)), Path(checkpoint), head_names=())
         if report.reinitialised:
             raise CheckpointError(f"checkpoint {checkpoint} has no usable classification head")

@@ -16,6 +16,7 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import Normal, initializer
 
+from vit_exp.models.bf16 import resolve_precision
 from vit_exp.models.config import ViTConfig
 from vit_exp.models.fused import use_fused_kernels
 from vit_exp.models.layers import Dense, LayerNorm, PatchEmbedding, gelu
@@ -28,14 +29,14 @@ def dropout(keep_prob: float) -> nn.Cell:
 class Attention(nn.Cell):
     """Multi-head self-attention: one fused ``qkv`` projection, softmax(q k^T / sqrt(d)) v, ``out``."""
 
-    def __init__(self, config: ViTConfig):
+    def __init__(self, config: ViTConfig, bf16: bool = False):
         super().__init__()
         dim = config.embed_dim
         self.num_heads = config.num_heads
         self.head_dim = dim // config.num_heads
         self.scale = self.head_dim**-0.5
-        self.qkv = Dense(dim, dim * 3)
-        self.out = Dense(dim, dim)
+        self.qkv = Dense(dim, dim * 3, bf16)
+        self.out = Dense(dim, dim, bf16)
         self.attn_drop = dropout(config.attention_keep_prob)
         self.out_drop = dropout(config.keep_prob)
         self.q_matmul_k = ops.BatchMatMul(transpose_b=True)
@@ -58,11 +59,11 @@ class Attention(nn.Cell):
 class FeedForward(nn.Cell):
     """The MLP block: ``dense1`` -> GELU -> ``dense2``, dropout after each."""
 
-    def __init__(self, config: ViTConfig, fused: bool):
+    def __init__(self, config: ViTConfig, fused: bool, bf16: bool = False):
         super().__init__()
-        self.dense1 = Dense(config.embed_dim, config.mlp_dim)
+        self.dense1 = Dense(config.embed_dim, config.mlp_dim, bf16)
         self.activation = gelu(config.gelu_approximate, fused)
-        self.dense2 = Dense(config.mlp_dim, config.embed_dim)
+        self.dense2 = Dense(config.mlp_dim, config.embed_dim, bf16)
         self.dropout = dropout(config.keep_prob)
 
     def construct(self, x: Tensor) -> Tensor:
@@ -82,20 +83,22 @@ class Residual(nn.Cell):
         return x + self.cell(x)
 
 
-def encoder_block(config: ViTConfig, fused: bool) -> nn.SequentialCell:
+def encoder_block(config: ViTConfig, fused: bool, bf16: bool = False) -> nn.SequentialCell:
     """One pre-norm block: ``0`` = x + Attention(LayerNorm(x)), ``1`` = x + FeedForward(LayerNorm(x))."""
     eps = config.layer_norm_eps
-    attention = nn.SequentialCell([LayerNorm(config.embed_dim, eps, fused), Attention(config)])
-    mlp = nn.SequentialCell([LayerNorm(config.embed_dim, eps, fused), FeedForward(config, fused)])
+    attention = nn.SequentialCell([LayerNorm(config.embed_dim, eps, fused), Attention(config, bf16)])
+    mlp = nn.SequentialCell([LayerNorm(config.embed_dim, eps, fused), FeedForward(config, fused, bf16)])
     return nn.SequentialCell([Residual(attention), Residual(mlp)])
 
 
 class Encoder(nn.Cell):
     """``num_layers`` encoder blocks, stored as ``layers.{i}``."""
 
-    def __init__(self, config: ViTConfig, fused: bool):
+    def __init__(self, config: ViTConfig, fused: bool, bf16: bool = False):
         super().__init__()
-        self.layers = nn.SequentialCell([encoder_block(config, fused) for _ in range(config.num_layers)])
+        self.layers = nn.SequentialCell(
+            [encoder_block(config, fused, bf16) for _ in range(config.num_layers)]
+        )
 
     def construct(self, x: Tensor) -> Tensor:
         return self.layers(x)
@@ -110,16 +113,23 @@ class ViT(nn.Cell):
         self.image_size = config.image_size
         self.num_classes = config.num_classes
         self.uses_fused_kernels = use_fused_kernels(config.fused_kernels)
+        self.precision = resolve_precision(config.precision, str(ms.get_context("device_target")))
+        bf16 = self.precision == "bf16"
         dim = config.embed_dim
         self.patch_embedding = PatchEmbedding(
-            config.image_size, config.patch_size, dim, config.input_channels, config.patch_embed == "matmul"
+            config.image_size,
+            config.patch_size,
+            dim,
+            config.input_channels,
+            config.patch_embed == "matmul",
+            bf16,
         )
         self.cls = Parameter(initializer(Normal(sigma=1.0), (1, 1, dim), ms.float32), name="cls")
         self.pos_embedding = Parameter(
             initializer(Normal(sigma=1.0), (1, config.num_patches + 1, dim), ms.float32), name="pos_embedding"
         )
         self.dropout = dropout(config.keep_prob)
-        self.transformer = Encoder(config, self.uses_fused_kernels)
+        self.transformer = Encoder(config, self.uses_fused_kernels, bf16)
         self.norm = LayerNorm(dim, config.layer_norm_eps, self.uses_fused_kernels)
         self.dense = nn.Dense(dim, config.num_classes)
 

@@ -36,8 +36,12 @@ def log_eval_run(
     class_names: list[str],
     report: dict,
     run_dir: Path | None,
+    precision_used: str = "fp32",
 ) -> str | None:
-    """Log eval/* metrics and artifacts in a new run; tag the model version; return the run id."""
+    """Log eval/* metrics and artifacts in a new run; tag the model version; return the run id.
+
+    ``precision_used``: what the model's dense layers computed in (``device.precision`` resolved).
+    """
     from hydra.utils import instantiate
 
     settings: MlflowSettings = instantiate(cfg.mlflow)
@@ -65,6 +69,8 @@ def log_eval_run(
             "model_uri": ref.uri,
             "data.name": data_name,
             "data.root": str(cfg.data.root),
+            "device.precision": str(cfg.device.precision),
+            "device.precision_used": precision_used,
         }.items():
             client.log_param(run_id, key, value)
     if ref.name and ref.version and cfg.get("tag_version", True):

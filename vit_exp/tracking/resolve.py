@@ -105,11 +105,12 @@ def _latest(client, uri: str, name: str) -> ModelRef:
     return ModelRef(uri, name, str(mv.version), mv.run_id, dict(mv.tags))
 
 
-def load_predictor(uri: str):
+def load_predictor(uri: str, precision: str = "fp32"):
     """The Predictor of the model at ``uri``, read from its artifacts with this vit_exp's code.
 
     The checkpoint, config and class names are all a version needs, so a version loads the same
     whichever vit_exp wrote it (its bundled code serves it over HTTP, see pyfunc_model.py).
+    ``precision`` is ``device.precision`` (fp32 | bf16 | auto).
     """
     import json
 
@@ -130,4 +131,4 @@ def load_predictor(uri: str):
         raise RegistryError(f"model_uri={uri}: cannot load the model ({first[:300]})") from None
     config = yaml.safe_load(files["config"].read_text())
     class_names = json.loads(files["class_names"].read_text())
-    return Predictor.from_checkpoint(files["checkpoint"], config, class_names)
+    return Predictor.from_checkpoint(files["checkpoint"], config, class_names, precision)

@@ -47,7 +47,7 @@ IGNORED_KEYS = frozenset(
         "trainer.resume_fast_skip",
     }
 )
-NOT_CONFIG_PARAMS = frozenset({"model.num_parameters", "parallel.global_batch_size"})
+NOT_CONFIG_PARAMS = frozenset({"model.num_parameters", "parallel.global_batch_size", "device.precision_used"})
 
 TAG_DIGEST = "vit_exp.config_digest"
 TAG_ATTEMPTS = "vit_exp.attempts"
@@ -63,13 +63,20 @@ def comparable_config(cfg: DictConfig, world_size: int = 1) -> dict[str, str]:
     data parallelism also the number of workers (it makes the global batch and the data order)."""
     from vit_exp.tracking.runs import flatten
 
-    comparable = {k: v for k, v in flatten(cfg).items() if _compared(k)}
+    comparable = _without_defaults({k: v for k, v in flatten(cfg).items() if _compared(k)})
     if world_size > 1:
         comparable[WORLD_SIZE] = str(world_size)
     return comparable
 
 
 WORLD_SIZE = "parallel.world_size"
+# Keys added after runs were already recorded, compared only when not at the value that means "as
+# before", so the config digests (and resume=auto / resume=<run id>) of earlier runs still match.
+AS_BEFORE = {WORLD_SIZE: "1", "device.precision": "fp32"}
+
+
+def _without_defaults(flat: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in flat.items() if AS_BEFORE.get(k) != v}
 
 
 def _compared(key: str) -> bool:
@@ -247,9 +254,7 @@ def _from_run_id(job, client, run_id: str, now: dict) -> ResumeTarget | NothingT
         run = client.get_run(run_id)
     except MlflowException:
         raise ConfigError(f"resume={run_id}: no such run in {_store(job)}") from None
-    params = {k: v for k, v in run.data.params.items() if _compared(k)}
-    if params.get(WORLD_SIZE) == "1":  # one process: compared as a config without the key
-        del params[WORLD_SIZE]
+    params = _without_defaults({k: v for k, v in run.data.params.items() if _compared(k)})
     differences = config_differences(params, now)
     if differences:
         raise ConfigError(

@@ -234,6 +234,7 @@ def log_run_inputs(
     flat = flatten(cfg)
     params = {k: v for k, v in flat.items() if not is_location_key(k)}
     params["model.num_parameters"] = str(count_parameters(net))
+    params["device.precision_used"] = getattr(net, "precision", "fp32")  # what auto/bf16 resolved to
     locations = [RunTag(k, v) for k, v in flat.items() if is_location_key(k)]
     items = list(params.items())
     for start in range(0, len(items), 100):

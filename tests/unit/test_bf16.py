@@ -1,0 +1,214 @@
+"""bf16 mixed precision on CPU (vit_exp/models/bf16.py, device.precision): the kernels compute what
+bf16-rounded inputs with fp32 accumulation give, the ViT stays close to fp32 with fp32 parameters
+and checkpoints, and precision is resolved with a clear fallback or error."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from tests.helpers.models import requires_bf16, tiny_vit
+from vit_exp.errors import ConfigError
+
+
+def bf16_round(x: np.ndarray) -> np.ndarray:
+    """float32 -> nearest bfloat16 (ties to even), back as float64: what the kernels multiply."""
+    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16
+    return rounded.astype(np.uint32).view(np.float32).astype(np.float64)
+
+
+def _linear_and_grads(x, w, b, dy):
+    """The Bf16Linear forward, and its (dx, dw, db) for the upstream gradient ``dy``."""
+    import mindspore as ms
+    from mindspore import nn, ops
+
+    from vit_exp.models.layers import Bf16Linear
+
+    linear = Bf16Linear()
+
+    class Weighted(nn.Cell):
+        def __init__(self):
+            super().__init__()
+            self.linear = linear
+            self.dy = ms.Tensor(dy)
+
+        def construct(self, x, w, b):
+            return (self.linear(x, w, b) * self.dy).sum()
+
+    tensors = [ms.Tensor(v) for v in (x, w, b)]
+    forward = linear(*tensors).asnumpy()
+    grads = ops.GradOperation(get_all=True)(Weighted())(*tensors)
+    return forward, [g.asnumpy() for g in grads]
+
+
+@requires_bf16
+def test_bf16_linear_is_bf16_inputs_with_fp32_accumulation_forward_and_backward():
+    rng = np.random.default_rng(0)
+    m, k, n = 300, 96, 80  # rows split over threads; not multiples of the kernels' blocks
+    x = rng.normal(size=(m, k)).astype(np.float32)
+    w = rng.normal(scale=0.1, size=(n, k)).astype(np.float32)
+    b = rng.normal(size=n).astype(np.float32)
+    dy = rng.normal(size=(m, n)).astype(np.float32)
+    y, (dx, dw, db) = _linear_and_grads(x, w, b, dy)
+
+    xr, wr, dyr = bf16_round(x), bf16_round(w), bf16_round(dy)
+    expected = {
+        "y": xr @ wr.T + b,
+        "dx": dyr @ wr,
+        "dw": dyr.T @ xr,
+        "db": dy.astype(np.float64).sum(0),  # the bias gradient is an fp32 sum of the fp32 gradient
+    }
+    got = {"y": y, "dx": dx, "dw": dw, "db": db}
+    for name, value in got.items():
+        assert value.dtype == np.float32 and value.shape == expected[name].shape, name
+        scale = np.abs(expected[name]).max()
+        np.testing.assert_allclose(value, expected[name], atol=2e-6 * scale * np.sqrt(m), err_msg=name)
+    # ... and that is not what fp32 inputs give: the multiply really is in bf16
+    assert np.abs(y - (x.astype(np.float64) @ w.T.astype(np.float64) + b)).max() > 1e-3
+
+
+@requires_bf16
+def test_bf16_rounding_keeps_nan_and_inf():
+    x = np.ones((4, 8), np.float32)
+    x[1, 3] = np.nan
+    x[2, 0] = np.inf
+    w = np.full((3, 8), 0.5, np.float32)
+    y, _ = _linear_and_grads(x, w, np.zeros(3, np.float32), np.ones((4, 3), np.float32))
+    assert np.isnan(y[1]).all()  # a NaN input is never rounded into a finite number
+    assert np.isposinf(y[2]).all()
+    np.testing.assert_array_equal(y[[0, 3]], 4.0)
+
+
+def _same_weights(precision: str, reference=None, **overrides):
+    import mindspore as ms
+
+    net = tiny_vit(num_classes=7, precision=precision, **overrides)
+    if reference is not None:
+        ms.load_param_into_net(
+            net, {p.name: ms.Parameter(p.data.copy(), name=p.name) for p in reference.get_parameters()}
+        )
+    return net
+
+
+@requires_bf16
+def test_bf16_vit_agrees_with_fp32_and_keeps_fp32_parameters_and_checkpoint_layout(tmp_path):
+    import mindspore as ms
+    from mindspore import nn
+
+    from vit_exp.train.losses import CrossEntropySmooth
+
+    fp32 = _same_weights("fp32")
+    bf16 = _same_weights("bf16", fp32)
+    assert (fp32.precision, bf16.precision) == ("fp32", "bf16")
+    rng = np.random.default_rng(1)
+    x = ms.Tensor(rng.normal(size=(16, 3, 32, 32)).astype(np.float32))
+    y = ms.Tensor(rng.integers(0, 7, 16).astype(np.int32))
+
+    for net in (fp32, bf16):
+        net.set_train(False)
+    a, b = fp32(x).asnumpy(), bf16(x).asnumpy()
+    assert np.abs(a - b).max() < 0.02 * np.abs(a).max()  # bf16 has 8 bits of mantissa: ~0.4 %
+    assert not np.array_equal(a, b)  # and it is really computed differently
+
+    grads = {}
+    for net in (fp32, bf16):
+        net.set_train(True)
+        loss = nn.WithLossCell(net, CrossEntropySmooth(7, 0.0))
+        _, g = ms.value_and_grad(loss, None, net.trainable_params())(x, y)
+        grads[net.precision] = {p.name: v.asnumpy() for p, v in zip(net.trainable_params(), g, strict=True)}
+    for name, g32 in grads["fp32"].items():
+        g16 = grads["bf16"][name]
+        assert g16.dtype == np.float32
+        assert np.linalg.norm(g16 - g32) <= 0.03 * np.linalg.norm(g32) + 1e-7, name
+
+    paths = {}
+    for net in (fp32, bf16):
+        paths[net.precision] = tmp_path / f"{net.precision}.ckpt"
+        ms.save_checkpoint(net, str(paths[net.precision]))
+    layouts = {
+        k: {name: (tuple(v.shape), v.dtype) for name, v in ms.load_checkpoint(str(p)).items()}
+        for k, p in paths.items()
+    }
+    assert layouts["bf16"] == layouts["fp32"]
+    assert {dtype for _, dtype in layouts["bf16"].values()} == {ms.float32}
+
+
+@requires_bf16
+def test_bf16_trains_a_tiny_vit_like_fp32():
+    import mindspore as ms
+    from mindspore import nn
+
+    from vit_exp.train.losses import CrossEntropySmooth
+
+    rng = np.random.default_rng(2)
+    x = ms.Tensor(rng.normal(size=(32, 3, 32, 32)).astype(np.float32))
+    y = ms.Tensor(rng.integers(0, 7, 32).astype(np.int32))
+    fp32 = _same_weights("fp32")
+    bf16 = _same_weights("bf16", fp32)
+    losses = {}
+    for net in (fp32, bf16):
+        step = nn.TrainOneStepCell(
+            nn.WithLossCell(net, CrossEntropySmooth(7, 0.0)), nn.SGD(net.trainable_params(), 0.1)
+        )
+        step.set_train(True)
+        losses[net.precision] = [float(step(x, y).asnumpy()) for _ in range(15)]
+    assert losses["bf16"][-1] < losses["bf16"][0] - 0.2  # it learns
+    np.testing.assert_allclose(losses["bf16"], losses["fp32"], rtol=0.01)  # on fp32's path
+
+
+def test_auto_without_native_bf16_is_fp32_quietly_and_bf16_warns_once(monkeypatch, caplog):
+    from vit_exp.models import bf16
+
+    monkeypatch.setattr(bf16, "cpu_has_bf16", lambda: False)
+    bf16._warn_fallback.cache_clear()
+    with caplog.at_level(logging.INFO, logger="vit_exp.models.bf16"):
+        assert bf16.resolve_precision("auto", "CPU") == "fp32"
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+        net = tiny_vit(num_classes=3, num_layers=1, precision="bf16")
+        tiny_vit(num_classes=3, num_layers=1, precision="bf16")
+    assert net.precision == "fp32"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "device.precision=bf16 is not available" in warnings[0]
+    assert "avx512_bf16" in warnings[0]
+
+
+@requires_bf16
+def test_auto_picks_bf16_on_a_bf16_cpu():
+    from vit_exp.models.bf16 import resolve_precision
+
+    assert resolve_precision("auto", "CPU") == "bf16"
+    assert resolve_precision("fp32", "CPU") == "fp32"
+
+
+def test_precision_errors_name_the_key():
+    from vit_exp.device import DeviceSettings
+    from vit_exp.models.bf16 import resolve_precision
+
+    with pytest.raises(ConfigError, match=r"device\.precision must be one of"):
+        DeviceSettings(precision="fp8")
+    with pytest.raises(
+        ConfigError, match=r"device\.precision=bf16 is for the CPU; on GPU use device\.amp_level"
+    ):
+        resolve_precision("bf16", "GPU")
+    assert resolve_precision("auto", "Ascend") == "fp32"
+
+
+def test_fp32_keeps_the_config_digest_runs_had_before_precision_existed():
+    from omegaconf import OmegaConf
+
+    from vit_exp.tracking.resume import comparable_config, config_differences, config_digest
+
+    before = OmegaConf.create({"optim": {"lr": 0.1}, "device": {"target": "cpu"}})
+    default, bf16 = (
+        OmegaConf.create({"optim": {"lr": 0.1}, "device": {"target": "cpu", "precision": p}})
+        for p in ("fp32", "bf16")
+    )
+    # a run recorded before the key existed is still found by resume=auto (same digest) ...
+    assert config_digest(comparable_config(default)) == config_digest(comparable_config(before))
+    # ... and bf16 is a different config
+    assert config_differences(comparable_config(default), comparable_config(bf16)) == [
+        "device.precision: (not set) -> bf16"
+    ]
