@@ -1,14 +1,21 @@
-"""Train/eval throughput of our MindSpore ViT vs an equivalent PyTorch eager ViT, on this CPU.
+"""Train/eval throughput of our MindSpore ViT (fp32, bf16) vs what a PyTorch user runs, on this CPU.
 
-    .venv/bin/pip install torch==2.13.0        # bench-only; never a runtime or test dependency
+    .venv/bin/pip install -e ".[bench]"        # bench-only torch; never a runtime or test dependency
     GLOG_v=3 .venv/bin/python bench/throughput.py [--configs tiny32 vit_b16] [--steps 5] [--rounds 2]
 
-For each config the two frameworks are timed in one process in the order A B A B (MindSpore,
-PyTorch, MindSpore, PyTorch), after a warm-up (graph mode needs ~5 steps to reach its speed).
-Printed per config and mode: median step time, images/s, achieved GFLOP/s, % of the measured
-sgemm peak (the faster of a 1024^3 MatMul and the model's own MLP matmul, in MindSpore) and the
-MindSpore / PyTorch throughput ratio.
-Both models: fp32, pre-norm ViT, fused qkv, the same GELU variant, Adam, cross-entropy.
+Variants, all timed in one process, in rotation A B C ... A B C ... (``--rounds``), after a warm-up:
+  ms-fp32      our ViT, fp32 (device.precision=fp32)
+  ms-bf16      our ViT, bf16 matmuls with fp32 weights/optimizer/reductions (device.precision=bf16)
+  pt-eager     PyTorch eager fp32, attention written out (softmax(q k^T) v)
+  pt-sdpa      PyTorch eager fp32 with F.scaled_dot_product_attention
+  pt-compile   torch.compile of the SDPA model, fp32
+  pt-bf16      the SDPA model under torch.autocast("cpu", dtype=torch.bfloat16)
+Printed per config and mode: median step time, images/s, achieved GFLOP/s, % of the sgemm peak and
+every variant's throughput relative to ms-fp32, plus the two targets (ms-fp32 / pt-compile,
+ms-bf16 / pt-bf16). The sgemm peak is measured on the model's own matmul shapes (every dense
+layer's forward and both backward products, each at the best of MindSpore's MatMul and torch.mm)
+and combined by FLOPs: the time a step would take if its matmuls alone ran at sgemm speed.
+All models: pre-norm ViT, fused qkv, the same GELU variant, Adam, cross-entropy.
 """
 
 from __future__ import annotations
@@ -34,24 +41,44 @@ class BenchConfig:
     train_batch: int
     eval_batch: int
 
+    @property
+    def tokens(self) -> int:
+        return (self.image_size // self.patch_size) ** 2 + 1
+
 
 CONFIGS = {
     "tiny32": BenchConfig("tiny32", 32, 4, 192, 6, 3, 768, 10, 64, 64),
     "vit_b16": BenchConfig("vit_b16", 224, 16, 768, 12, 12, 3072, 1000, 8, 16),
 }
+MS_VARIANTS = ("ms-fp32", "ms-bf16")
+PT_VARIANTS = ("pt-eager", "pt-sdpa", "pt-compile", "pt-bf16")
 
 
 def forward_flops(c: BenchConfig) -> float:
     """Multiply-adds x 2 of one image's forward pass (matmuls and attention; norms/softmax ignored)."""
-    n = (c.image_size // c.patch_size) ** 2 + 1
-    d = c.embed_dim
+    n, d = c.tokens, c.embed_dim
     patch = 2 * (n - 1) * (3 * c.patch_size**2) * d
     per_layer = 2 * n * d * 3 * d + 2 * n * d * d + 2 * 2 * n * d * c.mlp_dim + 2 * 2 * n * n * d
     return patch + c.num_layers * per_layer + 2 * d * c.num_classes
 
 
+def dense_shapes(c: BenchConfig, batch: int, train: bool) -> list[tuple[int, int, int, int]]:
+    """(m, k, n, count) of every dense-layer product in one step: forward, and in training dx and dw."""
+    t, d, f = batch * c.tokens, c.embed_dim, c.mlp_dim
+    layers = [(t, d, 3 * d), (t, d, d), (t, d, f), (t, f, d)]
+    shapes = [(m, k, n, c.num_layers) for m, k, n in layers]
+    patches = batch * (c.tokens - 1)
+    shapes.append((patches, 3 * c.patch_size**2, d, 1))
+    if train:
+        shapes += [(m, n, k, count) for m, k, n, count in shapes]  # dx = dy . w
+        shapes += [(n, m, k, count) for m, k, n, count in shapes[: len(shapes) // 2]]  # dw = dy^T . x
+    return shapes
+
+
 # ---------------------------------------------------------------------------------------------- MindSpore
-def mindspore_steps(c: BenchConfig, gelu_approximate: bool, patch_embed: str, fused_kernels: str = "auto"):
+def mindspore_steps(
+    c: BenchConfig, gelu_approximate: bool, patch_embed: str, fused_kernels: str, precision: str
+):
     import mindspore as ms
     from mindspore import nn
 
@@ -72,10 +99,13 @@ def mindspore_steps(c: BenchConfig, gelu_approximate: bool, patch_embed: str, fu
                 patch_embed=patch_embed,
                 fused_kernels=fused_kernels,
                 layer_norm_eps=1e-6,
+                precision=precision,
             )
         )
 
     net = build()
+    if net.precision != precision:
+        raise SystemExit(f"precision {precision} is not available here (resolved to {net.precision})")
     optimizer = nn.Adam(net.trainable_params(), learning_rate=1e-4)
     train = nn.TrainOneStepCell(nn.WithLossCell(net, CrossEntropySmooth(c.num_classes, 0.0)), optimizer)
     train.set_train(True)
@@ -96,35 +126,49 @@ def mindspore_steps(c: BenchConfig, gelu_approximate: bool, patch_embed: str, fu
     return train_step, eval_step
 
 
-def mindspore_sgemm_gflops(m: int = 1024, k: int = 1024, n: int = 1024, repeats: int = 10) -> float:
-    """GFLOP/s of MindSpore's fp32 MatMul on an (m, k) x (k, n) product, best of ``repeats``."""
-    import mindspore as ms
-    from mindspore import ops
-
-    rng = np.random.default_rng(0)
-    a = ms.Tensor(rng.normal(size=(m, k)).astype(np.float32))
-    b = ms.Tensor(rng.normal(size=(k, n)).astype(np.float32))
-    matmul = ops.MatMul()
-    matmul(a, b).asnumpy()
+def best_seconds(run, repeats: int) -> float:
+    run()
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        matmul(a, b).asnumpy()
+        run()
         best = min(best, time.perf_counter() - start)
-    return 2 * m * k * n / best / 1e9
+    return best
 
 
-def sgemm_peak(c: BenchConfig) -> float:
-    """The sgemm reference for a config: the best of a 1024^3 MatMul and the model's own MLP matmul
-    (tokens of a training batch x embed_dim x mlp_dim), whichever MindSpore runs faster."""
-    tokens = c.train_batch * ((c.image_size // c.patch_size) ** 2 + 1)
-    return max(mindspore_sgemm_gflops(), mindspore_sgemm_gflops(tokens, c.embed_dim, c.mlp_dim))
+def sgemm_seconds(m: int, k: int, n: int, repeats: int = 5) -> float:
+    """Seconds of the fastest fp32 (m, k) x (k, n) product here: MindSpore's MatMul or torch.mm."""
+    import mindspore as ms
+    import torch
+    from mindspore import ops
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(m, k)).astype(np.float32), rng.normal(size=(k, n)).astype(np.float32)
+    ma, mb, matmul = ms.Tensor(a), ms.Tensor(b), ops.MatMul()
+    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+    return min(
+        best_seconds(lambda: matmul(ma, mb).asnumpy(), repeats),
+        best_seconds(lambda: torch.mm(ta, tb), repeats),
+    )
+
+
+def sgemm_peak(c: BenchConfig, batch: int, train: bool) -> float:
+    """GFLOP/s a step's dense matmuls reach at sgemm speed: their FLOPs / the sum of their sgemm times."""
+    flops = seconds = 0.0
+    cache: dict[tuple[int, int, int], float] = {}
+    for m, k, n, count in dense_shapes(c, batch, train):
+        if (m, k, n) not in cache:
+            cache[(m, k, n)] = sgemm_seconds(m, k, n)
+        flops += 2 * m * k * n * count
+        seconds += cache[(m, k, n)] * count
+    return flops / seconds / 1e9
 
 
 # ------------------------------------------------------------------------------------------------ PyTorch
-def torch_steps(c: BenchConfig, gelu_approximate: bool):
+def torch_model(c: BenchConfig, gelu_approximate: bool, sdpa: bool):
     import torch
     from torch import nn
+    from torch.nn import functional as F
 
     class Block(nn.Module):
         def __init__(self):
@@ -143,8 +187,11 @@ def torch_steps(c: BenchConfig, gelu_approximate: bool):
             q, k, v = (
                 self.qkv(self.norm1(x)).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
             )
-            attn = (q @ k.transpose(-2, -1) * (d // self.heads) ** -0.5).softmax(-1)
-            x = x + self.out((attn @ v).transpose(1, 2).reshape(b, n, d))
+            if sdpa:
+                attended = F.scaled_dot_product_attention(q, k, v)
+            else:
+                attended = (q @ k.transpose(-2, -1) * (d // self.heads) ** -0.5).softmax(-1) @ v
+            x = x + self.out(attended.transpose(1, 2).reshape(b, n, d))
             return x + self.fc2(self.act(self.fc1(self.norm2(x))))
 
     class TorchViT(nn.Module):
@@ -163,25 +210,45 @@ def torch_steps(c: BenchConfig, gelu_approximate: bool):
             x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], 1) + self.pos
             return self.head(self.norm(self.blocks(x)[:, 0]))
 
+    return TorchViT()
+
+
+def torch_steps(c: BenchConfig, gelu_approximate: bool, variant: str):
+    """Train and eval steps of one PyTorch variant (pt-eager, pt-sdpa, pt-compile, pt-bf16)."""
+    import contextlib
+
+    import torch
+    from torch import nn
+
     torch.manual_seed(0)
-    net = TorchViT()
+    sdpa = variant != "pt-eager"
+    net, eval_net = torch_model(c, gelu_approximate, sdpa), torch_model(c, gelu_approximate, sdpa).eval()
+    train_forward, eval_forward = net, eval_net
+    if variant == "pt-compile":
+        train_forward, eval_forward = torch.compile(net), torch.compile(eval_net)
+
+    def precision():
+        if variant == "pt-bf16":
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
     loss_fn = nn.CrossEntropyLoss()
     x = torch.randn(c.train_batch, 3, c.image_size, c.image_size)
     y = torch.randint(0, c.num_classes, (c.train_batch,))
     xe = torch.randn(c.eval_batch, 3, c.image_size, c.image_size)
-    eval_net = TorchViT().eval()
 
     def train_step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(net(x), y)
+        with precision():
+            loss = loss_fn(train_forward(x), y)
         loss.backward()
         optimizer.step()
         loss.item()
 
     def eval_step() -> None:
-        with torch.inference_mode():
-            eval_net(xe).sum().item()
+        with torch.inference_mode(), precision():
+            eval_forward(xe).float().sum().item()
 
     return train_step, eval_step
 
@@ -199,7 +266,8 @@ def timed(step, n: int) -> list[float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per framework per round")
+    parser.add_argument("--variants", nargs="+", default=[*MS_VARIANTS, *PT_VARIANTS])
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per variant per round")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--gelu", choices=["exact", "tanh"], default="exact")
@@ -207,6 +275,9 @@ def main() -> None:
     parser.add_argument("--fused-kernels", choices=["auto", "on", "off"], default="auto")
     parser.add_argument("--modes", nargs="+", default=["train", "eval"], choices=["train", "eval"])
     args = parser.parse_args()
+    unknown = set(args.variants) - {*MS_VARIANTS, *PT_VARIANTS}
+    if unknown:
+        parser.error(f"unknown variants {sorted(unknown)}; choose from {[*MS_VARIANTS, *PT_VARIANTS]}")
 
     import mindspore as ms
     import torch
@@ -217,38 +288,45 @@ def main() -> None:
     print(f"mindspore {ms.__version__}, torch {torch.__version__}")
     print(
         f"gelu={args.gelu} patch_embed={args.patch_embed} fused_kernels={args.fused_kernels} "
-        f"steps={args.steps} warmup={args.warmup} rounds={args.rounds}"
+        f"steps={args.steps} warmup={args.warmup} rounds={args.rounds} variants={' '.join(args.variants)}"
     )
     approximate = args.gelu == "tanh"
     for name in args.configs:
         c = CONFIGS[name]
-        peak = sgemm_peak(c)
-        print(f"{name}: sgemm peak {peak:.0f} GFLOP/s (best of 1024^3 and the model's MLP matmul)")
-        ms_train, ms_eval = mindspore_steps(c, approximate, args.patch_embed, args.fused_kernels)
-        pt_train, pt_eval = torch_steps(c, approximate)
-        for mode in args.modes:
-            batch = c.train_batch if mode == "train" else c.eval_batch
-            flops = forward_flops(c) * batch * (3 if mode == "train" else 1)
-            steps = {
-                "mindspore": ms_train if mode == "train" else ms_eval,
-                "torch": pt_train if mode == "train" else pt_eval,
-            }
-            for step in steps.values():
-                timed(step, args.warmup)
-            results = {k: [] for k in steps}
-            for _ in range(args.rounds):
-                for key, step in steps.items():
-                    results[key] += timed(step, args.steps)
-            line = [f"{name:>8} {mode:<5} batch {batch:>3}"]
-            median = {k: statistics.median(v) for k, v in results.items()}
-            for key in steps:
-                gflops = flops / median[key] / 1e9
-                line.append(
-                    f"{key} {median[key] * 1000:8.1f} ms {batch / median[key]:7.2f} img/s "
-                    f"{gflops:6.1f} GFLOP/s ({100 * gflops / peak:4.1f}% of sgemm)"
+        steps = {}
+        for variant in args.variants:
+            if variant in MS_VARIANTS:
+                precision = variant.removeprefix("ms-")
+                steps[variant] = mindspore_steps(
+                    c, approximate, args.patch_embed, args.fused_kernels, precision
                 )
-            line.append(f"ratio ms/torch {median['torch'] / median['mindspore']:.2f}x")
-            print(" | ".join(line), flush=True)
+            else:
+                steps[variant] = torch_steps(c, approximate, variant)
+        for mode in args.modes:
+            train = mode == "train"
+            batch = c.train_batch if train else c.eval_batch
+            peak = sgemm_peak(c, batch, train)
+            flops = forward_flops(c) * batch * (3 if train else 1)
+            runs = {variant: pair[0 if train else 1] for variant, pair in steps.items()}
+            for run in runs.values():
+                timed(run, args.warmup)
+            results: dict[str, list[float]] = {variant: [] for variant in runs}
+            for _ in range(args.rounds):
+                for variant, run in runs.items():
+                    results[variant] += timed(run, args.steps)
+            median = {variant: statistics.median(times) for variant, times in results.items()}
+            print(f"{name} {mode} batch {batch}: sgemm peak on its own matmul shapes {peak:.0f} GFLOP/s")
+            base = median.get("ms-fp32")
+            for variant, seconds in median.items():
+                gflops = flops / seconds / 1e9
+                relative = f" {base / seconds:5.2f}x ms-fp32" if base else ""
+                print(
+                    f"  {variant:<11} {seconds * 1000:9.1f} ms {batch / seconds:8.2f} img/s "
+                    f"{gflops:6.1f} GFLOP/s {100 * gflops / peak:5.1f}% of sgemm{relative}"
+                )
+            for ours, theirs in (("ms-fp32", "pt-compile"), ("ms-bf16", "pt-bf16"), ("ms-fp32", "pt-eager")):
+                if ours in median and theirs in median:
+                    print(f"  target {ours} / {theirs}: {median[theirs] / median[ours]:.2f}x", flush=True)
 
 
 if __name__ == "__main__":
