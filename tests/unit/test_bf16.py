@@ -9,7 +9,7 @@ import logging
 import numpy as np
 import pytest
 
-from tests.helpers.models import requires_bf16, tiny_vit
+from tests.helpers.models import requires_bf16, requires_fused_kernels, tiny_vit
 from vit_exp.errors import ConfigError
 
 
@@ -21,13 +21,13 @@ def bf16_round(x: np.ndarray) -> np.ndarray:
 
 
 def _linear_and_grads(x, w, b, dy):
-    """The Bf16Linear forward, and its (dx, dw, db) for the upstream gradient ``dy``."""
+    """The bf16 Linear forward, and its (dx, dw, db) for the upstream gradient ``dy``."""
     import mindspore as ms
     from mindspore import nn, ops
 
-    from vit_exp.models.layers import Bf16Linear
+    from vit_exp.models.layers import Linear
 
-    linear = Bf16Linear()
+    linear = Linear("bf16")
 
     class Weighted(nn.Cell):
         def __init__(self):
@@ -146,6 +146,7 @@ def test_bf16_trains_a_tiny_vit_like_fp32():
     rng = np.random.default_rng(2)
     x = ms.Tensor(rng.normal(size=(32, 3, 32, 32)).astype(np.float32))
     y = ms.Tensor(rng.integers(0, 7, 32).astype(np.int32))
+    ms.set_seed(2)
     fp32 = _same_weights("fp32")
     bf16 = _same_weights("bf16", fp32)
     losses = {}
@@ -212,3 +213,65 @@ def test_fp32_keeps_the_config_digest_runs_had_before_precision_existed():
     assert config_differences(comparable_config(default), comparable_config(bf16)) == [
         "device.precision: (not set) -> bf16"
     ]
+
+
+def _attention_reference(qkv: np.ndarray, heads: int, dout: np.ndarray):
+    """Multi-head attention in float64 (the composed model's maths) and its gradient for ``dout``."""
+    b, n, d3 = qkv.shape
+    d = d3 // 3
+    hd = d // heads
+    split = qkv.astype(np.float64).reshape(b, n, 3, heads, hd).transpose(2, 0, 3, 1, 4)  # 3, b, h, n, hd
+    q, k, v = split
+    s = q @ k.transpose(0, 1, 3, 2) / np.sqrt(hd)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    out = (p @ v).transpose(0, 2, 1, 3).reshape(b, n, d)
+    go = dout.astype(np.float64).reshape(b, n, heads, hd).transpose(0, 2, 1, 3)
+    dv = p.transpose(0, 1, 3, 2) @ go
+    dp = go @ v.transpose(0, 1, 3, 2)
+    ds = p * (dp - (dp * p).sum(-1, keepdims=True))
+    dq = ds @ k / np.sqrt(hd)
+    dk = ds.transpose(0, 1, 3, 2) @ q / np.sqrt(hd)
+    dqkv = np.stack([dq, dk, dv]).transpose(1, 3, 0, 2, 4).reshape(b, n, d3)
+    return out, dqkv
+
+
+def _fused_attention(qkv: np.ndarray, heads: int, dout: np.ndarray, precision: str):
+    import mindspore as ms
+    from mindspore import nn, ops
+
+    from vit_exp.models.layers import FusedAttention
+
+    attention = FusedAttention(heads, precision)
+
+    class Weighted(nn.Cell):
+        def __init__(self):
+            super().__init__()
+            self.attention = attention
+            self.dout = ms.Tensor(dout)
+
+        def construct(self, qkv):
+            return (self.attention(qkv) * self.dout).sum()
+
+    out = attention(ms.Tensor(qkv)).asnumpy()
+    (grad,) = ops.GradOperation(get_all=True)(Weighted())(ms.Tensor(qkv))
+    return out, grad.asnumpy()
+
+
+@requires_fused_kernels
+@pytest.mark.parametrize("precision", ["fp32", pytest.param("bf16", marks=requires_bf16)])
+def test_one_kernel_attention_matches_the_composed_maths_forward_and_backward(precision):
+    rng = np.random.default_rng(3)
+    b, n, heads, hd = 3, 17, 4, 8  # odd token count, several heads
+    qkv = rng.normal(size=(b, n, 3 * heads * hd)).astype(np.float32)
+    dout = rng.normal(size=(b, n, heads * hd)).astype(np.float32)
+    out, dqkv = _fused_attention(qkv, heads, dout, precision)
+    inputs = (bf16_round(qkv), bf16_round(dout)) if precision == "bf16" else (qkv, dout)
+    expected_out, expected_dqkv = _attention_reference(inputs[0], heads, inputs[1])
+    # fp32: float32 rounding only; bf16: the probabilities and their gradient are rounded too
+    tolerance = 1e-5 if precision == "fp32" else 2e-2
+    np.testing.assert_allclose(out, expected_out, atol=tolerance * np.abs(expected_out).max())
+    np.testing.assert_allclose(dqkv, expected_dqkv, atol=tolerance * np.abs(expected_dqkv).max())
+    if precision == "bf16":
+        exact, _ = _attention_reference(qkv, heads, dout)
+        assert np.abs(out - exact).max() > 1e-4  # really computed from bf16 inputs

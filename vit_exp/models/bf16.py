@@ -1,10 +1,11 @@
 """bf16 mixed precision for the ViT's dense layers on CPU (``device.precision``).
 
 MindSpore 2.10's CPU MatMul refuses bfloat16 (and runs float16 at float32 speed), so the dense
-layers call oneDNN's bf16 GEMM through ``bf16_kernels.cc``, a MindSpore ``aot`` Custom op linked
-against the ``libdnnl.so.3`` that ships inside the MindSpore wheel. Parameters, optimizer state,
-activations between layers, reductions (norms, softmax, loss, bias gradients) and checkpoints stay
-float32: only the matrix inputs of each multiply are rounded to bfloat16, with float32 accumulation.
+layers and the attention call oneDNN's bf16 GEMM through ``onednn_kernels.cc`` (onednn.py): MindSpore
+``aot`` Custom ops linked against the ``libdnnl.so.3`` inside the MindSpore wheel. Parameters,
+optimizer state, activations between layers, reductions (norms, softmax, loss, bias gradients)
+and checkpoints stay float32: only the matrix inputs of each multiply are rounded to bfloat16, with
+float32 accumulation.
 
 ``precision`` is ``fp32``, ``bf16`` or ``auto`` (bf16 where the CPU multiplies bf16 natively:
 ``avx512_bf16`` or ``amx_bf16``). Where bf16 cannot run (another CPU, no compiler, no oneDNN) the
@@ -19,11 +20,10 @@ from pathlib import Path
 
 from vit_exp.errors import ConfigError, KernelBuildError
 from vit_exp.models.config import PRECISIONS
-from vit_exp.models.kernel_build import build_library
+from vit_exp.models.onednn import onednn_kernels
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("bf16_kernels.cc")
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
@@ -42,38 +42,6 @@ def cpu_flags() -> set[str]:
 def cpu_has_bf16() -> bool:
     """Whether the CPU multiplies bfloat16 natively (AVX-512 BF16 or AMX)."""
     return any(flag in cpu_flags() for flag in BF16_CPU_FLAGS)
-
-
-def onednn_library() -> Path:
-    """The oneDNN library inside the MindSpore wheel (``mindspore/lib/libdnnl.so.3``)."""
-    import mindspore
-
-    path = Path(mindspore.__file__).parent / "lib" / "libdnnl.so.3"
-    if not path.exists():
-        raise KernelBuildError(f"this MindSpore has no oneDNN library ({path} is missing)")
-    return path
-
-
-def bf16_library() -> Path:
-    """Path of the compiled bf16 kernel library, built on first use (see :mod:`kernel_build`)."""
-    outcome = _build_once()
-    if isinstance(outcome, KernelBuildError):
-        raise outcome
-    return outcome
-
-
-@functools.cache
-def _build_once() -> Path | KernelBuildError:
-    try:
-        onednn = onednn_library()
-        return build_library(SOURCE, (str(onednn), f"-Wl,-rpath,{onednn.parent}"))
-    except KernelBuildError as exc:
-        return exc
-
-
-def forget_bf16_library() -> None:
-    """Forget this process's build outcome (the next :func:`bf16_library` looks again)."""
-    _build_once.cache_clear()
 
 
 def check_precision(precision: str) -> str:
@@ -103,7 +71,7 @@ def resolve_precision(precision: str, device_target: str) -> str:
     reason = None if cpu_has_bf16() else f"this CPU has none of {', '.join(BF16_CPU_FLAGS)}"
     if reason is None:
         try:
-            bf16_library()
+            onednn_kernels()
         except KernelBuildError as exc:
             reason = str(exc)
     if reason is None:
@@ -118,34 +86,3 @@ def resolve_precision(precision: str, device_target: str) -> str:
 @functools.cache
 def _warn_fallback(reason: str) -> None:
     log.warning("device.precision=bf16 is not available (%s); training in fp32", reason)
-
-
-def _dense_grad_shapes(x, w, _dy):
-    return x, w, [w[0]]
-
-
-def _dense_grad_dtypes(x, *_):
-    return x, x, x
-
-
-def _dense_shape(x, w, _b):
-    return [*x[:-1], w[0]]
-
-
-def _same_dtype(x, *_):
-    return x
-
-
-def dense_cells():
-    """The (forward, backward) Custom ops of a bf16 dense layer ``x @ w.T + b`` (fp32 in and out)."""
-    from mindspore import ops
-
-    library = bf16_library()
-
-    def custom(function: str, shapes, dtypes):
-        return ops.Custom(f"{library}:{function}", out_shape=shapes, out_dtype=dtypes, func_type="aot")
-
-    return (
-        custom("Bf16DenseForward", _dense_shape, _same_dtype),
-        custom("Bf16DenseBackward", _dense_grad_shapes, _dense_grad_dtypes),
-    )

@@ -55,7 +55,8 @@ def build_library(source: Path, link_args: tuple[str, ...] = ()) -> Path:
     if compiler is None:
         raise KernelBuildError("no C++ compiler found (install g++ or set CXX)")
     recipe = " ".join((*COMPILE_FLAGS, *link_args, compiler, cpu_signature()))
-    key = hashlib.sha256(source.read_bytes() + recipe.encode()).hexdigest()[:16]
+    headers = b"".join(h.read_bytes() for h in sorted(source.parent.glob("*.h")))  # its #includes
+    key = hashlib.sha256(source.read_bytes() + headers + recipe.encode()).hexdigest()[:16]
     target = kernel_cache_dir() / f"vit_exp_{source.stem}_{key}.so"
     if target.exists():
         return target

@@ -7,11 +7,12 @@ Each replaces a MindSpore layer whose CPU kernel (or gradient) was the slow part
 from __future__ import annotations
 
 import mindspore as ms
+import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import initializer
 
-from vit_exp.models.bf16 import dense_cells
 from vit_exp.models.fused import FusedGELU, FusedLayerNorm
+from vit_exp.models.onednn import attention_cells, dense_cells
 
 
 class LayerNorm(nn.Cell):
@@ -43,12 +44,13 @@ class LayerNorm(nn.Cell):
         return self.inference_kernel(x, self.gamma, self.beta)[0]
 
 
-class Bf16Linear(nn.Cell):
-    """``(x, weight, bias) -> x @ weight.T + bias`` with bf16 multiplies, fp32 in and out (bf16.py)."""
+class Linear(nn.Cell):
+    """``(x, weight, bias) -> x @ weight.T + bias`` on oneDNN's GEMM, bias and its gradient folded
+    in; fp32 in and out, multiplying in ``precision`` (fp32 | bf16, see bf16.py)."""
 
-    def __init__(self):
+    def __init__(self, precision: str):
         super().__init__()
-        self.forward, self.backward = dense_cells()
+        self.forward, self.backward = dense_cells(precision)
 
     def construct(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
         return self.forward(x, weight, bias)
@@ -57,25 +59,44 @@ class Bf16Linear(nn.Cell):
         return self.backward(x, weight, dout)
 
 
+class FusedAttention(nn.Cell):
+    """``qkv (B, n, 3d) -> (B, n, d)``: per head softmax(q k^T / sqrt(hd)) v, one kernel each way.
+
+    Reads q, k, v of every head straight from the qkv projection and writes tokens in (head, hd)
+    order, so no split, transposes or per-head BatchMatMuls; ``precision`` fp32 or bf16 multiplies.
+    """
+
+    def __init__(self, num_heads: int, precision: str):
+        super().__init__()
+        self.heads = Tensor(np.zeros(num_heads, np.float32))  # the kernels read the head count off its shape
+        self.forward, self.backward = attention_cells(precision)
+
+    def construct(self, qkv: Tensor) -> Tensor:
+        return self.forward(qkv, self.heads)
+
+    def bprop(self, qkv, out, dout):
+        return (self.backward(qkv, self.heads, dout),)
+
+
 class Dense(nn.Cell):
     """``x @ weight.T + bias`` with nn.Dense's names and initialisation.
 
     A broadcast Add instead of BiasAdd: its gradient is a ReduceSum, ~6x faster than BiasAddGrad.
-    ``bf16``: the multiply in bfloat16 with fp32 accumulation (:class:`Bf16Linear`).
+    ``kernel`` "fp32" / "bf16": one oneDNN kernel each way instead (:class:`Linear`).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, bf16: bool = False):
+    def __init__(self, in_channels: int, out_channels: int, kernel: str | None = None):
         super().__init__()
         reference = nn.Dense(in_channels, out_channels)  # borrow its default initialisation
         self.weight = Parameter(reference.weight.data.copy(), name="weight")
         self.bias = Parameter(reference.bias.data.copy(), name="bias")
         self.matmul = ops.MatMul(transpose_b=True)
-        self.bf16 = bf16
-        if bf16:
-            self.linear = Bf16Linear()
+        self.use_kernel = kernel is not None
+        if self.use_kernel:
+            self.linear = Linear(kernel)
 
     def construct(self, x: Tensor) -> Tensor:
-        if self.bf16:
+        if self.use_kernel:
             return self.linear(x, self.weight, self.bias)
         return self.matmul(x, self.weight) + self.bias
 
@@ -117,7 +138,7 @@ class PatchEmbedding(nn.Cell):
         embed_dim: int,
         channels: int,
         use_matmul: bool,
-        bf16: bool = False,
+        kernel: str | None = None,
     ):
         super().__init__()
         self.patch_size = patch_size
@@ -128,9 +149,9 @@ class PatchEmbedding(nn.Cell):
             channels, embed_dim, kernel_size=patch_size, stride=patch_size, has_bias=True, pad_mode="valid"
         )
         self.matmul = ops.MatMul(transpose_b=True)
-        self.bf16 = bf16 and use_matmul
-        if self.bf16:
-            self.linear = Bf16Linear()
+        self.use_kernel = kernel is not None and use_matmul
+        if self.use_kernel:
+            self.linear = Linear(kernel)
 
     def construct(self, x: Tensor) -> Tensor:
         b, c = x.shape[0], x.shape[1]
@@ -139,7 +160,7 @@ class PatchEmbedding(nn.Cell):
             # (B, C, g, p, g, p) -> (B, g, g, C, p, p): each row is one patch in (C, kh, kw) order.
             x = x.reshape(b, c, g, p, g, p).transpose(0, 2, 4, 1, 3, 5).reshape(b * g * g, c * p * p)
             w = self.conv.weight.reshape(self.embed_dim, c * p * p)
-            x = self.linear(x, w, self.conv.bias) if self.bf16 else self.matmul(x, w) + self.conv.bias
+            x = self.linear(x, w, self.conv.bias) if self.use_kernel else self.matmul(x, w) + self.conv.bias
             return x.reshape(b, g * g, self.embed_dim)
         x = self.conv(x)
         return x.reshape(b, self.embed_dim, g * g).transpose(0, 2, 1)

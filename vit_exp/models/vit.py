@@ -12,31 +12,54 @@ The layers rewritten for CPU speed (same maths and names) are in ``layers.py``.
 
 from __future__ import annotations
 
+import functools
+import logging
+from dataclasses import dataclass
+
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import Normal, initializer
 
+from vit_exp.errors import KernelBuildError
 from vit_exp.models.bf16 import resolve_precision
 from vit_exp.models.config import ViTConfig
 from vit_exp.models.fused import use_fused_kernels
-from vit_exp.models.layers import Dense, LayerNorm, PatchEmbedding, gelu
+from vit_exp.models.layers import Dense, FusedAttention, LayerNorm, PatchEmbedding, gelu
+from vit_exp.models.onednn import onednn_kernels
+
+log = logging.getLogger(__name__)
 
 
 def dropout(keep_prob: float) -> nn.Cell:
     return nn.Dropout(p=1.0 - keep_prob) if keep_prob < 1.0 else nn.Identity()
 
 
+@dataclass(frozen=True)
+class Kernels:
+    """How the layers compute (same maths, same parameters): ``fused`` GELU/LayerNorm kernels, and
+    the dense layers and attention as oneDNN kernels multiplying in "fp32" / "bf16" (None: MindSpore
+    ops)."""
+
+    fused: bool = False
+    dense: str | None = None
+    attention: str | None = None
+
+
 class Attention(nn.Cell):
     """Multi-head self-attention: one fused ``qkv`` projection, softmax(q k^T / sqrt(d)) v, ``out``."""
 
-    def __init__(self, config: ViTConfig, bf16: bool = False):
+    def __init__(self, config: ViTConfig, kernels: Kernels = Kernels()):
         super().__init__()
+        fused = kernels.attention
         dim = config.embed_dim
         self.num_heads = config.num_heads
         self.head_dim = dim // config.num_heads
         self.scale = self.head_dim**-0.5
-        self.qkv = Dense(dim, dim * 3, bf16)
-        self.out = Dense(dim, dim, bf16)
+        self.qkv = Dense(dim, dim * 3, kernels.dense)
+        self.out = Dense(dim, dim, kernels.dense)
+        self.fused = fused is not None
+        if self.fused:
+            self.attention = FusedAttention(config.num_heads, fused)
         self.attn_drop = dropout(config.attention_keep_prob)
         self.out_drop = dropout(config.keep_prob)
         self.q_matmul_k = ops.BatchMatMul(transpose_b=True)
@@ -45,6 +68,9 @@ class Attention(nn.Cell):
 
     def construct(self, x: Tensor) -> Tensor:
         b, n, d = x.shape
+        if self.fused:
+            x = self.attention(self.qkv(x.reshape(b * n, d)).reshape(b, n, 3 * d))
+            return self.out_drop(self.out(x.reshape(b * n, d))).reshape(b, n, d)
         h, hd = self.num_heads, self.head_dim
         # Split q, k, v on the 2-D projection: slicing a 5-D view costs 6x the attention on CPU.
         q, k, v = ops.split(self.qkv(x.reshape(b * n, d)), d, axis=-1)
@@ -59,11 +85,11 @@ class Attention(nn.Cell):
 class FeedForward(nn.Cell):
     """The MLP block: ``dense1`` -> GELU -> ``dense2``, dropout after each."""
 
-    def __init__(self, config: ViTConfig, fused: bool, bf16: bool = False):
+    def __init__(self, config: ViTConfig, kernels: Kernels = Kernels()):
         super().__init__()
-        self.dense1 = Dense(config.embed_dim, config.mlp_dim, bf16)
-        self.activation = gelu(config.gelu_approximate, fused)
-        self.dense2 = Dense(config.mlp_dim, config.embed_dim, bf16)
+        self.dense1 = Dense(config.embed_dim, config.mlp_dim, kernels.dense)
+        self.activation = gelu(config.gelu_approximate, kernels.fused)
+        self.dense2 = Dense(config.mlp_dim, config.embed_dim, kernels.dense)
         self.dropout = dropout(config.keep_prob)
 
     def construct(self, x: Tensor) -> Tensor:
@@ -83,22 +109,20 @@ class Residual(nn.Cell):
         return x + self.cell(x)
 
 
-def encoder_block(config: ViTConfig, fused: bool, bf16: bool = False) -> nn.SequentialCell:
+def encoder_block(config: ViTConfig, kernels: Kernels) -> nn.SequentialCell:
     """One pre-norm block: ``0`` = x + Attention(LayerNorm(x)), ``1`` = x + FeedForward(LayerNorm(x))."""
-    eps = config.layer_norm_eps
-    attention = nn.SequentialCell([LayerNorm(config.embed_dim, eps, fused), Attention(config, bf16)])
-    mlp = nn.SequentialCell([LayerNorm(config.embed_dim, eps, fused), FeedForward(config, fused, bf16)])
+    eps, fused = config.layer_norm_eps, kernels.fused
+    attention = nn.SequentialCell([LayerNorm(config.embed_dim, eps, fused), Attention(config, kernels)])
+    mlp = nn.SequentialCell([LayerNorm(config.embed_dim, eps, fused), FeedForward(config, kernels)])
     return nn.SequentialCell([Residual(attention), Residual(mlp)])
 
 
 class Encoder(nn.Cell):
     """``num_layers`` encoder blocks, stored as ``layers.{i}``."""
 
-    def __init__(self, config: ViTConfig, fused: bool, bf16: bool = False):
+    def __init__(self, config: ViTConfig, kernels: Kernels):
         super().__init__()
-        self.layers = nn.SequentialCell(
-            [encoder_block(config, fused, bf16) for _ in range(config.num_layers)]
-        )
+        self.layers = nn.SequentialCell([encoder_block(config, kernels) for _ in range(config.num_layers)])
 
     def construct(self, x: Tensor) -> Tensor:
         return self.layers(x)
@@ -114,7 +138,10 @@ class ViT(nn.Cell):
         self.num_classes = config.num_classes
         self.uses_fused_kernels = use_fused_kernels(config.fused_kernels)
         self.precision = resolve_precision(config.precision, str(ms.get_context("device_target")))
-        bf16 = self.precision == "bf16"
+        onednn = onednn_kernel_precision(config, self.uses_fused_kernels, self.precision)
+        self.kernels = Kernels(
+            self.uses_fused_kernels, onednn, onednn if config.attention_keep_prob == 1.0 else None
+        )
         dim = config.embed_dim
         self.patch_embedding = PatchEmbedding(
             config.image_size,
@@ -122,14 +149,14 @@ class ViT(nn.Cell):
             dim,
             config.input_channels,
             config.patch_embed == "matmul",
-            bf16,
+            self.kernels.dense,
         )
         self.cls = Parameter(initializer(Normal(sigma=1.0), (1, 1, dim), ms.float32), name="cls")
         self.pos_embedding = Parameter(
             initializer(Normal(sigma=1.0), (1, config.num_patches + 1, dim), ms.float32), name="pos_embedding"
         )
         self.dropout = dropout(config.keep_prob)
-        self.transformer = Encoder(config, self.uses_fused_kernels, bf16)
+        self.transformer = Encoder(config, self.kernels)
         self.norm = LayerNorm(dim, config.layer_norm_eps, self.uses_fused_kernels)
         self.dense = nn.Dense(dim, config.num_classes)
 
@@ -139,6 +166,27 @@ class ViT(nn.Cell):
         x = self.dropout(ops.concat((cls, x), axis=1) + self.pos_embedding)
         x = self.transformer(x)
         return self.dense(self.norm(x[:, 0]))
+
+
+def onednn_kernel_precision(config: ViTConfig, fused_kernels: bool, precision: str) -> str | None:
+    """What the dense layers and attention multiply in on oneDNN kernels ("fp32" / "bf16"), or None
+    for MindSpore's own ops: bf16 always uses them; fp32 with the fused kernels on, where the oneDNN
+    kernels build (else one warning)."""
+    if precision == "bf16":
+        return "bf16"
+    if not fused_kernels:
+        return None
+    try:
+        onednn_kernels()
+    except KernelBuildError as exc:
+        _warn_no_onednn(str(exc))
+        return None
+    return precision
+
+
+@functools.cache
+def _warn_no_onednn(reason: str) -> None:
+    log.warning("oneDNN dense/attention kernels unavailable (%s); using MindSpore's ops (slower)", reason)
 
 
 def count_parameters(net: nn.Cell) -> int:

@@ -1,0 +1,99 @@
+"""vit-exp's kernels on oneDNN's GEMMs (``onednn_kernels.cc``) as MindSpore ``aot`` Custom ops.
+
+The library links the ``libdnnl.so.3`` inside the MindSpore wheel and is compiled once per
+source/compiler/CPU (kernel_build.py). It holds dense layers (bias folded in) and multi-head
+attention computed straight from the fused qkv projection, each multiplying in fp32 or bf16.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from vit_exp.errors import KernelBuildError
+from vit_exp.models.kernel_build import build_library
+
+SOURCE = Path(__file__).with_name("onednn_kernels.cc")
+
+
+def onednn_library() -> Path:
+    """The oneDNN library inside the MindSpore wheel (``mindspore/lib/libdnnl.so.3``)."""
+    import mindspore
+
+    path = Path(mindspore.__file__).parent / "lib" / "libdnnl.so.3"
+    if not path.exists():
+        raise KernelBuildError(f"this MindSpore has no oneDNN library ({path} is missing)")
+    return path
+
+
+def onednn_kernels() -> Path:
+    """Path of the compiled library, built on first use; KernelBuildError says why it cannot be."""
+    outcome = _build_once()
+    if isinstance(outcome, KernelBuildError):
+        raise outcome
+    return outcome
+
+
+@functools.cache
+def _build_once() -> Path | KernelBuildError:
+    try:
+        onednn = onednn_library()
+        return build_library(SOURCE, (str(onednn), f"-Wl,-rpath,{onednn.parent}"))
+    except KernelBuildError as exc:
+        return exc
+
+
+def forget_onednn_kernels() -> None:
+    """Forget this process's build outcome (the next :func:`onednn_kernels` looks again)."""
+    _build_once.cache_clear()
+
+
+def _custom(function: str, shapes, dtypes):
+    from mindspore import ops
+
+    return ops.Custom(f"{onednn_kernels()}:{function}", out_shape=shapes, out_dtype=dtypes, func_type="aot")
+
+
+def _dense_grad_shapes(x, w, _dy):
+    return x, w, [w[0]]
+
+
+def _dense_grad_dtypes(x, *_):
+    return x, x, x
+
+
+def _dense_shape(x, w, _b):
+    return [*x[:-1], w[0]]
+
+
+def _same_dtype(x, *_):
+    return x
+
+
+def _variant(precision: str) -> str:
+    return {"fp32": "Fp32", "bf16": "Bf16"}[precision]
+
+
+def dense_cells(precision: str):
+    """The (forward, backward) Custom ops of a dense layer ``x @ w.T + b``, fp32 in and out, that
+    multiply in ``precision`` (fp32 | bf16)."""
+    return (
+        _custom(f"{_variant(precision)}DenseForward", _dense_shape, _same_dtype),
+        _custom(f"{_variant(precision)}DenseBackward", _dense_grad_shapes, _dense_grad_dtypes),
+    )
+
+
+def _attention_shape(qkv, _heads):
+    return [qkv[0], qkv[1], qkv[2] // 3]
+
+
+def _attention_grad_shape(qkv, _heads, _dout):
+    return qkv
+
+
+def attention_cells(precision: str):
+    """The (forward, backward) Custom ops of ``(qkv (B, n, 3d), heads marker (h,)) -> (B, n, d)``."""
+    return (
+        _custom(f"AttentionForward{_variant(precision)}", _attention_shape, _same_dtype),
+        _custom(f"AttentionBackward{_variant(precision)}", _attention_grad_shape, _same_dtype),
+    )

@@ -1,0 +1,343 @@
+// ViT kernels on oneDNN's GEMMs (libdnnl.so.3, shipped inside the MindSpore wheel), as MindSpore
+// "aot" Custom operators (vit_exp/models/onednn.py):
+//  - dense layers with the bias and its gradient folded in, fp32 or bf16 (MindSpore 2.10's CPU
+//    MatMul refuses bfloat16, so bf16 has to call oneDNN's bf16 GEMM directly);
+//  - multi-head attention, fp32 or bf16, forward and backward, straight from the fused qkv
+//    projection's output: no split, no transposes, no per-head BatchMatMul kernels.
+//
+// Mixed precision as PyTorch's CPU autocast does it, with fp32 outputs: the tensors MindSpore sees
+// stay float32 (weights, activations, gradients, optimizer state); each kernel rounds its matrix
+// inputs to bfloat16 (round to nearest even, NaN kept NaN), multiplies with float32 accumulation and
+// writes float32. Bias gradients are float32 sums of the float32 output gradient.
+//
+// aot signature: int f(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+//                      void *stream, void *extra), inputs first, then outputs, contiguous float32.
+// Built with: g++ -O3 -march=native ... -shared -fPIC -pthread <mindspore/lib>/libdnnl.so.3
+
+#include <sched.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <thread>
+#include <type_traits>
+#include <vector>
+
+#include "kernel_math.h"
+
+extern "C" int dnnl_gemm_bf16bf16f32(char transa, char transb, int64_t M, int64_t N, int64_t K,
+                                     float alpha, const uint16_t *A, int64_t lda, const uint16_t *B,
+                                     int64_t ldb, float beta, float *C, int64_t ldc);
+extern "C" int dnnl_sgemm(char transa, char transb, int64_t M, int64_t N, int64_t K, float alpha,
+                          const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
+                          int64_t ldc);
+
+namespace {
+
+int usable_cpus() {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
+  return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+}
+
+int thread_count() {
+  static const int cpus = std::min(usable_cpus(), 16);
+  return cpus;
+}
+
+// Run body(begin, end) over [0, n) in contiguous chunks of at least min_chunk, one per thread.
+template <typename Body>
+void parallel_for(int64_t n, int64_t min_chunk, Body body) {
+  const int64_t chunks = std::min<int64_t>(thread_count(), std::max<int64_t>(1, n / min_chunk));
+  if (chunks <= 1) {
+    body(0, n);
+    return;
+  }
+  const int64_t step = (n + chunks - 1) / chunks;
+  std::vector<std::thread> workers;
+  workers.reserve(chunks - 1);
+  for (int64_t c = 1; c < chunks; ++c) {
+    const int64_t begin = c * step;
+    const int64_t end = std::min(n, begin + step);
+    if (begin < end) workers.emplace_back(body, begin, end);
+  }
+  body(0, std::min(n, step));
+  for (auto &w : workers) w.join();
+}
+
+// float32 -> bfloat16, round to nearest even; NaN stays a (quiet) NaN, +-inf stays +-inf.
+inline uint16_t to_bf16(float value) {
+  const uint32_t bits = __builtin_bit_cast(uint32_t, value);
+  const uint32_t rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
+  const bool nan = (bits & 0x7fffffffu) > 0x7f800000u;
+  return static_cast<uint16_t>(nan ? ((bits >> 16) | 0x40u) : rounded);
+}
+
+void convert_range(const float *__restrict in, uint16_t *__restrict out, int64_t begin, int64_t end) {
+#pragma omp simd
+  for (int64_t i = begin; i < end; ++i) out[i] = to_bf16(in[i]);
+}
+
+// A growable scratch buffer per calling thread (kernels may run on several MindSpore threads).
+uint16_t *scratch(int slot, int64_t elements) {
+  thread_local std::vector<uint16_t> buffers[3];
+  auto &buffer = buffers[slot];
+  if (static_cast<int64_t>(buffer.size()) < elements) buffer.resize(elements);
+  return buffer.data();
+}
+
+constexpr int64_t kConvertChunk = 1 << 16;
+constexpr int64_t kGemmRows = 64;  // fewer rows than this per thread: one thread does the GEMM
+
+int64_t numel(int ndim, const int64_t *shape) {
+  int64_t n = 1;
+  for (int i = 0; i < ndim; ++i) n *= shape[i];
+  return n;
+}
+
+// Row-major GEMMs with float32 output on bf16 (uint16_t) or float32 operands.
+inline int gemm(char ta, char tb, int64_t m, int64_t n, int64_t k, float alpha, const uint16_t *a,
+                int64_t lda, const uint16_t *b, int64_t ldb, float beta, float *c, int64_t ldc) {
+  return dnnl_gemm_bf16bf16f32(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+inline int gemm(char ta, char tb, int64_t m, int64_t n, int64_t k, float alpha, const float *a,
+                int64_t lda, const float *b, int64_t ldb, float beta, float *c, int64_t ldc) {
+  return dnnl_sgemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+inline void store(const float *in, float *out, int64_t n) { std::memcpy(out, in, n * sizeof(float)); }
+inline void store(const float *in, uint16_t *out, int64_t n) { convert_range(in, out, 0, n); }
+
+// The GEMM operand for a float32 tensor: the tensor itself (fp32) or its bf16 copy in scratch slot.
+template <typename T>
+const T *operand(const float *data, int64_t n, int slot);
+
+template <>
+const float *operand<float>(const float *data, int64_t, int) {
+  return data;
+}
+
+template <>
+const uint16_t *operand<uint16_t>(const float *data, int64_t n, int slot) {
+  uint16_t *copy = scratch(slot, n);
+  parallel_for(n, kConvertChunk, [&](int64_t s, int64_t e) { convert_range(data, copy, s, e); });
+  return copy;
+}
+
+// P = softmax(S) row by row, in place, float32 (NaN in a row gives a NaN row).
+void softmax_rows(float *s, int64_t rows, int64_t cols) {
+  for (int64_t i = 0; i < rows; ++i) {
+    float *row = s + i * cols;
+    float top = row[0];
+    for (int64_t j = 1; j < cols; ++j) top = row[j] > top ? row[j] : top;
+    float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = 0; j < cols; ++j) {
+      row[j] = exp_approx(row[j] - top);
+      sum += row[j];
+    }
+    const float inv = 1.f / sum;
+#pragma omp simd
+    for (int64_t j = 0; j < cols; ++j) row[j] *= inv;
+  }
+}
+
+struct AttentionShape {
+  int64_t batch, tokens, heads, dim, head_dim;
+  float scale;
+};
+
+// qkv (B, n, 3d) and a (heads,) marker tensor give the shape; q k v of head h are columns
+// [h*hd, (h+1)*hd) of the q, k and v thirds of each token's row.
+AttentionShape attention_shape(int64_t **shapes) {
+  AttentionShape a;
+  a.batch = shapes[0][0];
+  a.tokens = shapes[0][1];
+  a.dim = shapes[0][2] / 3;
+  a.heads = shapes[1][0];
+  a.head_dim = a.dim / a.heads;
+  a.scale = 1.f / std::sqrt(static_cast<float>(a.head_dim));
+  return a;
+}
+
+// out (B, n, d) = per head softmax(q k^T / sqrt(hd)) v, written in (token, head, hd) order.
+template <typename T>
+int attention_forward(void **params, int64_t **shapes) {
+  const AttentionShape a = attention_shape(shapes);
+  const int64_t n = a.tokens, d3 = 3 * a.dim, hd = a.head_dim;
+  const T *qkv = operand<T>(static_cast<const float *>(params[0]), a.batch * n * d3, 0);
+  float *out = static_cast<float *>(params[2]);
+  int status = 0;
+  parallel_for(a.batch * a.heads, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> s(n * n);
+    std::vector<T> p(n * n);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t b = item / a.heads, h = item % a.heads;
+      const T *q = qkv + b * n * d3 + h * hd, *k = q + a.dim, *v = q + 2 * a.dim;
+      int r = gemm('N', 'T', n, n, hd, a.scale, q, d3, k, d3, 0.f, s.data(), n);
+      softmax_rows(s.data(), n, n);
+      store(s.data(), p.data(), n * n);
+      r |= gemm('N', 'N', n, hd, n, 1.f, p.data(), n, v, d3, 0.f, out + b * n * a.dim + h * hd, a.dim);
+      if (r != 0) status = r;
+    }
+  });
+  return status;
+}
+
+// dqkv (B, n, 3d) of the attention above for the upstream gradient dout (B, n, d); the
+// probabilities are recomputed from q and k (nothing but qkv is kept from the forward pass).
+template <typename T>
+int attention_backward(void **params, int64_t **shapes) {
+  const AttentionShape a = attention_shape(shapes);
+  const int64_t n = a.tokens, d3 = 3 * a.dim, hd = a.head_dim;
+  const T *qkv = operand<T>(static_cast<const float *>(params[0]), a.batch * n * d3, 0);
+  const T *dout = operand<T>(static_cast<const float *>(params[2]), a.batch * n * a.dim, 1);
+  float *dqkv = static_cast<float *>(params[3]);
+  int status = 0;
+  parallel_for(a.batch * a.heads, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> s(n * n), dp(n * n);
+    std::vector<T> p(n * n), ds(n * n);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t b = item / a.heads, h = item % a.heads;
+      const T *q = qkv + b * n * d3 + h * hd, *k = q + a.dim, *v = q + 2 * a.dim;
+      const T *go = dout + b * n * a.dim + h * hd;
+      float *dq = dqkv + b * n * d3 + h * hd, *dk = dq + a.dim, *dv = dq + 2 * a.dim;
+      int r = gemm('N', 'T', n, n, hd, a.scale, q, d3, k, d3, 0.f, s.data(), n);
+      softmax_rows(s.data(), n, n);
+      store(s.data(), p.data(), n * n);
+      r |= gemm('T', 'N', n, hd, n, 1.f, p.data(), n, go, a.dim, 0.f, dv, d3);  // dV = P^T dO
+      r |= gemm('N', 'T', n, n, hd, 1.f, go, a.dim, v, d3, 0.f, dp.data(), n);  // dP = dO V^T
+      for (int64_t i = 0; i < n; ++i) {  // dS = P * (dP - rowsum(dP * P)), in float32
+        const float *pr = s.data() + i * n;
+        float *dr = dp.data() + i * n;
+        float dot = 0.f;
+#pragma omp simd reduction(+ : dot)
+        for (int64_t j = 0; j < n; ++j) dot += dr[j] * pr[j];
+#pragma omp simd
+        for (int64_t j = 0; j < n; ++j) dr[j] = pr[j] * (dr[j] - dot);
+      }
+      store(dp.data(), ds.data(), n * n);
+      r |= gemm('N', 'N', n, hd, n, a.scale, ds.data(), n, k, d3, 0.f, dq, d3);  // dQ = dS K / sqrt(hd)
+      r |= gemm('T', 'N', n, hd, n, a.scale, ds.data(), n, q, d3, 0.f, dk, d3);  // dK = dS^T Q / sqrt(hd)
+      if (r != 0) status = r;
+    }
+  });
+  return status;
+}
+
+
+// C[rows, n] (+)= A[rows, k] . op(B), the rows split over threads; B is (n, k) when trans_b is 'T'.
+template <typename T>
+int gemm_rows(int64_t rows, int64_t n, int64_t k, const T *a, char trans_b, const T *b, float beta, float *c) {
+  int status = 0;
+  const int64_t ldb = trans_b == 'T' ? k : n;
+  parallel_for(rows, kGemmRows, [&](int64_t begin, int64_t end) {
+    const int r = gemm('N', trans_b, end - begin, n, k, 1.f, a + begin * k, k, b, ldb, beta, c + begin * n, n);
+    if (r != 0) status = r;
+  });
+  return status;
+}
+
+// y = x . w^T + b; params: x (..., K), w (N, K), b (N), y (..., N).
+template <typename T>
+int dense_forward(void **params, int *ndims, int64_t **shapes) {
+  const float *b = static_cast<const float *>(params[2]);
+  float *y = static_cast<float *>(params[3]);
+  const int64_t k = shapes[1][1], n = shapes[1][0];
+  const int64_t m = numel(ndims[0], shapes[0]) / k;
+  const T *x = operand<T>(static_cast<const float *>(params[0]), m * k, 0);
+  const T *w = operand<T>(static_cast<const float *>(params[1]), n * k, 1);
+  parallel_for(m, kGemmRows, [&](int64_t s, int64_t e) {
+    for (int64_t i = s; i < e; ++i) std::memcpy(y + i * n, b, n * sizeof(float));
+  });
+  return gemm_rows(m, n, k, x, 'T', w, 1.f, y);
+}
+
+// db = column sums of dy (float32), and dy as a GEMM operand (its bf16 copy, or itself).
+template <typename T>
+const T *bias_gradient(const float *dy, int64_t m, int64_t n, float *db) {
+  const int threads = thread_count();
+  std::vector<float> partial(static_cast<size_t>(threads) * n, 0.f);
+  const int64_t row_step = (m + threads - 1) / threads;
+  T *copy = std::is_same_v<T, float> ? nullptr : reinterpret_cast<T *>(scratch(2, m * n));
+  parallel_for(threads, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      float *sum = partial.data() + t * n;
+      for (int64_t i = t * row_step; i < std::min(m, (t + 1) * row_step); ++i) {
+        const float *row = dy + i * n;
+        if (copy != nullptr) store(row, copy + i * n, n);
+#pragma omp simd
+        for (int64_t j = 0; j < n; ++j) sum[j] += row[j];
+      }
+    }
+  });
+  for (int64_t j = 0; j < n; ++j) {
+    float total = 0.f;
+    for (int t = 0; t < threads; ++t) total += partial[t * n + j];
+    db[j] = total;
+  }
+  return copy != nullptr ? copy : reinterpret_cast<const T *>(dy);
+}
+
+// Gradients of y = x . w^T + b; params: x (..., K), w (N, K), dy (..., N), dx, dw, db.
+template <typename T>
+int dense_backward(void **params, int *ndims, int64_t **shapes) {
+  float *dx = static_cast<float *>(params[3]);
+  float *dw = static_cast<float *>(params[4]);
+  float *db = static_cast<float *>(params[5]);
+  const int64_t k = shapes[1][1], n = shapes[1][0];
+  const int64_t m = numel(ndims[0], shapes[0]) / k;
+  const T *x = operand<T>(static_cast<const float *>(params[0]), m * k, 0);
+  const T *w = operand<T>(static_cast<const float *>(params[1]), n * k, 1);
+  const T *dy = bias_gradient<T>(static_cast<const float *>(params[2]), m, n, db);
+  int status = gemm_rows(m, k, n, dy, 'N', w, 0.f, dx);  // dx (M, K) = dy (M, N) . w (N, K)
+  // dw (N, K) = dy^T (N, M) . x (M, K), the rows of dw split over threads
+  parallel_for(n, kGemmRows, [&](int64_t s, int64_t e) {
+    const int r = gemm('T', 'N', e - s, k, m, 1.f, dy + s, n, x, k, 0.f, dw + s * k, k);
+    if (r != 0) status = r;
+  });
+  return status;
+}
+
+}  // namespace
+
+extern "C" {
+
+// Dense layers: params as dense_forward / dense_backward above.
+int Fp32DenseForward(int, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+  return dense_forward<float>(params, ndims, shapes);
+}
+
+int Bf16DenseForward(int, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+  return dense_forward<uint16_t>(params, ndims, shapes);
+}
+
+int Fp32DenseBackward(int, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+  return dense_backward<float>(params, ndims, shapes);
+}
+
+int Bf16DenseBackward(int, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+  return dense_backward<uint16_t>(params, ndims, shapes);
+}
+
+// params: qkv (B, n, 3d), heads marker (h,), out (B, n, d)
+int AttentionForwardFp32(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  return attention_forward<float>(params, shapes);
+}
+
+int AttentionForwardBf16(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  return attention_forward<uint16_t>(params, shapes);
+}
+
+// params: qkv (B, n, 3d), heads marker (h,), dout (B, n, d), dqkv (B, n, 3d)
+int AttentionBackwardFp32(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  return attention_backward<float>(params, shapes);
+}
+
+int AttentionBackwardBf16(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  return attention_backward<uint16_t>(params, shapes);
+}
+
+}  // extern "C"
