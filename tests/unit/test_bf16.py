@@ -275,3 +275,34 @@ def test_one_kernel_attention_matches_the_composed_maths_forward_and_backward(pr
     if precision == "bf16":
         exact, _ = _attention_reference(qkv, heads, dout)
         assert np.abs(out - exact).max() > 1e-4  # really computed from bf16 inputs
+
+
+@requires_fused_kernels
+def test_fp32_onednn_kernels_agree_with_mindspore_ops_in_a_vit_above_their_size_threshold():
+    """dim 128 and 65 tokens: the fp32 dense layers and attention run on the oneDNN kernels
+    (vit.choose_kernels), and the network computes what MindSpore's own ops compute."""
+    import mindspore as ms
+    from mindspore import nn
+
+    from vit_exp.train.losses import CrossEntropySmooth
+
+    size = dict(patch_size=4, embed_dim=128, num_heads=4, mlp_dim=256, num_layers=1)
+    ms.set_seed(4)
+    onednn = _same_weights("fp32", **size)
+    composed = _same_weights("fp32", onednn, fused_kernels="off", **size)
+    assert (onednn.kernels.dense, onednn.kernels.attention) == ("fp32", "fp32")
+    assert (composed.kernels.dense, composed.kernels.attention) == (None, None)
+    rng = np.random.default_rng(5)
+    x = ms.Tensor(rng.normal(size=(6, 3, 32, 32)).astype(np.float32))
+    y = ms.Tensor(rng.integers(0, 7, 6).astype(np.int32))
+    grads = {}
+    for name, net in (("onednn", onednn), ("composed", composed)):
+        net.set_train(True)
+        loss = nn.WithLossCell(net, CrossEntropySmooth(7, 0.0))
+        value, g = ms.value_and_grad(loss, None, net.trainable_params())(x, y)
+        grads[name] = (float(value.asnumpy()), [v.asnumpy() for v in g])
+    assert grads["onednn"][0] == pytest.approx(grads["composed"][0], rel=1e-5)
+    for ours, theirs, p in zip(
+        grads["onednn"][1], grads["composed"][1], onednn.trainable_params(), strict=True
+    ):
+        np.testing.assert_allclose(ours, theirs, atol=1e-5 * max(1.0, np.abs(theirs).max()), err_msg=p.name)

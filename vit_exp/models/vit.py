@@ -138,10 +138,7 @@ class ViT(nn.Cell):
         self.num_classes = config.num_classes
         self.uses_fused_kernels = use_fused_kernels(config.fused_kernels)
         self.precision = resolve_precision(config.precision, str(ms.get_context("device_target")))
-        onednn = onednn_kernel_precision(config, self.uses_fused_kernels, self.precision)
-        self.kernels = Kernels(
-            self.uses_fused_kernels, onednn, onednn if config.attention_keep_prob == 1.0 else None
-        )
+        self.kernels = choose_kernels(config, self.uses_fused_kernels, self.precision)
         dim = config.embed_dim
         self.patch_embedding = PatchEmbedding(
             config.image_size,
@@ -168,20 +165,36 @@ class ViT(nn.Cell):
         return self.dense(self.norm(x[:, 0]))
 
 
-def onednn_kernel_precision(config: ViTConfig, fused_kernels: bool, precision: str) -> str | None:
-    """What the dense layers and attention multiply in on oneDNN kernels ("fp32" / "bf16"), or None
-    for MindSpore's own ops: bf16 always uses them; fp32 with the fused kernels on, where the oneDNN
-    kernels build (else one warning)."""
+# Below these sizes MindSpore's own MatMul/BatchMatMul win in fp32 (their thread pool stays warm;
+# vit_tiny's dim-64, 17-token step measured 79 ms with them vs 95 ms on the oneDNN kernels), and
+# per-head attention GEMMs are too small to pay for a oneDNN call.
+ONEDNN_FP32_MIN_DIM = 128
+ONEDNN_ATTENTION_MIN_TOKENS = 32
+
+
+def choose_kernels(config: ViTConfig, fused_kernels: bool, precision: str) -> Kernels:
+    """Which layers run on the oneDNN kernels, multiplying in ``precision``: with bf16 the dense
+    layers always (MindSpore's MatMul has no bf16) and the attention from 32 tokens; in fp32 both
+    with the fused kernels on, from dim 128 / 32 tokens, where the kernels build (else one warning).
+    Attention dropout keeps the composed attention."""
+    tokens = config.num_patches + 1
     if precision == "bf16":
-        return "bf16"
-    if not fused_kernels:
-        return None
+        dense = "bf16"
+    elif fused_kernels and config.embed_dim >= ONEDNN_FP32_MIN_DIM and _onednn_available():
+        dense = "fp32"
+    else:
+        dense = None
+    attention_fits = tokens >= ONEDNN_ATTENTION_MIN_TOKENS and config.attention_keep_prob == 1.0
+    return Kernels(fused_kernels, dense, dense if attention_fits else None)
+
+
+def _onednn_available() -> bool:
     try:
         onednn_kernels()
     except KernelBuildError as exc:
         _warn_no_onednn(str(exc))
-        return None
-    return precision
+        return False
+    return True
 
 
 @functools.cache
