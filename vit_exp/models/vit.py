@@ -165,27 +165,17 @@ class ViT(nn.Cell):
         return self.dense(self.norm(x[:, 0]))
 
 
-# Below these sizes MindSpore's own MatMul/BatchMatMul win in fp32 (their thread pool stays warm;
-# vit_tiny's dim-64, 17-token step measured 79 ms with them vs 95 ms on the oneDNN kernels), and
-# per-head attention GEMMs are too small to pay for a oneDNN call.
-ONEDNN_FP32_MIN_DIM = 128
-ONEDNN_ATTENTION_MIN_TOKENS = 32
-
-
 def choose_kernels(config: ViTConfig, fused_kernels: bool, precision: str) -> Kernels:
-    """Which layers run on the oneDNN kernels, multiplying in ``precision``: with bf16 the dense
-    layers always (MindSpore's MatMul has no bf16) and the attention from 32 tokens; in fp32 both
-    with the fused kernels on, from dim 128 / 32 tokens, where the kernels build (else one warning).
-    Attention dropout keeps the composed attention."""
-    tokens = config.num_patches + 1
+    """Which layers run on the oneDNN kernels, multiplying in ``precision``: with bf16 always
+    (MindSpore's MatMul has no bf16); in fp32 with the fused kernels on, where the kernels build
+    (else one warning). Attention dropout keeps the composed attention."""
     if precision == "bf16":
         dense = "bf16"
-    elif fused_kernels and config.embed_dim >= ONEDNN_FP32_MIN_DIM and _onednn_available():
+    elif fused_kernels and _onednn_available():
         dense = "fp32"
     else:
         dense = None
-    attention_fits = tokens >= ONEDNN_ATTENTION_MIN_TOKENS and config.attention_keep_prob == 1.0
-    return Kernels(fused_kernels, dense, dense if attention_fits else None)
+    return Kernels(fused_kernels, dense, dense if config.attention_keep_prob == 1.0 else None)
 
 
 def _onednn_available() -> bool:
