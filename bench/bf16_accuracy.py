@@ -16,26 +16,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from throughput import CONFIGS, torch_model
-
-
-def our_vit(c, precision: str):
-    from vit_exp.models.vit import ViT, ViTConfig
-
-    return ViT(
-        ViTConfig(
-            image_size=c.image_size,
-            patch_size=c.patch_size,
-            embed_dim=c.embed_dim,
-            num_layers=c.num_layers,
-            num_heads=c.num_heads,
-            mlp_dim=c.mlp_dim,
-            num_classes=c.num_classes,
-            gelu_approximate=False,
-            layer_norm_eps=1e-6,
-            precision=precision,
-        )
-    )
+from throughput import CONFIGS, our_vit, torch_model
 
 
 def torch_state(ours: dict[str, np.ndarray], num_layers: int) -> dict[str, np.ndarray]:
@@ -94,7 +75,7 @@ def main() -> None:
     ms.set_seed(args.seed)
     torch.set_num_threads(2)
     c = CONFIGS["vit_b16"]
-    fp32, bf16 = our_vit(c, "fp32"), our_vit(c, "bf16")
+    fp32, bf16 = our_vit(c, False, precision="fp32"), our_vit(c, False, precision="bf16")
     if args.checkpoint:
         ms.load_param_into_net(fp32, ms.load_checkpoint(args.checkpoint), strict_load=True)
     weights = {p.name: p.asnumpy() for p in fp32.get_parameters()}

@@ -76,32 +76,44 @@ def dense_shapes(c: BenchConfig, batch: int, train: bool) -> list[tuple[int, int
 
 
 # ---------------------------------------------------------------------------------------------- MindSpore
+def our_vit(
+    c: BenchConfig,
+    gelu_approximate: bool,
+    patch_embed: str = "matmul",
+    fused_kernels: str = "auto",
+    precision: str = "fp32",
+):
+    """Our MindSpore ViT of config ``c`` (layer_norm_eps 1e-6, as the PyTorch reference)."""
+    from vit_exp.models.vit import ViT, ViTConfig
+
+    return ViT(
+        ViTConfig(
+            image_size=c.image_size,
+            patch_size=c.patch_size,
+            embed_dim=c.embed_dim,
+            num_layers=c.num_layers,
+            num_heads=c.num_heads,
+            mlp_dim=c.mlp_dim,
+            num_classes=c.num_classes,
+            gelu_approximate=gelu_approximate,
+            patch_embed=patch_embed,
+            fused_kernels=fused_kernels,
+            layer_norm_eps=1e-6,
+            precision=precision,
+        )
+    )
+
+
 def mindspore_steps(
     c: BenchConfig, gelu_approximate: bool, patch_embed: str, fused_kernels: str, precision: str
 ):
     import mindspore as ms
     from mindspore import nn
 
-    from vit_exp.models.vit import ViT, ViTConfig
     from vit_exp.train.losses import CrossEntropySmooth
 
     def build():
-        return ViT(
-            ViTConfig(
-                image_size=c.image_size,
-                patch_size=c.patch_size,
-                embed_dim=c.embed_dim,
-                num_layers=c.num_layers,
-                num_heads=c.num_heads,
-                mlp_dim=c.mlp_dim,
-                num_classes=c.num_classes,
-                gelu_approximate=gelu_approximate,
-                patch_embed=patch_embed,
-                fused_kernels=fused_kernels,
-                layer_norm_eps=1e-6,
-                precision=precision,
-            )
-        )
+        return our_vit(c, gelu_approximate, patch_embed, fused_kernels, precision)
 
     net = build()
     if net.precision != precision:

@@ -18,12 +18,15 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
 from vit_exp.errors import ConfigError, KernelBuildError
-from vit_exp.models.kernel_build import build_library
+from vit_exp.models.kernel_build import KernelLibrary
 
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("cpu_kernels.cc")
 FUSED_KERNEL_MODES = ("auto", "on", "off")
+
+
+_LIBRARY = KernelLibrary(SOURCE)
 
 
 def kernel_library() -> Path:
@@ -32,23 +35,12 @@ def kernel_library() -> Path:
     Raises KernelBuildError saying why when it cannot be built; the outcome is remembered for the
     process (:func:`forget_kernel_library` forgets it).
     """
-    outcome = _build_once()
-    if isinstance(outcome, KernelBuildError):
-        raise outcome
-    return outcome
-
-
-@functools.cache
-def _build_once() -> Path | KernelBuildError:
-    try:
-        return build_library(SOURCE)
-    except KernelBuildError as exc:
-        return exc
+    return _LIBRARY.path()
 
 
 def forget_kernel_library() -> None:
     """Forget this process's build outcome (the next :func:`kernel_library` looks again)."""
-    _build_once.cache_clear()
+    _LIBRARY.forget()
 
 
 def _device_target() -> str:

@@ -7,6 +7,7 @@ partial file. Failures are :class:`KernelBuildError` saying why (no compiler, no
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -14,6 +15,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from vit_exp.errors import KernelBuildError
@@ -77,3 +79,30 @@ def build_library(source: Path, link_args: tuple[str, ...] = ()) -> Path:
         raise KernelBuildError(f"cannot write the kernel cache {kernel_cache_dir()}: {exc}") from exc
     log.info("built CPU kernels: %s", target)
     return target
+
+
+class KernelLibrary:
+    """One kernel library, built on first use; the outcome (a path or why not) is remembered for
+    the process. ``link_args`` is called at build time (e.g. to find a library to link)."""
+
+    def __init__(self, source: Path, link_args: Callable[[], tuple[str, ...]] = tuple):
+        self.source = source
+        self.link_args = link_args
+        self._outcome = functools.cache(self._build)
+
+    def _build(self) -> Path | KernelBuildError:
+        try:
+            return build_library(self.source, self.link_args())
+        except KernelBuildError as exc:
+            return exc
+
+    def path(self) -> Path:
+        """The compiled library; KernelBuildError says why it cannot be built."""
+        outcome = self._outcome()
+        if isinstance(outcome, KernelBuildError):
+            raise outcome
+        return outcome
+
+    def forget(self) -> None:
+        """Forget this process's outcome (the next :meth:`path` looks again)."""
+        self._outcome.cache_clear()

@@ -7,11 +7,10 @@ attention computed straight from the fused qkv projection, each multiplying in f
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 from vit_exp.errors import KernelBuildError
-from vit_exp.models.kernel_build import build_library
+from vit_exp.models.kernel_build import KernelLibrary
 
 SOURCE = Path(__file__).with_name("onednn_kernels.cc")
 
@@ -26,26 +25,22 @@ def onednn_library() -> Path:
     return path
 
 
+def _link_onednn() -> tuple[str, ...]:
+    onednn = onednn_library()
+    return (str(onednn), f"-Wl,-rpath,{onednn.parent}")
+
+
+_LIBRARY = KernelLibrary(SOURCE, _link_onednn)
+
+
 def onednn_kernels() -> Path:
     """Path of the compiled library, built on first use; KernelBuildError says why it cannot be."""
-    outcome = _build_once()
-    if isinstance(outcome, KernelBuildError):
-        raise outcome
-    return outcome
-
-
-@functools.cache
-def _build_once() -> Path | KernelBuildError:
-    try:
-        onednn = onednn_library()
-        return build_library(SOURCE, (str(onednn), f"-Wl,-rpath,{onednn.parent}"))
-    except KernelBuildError as exc:
-        return exc
+    return _LIBRARY.path()
 
 
 def forget_onednn_kernels() -> None:
     """Forget this process's build outcome (the next :func:`onednn_kernels` looks again)."""
-    _build_once.cache_clear()
+    _LIBRARY.forget()
 
 
 def _custom(function: str, shapes, dtypes):
