@@ -37,6 +37,7 @@ ADDED = {  # new keys (issues 12, 13), in every config that has their group
     "trainer.deterministic": False,
     "trainer.resume_fast_skip": False,
     "trainer.preempt_grace_s": 30,
+    "trainer.checkpoint_in_background": True,  # issue 16: a thread writes checkpoints
     "registry.step_checkpoints": False,
     "resume": None,  # top level of the training entry (the configs with a trainer group)
     "data_digest": None,  # issue 14, top level of the promote entry (the configs with a metric key)

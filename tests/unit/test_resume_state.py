@@ -211,6 +211,55 @@ def test_step_checkpoints_are_kept_by_their_own_rule_and_resume_picks_the_newest
     assert state["position"]["epoch_done"] is False and state["position"]["step_in_epoch"] == 3
 
 
+def test_a_checkpoint_written_in_the_background_is_the_same_file_and_counts_once_whole(tmp_path):
+    """``background=True``: the files are those a synchronous save writes, byte for byte (fp32,
+    same layout), taken in (``written``, ``after_write``) only once whole; training changing the
+    parameters meanwhile does not reach the file; a preemption at that step gets that checkpoint."""
+    from mindspore.train import RunContext
+
+    from vit_exp.train.callbacks import CheckpointSaver, EpochRecord, TrainHistory
+    from vit_exp.train.loop import CallbackParams
+    from vit_exp.train.state import checkpoint_files
+
+    ms, _, step = _train_network()
+    images = ms.Tensor(np.random.default_rng(0).normal(size=(4, 3, 32, 32)).astype(np.float32))
+    labels = ms.Tensor(np.array([0, 1, 2, 0], np.int32))
+    step(images, labels)
+    history = TrainHistory(batch_size=4, lr_values=[])
+    history.epochs.append(EpochRecord(1, 1, 1.0, 1.0, 1.0, val={"top1": 0.5}))
+    history.state_dict = lambda: {"train_seconds": 1.0}  # the real one holds the time it is called
+    cb = CallbackParams(train_network=step, batch_num=1, cur_epoch_num=1, cur_step_num=1)
+    context = RunContext(cb)
+    savers, taken_in = {}, []
+    for mode in ("sync", "background"):
+        savers[mode] = CheckpointSaver(
+            tmp_path / mode,
+            "m",
+            history,
+            every_n_epochs=1,
+            keep=5,
+            background=mode == "background",
+            after_write=lambda mode=mode: taken_in.append((mode, len(savers[mode].written))),
+        )
+    savers["sync"].on_train_epoch_end(context)
+    savers["background"].on_train_epoch_end(context)
+    step(images, labels)  # the next step changes every parameter while the file may be written
+    background = savers["background"]
+    assert background.save_now(context, "preempt", epoch_done=True) is background.written[0]
+    assert taken_in == [("sync", 1), ("background", 1)]
+    written = {mode: checkpoint_files(saver.written[0].path) for mode, saver in savers.items()}
+    for sync_file, background_file in zip(written["sync"], written["background"], strict=True):
+        assert background_file.read_bytes() == sync_file.read_bytes()
+    assert not list((tmp_path / "background").glob(".*"))  # no partial file left
+
+    cb.cur_epoch_num = cb.cur_step_num = 2
+    history.epochs.append(EpochRecord(2, 2, 1.0, 1.0, 1.0, val={"top1": 0.6}))
+    background.on_train_epoch_end(context)
+    background.on_train_end(context)  # waits for the write: the last checkpoint is whole
+    assert [c.step for c in background.written] == [1, 2] and taken_in[-1] == ("background", 2)
+    assert all(f.is_file() for f in checkpoint_files(background.written[-1].path))
+
+
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGUSR2"])
 def test_a_signal_saves_after_the_step_and_a_launchers_sigusr2_handler_runs_after_the_save(sig):
     import os

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from vit_exp.errors import ConfigError
@@ -88,3 +90,46 @@ def test_registration_policy(policy, expected, tmp_path):
     assert queue == [entry for v in versions for entry in ("metrics flushed", v)]  # metrics first
     assert all(v["kind"] == "version" and v["name"] == "m" and v["tags"]["val/top1"] for v in versions)
     assert [c.record.epoch for c in saver.on_disk] == [4, 5] and not saver.written[0].path.exists()
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_step_checkpoints_are_queued_as_versions_while_their_files_are_there(background, tmp_path):
+    """``registry.step_checkpoints``: each step checkpoint is queued once whole (at the step end, or
+    by the saver's ``after_write``), before ``trainer.keep_step_checkpoints`` prunes it; earlier they
+    waited for the epoch end and the pruned ones were lost."""
+    from mindspore import nn
+    from mindspore.train import RunContext
+
+    from vit_exp.tracking.registration import CheckpointRegistration
+    from vit_exp.train.callbacks import CheckpointSaver, EpochRecord, TrainHistory
+    from vit_exp.train.loop import CallbackParams
+
+    history = TrainHistory(batch_size=8, lr_values=[])
+    saver = CheckpointSaver(
+        tmp_path, "m", history, every_n_epochs=1, keep=5, every_n_steps=1, keep_steps=1, background=background
+    )
+    cb = CallbackParams(train_network=nn.Dense(2, 2), batch_num=4, cur_epoch_num=1, cur_step_num=0)
+    context = RunContext(cb)
+    present = []
+    registration = CheckpointRegistration(
+        RegistrySettings(register="every", name="m", step_checkpoints=True),
+        "run",
+        saver,
+        tmp_path / "inputs",
+        put=lambda record: present.append((record["step"], Path(record["checkpoint"]).is_file())),
+    )
+    if background:  # as assemble_callbacks wires it
+        saver.after_write = registration.consider_new_checkpoints
+    callbacks = (saver, registration)
+    for callback in callbacks:
+        callback.on_train_begin(context)
+    for step in range(1, 5):
+        cb.cur_step_num = step
+        for callback in callbacks:
+            callback.on_train_step_end(context)
+    history.epochs.append(EpochRecord(1, 4, 1.0, 1.0, 1.0, val={"top1": 0.5}))
+    for hook in ("on_train_epoch_end", "on_train_end"):
+        for callback in callbacks:
+            getattr(callback, hook)(context)
+    assert present == [(1, True), (2, True), (3, True), (4, True)]
+    assert [c.kind for c in saver.on_disk] == ["step", "epoch"]  # steps 1 and 2 pruned after queueing

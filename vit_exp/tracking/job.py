@@ -304,6 +304,7 @@ def assemble_callbacks(
             every_n_steps=trainer.checkpoint_every_n_steps,
             keep_steps=trainer.keep_step_checkpoints,
             seed=trainer.seed,
+            background=trainer.checkpoint_in_background,  # the training thread copies, a thread writes
             extra_state=lambda: {
                 "run_id": run.run_id if run else None,
                 "config": comparable,
@@ -346,4 +347,9 @@ def assemble_callbacks(
             flush_metrics=callbacks.metric_logger.flush,
             data_tags=identity.tags(),
         )
+        # A checkpoint becomes a version as soon as its files are whole (also one written in the
+        # background), before the next checkpoint's state records what is registered.
+        callbacks.checkpoints.after_write = callbacks.registration.consider_new_checkpoints
+        if not run.outbox.background:  # versions are made in the training thread: the one-off part now
+            run.outbox.send.prepare_versions(inputs, job.registry.top_k)
     return callbacks

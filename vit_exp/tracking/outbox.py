@@ -218,6 +218,15 @@ class RunSender:
         self._run_info = None
         self._unconfirmed: dict | None = None  # a record whose sending failed or was cut short
 
+    def prepare_versions(self, model_inputs: Path, top_k: int) -> None:
+        """Make the pyfunc writer of the versions of ``model_inputs`` now, with the directory they
+        share: sent in the training thread, the first version then costs what the next ones do."""
+        from vit_exp.tracking.registry import model_writer
+
+        writer = model_writer({"model_inputs": str(model_inputs), "top_k": top_k})
+        writer.prepare()
+        self._writers[str(model_inputs)] = writer
+
     def __call__(self, record: dict) -> None:
         # The first record of a process may have been sent by the one before it (killed mid-send),
         # as may a record that failed: only those need a check for what is already stored.

@@ -21,7 +21,8 @@ class CheckpointRegistration(Callback):
     ``every``: each checkpoint; ``best``: each whose val/top1 beats every one queued so far;
     ``last``: the last checkpoint, when training ends. Epoch checkpoints only, unless
     ``registry.step_checkpoints`` (step checkpoints have no val/top1: never "best"). Runs after the
-    saver. ``queued`` lists the checkpoints (a resumed run starts with its earlier attempts');
+    saver, or as its ``after_write``: a checkpoint is considered once its files are whole.
+    ``queued`` lists the checkpoints (a resumed run starts with its earlier attempts');
     ``put(record)`` is the outbox's, ``flush_metrics()`` the metrics logger's; ``data_tags``
     (``data.name``, ``data.digest``, ...) go on every version.
     """
@@ -71,18 +72,23 @@ class CheckpointRegistration(Callback):
         if self.wanted(resumed_from):
             self.register(resumed_from)
 
-    def _consider_new_checkpoints(self) -> None:
+    def consider_new_checkpoints(self) -> None:
+        """Queue the checkpoints written since the last call that the policy wants (the saver's
+        ``after_write``: a checkpoint written in the background is queued once it is whole)."""
         new = self.checkpoints.written[self._seen :]
         self._seen += len(new)
         for checkpoint in new:
             if self.wanted(checkpoint):
                 self.register(checkpoint)
 
+    def on_train_step_end(self, run_context) -> None:
+        self.consider_new_checkpoints()
+
     def on_train_epoch_end(self, run_context) -> None:
-        self._consider_new_checkpoints()
+        self.consider_new_checkpoints()
 
     def on_train_end(self, run_context) -> None:
-        self._consider_new_checkpoints()
+        self.consider_new_checkpoints()
         epochs = [c for c in self.checkpoints.written if c.kind == "epoch"]
         if self.settings.register == "last" and epochs and epochs[-1] not in self.queued:
             self.register(epochs[-1])

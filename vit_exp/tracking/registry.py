@@ -125,7 +125,13 @@ class PyfuncModelWriter:
         self._model = None
         self._template_bytes = 0
 
-    def _save_template(self, checkpoint: Path) -> None:
+    def prepare(self) -> None:
+        """Write the directory every version shares now (else the first ``write`` does it: ~0.5-1 s,
+        most of it MLflow checking the requirements against the installed packages, once a process)."""
+        if self._model is None:
+            self._save_template()
+
+    def _save_template(self) -> None:
         import mlflow
         import pandas as pd
         from mlflow.models import Model
@@ -135,11 +141,14 @@ class PyfuncModelWriter:
         code = work / "code" / PACKAGE_DIR.name  # the package without __pycache__
         shutil.copytree(PACKAGE_DIR, code, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         template = work / "model"
+        placeholder = work / "placeholder" / "checkpoint.ckpt"  # each version adds its own checkpoint
+        placeholder.parent.mkdir()
+        placeholder.touch()
         mlflow.pyfunc.save_model(
             path=str(template),
             python_model=str(PYFUNC_MODEL_FILE),
             artifacts={
-                "checkpoint": str(checkpoint),
+                "checkpoint": str(placeholder),
                 **{k: str(v) for k, v in self.shared_artifacts.items()},
             },
             code_paths=[str(code)],
@@ -155,7 +164,7 @@ class PyfuncModelWriter:
         for artifact in flavor["artifacts"].values():
             artifact.pop("uri", None)
         (template / "MLmodel").unlink()
-        (template / "artifacts" / checkpoint.name).unlink()
+        (template / "artifacts" / placeholder.name).unlink()
         self._template_bytes = sum(f.stat().st_size for f in template.rglob("*") if f.is_file())
 
     def write(self, client, model, checkpoint: Path, step: int, run_id: str) -> None:
@@ -179,8 +188,7 @@ class PyfuncModelWriter:
         import copy
         import datetime
 
-        if self._model is None:
-            self._save_template(checkpoint)
+        self.prepare()
         work = Path(self._workdir.name)
         mlmodel = copy.deepcopy(self._model)
         mlmodel.flavors["python_function"]["artifacts"]["checkpoint"] = {

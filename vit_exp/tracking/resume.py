@@ -45,6 +45,7 @@ IGNORED_KEYS = frozenset(
         "trainer.keep_step_checkpoints",
         "trainer.preempt_grace_s",
         "trainer.resume_fast_skip",
+        "trainer.checkpoint_in_background",
     }
 )
 NOT_CONFIG_PARAMS = frozenset({"model.num_parameters", "parallel.global_batch_size", "device.precision_used"})

@@ -48,6 +48,7 @@ class TrainSettings:
     deterministic: bool = False
     resume_fast_skip: bool = False
     preempt_grace_s: float = 30.0
+    checkpoint_in_background: bool = True
 
     def __post_init__(self) -> None:
         check_field_types(self, "trainer")
