@@ -10,7 +10,8 @@ Variants, all timed in one process, in rotation A B C ... A B C ... (``--rounds`
   pt-sdpa      PyTorch eager fp32 with F.scaled_dot_product_attention
   pt-compile   torch.compile of the SDPA model, fp32
   pt-bf16      the SDPA model under torch.autocast("cpu", dtype=torch.bfloat16)
-Printed per config and mode: median step time, images/s, achieved GFLOP/s, % of the sgemm peak and
+Printed per config and mode: median step time, images/s, achieved GFLOP/s, % of the sgemm peak (the
+median of a measurement in every round, as the VM's speed drifts) and
 every variant's throughput relative to ms-fp32, plus the two targets (ms-fp32 / pt-compile,
 ms-bf16 / pt-bf16). The sgemm peak is measured on the model's own matmul shapes (every dense
 layer's forward and both backward products, each at the best of MindSpore's MatMul and torch.mm)
@@ -317,17 +318,22 @@ def main() -> None:
         for mode in args.modes:
             train = mode == "train"
             batch = c.train_batch if train else c.eval_batch
-            peak = sgemm_peak(c, batch, train)
             flops = forward_flops(c) * batch * (3 if train else 1)
             runs = {variant: pair[0 if train else 1] for variant, pair in steps.items()}
             for run in runs.values():
                 timed(run, args.warmup)
             results: dict[str, list[float]] = {variant: [] for variant in runs}
+            peaks = []  # measured in every round, beside the steps: this VM's speed drifts
             for _ in range(args.rounds):
+                peaks.append(sgemm_peak(c, batch, train))
                 for variant, run in runs.items():
                     results[variant] += timed(run, args.steps)
             median = {variant: statistics.median(times) for variant, times in results.items()}
-            print(f"{name} {mode} batch {batch}: sgemm peak on its own matmul shapes {peak:.0f} GFLOP/s")
+            peak = statistics.median(peaks)
+            print(
+                f"{name} {mode} batch {batch}: sgemm peak on its own matmul shapes {peak:.0f} GFLOP/s "
+                f"(median of rounds: {' '.join(f'{p:.0f}' for p in peaks)})"
+            )
             base = median.get("ms-fp32")
             for variant, seconds in median.items():
                 gflops = flops / seconds / 1e9
