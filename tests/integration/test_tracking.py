@@ -33,6 +33,7 @@ def tiny_run(tmp_path_factory):
         "trainer.batch_size=8",
         "trainer.print_every_n_steps=2",
         "optim.lr=3e-3",
+        "sched=cosine",  # no warm-up: the LR falls from the first step (checked below)
         "registry.name=tiny-vit",
         "registry.top_k=2",
         f"mlflow.tracking_uri={uri}",
