@@ -14,7 +14,8 @@ Printed per config and mode: median step time, images/s, achieved GFLOP/s, % of 
 median of a measurement in every round, as the VM's speed drifts) and
 every variant's throughput relative to ms-fp32, plus the two targets (ms-fp32 / pt-compile,
 ms-bf16 / pt-bf16). The sgemm peak is measured on the model's own matmul shapes (every dense
-layer's forward and both backward products, each at the best of MindSpore's MatMul and torch.mm)
+layer's forward and both backward products, each at the best of MindSpore's MatMul, torch.mm and
+oneDNN's sgemm split over 2 threads as our kernels run it)
 and combined by FLOPs: the time a step would take if its matmuls alone ran at sgemm speed.
 All models: pre-norm ViT, fused qkv, the same GELU variant, Adam, cross-entropy.
 """
@@ -22,6 +23,7 @@ All models: pre-norm ViT, fused qkv, the same GELU variant, Adam, cross-entropy.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 from dataclasses import dataclass
@@ -149,8 +151,53 @@ def best_seconds(run, repeats: int) -> float:
     return best
 
 
+@functools.cache
+def _onednn_sgemm():
+    """``dnnl_sgemm`` of the oneDNN inside the MindSpore wheel (what our fp32 kernels call), and 2 threads."""
+    import ctypes
+    from concurrent.futures import ThreadPoolExecutor
+    from pathlib import Path
+
+    import mindspore
+
+    library = ctypes.CDLL(str(Path(mindspore.__file__).parent / "lib" / "libdnnl.so.3"))
+    i64, pointer = ctypes.c_int64, ctypes.c_void_p
+    library.dnnl_sgemm.argtypes = [ctypes.c_char, ctypes.c_char, i64, i64, i64, ctypes.c_float, pointer]
+    library.dnnl_sgemm.argtypes += [i64, pointer, i64, ctypes.c_float, pointer, i64]
+    return library.dnnl_sgemm, ThreadPoolExecutor(2)
+
+
+def onednn_sgemm_seconds(a: np.ndarray, b: np.ndarray, repeats: int) -> float:
+    """Best seconds of oneDNN's sgemm on a @ b, the rows split over 2 threads as our kernels do."""
+    sgemm, pool = _onednn_sgemm()
+    (m, k), n = a.shape, b.shape[1]
+    c = np.empty((m, n), np.float32)
+    halves = [(0, m // 2), (m // 2, m)]
+
+    def rows(r: tuple[int, int]) -> None:
+        begin, end = r
+        sgemm(
+            b"N",
+            b"N",
+            end - begin,
+            n,
+            k,
+            1.0,
+            a.ctypes.data + begin * k * 4,
+            k,
+            b.ctypes.data,
+            n,
+            0.0,
+            c.ctypes.data + begin * n * 4,
+            n,
+        )
+
+    return best_seconds(lambda: list(pool.map(rows, halves)), repeats)
+
+
 def sgemm_seconds(m: int, k: int, n: int, repeats: int = 5) -> float:
-    """Seconds of the fastest fp32 (m, k) x (k, n) product here: MindSpore's MatMul or torch.mm."""
+    """Seconds of the fastest fp32 (m, k) x (k, n) product here: MindSpore's MatMul, torch.mm or
+    oneDNN's sgemm (which our fp32 kernels use)."""
     import mindspore as ms
     import torch
     from mindspore import ops
@@ -162,6 +209,7 @@ def sgemm_seconds(m: int, k: int, n: int, repeats: int = 5) -> float:
     return min(
         best_seconds(lambda: matmul(ma, mb).asnumpy(), repeats),
         best_seconds(lambda: torch.mm(ta, tb), repeats),
+        onednn_sgemm_seconds(a, b, repeats),
     )
 
 
