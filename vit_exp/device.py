@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vit_exp.errors import ConfigError, check_field_types, first_line
-from vit_exp.models.config import PRECISIONS
+from vit_exp.models.config import check_precision
 
 TARGETS = {"cpu": "CPU", "gpu": "GPU", "ascend": "Ascend"}
 MODES = ("graph", "pynative")
@@ -30,8 +30,7 @@ class DeviceSettings:
             raise ConfigError(f"device.target must be one of {tuple(TARGETS)}, got {self.target!r}")
         if self.mode not in MODES:
             raise ConfigError(f"device.mode must be one of {MODES}, got {self.mode!r}")
-        if str(self.precision).lower() not in PRECISIONS:
-            raise ConfigError(f"device.precision must be one of {PRECISIONS}, got {self.precision!r}")
+        check_precision(self.precision)
         if self.amp_level not in AMP_LEVELS:
             raise ConfigError(f"device.amp_level must be one of {AMP_LEVELS}, got {self.amp_level!r}")
 

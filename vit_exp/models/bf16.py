@@ -19,7 +19,7 @@ import logging
 from pathlib import Path
 
 from vit_exp.errors import ConfigError, KernelBuildError
-from vit_exp.models.config import PRECISIONS
+from vit_exp.models.config import check_precision
 from vit_exp.models.onednn import onednn_kernels
 
 log = logging.getLogger(__name__)
@@ -42,14 +42,6 @@ def cpu_flags() -> set[str]:
 def cpu_has_bf16() -> bool:
     """Whether the CPU multiplies bfloat16 natively (AVX-512 BF16 or AMX)."""
     return any(flag in cpu_flags() for flag in BF16_CPU_FLAGS)
-
-
-def check_precision(precision: str) -> str:
-    """``precision`` lower-cased, or a ConfigError naming ``device.precision``."""
-    value = str(precision).lower()
-    if value not in PRECISIONS:
-        raise ConfigError(f"device.precision must be one of {PRECISIONS}, got {precision!r}")
-    return value
 
 
 def resolve_precision(precision: str, device_target: str) -> str:

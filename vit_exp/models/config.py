@@ -11,6 +11,14 @@ PATCH_EMBED_IMPLS = ("matmul", "conv")
 PRECISIONS = ("fp32", "bf16", "auto")
 
 
+def check_precision(precision: str) -> str:
+    """``precision`` lower-cased, or a ConfigError naming ``device.precision``."""
+    value = str(precision).lower()
+    if value not in PRECISIONS:
+        raise ConfigError(f"device.precision must be one of {PRECISIONS}, got {precision!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class ViTConfig:
     """The architecture: the ``model.*`` keys that shape the network (defaults: ViT-B/16 at 224).
@@ -55,8 +63,7 @@ class ViTConfig:
                 raise ConfigError(
                     f"model.{key} must be in (0, 1] (1.0 = no dropout), got {getattr(self, key)}"
                 )
-        if str(self.precision).lower() not in PRECISIONS:
-            raise ConfigError(f"device.precision must be one of {PRECISIONS}, got {self.precision!r}")
+        check_precision(self.precision)
         if self.patch_embed not in PATCH_EMBED_IMPLS:
             raise ConfigError(
                 f"model.patch_embed must be one of {PATCH_EMBED_IMPLS}, got {self.patch_embed!r}"

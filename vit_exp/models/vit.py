@@ -50,16 +50,15 @@ class Attention(nn.Cell):
 
     def __init__(self, config: ViTConfig, kernels: Kernels = Kernels()):
         super().__init__()
-        fused = kernels.attention
         dim = config.embed_dim
         self.num_heads = config.num_heads
         self.head_dim = dim // config.num_heads
         self.scale = self.head_dim**-0.5
         self.qkv = Dense(dim, dim * 3, kernels.dense)
         self.out = Dense(dim, dim, kernels.dense)
-        self.fused = fused is not None
+        self.fused = kernels.attention is not None
         if self.fused:
-            self.attention = FusedAttention(config.num_heads, fused)
+            self.attention = FusedAttention(config.num_heads, kernels.attention)
         self.attn_drop = dropout(config.attention_keep_prob)
         self.out_drop = dropout(config.keep_prob)
         self.q_matmul_k = ops.BatchMatMul(transpose_b=True)
