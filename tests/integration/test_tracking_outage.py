@@ -63,13 +63,17 @@ def assert_complete_record(server, status: str = "FINISHED") -> None:
 
 
 def test_server_away_during_training_loses_nothing(server, tmp_path):
-    process = training(server, tmp_path)
+    # Two epoch checkpoints kept: those queued while the server is away are pruned before their
+    # versions can be sent; each version's checkpoint is held in the outbox until it is stored.
+    process = training(server, tmp_path, "trainer.keep_checkpoints=2")
     wait_for(tmp_path / "train.out", "epoch 2/")
     server.stop()
-    wait_for(tmp_path / "train.out", "epoch 5/")  # training goes on while the server is away
+    wait_for(tmp_path / "train.out", "epoch 6/")  # training goes on while the server is away
     server.start()
     assert process.wait(timeout=600) == 0, (tmp_path / "train.out").read_text()[-3000:]
     assert_complete_record(server)
+    assert len(list((tmp_path / "run" / "checkpoints").glob("*-e*.state.ckpt"))) == 2
+    assert not list((tmp_path / "run" / "mlflow_outbox" / "held").iterdir())  # released once stored
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=server.url, registry_uri=server.url)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -73,6 +74,39 @@ def test_records_wait_in_the_journal_while_the_store_is_away_and_go_later(tracki
     history = mlflow.MlflowClient(tracking_store).get_metric_history(run.info.run_id, "train/loss")
     assert sorted(m.step for m in history) == [1, 2, 3, 4, 5]
     assert later.send_pending() == 0 and sorted(m.step for m in history) == [1, 2, 3, 4, 5]
+
+
+def test_a_version_holds_its_checkpoint_until_stored_even_once_pruned(tmp_path):
+    """A version record links its checkpoint under held/: pruning the checkpoint while the store is
+    away leaves the record a whole file; the link goes once the record is stored, or at the next
+    start when a killed process stored it but did not delete it."""
+    from vit_exp.tracking.outbox import HELD_DIR, Outbox
+    from vit_exp.tracking.registry import version_record
+
+    checkpoint = tmp_path / "ckpt" / "vit-e001-s000010.ckpt"
+    checkpoint.parent.mkdir()
+    checkpoint.write_bytes(b"network weights")
+    folder = tmp_path / "outbox"
+    record = version_record(checkpoint, 10, "vit", {}, tmp_path / "inputs", 5, folder / HELD_DIR)
+    held = folder / HELD_DIR / checkpoint.name
+    assert record["checkpoint"] == str(held) and record["release"] == [str(held)]
+
+    def away(record):
+        raise ConnectionError("Max retries exceeded with url: ... Connection refused")
+
+    Outbox(folder, away, background=False).put(record)
+    checkpoint.unlink()  # pruned while the store is away
+    stored: list[bytes] = []
+    later = Outbox(folder, lambda r: stored.append(Path(r["checkpoint"]).read_bytes()), background=False)
+    assert later.send_pending() == 0
+    assert stored == [b"network weights"] and not held.exists()
+
+    checkpoint.write_bytes(b"network weights")
+    again = version_record(checkpoint, 10, "vit", {}, tmp_path / "inputs", 5, folder / HELD_DIR)
+    Outbox(folder, stored.append, background=False).put(again)
+    Path(again["checkpoint"]).write_bytes(b"left by a killed process")  # stored, not yet released
+    Outbox(folder, stored.append, background=False)
+    assert not held.exists()
 
 
 def _drive(logger, history, context, steps, step_ms):

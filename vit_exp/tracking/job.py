@@ -328,6 +328,7 @@ def assemble_callbacks(
     # A checkpoint's metrics are in the outbox before it is written: a resume from it loses none.
     callbacks.checkpoints.before_save = callbacks.metric_logger.flush
     if job.registry.register != "none":
+        from vit_exp.tracking.outbox import HELD_DIR
         from vit_exp.tracking.registration import CheckpointRegistration
         from vit_exp.tracking.registry import version_config, write_model_inputs
 
@@ -346,6 +347,7 @@ def assemble_callbacks(
             put=run.outbox.put,
             flush_metrics=callbacks.metric_logger.flush,
             data_tags=identity.tags(),
+            hold_in=run.outbox.folder / HELD_DIR,
         )
         # A checkpoint becomes a version as soon as its files are whole (also one written in the
         # background), before the next checkpoint's state records what is registered.

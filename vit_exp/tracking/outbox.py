@@ -3,11 +3,13 @@
 Metric batches, model versions and the run's end status are appended, in the order they happen,
 to ``<run dir>/mlflow_outbox/journal.jsonl`` and sent in that order; ``sent`` counts the records
 stored. So a version is only created after the metrics it is tagged with, and nothing is lost
-while the store is away. To a local store the records are sent in the training thread as they
-come (its SQL work costs the step no more there: bench/RESULTS.md); to a tracking server a
-background thread sends them, retrying with backoff while the server is away, so training never
-waits on the network. What is still unsent when the command ends stays in the journal, and
-``python -m vit_exp.sync`` sends it later into the same run.
+while the store is away: a version's checkpoint is held (hard linked) under ``held/`` until its
+record is stored, whatever pruning does to the checkpoint meanwhile. To a local store the records
+are sent in the training thread as they come (its SQL work costs the step no more there:
+bench/RESULTS.md); to a tracking server a background thread sends them, retrying with backoff
+while the server is away, so training never waits on the network. What is still unsent when
+the command ends stays in the journal, and ``python -m vit_exp.sync`` sends it later into the
+same run.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 OUTBOX_DIR = "mlflow_outbox"  # in the run directory
 JOURNAL = "journal.jsonl"
 SENT = "sent"
+HELD_DIR = "held"  # files records keep until they are stored (a version's checkpoint)
 TRANSIENT = (
     "Connection refused",
     "Connection aborted",
@@ -54,7 +57,8 @@ class Outbox:
 
     ``put`` appends a record; in the background mode a thread sends it, otherwise it is sent at
     once. ``finish(status, wait_s)`` queues the run's end and waits up to ``wait_s`` for everything
-    to be sent; it returns how many records are left in the journal.
+    to be sent; it returns how many records are left in the journal. A record's ``release``
+    files (held for it) are deleted once it is stored or refused.
     """
 
     def __init__(self, folder: Path, send: Callable[[dict], None], background: bool):
@@ -65,6 +69,8 @@ class Outbox:
         self.background = background
         self._records = load_records(folder)
         self._sent = sent_count(folder)
+        for record in self._records[: self._sent]:  # stored by a process killed before releasing
+            release(record)
         self._changed = threading.Condition()
         self._stopping = False
         self._warned_permanent = False
@@ -133,6 +139,7 @@ class Outbox:
                     backoff = min(backoff * 2, 15.0)
                     continue
             self._mark_sent()
+            release(record)
             backoff = 1.0
 
     def _skip(self, record: dict, exc: Exception) -> None:
@@ -159,6 +166,12 @@ class Outbox:
             self._send_pending(retry=True)
             if self._stopping:
                 return
+
+
+def release(record: dict) -> None:
+    """Delete the files ``record`` held until it was stored (see ``HELD_DIR``)."""
+    for path in record.get("release", ()):
+        Path(path).unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

@@ -24,7 +24,9 @@ class CheckpointRegistration(Callback):
     saver, or as its ``after_write``: a checkpoint is considered once its files are whole.
     ``queued`` lists the checkpoints (a resumed run starts with its earlier attempts');
     ``put(record)`` is the outbox's, ``flush_metrics()`` the metrics logger's; ``data_tags``
-    (``data.name``, ``data.digest``, ...) go on every version.
+    (``data.name``, ``data.digest``, ...) go on every version. ``hold_in``: the folder where a
+    queued checkpoint's network file is held (hard linked) until its version is stored, so pruning
+    cannot take it first.
     """
 
     def __init__(
@@ -36,6 +38,7 @@ class CheckpointRegistration(Callback):
         put: Callable[[dict], None],
         flush_metrics: Callable[[], None] = lambda: None,
         data_tags: dict[str, str] | None = None,
+        hold_in: Path | None = None,
     ):
         super().__init__()
         self.settings = settings
@@ -45,6 +48,7 @@ class CheckpointRegistration(Callback):
         self.put = put
         self.flush_metrics = flush_metrics
         self.data_tags = dict(data_tags or {})
+        self.hold_in = hold_in
         self.queued: list[SavedCheckpoint] = []
         self._seen = 0  # checkpoints of checkpoints.written already considered
 
@@ -111,6 +115,7 @@ class CheckpointRegistration(Callback):
                 tags,
                 self.model_inputs,
                 self.settings.top_k,
+                self.hold_in,
             )
         )
 

@@ -167,18 +167,22 @@ class PyfuncModelWriter:
         (template / "artifacts" / placeholder.name).unlink()
         self._template_bytes = sum(f.stat().st_size for f in template.rglob("*") if f.is_file())
 
-    def write(self, client, model, checkpoint: Path, step: int, run_id: str) -> None:
+    def write(
+        self, client, model, checkpoint: Path, step: int, run_id: str, network_only: bool = False
+    ) -> None:
         """Store the pyfunc model of ``checkpoint`` as the artifacts of the LoggedModel ``model``.
 
         A version ships the network only: the checkpoint's own file (its optimizer and loop state
         stay beside it, in ``.state.ckpt``). On a local artifact store that file is hard linked, not
-        copied: a registered checkpoint is stored once.
+        copied: a registered checkpoint is stored once. ``network_only``: ``checkpoint`` is known to
+        be a network file (one held for its version, without its state file beside it).
         """
         from vit_exp.train.state import network_file, state_file
 
         checkpoint = network_file(checkpoint)  # named by its state file (a resume=X.state.ckpt): the same
         with tempfile.TemporaryDirectory(prefix="vit_exp_network_") as folder:
-            if not state_file(checkpoint).is_file():  # a single-file full-state checkpoint (earlier layout)
+            earlier_layout = not network_only and not state_file(checkpoint).is_file()
+            if earlier_layout:  # a single-file full-state checkpoint
                 from vit_exp.models.checkpoint import write_network_checkpoint
 
                 checkpoint = write_network_checkpoint(checkpoint, Path(folder) / checkpoint.name)
@@ -238,10 +242,21 @@ def link_or_copy(source: Path, target: Path) -> None:
 
 
 def version_record(
-    checkpoint: Path, step: int, name: str, tags: Mapping[str, object], inputs: Path, top_k: int
+    checkpoint: Path,
+    step: int,
+    name: str,
+    tags: Mapping[str, object],
+    inputs: Path,
+    top_k: int,
+    hold_in: Path | None = None,
 ):
-    """The outbox record that makes ``checkpoint`` a version of ``name`` (all a later process needs)."""
-    return {
+    """The outbox record that makes ``checkpoint`` a version of ``name`` (all a later process needs).
+
+    ``hold_in``: a folder where the checkpoint's network file is hard linked until the record is
+    stored (``release``), so pruning the checkpoint meanwhile (a store away for a while) loses no
+    version; the record then names that link (``network_only``: its state file is not beside it).
+    """
+    record = {
         "kind": "version",
         "checkpoint": str(checkpoint),
         "step": step,
@@ -250,6 +265,13 @@ def version_record(
         "model_inputs": str(inputs),
         "top_k": top_k,
     }
+    if hold_in is not None:
+        from vit_exp.train.state import network_file
+
+        held = hold_in / network_file(checkpoint).name
+        link_or_copy(network_file(checkpoint), held)
+        record |= {"checkpoint": str(held), "network_only": True, "release": [str(held)]}
+    return record
 
 
 MODEL_TYPE = "MindSpore ViT image classifier"
@@ -293,7 +315,7 @@ def register_version(
             tags={"checkpoint": checkpoint.name, "global_step": str(step)},
             model_type=MODEL_TYPE,
         )
-        writer.write(client, model, checkpoint, step, run.run_id)
+        writer.write(client, model, checkpoint, step, run.run_id, bool(record.get("network_only")))
         _link_to_run(client, run.run_id, model.model_id, step, record["tags"])
         client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)  # READY: whole and linked
     version = client.create_model_version(
