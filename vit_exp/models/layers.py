@@ -63,13 +63,13 @@ class FusedAttention(nn.Cell):
     """``qkv (B, n, 3d) -> (B, n, d)``: per head softmax(q k^T / sqrt(hd)) v, one kernel each way.
 
     Reads q, k, v of every head straight from the qkv projection and writes tokens in (head, hd)
-    order, so no split, transposes or per-head BatchMatMuls; ``precision`` fp32 or bf16 multiplies.
+    order, so no split, transposes or per-head BatchMatMuls. fp32, also in bf16 mode.
     """
 
-    def __init__(self, num_heads: int, precision: str):
+    def __init__(self, num_heads: int):
         super().__init__()
         self.heads = Tensor(np.zeros(num_heads, np.float32))  # the kernels read the head count off its shape
-        self.forward, self.backward = attention_cells(precision)
+        self.forward, self.backward = attention_cells()
 
     def construct(self, qkv: Tensor) -> Tensor:
         return self.forward(qkv, self.heads)

@@ -86,9 +86,10 @@ def _attention_grad_shape(qkv, _heads, _dout):
     return qkv
 
 
-def attention_cells(precision: str):
-    """The (forward, backward) Custom ops of ``(qkv (B, n, 3d), heads marker (h,)) -> (B, n, d)``."""
+def attention_cells():
+    """The (forward, backward) Custom ops of ``(qkv (B, n, 3d), heads marker (h,)) -> (B, n, d)``,
+    fp32 (also in bf16 mode: see onednn_kernels.cc)."""
     return (
-        _custom(f"AttentionForward{_variant(precision)}", _attention_shape, _same_dtype),
-        _custom(f"AttentionBackward{_variant(precision)}", _attention_grad_shape, _same_dtype),
+        _custom("AttentionForward", _attention_shape, _same_dtype),
+        _custom("AttentionBackward", _attention_grad_shape, _same_dtype),
     )

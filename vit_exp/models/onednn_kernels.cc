@@ -2,8 +2,10 @@
 // "aot" Custom operators (vit_exp/models/onednn.py):
 //  - dense layers with the bias and its gradient folded in, fp32 or bf16 (MindSpore 2.10's CPU
 //    MatMul refuses bfloat16, so bf16 has to call oneDNN's bf16 GEMM directly);
-//  - multi-head attention, fp32 or bf16, forward and backward, straight from the fused qkv
-//    projection's output: no split, no transposes, no per-head BatchMatMul kernels.
+//  - multi-head attention in fp32, forward and backward, straight from the fused qkv projection's
+//    output: no split, no transposes, no per-head BatchMatMul kernels. It stays fp32 in bf16 mode:
+//    rounding the softmax probabilities and their gradients to bf16 cost the default run val
+//    accuracy for ~3 % of B/16's step time (bench/RESULTS.md).
 //
 // Mixed precision as PyTorch's CPU autocast does it, with fp32 outputs: the tensors MindSpore sees
 // stay float32 (weights, activations, gradients, optimizer state); each kernel rounds its matrix
@@ -228,22 +230,19 @@ AttentionShape attention_shape(int64_t **shapes) {
 }
 
 // out (B, n, d) = per head softmax(q k^T / sqrt(hd)) v, written in (token, head, hd) order.
-template <typename T>
 int attention_forward(void **params, int64_t **shapes) {
   const AttentionShape a = attention_shape(shapes);
   const int64_t n = a.tokens, d3 = 3 * a.dim, hd = a.head_dim;
-  const T *qkv = operand<T>(static_cast<const float *>(params[0]), a.batch * n * d3, 0);
+  const float *qkv = static_cast<const float *>(params[0]);
   float *out = static_cast<float *>(params[2]);
   int status = 0;
   parallel_for(a.batch * a.heads, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> s(n * n);
-    std::vector<T> p(n * n);
+    std::vector<float> p(n * n);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t b = item / a.heads, h = item % a.heads;
-      const T *q = qkv + b * n * d3 + h * hd, *k = q + a.dim, *v = q + 2 * a.dim;
-      int r = gemm('N', 'T', n, n, hd, a.scale, q, d3, k, d3, 0.f, s.data(), n);
-      softmax_rows(s.data(), n, n);
-      store(s.data(), p.data(), n * n);
+      const float *q = qkv + b * n * d3 + h * hd, *k = q + a.dim, *v = q + 2 * a.dim;
+      int r = gemm('N', 'T', n, n, hd, a.scale, q, d3, k, d3, 0.f, p.data(), n);
+      softmax_rows(p.data(), n, n);
       r |= gemm('N', 'N', n, hd, n, 1.f, p.data(), n, v, d3, 0.f, out + b * n * a.dim + h * hd, a.dim);
       if (r != 0) status = r;
     }
@@ -253,26 +252,23 @@ int attention_forward(void **params, int64_t **shapes) {
 
 // dqkv (B, n, 3d) of the attention above for the upstream gradient dout (B, n, d); the
 // probabilities are recomputed from q and k (nothing but qkv is kept from the forward pass).
-template <typename T>
 int attention_backward(void **params, int64_t **shapes) {
   const AttentionShape a = attention_shape(shapes);
   const int64_t n = a.tokens, d3 = 3 * a.dim, hd = a.head_dim;
-  const T *qkv = operand<T>(static_cast<const float *>(params[0]), a.batch * n * d3, 0);
-  const T *dout = operand<T>(static_cast<const float *>(params[2]), a.batch * n * a.dim, 1);
+  const float *qkv = static_cast<const float *>(params[0]);
+  const float *dout = static_cast<const float *>(params[2]);
   float *dqkv = static_cast<float *>(params[3]);
   int status = 0;
   parallel_for(a.batch * a.heads, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> s(n * n), dp(n * n);
-    std::vector<T> p(n * n), ds(n * n);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t b = item / a.heads, h = item % a.heads;
-      const T *q = qkv + b * n * d3 + h * hd, *k = q + a.dim, *v = q + 2 * a.dim;
-      const T *go = dout + b * n * a.dim + h * hd;
+      const float *q = qkv + b * n * d3 + h * hd, *k = q + a.dim, *v = q + 2 * a.dim;
+      const float *go = dout + b * n * a.dim + h * hd;
       float *dq = dqkv + b * n * d3 + h * hd, *dk = dq + a.dim, *dv = dq + 2 * a.dim;
       int r = gemm('N', 'T', n, n, hd, a.scale, q, d3, k, d3, 0.f, s.data(), n);
       softmax_rows(s.data(), n, n);
-      store(s.data(), p.data(), n * n);
-      r |= gemm('T', 'N', n, hd, n, 1.f, p.data(), n, go, a.dim, 0.f, dv, d3);  // dV = P^T dO
+      r |= gemm('T', 'N', n, hd, n, 1.f, s.data(), n, go, a.dim, 0.f, dv, d3);  // dV = P^T dO
       r |= gemm('N', 'T', n, n, hd, 1.f, go, a.dim, v, d3, 0.f, dp.data(), n);  // dP = dO V^T
       for (int64_t i = 0; i < n; ++i) {  // dS = P * (dP - rowsum(dP * P)), in float32
         const float *pr = s.data() + i * n;
@@ -283,9 +279,8 @@ int attention_backward(void **params, int64_t **shapes) {
 #pragma omp simd
         for (int64_t j = 0; j < n; ++j) dr[j] = pr[j] * (dr[j] - dot);
       }
-      store(dp.data(), ds.data(), n * n);
-      r |= gemm('N', 'N', n, hd, n, a.scale, ds.data(), n, k, d3, 0.f, dq, d3);  // dQ = dS K / sqrt(hd)
-      r |= gemm('T', 'N', n, hd, n, a.scale, ds.data(), n, q, d3, 0.f, dk, d3);  // dK = dS^T Q / sqrt(hd)
+      r |= gemm('N', 'N', n, hd, n, a.scale, dp.data(), n, k, d3, 0.f, dq, d3);  // dQ = dS K / sqrt(hd)
+      r |= gemm('T', 'N', n, hd, n, a.scale, dp.data(), n, q, d3, 0.f, dk, d3);  // dK = dS^T Q / sqrt(hd)
       if (r != 0) status = r;
     }
   });
@@ -388,21 +383,13 @@ int Bf16DenseBackward(int, void **params, int *ndims, int64_t **shapes, const ch
 }
 
 // params: qkv (B, n, 3d), heads marker (h,), out (B, n, d)
-int AttentionForwardFp32(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
-  return attention_forward<float>(params, shapes);
-}
-
-int AttentionForwardBf16(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
-  return attention_forward<uint16_t>(params, shapes);
+int AttentionForward(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  return attention_forward(params, shapes);
 }
 
 // params: qkv (B, n, 3d), heads marker (h,), dout (B, n, d), dqkv (B, n, 3d)
-int AttentionBackwardFp32(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
-  return attention_backward<float>(params, shapes);
-}
-
-int AttentionBackwardBf16(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
-  return attention_backward<uint16_t>(params, shapes);
+int AttentionBackward(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  return attention_backward(params, shapes);
 }
 
 }  // extern "C"

@@ -36,13 +36,13 @@ def dropout(keep_prob: float) -> nn.Cell:
 
 @dataclass(frozen=True)
 class Kernels:
-    """How the layers compute (same maths, same parameters): ``fused`` GELU/LayerNorm kernels, and
-    the dense layers and attention as oneDNN kernels multiplying in "fp32" / "bf16" (None: MindSpore
-    ops)."""
+    """How the layers compute (same maths, same parameters): ``fused`` GELU/LayerNorm kernels, the
+    dense layers as oneDNN kernels multiplying in "fp32" / "bf16" (None: MindSpore ops), and
+    ``attention`` as one fp32 oneDNN kernel each way (False: MindSpore ops)."""
 
     fused: bool = False
     dense: str | None = None
-    attention: str | None = None
+    attention: bool = False
 
 
 class Attention(nn.Cell):
@@ -56,9 +56,9 @@ class Attention(nn.Cell):
         self.scale = self.head_dim**-0.5
         self.qkv = Dense(dim, dim * 3, kernels.dense)
         self.out = Dense(dim, dim, kernels.dense)
-        self.fused = kernels.attention is not None
+        self.fused = kernels.attention
         if self.fused:
-            self.attention = FusedAttention(config.num_heads, kernels.attention)
+            self.attention = FusedAttention(config.num_heads)
         self.attn_drop = dropout(config.attention_keep_prob)
         self.out_drop = dropout(config.keep_prob)
         self.q_matmul_k = ops.BatchMatMul(transpose_b=True)
@@ -165,16 +165,17 @@ class ViT(nn.Cell):
 
 
 def choose_kernels(config: ViTConfig, fused_kernels: bool, precision: str) -> Kernels:
-    """Which layers run on the oneDNN kernels, multiplying in ``precision``: with bf16 always
-    (MindSpore's MatMul has no bf16); in fp32 with the fused kernels on, where the kernels build
-    (else one warning). Attention dropout keeps the composed attention."""
+    """Which layers run on the oneDNN kernels: with bf16 always (MindSpore's MatMul has no bf16),
+    the dense layers multiplying in bf16; in fp32 with the fused kernels on, where the kernels build
+    (else one warning). Attention runs on its fp32 kernel with either (bf16 attention cost the
+    default run val accuracy: bench/RESULTS.md); attention dropout keeps the composed attention."""
     if precision == "bf16":
         dense = "bf16"
     elif fused_kernels and _onednn_available():
         dense = "fp32"
     else:
         dense = None
-    return Kernels(fused_kernels, dense, dense if config.attention_keep_prob == 1.0 else None)
+    return Kernels(fused_kernels, dense, dense is not None and config.attention_keep_prob == 1.0)
 
 
 def _onednn_available() -> bool:
