@@ -198,6 +198,7 @@ void softmax_rows(float *s, int64_t rows, int64_t cols) {
   for (int64_t i = 0; i < rows; ++i) {
     float *row = s + i * cols;
     float top = row[0];
+#pragma omp simd reduction(max : top)
     for (int64_t j = 1; j < cols; ++j) top = row[j] > top ? row[j] : top;
     float sum = 0.f;
 #pragma omp simd reduction(+ : sum)
