@@ -300,3 +300,87 @@ def test_fp32_onednn_kernels_agree_with_mindspore_ops_in_a_vit():
         grads["onednn"][1], grads["composed"][1], onednn.trainable_params(), strict=True
     ):
         np.testing.assert_allclose(ours, theirs, atol=1e-5 * max(1.0, np.abs(theirs).max()), err_msg=p.name)
+
+
+def _gelu(v: np.ndarray, approximate: bool) -> np.ndarray:
+    from scipy.special import erf
+
+    if approximate:
+        return 0.5 * v * (1 + np.tanh(np.sqrt(2 / np.pi) * (v + 0.044715 * v**3)))
+    return 0.5 * v * (1 + erf(v / np.sqrt(2)))
+
+
+@requires_fused_kernels
+@pytest.mark.parametrize("precision", ["fp32", pytest.param("bf16", marks=requires_bf16)])
+def test_dense_with_residual_adds_it_in_the_kernel_and_passes_its_gradient_through(precision):
+    import mindspore as ms
+    from mindspore import nn, ops
+
+    from vit_exp.models.layers import LinearResidual
+
+    rng = np.random.default_rng(6)
+    m, k, n = 1100, 48, 40  # rows in several blocks per thread
+    x, r, dy = (rng.normal(size=s).astype(np.float32) for s in ((m, k), (m, n), (m, n)))
+    w = rng.normal(scale=0.1, size=(n, k)).astype(np.float32)
+    b = rng.normal(size=n).astype(np.float32)
+    linear = LinearResidual(precision)
+
+    class Weighted(nn.Cell):
+        def __init__(self):
+            super().__init__()
+            self.linear = linear
+            self.dy = ms.Tensor(dy)
+
+        def construct(self, x, w, b, r):
+            return (self.linear(x, w, b, r) * self.dy).sum()
+
+    tensors = [ms.Tensor(v) for v in (x, w, b, r)]
+    y = linear(*tensors).asnumpy()
+    dx, dw, db, dr = (g.asnumpy() for g in ops.GradOperation(get_all=True)(Weighted())(*tensors))
+    rounded = bf16_round if precision == "bf16" else (lambda v: v.astype(np.float64))
+    expected = rounded(x) @ rounded(w).T + b + r
+    np.testing.assert_allclose(y, expected, atol=1e-5 * np.abs(expected).max())
+    np.testing.assert_allclose(dx, rounded(dy) @ rounded(w), atol=1e-5 * np.abs(dx).max())
+    np.testing.assert_allclose(dw, rounded(dy).T @ rounded(x), atol=1e-5 * np.abs(dw).max())
+    np.testing.assert_allclose(db, dy.sum(0), rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(dr, dy)  # the residual's gradient is the output's
+
+
+@requires_fused_kernels
+@pytest.mark.parametrize("approximate", [False, True])
+@pytest.mark.parametrize("precision", ["fp32", pytest.param("bf16", marks=requires_bf16)])
+def test_dense_with_gelu_in_its_output_pass_matches_gelu_of_the_dense_layer(precision, approximate):
+    import mindspore as ms
+
+    from vit_exp.models.layers import LinearGELU
+
+    rng = np.random.default_rng(7)
+    m, k, n = 1100, 40, 96
+    x = rng.normal(size=(m, k)).astype(np.float32)
+    w = rng.normal(scale=0.3, size=(n, k)).astype(np.float32)
+    b = rng.normal(size=n).astype(np.float32)
+    y = LinearGELU(precision, approximate)(ms.Tensor(x), ms.Tensor(w), ms.Tensor(b)).asnumpy()
+    rounded = bf16_round if precision == "bf16" else (lambda v: v.astype(np.float64))
+    expected = _gelu(rounded(x) @ rounded(w).T + b, approximate)
+    np.testing.assert_allclose(y, expected, atol=2e-5 * np.abs(expected).max())
+
+
+@requires_fused_kernels
+def test_inference_fuses_gelu_and_residuals_and_computes_what_the_composed_ops_do():
+    """With the oneDNN kernels each block adds its residual in the last dense layer's output pass
+    (training too, dropout being off) and inference runs GELU in dense1's: same logits as
+    MindSpore's own ops."""
+    import mindspore as ms
+
+    size = dict(patch_size=4, embed_dim=64, num_heads=4, mlp_dim=128, num_layers=2)
+    ms.set_seed(8)
+    onednn = _same_weights("fp32", **size)
+    composed = _same_weights("fp32", onednn, fused_kernels="off", **size)
+    block = onednn.transformer.layers[0]
+    assert block[0].fuse and block[1].fuse and block[1].cell[1].fuse_gelu
+    assert not composed.transformer.layers[0][0].fuse
+    x = ms.Tensor(np.random.default_rng(9).normal(size=(5, 3, 32, 32)).astype(np.float32))
+    for net in (onednn, composed):
+        net.set_train(False)
+    expected = composed(x).asnumpy()
+    np.testing.assert_allclose(onednn(x).asnumpy(), expected, atol=1e-5 * np.abs(expected).max())

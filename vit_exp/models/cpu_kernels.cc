@@ -20,34 +20,6 @@
 
 namespace {
 
-constexpr float kSqrtHalf = 0.70710678118654752f;  // 1 / sqrt(2)
-constexpr float kInvSqrt2Pi = 0.39894228040143268f;  // 1 / sqrt(2 pi)
-constexpr float kSqrt2OverPi = 0.79788456080286536f;  // sqrt(2 / pi)
-constexpr float kTanhCoef = 0.044715f;
-
-// erf(x) as a rational function of x (odd numerator, even denominator) on [-4, 4], where float
-// erf saturates; max abs error ~1e-7. Only multiply-adds and one divide, so loops vectorise.
-inline float erf_approx(float a) {
-  const float x = std::min(std::max(a, -4.f), 4.f);
-  const float x2 = x * x;
-  float p = x2 * -2.72614225801306e-10f + 2.77068142495902e-08f;
-  p = x2 * p + -2.10102402082508e-06f;
-  p = x2 * p + -5.69250639462346e-05f;
-  p = x2 * p + -7.34990630326855e-04f;
-  p = x2 * p + -2.95459980854025e-03f;
-  p = x2 * p + -1.60960333262415e-02f;
-  p = x * p;
-  float q = x2 * -1.45660718464996e-05f + -2.13374055278905e-04f;
-  q = x2 * q + -1.68282697438203e-03f;
-  q = x2 * q + -7.37332916720468e-03f;
-  q = x2 * q + -1.42647390514189e-02f;
-  return p / q;
-}
-
-inline float tanh_approx(float u) {
-  return 1.f - 2.f / (exp_approx(2.f * u) + 1.f);
-}
-
 int usable_cpus() {
   cpu_set_t set;
   if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
@@ -105,24 +77,6 @@ int map_gradient(void **params, int *ndims, int64_t **shapes, DF derivative) {
     for (int64_t i = b; i < e; ++i) dx[i] = dy[i] * derivative(x[i]);
   });
   return 0;
-}
-
-inline float gelu_erf(float v) { return v * (0.5f + 0.5f * erf_approx(v * kSqrtHalf)); }
-
-// Phi(x) + x * phi(x)
-inline float gelu_erf_derivative(float v) {
-  return 0.5f + 0.5f * erf_approx(v * kSqrtHalf) + v * exp_approx(-0.5f * v * v) * kInvSqrt2Pi;
-}
-
-// 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
-inline float gelu_tanh(float v) {
-  return 0.5f * v * (1.f + tanh_approx(kSqrt2OverPi * (v + kTanhCoef * v * v * v)));
-}
-
-inline float gelu_tanh_derivative(float v) {
-  const float v2 = v * v;
-  const float t = tanh_approx(kSqrt2OverPi * (v + kTanhCoef * v2 * v));
-  return 0.5f * (1.f + t) + 0.5f * v * (1.f - t * t) * kSqrt2OverPi * (1.f + 3.f * kTanhCoef * v2);
 }
 
 // Mean and 1/sqrt(variance + eps) of one row of d values (two passes, for accuracy).

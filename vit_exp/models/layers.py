@@ -12,7 +12,7 @@ from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import initializer
 
 from vit_exp.models.fused import FusedGELU, FusedLayerNorm
-from vit_exp.models.onednn import attention_cells, dense_cells
+from vit_exp.models.onednn import attention_cells, dense_cells, dense_gelu_cell, dense_residual_cells
 
 
 class LayerNorm(nn.Cell):
@@ -59,6 +59,34 @@ class Linear(nn.Cell):
         return self.backward(x, weight, dout)
 
 
+class LinearResidual(nn.Cell):
+    """``(x, weight, bias, residual) -> residual + x @ weight.T + bias``: a :class:`Linear` with the
+    block's residual add done in its output pass (one memory pass and one kernel fewer)."""
+
+    def __init__(self, precision: str):
+        super().__init__()
+        self.forward, self.backward = dense_residual_cells(precision)
+
+    def construct(self, x: Tensor, weight: Tensor, bias: Tensor, residual: Tensor) -> Tensor:
+        return self.forward(x, weight, bias, residual)
+
+    def bprop(self, x, weight, bias, residual, out, dout):
+        dx, dweight, dbias = self.backward(x, weight, dout)
+        return dx, dweight, dbias, dout
+
+
+class LinearGELU(nn.Cell):
+    """``(x, weight, bias) -> GELU(x @ weight.T + bias)`` in one kernel, for inference only (no
+    gradient: training keeps GELU a separate kernel, whose backward needs its input)."""
+
+    def __init__(self, precision: str, approximate: bool):
+        super().__init__()
+        self.forward = dense_gelu_cell(precision, approximate)
+
+    def construct(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        return self.forward(x, weight, bias)
+
+
 class FusedAttention(nn.Cell):
     """``qkv (B, n, 3d) -> (B, n, d)``: per head softmax(q k^T / sqrt(hd)) v, one kernel each way.
 
@@ -82,7 +110,8 @@ class Dense(nn.Cell):
     """``x @ weight.T + bias`` with nn.Dense's names and initialisation.
 
     A broadcast Add instead of BiasAdd: its gradient is a ReduceSum, ~6x faster than BiasAddGrad.
-    ``kernel`` "fp32" / "bf16": one oneDNN kernel each way instead (:class:`Linear`).
+    ``kernel`` "fp32" / "bf16": one oneDNN kernel each way instead (:class:`Linear`), which can also
+    add a ``residual`` to its output (:class:`LinearResidual`).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel: str | None = None):
@@ -94,11 +123,15 @@ class Dense(nn.Cell):
         self.use_kernel = kernel is not None
         if self.use_kernel:
             self.linear = Linear(kernel)
+            self.linear_residual = LinearResidual(kernel)
 
-    def construct(self, x: Tensor) -> Tensor:
+    def construct(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
         if self.use_kernel:
-            return self.linear(x, self.weight, self.bias)
-        return self.matmul(x, self.weight) + self.bias
+            if residual is None:
+                return self.linear(x, self.weight, self.bias)
+            return self.linear_residual(x, self.weight, self.bias, residual)
+        y = self.matmul(x, self.weight) + self.bias
+        return y if residual is None else y + residual
 
 
 class ExactGELU(nn.Cell):

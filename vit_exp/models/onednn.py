@@ -1,8 +1,9 @@
 """vit-exp's kernels on oneDNN's GEMMs (``onednn_kernels.cc``) as MindSpore ``aot`` Custom ops.
 
 The library links the ``libdnnl.so.3`` inside the MindSpore wheel and is compiled once per
-source/compiler/CPU (kernel_build.py). It holds dense layers (bias folded in) and multi-head
-attention computed straight from the fused qkv projection, each multiplying in fp32 or bf16.
+source/compiler/CPU (kernel_build.py). It holds dense layers (bias folded in; optionally the
+residual add after them, or GELU for inference), each multiplying in fp32 or bf16, and multi-head
+attention (fp32) computed straight from the fused qkv projection.
 """
 
 from __future__ import annotations
@@ -76,6 +77,26 @@ def dense_cells(precision: str):
         _custom(f"{_variant(precision)}DenseForward", _dense_shape, _same_dtype),
         _custom(f"{_variant(precision)}DenseBackward", _dense_grad_shapes, _dense_grad_dtypes),
     )
+
+
+def _dense_residual_shape(x, w, _b, _r):
+    return [*x[:-1], w[0]]
+
+
+def dense_residual_cells(precision: str):
+    """The (forward, backward) Custom ops of ``r + x @ w.T + b`` (a dense layer and the residual
+    add after it, in one pass). The backward is the plain dense layer's: r's gradient is dy."""
+    return (
+        _custom(f"{_variant(precision)}DenseResidualForward", _dense_residual_shape, _same_dtype),
+        _custom(f"{_variant(precision)}DenseBackward", _dense_grad_shapes, _dense_grad_dtypes),
+    )
+
+
+def dense_gelu_cell(precision: str, approximate: bool):
+    """The Custom op of ``GELU(x @ w.T + b)`` (tanh form if ``approximate``, else erf), inference
+    only: it has no backward kernel."""
+    form = "Tanh" if approximate else "Erf"
+    return _custom(f"{_variant(precision)}DenseGelu{form}Forward", _dense_shape, _same_dtype)
 
 
 def _attention_shape(qkv, _heads):

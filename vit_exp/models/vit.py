@@ -24,7 +24,7 @@ from vit_exp.errors import KernelBuildError
 from vit_exp.models.bf16 import resolve_precision
 from vit_exp.models.config import ViTConfig
 from vit_exp.models.fused import use_fused_kernels
-from vit_exp.models.layers import Dense, FusedAttention, LayerNorm, PatchEmbedding, gelu
+from vit_exp.models.layers import Dense, FusedAttention, LayerNorm, LinearGELU, PatchEmbedding, gelu
 from vit_exp.models.onednn import onednn_kernels
 
 log = logging.getLogger(__name__)
@@ -65,24 +65,31 @@ class Attention(nn.Cell):
         self.attn_matmul_v = ops.BatchMatMul()
         self.softmax = nn.Softmax(axis=-1)
 
-    def construct(self, x: Tensor) -> Tensor:
+    def construct(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
+        """Attention of ``x`` (B, n, d); ``residual`` given: ``residual + attention`` in the ``out``
+        kernel's output pass (only where ``out`` dropout is off)."""
         b, n, d = x.shape
         if self.fused:
-            x = self.attention(self.qkv(x.reshape(b * n, d)).reshape(b, n, 3 * d))
-            return self.out_drop(self.out(x.reshape(b * n, d))).reshape(b, n, d)
-        h, hd = self.num_heads, self.head_dim
-        # Split q, k, v on the 2-D projection: slicing a 5-D view costs 6x the attention on CPU.
-        q, k, v = ops.split(self.qkv(x.reshape(b * n, d)), d, axis=-1)
-        q = (q * self.scale).reshape(b, n, h, hd).transpose(0, 2, 1, 3)
-        k = k.reshape(b, n, h, hd).transpose(0, 2, 1, 3)
-        v = v.reshape(b, n, h, hd).transpose(0, 2, 1, 3)
-        attn = self.attn_drop(self.softmax(self.q_matmul_k(q, k)))
-        x = self.attn_matmul_v(attn, v).transpose(0, 2, 1, 3).reshape(b * n, d)
-        return self.out_drop(self.out(x)).reshape(b, n, d)
+            x = self.attention(self.qkv(x.reshape(b * n, d)).reshape(b, n, 3 * d)).reshape(b * n, d)
+        else:
+            h, hd = self.num_heads, self.head_dim
+            # Split q, k, v on the 2-D projection: slicing a 5-D view costs 6x the attention on CPU.
+            q, k, v = ops.split(self.qkv(x.reshape(b * n, d)), d, axis=-1)
+            q = (q * self.scale).reshape(b, n, h, hd).transpose(0, 2, 1, 3)
+            k = k.reshape(b, n, h, hd).transpose(0, 2, 1, 3)
+            v = v.reshape(b, n, h, hd).transpose(0, 2, 1, 3)
+            attn = self.attn_drop(self.softmax(self.q_matmul_k(q, k)))
+            x = self.attn_matmul_v(attn, v).transpose(0, 2, 1, 3).reshape(b * n, d)
+        if residual is None:
+            return self.out_drop(self.out(x)).reshape(b, n, d)
+        return self.out(x, residual.reshape(b * n, d)).reshape(b, n, d)
 
 
 class FeedForward(nn.Cell):
-    """The MLP block: ``dense1`` -> GELU -> ``dense2``, dropout after each."""
+    """The MLP block: ``dense1`` -> GELU -> ``dense2``, dropout after each.
+
+    With the oneDNN and fused kernels, inference computes GELU in ``dense1``'s output pass.
+    """
 
     def __init__(self, config: ViTConfig, kernels: Kernels = Kernels()):
         super().__init__()
@@ -90,21 +97,39 @@ class FeedForward(nn.Cell):
         self.activation = gelu(config.gelu_approximate, kernels.fused)
         self.dense2 = Dense(config.mlp_dim, config.embed_dim, kernels.dense)
         self.dropout = dropout(config.keep_prob)
+        self.fuse_gelu = kernels.fused and kernels.dense is not None
+        if self.fuse_gelu:
+            self.dense1_gelu = LinearGELU(kernels.dense, config.gelu_approximate)
 
-    def construct(self, x: Tensor) -> Tensor:
+    def construct(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
+        """The MLP of ``x`` (B, n, d); ``residual`` given: ``residual + MLP`` in ``dense2``'s
+        output pass (only where dropout is off)."""
         b, n, d = x.shape
-        x = self.dropout(self.activation(self.dense1(x.reshape(b * n, d))))
-        return self.dropout(self.dense2(x)).reshape(b, n, d)
+        x = x.reshape(b * n, d)
+        if self.fuse_gelu and not self.training:
+            x = self.dense1_gelu(x, self.dense1.weight, self.dense1.bias)
+        else:
+            x = self.dropout(self.activation(self.dense1(x)))
+        if residual is None:
+            return self.dropout(self.dense2(x)).reshape(b, n, d)
+        return self.dense2(x, residual.reshape(b * n, d)).reshape(b, n, d)
 
 
 class Residual(nn.Cell):
-    """``x + cell(x)``; the wrapped cell is stored as ``cell`` (checkpoint names depend on it)."""
+    """``x + cell(x)``; the wrapped cell is stored as ``cell`` (checkpoint names depend on it).
 
-    def __init__(self, cell: nn.Cell):
+    ``fuse``: ``cell`` is [LayerNorm, Attention | FeedForward] and its last dense layer adds ``x``
+    itself (no dropout before the add, one memory pass and one kernel fewer).
+    """
+
+    def __init__(self, cell: nn.SequentialCell, fuse: bool = False):
         super().__init__()
         self.cell = cell
+        self.fuse = fuse
 
     def construct(self, x: Tensor) -> Tensor:
+        if self.fuse:
+            return self.cell[1](self.cell[0](x), x)
         return x + self.cell(x)
 
 
@@ -113,7 +138,8 @@ def encoder_block(config: ViTConfig, kernels: Kernels) -> nn.SequentialCell:
     eps, fused = config.layer_norm_eps, kernels.fused
     attention = nn.SequentialCell([LayerNorm(config.embed_dim, eps, fused), Attention(config, kernels)])
     mlp = nn.SequentialCell([LayerNorm(config.embed_dim, eps, fused), FeedForward(config, kernels)])
-    return nn.SequentialCell([Residual(attention), Residual(mlp)])
+    fuse = kernels.dense is not None and config.keep_prob == 1.0
+    return nn.SequentialCell([Residual(attention, fuse), Residual(mlp, fuse)])
 
 
 class Encoder(nn.Cell):
