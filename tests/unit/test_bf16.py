@@ -359,10 +359,16 @@ def test_dense_with_gelu_in_its_output_pass_matches_gelu_of_the_dense_layer(prec
     x = rng.normal(size=(m, k)).astype(np.float32)
     w = rng.normal(scale=0.3, size=(n, k)).astype(np.float32)
     b = rng.normal(size=n).astype(np.float32)
-    y = LinearGELU(precision, approximate)(ms.Tensor(x), ms.Tensor(w), ms.Tensor(b)).asnumpy()
+    y = LinearGELU(precision, approximate)(ms.Tensor(x), ms.Tensor(w), ms.Tensor(b))
     rounded = bf16_round if precision == "bf16" else (lambda v: v.astype(np.float64))
     expected = _gelu(rounded(x) @ rounded(w).T + b, approximate)
-    np.testing.assert_allclose(y, expected, atol=2e-5 * np.abs(expected).max())
+    if precision == "bf16":  # handed on in bf16: the values the next bf16 kernel would round to
+        assert y.dtype == ms.bfloat16
+        y = y.astype(ms.float32).asnumpy()
+        np.testing.assert_array_equal(y, bf16_round(y))
+        np.testing.assert_allclose(y, expected, rtol=2**-8, atol=2e-5 * np.abs(expected).max())
+    else:
+        np.testing.assert_allclose(y.asnumpy(), expected, atol=2e-5 * np.abs(expected).max())
 
 
 @requires_fused_kernels
@@ -384,3 +390,19 @@ def test_inference_fuses_gelu_and_residuals_and_computes_what_the_composed_ops_d
         net.set_train(False)
     expected = composed(x).asnumpy()
     np.testing.assert_allclose(onednn(x).asnumpy(), expected, atol=1e-5 * np.abs(expected).max())
+
+
+@requires_bf16
+def test_bf16_inference_hands_gelu_on_in_bf16_and_gives_the_training_path_logits():
+    """bf16 inference fuses GELU into dense1 and hands its output to dense2 as bfloat16; training
+    mode (separate GELU kernel, float32 in between) computes the same logits."""
+    import mindspore as ms
+
+    net = _same_weights("bf16", patch_size=4, embed_dim=64, num_heads=4, mlp_dim=128, num_layers=2)
+    x = ms.Tensor(np.random.default_rng(10).normal(size=(5, 3, 32, 32)).astype(np.float32))
+    net.set_train(False)
+    inference = net(x).asnumpy()
+    net.set_train(True)
+    training = net(x).asnumpy()
+    assert inference.dtype == np.float32
+    np.testing.assert_allclose(inference, training, atol=1e-5 * np.abs(training).max())

@@ -77,7 +77,8 @@ class LinearResidual(nn.Cell):
 
 class LinearGELU(nn.Cell):
     """``(x, weight, bias) -> GELU(x @ weight.T + bias)`` in one kernel, for inference only (no
-    gradient: training keeps GELU a separate kernel, whose backward needs its input)."""
+    gradient: training keeps GELU a separate kernel, whose backward needs its input). In bf16 the
+    output is bfloat16, exactly what the next dense kernel would have rounded it to."""
 
     def __init__(self, precision: str, approximate: bool):
         super().__init__()

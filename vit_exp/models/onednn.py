@@ -66,6 +66,16 @@ def _same_dtype(x, *_):
     return x
 
 
+def _weight_dtype(_x, w, *_):
+    return w  # float32, also for a bfloat16 x (from a bf16 inference kernel)
+
+
+def _bfloat16(*_):
+    import mindspore as ms
+
+    return ms.bfloat16
+
+
 def _variant(precision: str) -> str:
     return {"fp32": "Fp32", "bf16": "Bf16"}[precision]
 
@@ -74,7 +84,7 @@ def dense_cells(precision: str):
     """The (forward, backward) Custom ops of a dense layer ``x @ w.T + b``, fp32 in and out, that
     multiply in ``precision`` (fp32 | bf16)."""
     return (
-        _custom(f"{_variant(precision)}DenseForward", _dense_shape, _same_dtype),
+        _custom(f"{_variant(precision)}DenseForward", _dense_shape, _weight_dtype),
         _custom(f"{_variant(precision)}DenseBackward", _dense_grad_shapes, _dense_grad_dtypes),
     )
 
@@ -87,16 +97,18 @@ def dense_residual_cells(precision: str):
     """The (forward, backward) Custom ops of ``r + x @ w.T + b`` (a dense layer and the residual
     add after it, in one pass). The backward is the plain dense layer's: r's gradient is dy."""
     return (
-        _custom(f"{_variant(precision)}DenseResidualForward", _dense_residual_shape, _same_dtype),
+        _custom(f"{_variant(precision)}DenseResidualForward", _dense_residual_shape, _weight_dtype),
         _custom(f"{_variant(precision)}DenseBackward", _dense_grad_shapes, _dense_grad_dtypes),
     )
 
 
 def dense_gelu_cell(precision: str, approximate: bool):
     """The Custom op of ``GELU(x @ w.T + b)`` (tanh form if ``approximate``, else erf), inference
-    only: it has no backward kernel."""
+    only: it has no backward kernel. In bf16 its output is bfloat16, the input the next bf16 dense
+    kernel would round to anyway (the dense kernels take it as it is)."""
     form = "Tanh" if approximate else "Erf"
-    return _custom(f"{_variant(precision)}DenseGelu{form}Forward", _dense_shape, _same_dtype)
+    dtype = _bfloat16 if precision == "bf16" else _same_dtype
+    return _custom(f"{_variant(precision)}DenseGelu{form}Forward", _dense_shape, dtype)
 
 
 def _attention_shape(qkv, _heads):

@@ -177,6 +177,16 @@ inline int gemm(char ta, char tb, int64_t m, int64_t n, int64_t k, float alpha, 
 inline void store(const float *in, float *out, int64_t n) { std::memcpy(out, in, n * sizeof(float)); }
 inline void store(const float *in, uint16_t *out, int64_t n) { convert_range(in, out, 0, n); }
 
+// A growable float32 buffer per thread (pool workers included): a GEMM's output block that a
+// kernel converts to bfloat16 before writing it out.
+float *block_scratch(int64_t elements) {
+  thread_local std::vector<float> buffer;
+  if (static_cast<int64_t>(buffer.size()) < elements) buffer.resize(elements);
+  return buffer.data();
+}
+
+bool is_bf16(const char *dtype) { return dtype != nullptr && std::strcmp(dtype, "bfloat16") == 0; }
+
 // The GEMM operand for a float32 tensor: the tensor itself (fp32) or its bf16 copy in scratch slot.
 template <typename T>
 const T *operand(const float *data, int64_t n, int slot);
@@ -305,18 +315,24 @@ int gemm_rows(int64_t rows, int64_t n, int64_t k, const T *a, char trans_b, cons
 // nothing, a residual (r + x . w^T + b, the block's skip connection) or GELU (inference only).
 enum class Epilogue { kBias, kBiasResidual, kBiasGeluErf, kBiasGeluTanh };
 
-template <Epilogue E>
-void epilogue(float *__restrict y, const float *__restrict r, const float *__restrict b, int64_t rows, int64_t n) {
+// y = epilogue(c + b) row by row; c is the GEMM's float32 output (y itself when Out is float).
+template <Epilogue E, typename Out>
+void epilogue(float *c, Out *y, const float *__restrict r, const float *__restrict b, int64_t rows, int64_t n) {
   for (int64_t i = 0; i < rows; ++i) {
-    float *__restrict yr = y + i * n;
+    const float *cr = c + i * n;
+    Out *yr = y + i * n;
     const float *__restrict rr = r + i * n;
 #pragma omp simd
     for (int64_t j = 0; j < n; ++j) {
-      const float v = yr[j] + b[j];
-      if constexpr (E == Epilogue::kBias) yr[j] = v;
-      if constexpr (E == Epilogue::kBiasResidual) yr[j] = v + rr[j];
-      if constexpr (E == Epilogue::kBiasGeluErf) yr[j] = gelu_erf(v);
-      if constexpr (E == Epilogue::kBiasGeluTanh) yr[j] = gelu_tanh(v);
+      float v = cr[j] + b[j];
+      if constexpr (E == Epilogue::kBiasResidual) v += rr[j];
+      if constexpr (E == Epilogue::kBiasGeluErf) v = gelu_erf(v);
+      if constexpr (E == Epilogue::kBiasGeluTanh) v = gelu_tanh(v);
+      if constexpr (std::is_same_v<Out, float>) {
+        yr[j] = v;
+      } else {
+        yr[j] = to_bf16(v);
+      }
     }
   }
 }
@@ -330,25 +346,39 @@ int64_t block_rows(int64_t m, int64_t n, int64_t k) {
   return n * k > kMaxBlockedWeights ? m : std::max(kMinBlockRows, kBlockFloats / n);
 }
 
-// y = epilogue(x . w^T + b); params: x (..., K), w (N, K), b (N), [r (..., N)], y (..., N).
-template <typename T, Epilogue E>
-int dense_forward(void **params, int *ndims, int64_t **shapes) {
+// The GEMM operand of a dense layer's input: in bf16, an input that is already bfloat16 (written
+// by an inference kernel below) as it is; otherwise operand<T>. nullptr: bfloat16 into fp32.
+template <typename T>
+const T *input_operand(void *data, const char *dtype, int64_t n, int slot) {
+  if (is_bf16(dtype)) {
+    if constexpr (std::is_same_v<T, uint16_t>) return static_cast<const uint16_t *>(data);
+    return nullptr;
+  }
+  return operand<T>(static_cast<const float *>(data), n, slot);
+}
+
+// y = epilogue(x . w^T + b); params: x (..., K) float32 or bfloat16 (bf16 kernels), w (N, K),
+// b (N), [r (..., N)], y (..., N) of type Out (float32, or bfloat16 for the next bf16 kernel).
+template <typename T, Epilogue E, typename Out>
+int dense_forward(void **params, int *ndims, int64_t **shapes, const char **dtypes) {
   constexpr int kOutput = E == Epilogue::kBiasResidual ? 4 : 3;
   const float *b = static_cast<const float *>(params[2]);
   const float *r = E == Epilogue::kBiasResidual ? static_cast<const float *>(params[3]) : nullptr;
-  float *y = static_cast<float *>(params[kOutput]);
+  Out *y = static_cast<Out *>(params[kOutput]);
   const int64_t k = shapes[1][1], n = shapes[1][0];
   const int64_t m = numel(ndims[0], shapes[0]) / k;
-  const T *x = operand<T>(static_cast<const float *>(params[0]), m * k, 0);
+  const T *x = input_operand<T>(params[0], dtypes[0], m * k, 0);
+  if (x == nullptr) return 1;
   const T *w = operand<T>(static_cast<const float *>(params[1]), n * k, 1);
   const int64_t block = block_rows(m, n, k);
   int status = 0;
   parallel_for(m, kGemmRows, [&](int64_t s, int64_t e) {
     for (int64_t i = s; i < e; i += block) {
       const int64_t rows = std::min(block, e - i);
-      const int rc = gemm('N', 'T', rows, n, k, 1.f, x + i * k, k, w, k, 0.f, y + i * n, n);
+      float *c = std::is_same_v<Out, float> ? reinterpret_cast<float *>(y + i * n) : block_scratch(rows * n);
+      const int rc = gemm('N', 'T', rows, n, k, 1.f, x + i * k, k, w, k, 0.f, c, n);
       if (rc != 0) status = rc;
-      epilogue<E>(y + i * n, r == nullptr ? nullptr : r + i * n, b, rows, n);
+      epilogue<E>(c, y + i * n, r == nullptr ? nullptr : r + i * n, b, rows, n);
     }
   });
   return status;
@@ -405,22 +435,24 @@ int dense_backward(void **params, int *ndims, int64_t **shapes) {
 extern "C" {
 
 // Dense layers: params as dense_forward / dense_backward above.
-#define VIT_EXP_DENSE_FORWARD(NAME, T, E)                                                      \
-  int NAME(int, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) { \
-    return dense_forward<T, Epilogue::E>(params, ndims, shapes);                             \
+#define VIT_EXP_DENSE_FORWARD(NAME, T, E, OUT)                                                    \
+  int NAME(int, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) { \
+    return dense_forward<T, Epilogue::E, OUT>(params, ndims, shapes, dtypes);                       \
   }
 
 // params: x, w, b, y
-VIT_EXP_DENSE_FORWARD(Fp32DenseForward, float, kBias)
-VIT_EXP_DENSE_FORWARD(Bf16DenseForward, uint16_t, kBias)
+VIT_EXP_DENSE_FORWARD(Fp32DenseForward, float, kBias, float)
+VIT_EXP_DENSE_FORWARD(Bf16DenseForward, uint16_t, kBias, float)
 // params: x, w, b, r, y (y = r + x . w^T + b)
-VIT_EXP_DENSE_FORWARD(Fp32DenseResidualForward, float, kBiasResidual)
-VIT_EXP_DENSE_FORWARD(Bf16DenseResidualForward, uint16_t, kBiasResidual)
-// params: x, w, b, y (y = GELU(x . w^T + b), erf or tanh form; inference: no backward kernel)
-VIT_EXP_DENSE_FORWARD(Fp32DenseGeluErfForward, float, kBiasGeluErf)
-VIT_EXP_DENSE_FORWARD(Bf16DenseGeluErfForward, uint16_t, kBiasGeluErf)
-VIT_EXP_DENSE_FORWARD(Fp32DenseGeluTanhForward, float, kBiasGeluTanh)
-VIT_EXP_DENSE_FORWARD(Bf16DenseGeluTanhForward, uint16_t, kBiasGeluTanh)
+VIT_EXP_DENSE_FORWARD(Fp32DenseResidualForward, float, kBiasResidual, float)
+VIT_EXP_DENSE_FORWARD(Bf16DenseResidualForward, uint16_t, kBiasResidual, float)
+// params: x, w, b, y (y = GELU(x . w^T + b), erf or tanh form; inference: no backward kernel).
+// In bf16, y is bfloat16: rounded here as the next dense kernel would round it, so that kernel
+// reads it as it is (same bits, half the memory traffic, no conversion pass).
+VIT_EXP_DENSE_FORWARD(Fp32DenseGeluErfForward, float, kBiasGeluErf, float)
+VIT_EXP_DENSE_FORWARD(Fp32DenseGeluTanhForward, float, kBiasGeluTanh, float)
+VIT_EXP_DENSE_FORWARD(Bf16DenseGeluErfForward, uint16_t, kBiasGeluErf, uint16_t)
+VIT_EXP_DENSE_FORWARD(Bf16DenseGeluTanhForward, uint16_t, kBiasGeluTanh, uint16_t)
 
 int Fp32DenseBackward(int, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
   return dense_backward<float>(params, ndims, shapes);
