@@ -393,12 +393,16 @@ def test_inference_fuses_gelu_and_residuals_and_computes_what_the_composed_ops_d
 
 
 @requires_bf16
-def test_bf16_inference_hands_gelu_on_in_bf16_and_gives_the_training_path_logits():
-    """bf16 inference fuses GELU into dense1 and hands its output to dense2 as bfloat16; training
-    mode (separate GELU kernel, float32 in between) computes the same logits."""
+def test_bf16_inference_hands_activations_on_in_bf16_and_gives_the_training_path_logits():
+    """bf16 inference hands LayerNorm's, attention's and the fused GELU's outputs to the next dense
+    kernel as bfloat16; training mode (float32 in between, separate GELU kernel) computes the same
+    logits, and so does inference with dropout configured (no residual fusion)."""
     import mindspore as ms
 
-    net = _same_weights("bf16", patch_size=4, embed_dim=64, num_heads=4, mlp_dim=128, num_layers=2)
+    size = dict(patch_size=4, embed_dim=64, num_heads=4, mlp_dim=128, num_layers=2)
+    net = _same_weights("bf16", **size)
+    norm, attention = net.transformer.layers[0][0].cell
+    assert norm.kernels.bf16_output and attention.attention.bf16_output
     x = ms.Tensor(np.random.default_rng(10).normal(size=(5, 3, 32, 32)).astype(np.float32))
     net.set_train(False)
     inference = net(x).asnumpy()
@@ -406,3 +410,7 @@ def test_bf16_inference_hands_gelu_on_in_bf16_and_gives_the_training_path_logits
     training = net(x).asnumpy()
     assert inference.dtype == np.float32
     np.testing.assert_allclose(inference, training, atol=1e-5 * np.abs(training).max())
+    with_dropout = _same_weights("bf16", net, keep_prob=0.9, **size)
+    assert not with_dropout.transformer.layers[0][0].fuse
+    with_dropout.set_train(False)
+    np.testing.assert_allclose(with_dropout(x).asnumpy(), inference, atol=1e-5 * np.abs(inference).max())

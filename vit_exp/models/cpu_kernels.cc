@@ -8,43 +8,16 @@
 // with the inputs first, then the outputs, all float32 and contiguous.
 // Built with: g++ -O3 -march=native -fno-trapping-math -fopenmp-simd -shared -fPIC -pthread.
 
-#include <sched.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "kernel_math.h"
+#include "thread_pool.h"
 
 namespace {
-
-int usable_cpus() {
-  cpu_set_t set;
-  if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
-  return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-}
-
-// Run body(begin, end) over [0, n) split into contiguous chunks, one per thread; small n stays on
-// the calling thread.
-template <typename Body>
-void parallel_for(int64_t n, int64_t min_chunk, Body body) {
-  static const int cpus = std::min(usable_cpus(), 16);
-  const int64_t chunks = std::min<int64_t>(cpus, std::max<int64_t>(1, n / min_chunk));
-  if (chunks <= 1) {
-    body(0, n, 0);
-    return;
-  }
-  const int64_t step = (n + chunks - 1) / chunks;
-  std::vector<std::thread> workers;
-  workers.reserve(chunks - 1);
-  for (int64_t c = 1; c < chunks; ++c) {
-    workers.emplace_back(body, c * step, std::min(n, (c + 1) * step), c);
-  }
-  body(0, std::min(n, step), 0);
-  for (auto &w : workers) w.join();
-}
 
 int64_t numel(int ndim, const int64_t *shape) {
   int64_t n = 1;
@@ -59,7 +32,7 @@ template <typename F>
 int map_unary(void **params, int *ndims, int64_t **shapes, F f) {
   const float *__restrict x = static_cast<const float *>(params[0]);
   float *__restrict y = static_cast<float *>(params[1]);
-  parallel_for(numel(ndims[0], shapes[0]), kElementChunk, [=](int64_t b, int64_t e, int64_t) {
+  parallel_chunks(numel(ndims[0], shapes[0]), kElementChunk, [=](int64_t b, int64_t e, int64_t) {
 #pragma omp simd
     for (int64_t i = b; i < e; ++i) y[i] = f(x[i]);
   });
@@ -72,7 +45,7 @@ int map_gradient(void **params, int *ndims, int64_t **shapes, DF derivative) {
   const float *__restrict x = static_cast<const float *>(params[0]);
   const float *__restrict dy = static_cast<const float *>(params[1]);
   float *__restrict dx = static_cast<float *>(params[2]);
-  parallel_for(numel(ndims[0], shapes[0]), kElementChunk, [=](int64_t b, int64_t e, int64_t) {
+  parallel_chunks(numel(ndims[0], shapes[0]), kElementChunk, [=](int64_t b, int64_t e, int64_t) {
 #pragma omp simd
     for (int64_t i = b; i < e; ++i) dx[i] = dy[i] * derivative(x[i]);
   });
@@ -90,6 +63,37 @@ inline void row_stats(const float *__restrict xr, int64_t d, float eps, float *m
   for (int64_t i = 0; i < d; ++i) sq += (xr[i] - m) * (xr[i] - m);
   *mean = m;
   *rstd = 1.f / std::sqrt(sq / static_cast<float>(d) + eps);
+}
+
+// LayerNorm over the last axis: inputs x (rows, d), gamma (d), beta (d), eps (1); output y
+// (float32, or bfloat16 rounded to nearest even for a bf16 dense kernel to read as it is).
+template <typename Out>
+int layer_norm_forward(void **params, int *ndims, int64_t **shapes) {
+  const float *__restrict x = static_cast<const float *>(params[0]);
+  const float *__restrict gamma = static_cast<const float *>(params[1]);
+  const float *__restrict beta = static_cast<const float *>(params[2]);
+  const float eps = *static_cast<const float *>(params[3]);
+  Out *__restrict y = static_cast<Out *>(params[4]);
+  const int64_t d = shapes[0][ndims[0] - 1];
+  const int64_t rows = numel(ndims[0], shapes[0]) / d;
+  parallel_chunks(rows, std::max<int64_t>(1, kElementChunk / d), [=](int64_t b, int64_t e, int64_t) {
+    for (int64_t r = b; r < e; ++r) {
+      const float *xr = x + r * d;
+      Out *yr = y + r * d;
+      float mean, rstd;
+      row_stats(xr, d, eps, &mean, &rstd);
+#pragma omp simd
+      for (int64_t i = 0; i < d; ++i) {
+        const float v = (xr[i] - mean) * rstd * gamma[i] + beta[i];
+        if constexpr (std::is_same_v<Out, float>) {
+          yr[i] = v;
+        } else {
+          yr[i] = to_bf16(v);
+        }
+      }
+    }
+  });
+  return 0;
 }
 
 }  // namespace
@@ -112,26 +116,13 @@ int GeluTanhBackward(int, void **params, int *ndims, int64_t **shapes, const cha
   return map_gradient(params, ndims, shapes, [](float v) { return gelu_tanh_derivative(v); });
 }
 
-// LayerNorm over the last axis: inputs x (rows, d), gamma (d), beta (d), eps (1); output y.
 int LayerNormForward(int, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
-  const float *__restrict x = static_cast<const float *>(params[0]);
-  const float *__restrict gamma = static_cast<const float *>(params[1]);
-  const float *__restrict beta = static_cast<const float *>(params[2]);
-  const float eps = *static_cast<const float *>(params[3]);
-  float *__restrict y = static_cast<float *>(params[4]);
-  const int64_t d = shapes[0][ndims[0] - 1];
-  const int64_t rows = numel(ndims[0], shapes[0]) / d;
-  parallel_for(rows, std::max<int64_t>(1, kElementChunk / d), [=](int64_t b, int64_t e, int64_t) {
-    for (int64_t r = b; r < e; ++r) {
-      const float *xr = x + r * d;
-      float *yr = y + r * d;
-      float mean, rstd;
-      row_stats(xr, d, eps, &mean, &rstd);
-#pragma omp simd
-      for (int64_t i = 0; i < d; ++i) yr[i] = (xr[i] - mean) * rstd * gamma[i] + beta[i];
-    }
-  });
-  return 0;
+  return layer_norm_forward<float>(params, ndims, shapes);
+}
+
+// The same with a bfloat16 y (inference in bf16: only bf16 dense kernels read it).
+int LayerNormForwardBf16(int, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+  return layer_norm_forward<uint16_t>(params, ndims, shapes);
 }
 
 // LayerNorm gradient: inputs x (rows, d), dy (rows, d), gamma (d), eps (1);
@@ -151,7 +142,7 @@ int LayerNormBackward(int, void **params, int *ndims, int64_t **shapes, const ch
   // Per-thread partial sums for dgamma / dbeta (at most 16 threads), combined at the end.
   std::vector<float> partial(static_cast<size_t>(16) * 2 * d, 0.f);
   float *parts = partial.data();
-  parallel_for(rows, min_rows, [=](int64_t b, int64_t e, int64_t chunk) {
+  parallel_chunks(rows, min_rows, [=](int64_t b, int64_t e, int64_t chunk) {
     float *pg = parts + chunk * 2 * d;
     float *pb = pg + d;
     for (int64_t r = b; r < e; ++r) {

@@ -111,16 +111,29 @@ class FusedGELU(nn.Cell):
         return (self.backward(x, dout),)
 
 
-class FusedLayerNorm(nn.Cell):
-    """``(x, gamma, beta) -> LayerNorm(x) * gamma + beta`` over the last axis, with its gradient."""
+def _bfloat16(*_):
+    return ms.bfloat16
 
-    def __init__(self, epsilon: float):
+
+class FusedLayerNorm(nn.Cell):
+    """``(x, gamma, beta) -> LayerNorm(x) * gamma + beta`` over the last axis, with its gradient.
+
+    ``bf16_output``: inference hands the result on as bfloat16 (rounded as the bf16 dense kernel
+    that reads it would round it); training and fp32 keep float32.
+    """
+
+    def __init__(self, epsilon: float, bf16_output: bool = False):
         super().__init__()
         self.epsilon = Tensor([epsilon], ms.float32)
         self.forward = _custom("LayerNormForward", _same, _same)
         self.backward = _custom("LayerNormBackward", _layer_norm_grad_shapes, _layer_norm_grad_dtypes)
+        self.bf16_output = bf16_output
+        if bf16_output:
+            self.forward_bf16 = _custom("LayerNormForwardBf16", _same, _bfloat16)
 
     def construct(self, x: Tensor, gamma: Parameter, beta: Parameter) -> Tensor:
+        if self.bf16_output and not self.training:
+            return self.forward_bf16(x, gamma, beta, self.epsilon)
         return self.forward(x, gamma, beta, self.epsilon)
 
     def bprop(self, x, gamma, beta, out, dout):

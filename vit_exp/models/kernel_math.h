@@ -24,6 +24,14 @@ inline float exp_approx(float x) {
   return p * __builtin_bit_cast(float, (n + 127) << 23);
 }
 
+// float32 -> bfloat16, round to nearest even; NaN stays a (quiet) NaN, +-inf stays +-inf.
+inline uint16_t to_bf16(float value) {
+  const uint32_t bits = __builtin_bit_cast(uint32_t, value);
+  const uint32_t rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
+  const bool nan = (bits & 0x7fffffffu) > 0x7f800000u;
+  return static_cast<uint16_t>(nan ? ((bits >> 16) | 0x40u) : rounded);
+}
+
 constexpr float kSqrtHalf = 0.70710678118654752f;  // 1 / sqrt(2)
 constexpr float kInvSqrt2Pi = 0.39894228040143268f;  // 1 / sqrt(2 pi)
 constexpr float kSqrt2OverPi = 0.79788456080286536f;  // sqrt(2 / pi)

@@ -12,17 +12,24 @@ from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import initializer
 
 from vit_exp.models.fused import FusedGELU, FusedLayerNorm
-from vit_exp.models.onednn import attention_cells, dense_cells, dense_gelu_cell, dense_residual_cells
+from vit_exp.models.onednn import (
+    attention_bf16_output_cell,
+    attention_cells,
+    dense_cells,
+    dense_gelu_cell,
+    dense_residual_cells,
+)
 
 
 class LayerNorm(nn.Cell):
     """LayerNorm over the last axis with ``gamma`` / ``beta`` parameters (the names checkpoints use).
 
-    ``fused``: one fused kernel per pass (fused.py). Otherwise training composes the normalisation
-    from reductions, whose gradient runs ~3x faster than LayerNormGrad; inference uses ops.LayerNorm.
+    ``fused``: one fused kernel per pass (fused.py); ``bf16_output`` with it: inference hands the
+    result to a bf16 dense kernel as bfloat16. Otherwise training composes the normalisation from
+    reductions, whose gradient runs ~3x faster than LayerNormGrad; inference uses ops.LayerNorm.
     """
 
-    def __init__(self, dim: int, epsilon: float, fused: bool = False):
+    def __init__(self, dim: int, epsilon: float, fused: bool = False, bf16_output: bool = False):
         super().__init__()
         self.epsilon = epsilon
         self.gamma = Parameter(initializer("ones", (dim,), ms.float32), name="gamma")
@@ -30,7 +37,7 @@ class LayerNorm(nn.Cell):
         self.inference_kernel = ops.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1, epsilon=epsilon)
         self.fused = fused
         if fused:
-            self.kernels = FusedLayerNorm(epsilon)
+            self.kernels = FusedLayerNorm(epsilon, bf16_output)
 
     def construct(self, x: Tensor) -> Tensor:
         if self.fused:
@@ -92,15 +99,21 @@ class FusedAttention(nn.Cell):
     """``qkv (B, n, 3d) -> (B, n, d)``: per head softmax(q k^T / sqrt(hd)) v, one kernel each way.
 
     Reads q, k, v of every head straight from the qkv projection and writes tokens in (head, hd)
-    order, so no split, transposes or per-head BatchMatMuls. fp32, also in bf16 mode.
+    order, so no split, transposes or per-head BatchMatMuls. fp32, also in bf16 mode;
+    ``bf16_output``: inference hands the result to the bf16 out projection as bfloat16.
     """
 
-    def __init__(self, num_heads: int):
+    def __init__(self, num_heads: int, bf16_output: bool = False):
         super().__init__()
         self.heads = Tensor(np.zeros(num_heads, np.float32))  # the kernels read the head count off its shape
         self.forward, self.backward = attention_cells()
+        self.bf16_output = bf16_output
+        if bf16_output:
+            self.forward_bf16 = attention_bf16_output_cell()
 
     def construct(self, qkv: Tensor) -> Tensor:
+        if self.bf16_output and not self.training:
+            return self.forward_bf16(qkv, self.heads)
         return self.forward(qkv, self.heads)
 
     def bprop(self, qkv, out, dout):

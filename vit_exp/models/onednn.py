@@ -126,3 +126,8 @@ def attention_cells():
         _custom("AttentionForward", _attention_shape, _same_dtype),
         _custom("AttentionBackward", _attention_grad_shape, _same_dtype),
     )
+
+
+def attention_bf16_output_cell():
+    """The attention forward op with a bfloat16 output, for a bf16 out projection in inference."""
+    return _custom("AttentionForwardBf16", _attention_shape, _bfloat16)

@@ -16,21 +16,15 @@
 //                      void *stream, void *extra), inputs first, then outputs, contiguous float32.
 // Built with: g++ -O3 -march=native ... -shared -fPIC -pthread <mindspore/lib>/libdnnl.so.3
 
-#include <sched.h>
-#include <unistd.h>
-
 #include <algorithm>
-#include <condition_variable>
-#include <functional>
-#include <mutex>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <thread>
 #include <type_traits>
 #include <vector>
 
 #include "kernel_math.h"
+#include "thread_pool.h"
 
 extern "C" int dnnl_gemm_bf16bf16f32(char transa, char transb, int64_t M, int64_t N, int64_t K,
                                      float alpha, const uint16_t *A, int64_t lda, const uint16_t *B,
@@ -40,106 +34,6 @@ extern "C" int dnnl_sgemm(char transa, char transb, int64_t M, int64_t N, int64_
                           int64_t ldc);
 
 namespace {
-
-int usable_cpus() {
-  cpu_set_t set;
-  if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
-  return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-}
-
-int thread_count() {
-  static const int cpus = std::min(usable_cpus(), 16);
-  return cpus;
-}
-
-// thread_count() - 1 workers that sleep between jobs (a thread per job cost ~40 us, as much as a
-// small GEMM); the calling thread takes part. Never destroyed: its workers sleep through exit.
-class Pool {
- public:
-  static Pool &instance() {
-    static Pool *pool = new Pool(thread_count() - 1);
-    return *pool;
-  }
-
-  // job(c) for c in [0, chunks), chunks <= thread_count(): chunk 0 on the caller, the others on
-  // workers. A second MindSpore thread arriving while a job runs, a forked child or a worker
-  // itself runs the chunks inline instead, one after the other.
-  void run(int chunks, const std::function<void(int)> &job) {
-    if (chunks <= 1 || getpid() != owner_ || in_worker_ || !busy_.try_lock()) {
-      for (int c = 0; c < chunks; ++c) job(c);
-      return;
-    }
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      job_ = &job;
-      chunks_ = chunks;
-      pending_ = chunks - 1;
-      ++generation_;
-    }
-    wake_.notify_all();
-    job(0);
-    {
-      std::unique_lock<std::mutex> lock(mutex_);
-      done_.wait(lock, [this] { return pending_ == 0; });
-      job_ = nullptr;
-    }
-    busy_.unlock();
-  }
-
- private:
-  explicit Pool(int workers) : owner_(getpid()) {
-    for (int i = 1; i <= workers; ++i) std::thread([this, i] { work(i); }).detach();
-  }
-
-  void work(int index) {
-    in_worker_ = true;
-    uint64_t seen = 0;
-    for (;;) {
-      const std::function<void(int)> *job;
-      {
-        std::unique_lock<std::mutex> lock(mutex_);
-        wake_.wait(lock, [&] { return generation_ != seen; });
-        seen = generation_;
-        if (index >= chunks_) continue;
-        job = job_;
-      }
-      (*job)(index);
-      std::lock_guard<std::mutex> lock(mutex_);
-      if (--pending_ == 0) done_.notify_one();
-    }
-  }
-
-  const pid_t owner_;
-  std::mutex busy_, mutex_;
-  std::condition_variable wake_, done_;
-  const std::function<void(int)> *job_ = nullptr;
-  int chunks_ = 0, pending_ = 0;
-  uint64_t generation_ = 0;
-  inline static thread_local bool in_worker_ = false;
-};
-
-// Run body(begin, end) over [0, n) in contiguous chunks of at least min_chunk, one per thread.
-template <typename Body>
-void parallel_for(int64_t n, int64_t min_chunk, Body body) {
-  const int64_t chunks = std::min<int64_t>(thread_count(), std::max<int64_t>(1, n / min_chunk));
-  if (chunks <= 1) {
-    body(0, n);
-    return;
-  }
-  const int64_t step = (n + chunks - 1) / chunks;
-  Pool::instance().run(static_cast<int>(chunks), [&](int c) {
-    const int64_t begin = c * step, end = std::min(n, begin + step);
-    if (begin < end) body(begin, end);
-  });
-}
-
-// float32 -> bfloat16, round to nearest even; NaN stays a (quiet) NaN, +-inf stays +-inf.
-inline uint16_t to_bf16(float value) {
-  const uint32_t bits = __builtin_bit_cast(uint32_t, value);
-  const uint32_t rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
-  const bool nan = (bits & 0x7fffffffu) > 0x7f800000u;
-  return static_cast<uint16_t>(nan ? ((bits >> 16) | 0x40u) : rounded);
-}
 
 void convert_range(const float *__restrict in, uint16_t *__restrict out, int64_t begin, int64_t end) {
 #pragma omp simd
@@ -240,21 +134,29 @@ AttentionShape attention_shape(int64_t **shapes) {
   return a;
 }
 
-// out (B, n, d) = per head softmax(q k^T / sqrt(hd)) v, written in (token, head, hd) order.
+// out (B, n, d) = per head softmax(q k^T / sqrt(hd)) v, written in (token, head, hd) order:
+// float32, or bfloat16 (inference in bf16: only the out projection's bf16 kernel reads it).
+template <typename Out>
 int attention_forward(void **params, int64_t **shapes) {
   const AttentionShape a = attention_shape(shapes);
   const int64_t n = a.tokens, d3 = 3 * a.dim, hd = a.head_dim;
   const float *qkv = static_cast<const float *>(params[0]);
-  float *out = static_cast<float *>(params[2]);
+  Out *out = static_cast<Out *>(params[2]);
   int status = 0;
   parallel_for(a.batch * a.heads, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> p(n * n);
+    std::vector<float> p(n * n), o(std::is_same_v<Out, float> ? 0 : n * hd);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t b = item / a.heads, h = item % a.heads;
       const float *q = qkv + b * n * d3 + h * hd, *k = q + a.dim, *v = q + 2 * a.dim;
+      Out *target = out + b * n * a.dim + h * hd;
       int r = gemm('N', 'T', n, n, hd, a.scale, q, d3, k, d3, 0.f, p.data(), n);
       softmax_rows(p.data(), n, n);
-      r |= gemm('N', 'N', n, hd, n, 1.f, p.data(), n, v, d3, 0.f, out + b * n * a.dim + h * hd, a.dim);
+      if constexpr (std::is_same_v<Out, float>) {
+        r |= gemm('N', 'N', n, hd, n, 1.f, p.data(), n, v, d3, 0.f, target, a.dim);
+      } else {
+        r |= gemm('N', 'N', n, hd, n, 1.f, p.data(), n, v, d3, 0.f, o.data(), hd);
+        for (int64_t t = 0; t < n; ++t) store(o.data() + t * hd, target + t * a.dim, hd);
+      }
       if (r != 0) status = r;
     }
   });
@@ -464,7 +366,12 @@ int Bf16DenseBackward(int, void **params, int *ndims, int64_t **shapes, const ch
 
 // params: qkv (B, n, 3d), heads marker (h,), out (B, n, d)
 int AttentionForward(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
-  return attention_forward(params, shapes);
+  return attention_forward<float>(params, shapes);
+}
+
+// The same with a bfloat16 out (inference in bf16)
+int AttentionForwardBf16(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  return attention_forward<uint16_t>(params, shapes);
 }
 
 // params: qkv (B, n, 3d), heads marker (h,), dout (B, n, d), dqkv (B, n, 3d)

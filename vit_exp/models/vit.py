@@ -58,7 +58,7 @@ class Attention(nn.Cell):
         self.out = Dense(dim, dim, kernels.dense)
         self.fused = kernels.attention
         if self.fused:
-            self.attention = FusedAttention(config.num_heads)
+            self.attention = FusedAttention(config.num_heads, kernels.dense == "bf16")
         self.attn_drop = dropout(config.attention_keep_prob)
         self.out_drop = dropout(config.keep_prob)
         self.q_matmul_k = ops.BatchMatMul(transpose_b=True)
@@ -136,8 +136,9 @@ class Residual(nn.Cell):
 def encoder_block(config: ViTConfig, kernels: Kernels) -> nn.SequentialCell:
     """One pre-norm block: ``0`` = x + Attention(LayerNorm(x)), ``1`` = x + FeedForward(LayerNorm(x))."""
     eps, fused = config.layer_norm_eps, kernels.fused
-    attention = nn.SequentialCell([LayerNorm(config.embed_dim, eps, fused), Attention(config, kernels)])
-    mlp = nn.SequentialCell([LayerNorm(config.embed_dim, eps, fused), FeedForward(config, kernels)])
+    bf16 = kernels.dense == "bf16"  # inference hands LayerNorm's output to qkv / dense1 in bf16
+    attention = nn.SequentialCell([LayerNorm(config.embed_dim, eps, fused, bf16), Attention(config, kernels)])
+    mlp = nn.SequentialCell([LayerNorm(config.embed_dim, eps, fused, bf16), FeedForward(config, kernels)])
     fuse = kernels.dense is not None and config.keep_prob == 1.0
     return nn.SequentialCell([Residual(attention, fuse), Residual(mlp, fuse)])
 
