@@ -49,3 +49,15 @@ def compose(tmp_path: Path) -> Callable[..., object]:
         return cfg
 
     return _compose
+
+
+@pytest.fixture(params=["pynative", "graph"])
+def execution_mode(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Run the test in MindSpore's PyNative mode and again in graph mode (what runs use:
+    ``device.mode=graph``); graph compilation selects kernels that PyNative never asks for."""
+    import mindspore as ms
+
+    previous = ms.get_context("mode")
+    ms.set_context(mode=ms.GRAPH_MODE if request.param == "graph" else ms.PYNATIVE_MODE)
+    yield request.param
+    ms.set_context(mode=previous)

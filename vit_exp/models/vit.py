@@ -57,6 +57,7 @@ class Attention(nn.Cell):
         self.qkv = Dense(dim, dim * 3, kernels.dense)
         self.out = Dense(dim, dim, kernels.dense)
         self.fused = kernels.attention
+        self.dense_kernels = kernels.dense is not None
         if self.fused:
             self.attention = FusedAttention(config.num_heads, kernels.dense == "bf16")
         self.attn_drop = dropout(config.attention_keep_prob)
@@ -67,14 +68,19 @@ class Attention(nn.Cell):
 
     def construct(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
         """Attention of ``x`` (B, n, d); ``residual`` given: ``residual + attention`` in the ``out``
-        kernel's output pass (only where ``out`` dropout is off)."""
+        kernel's output pass (only where ``out`` dropout is off).
+
+        The dense kernels take (B, n, d) as it is; tensors that may be bfloat16 (bf16 inference)
+        are never reshaped: MindSpore's CPU Reshape has no bfloat16 kernel.
+        """
         b, n, d = x.shape
         if self.fused:
-            x = self.attention(self.qkv(x.reshape(b * n, d)).reshape(b, n, 3 * d)).reshape(b * n, d)
+            x = self.attention(self.qkv(x))
         else:
             h, hd = self.num_heads, self.head_dim
+            qkv = self.qkv(x) if self.dense_kernels else self.qkv(x.reshape(b * n, d))
             # Split q, k, v on the 2-D projection: slicing a 5-D view costs 6x the attention on CPU.
-            q, k, v = ops.split(self.qkv(x.reshape(b * n, d)), d, axis=-1)
+            q, k, v = ops.split(qkv.reshape(b * n, 3 * d), d, axis=-1)
             q = (q * self.scale).reshape(b, n, h, hd).transpose(0, 2, 1, 3)
             k = k.reshape(b, n, h, hd).transpose(0, 2, 1, 3)
             v = v.reshape(b, n, h, hd).transpose(0, 2, 1, 3)
@@ -82,7 +88,7 @@ class Attention(nn.Cell):
             x = self.attn_matmul_v(attn, v).transpose(0, 2, 1, 3).reshape(b * n, d)
         if residual is None:
             return self.out_drop(self.out(x)).reshape(b, n, d)
-        return self.out(x, residual.reshape(b * n, d)).reshape(b, n, d)
+        return self.out(x, residual).reshape(b, n, d)
 
 
 class FeedForward(nn.Cell):
@@ -97,22 +103,25 @@ class FeedForward(nn.Cell):
         self.activation = gelu(config.gelu_approximate, kernels.fused)
         self.dense2 = Dense(config.mlp_dim, config.embed_dim, kernels.dense)
         self.dropout = dropout(config.keep_prob)
-        self.fuse_gelu = kernels.fused and kernels.dense is not None
+        self.dense_kernels = kernels.dense is not None
+        self.fuse_gelu = kernels.fused and self.dense_kernels
         if self.fuse_gelu:
             self.dense1_gelu = LinearGELU(kernels.dense, config.gelu_approximate)
 
     def construct(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
         """The MLP of ``x`` (B, n, d); ``residual`` given: ``residual + MLP`` in ``dense2``'s
-        output pass (only where dropout is off)."""
+        output pass (only where dropout is off). The dense kernels take (B, n, d) as it is
+        (possibly bfloat16, which MindSpore's CPU Reshape refuses); MatMul needs 2-D."""
         b, n, d = x.shape
-        x = x.reshape(b * n, d)
+        if not self.dense_kernels:
+            x = x.reshape(b * n, d)
         if self.fuse_gelu and not self.training:
             x = self.dense1_gelu(x, self.dense1.weight, self.dense1.bias)
         else:
             x = self.dropout(self.activation(self.dense1(x)))
         if residual is None:
             return self.dropout(self.dense2(x)).reshape(b, n, d)
-        return self.dense2(x, residual.reshape(b * n, d)).reshape(b, n, d)
+        return self.dense2(x, residual).reshape(b, n, d)
 
 
 class Residual(nn.Cell):
