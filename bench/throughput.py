@@ -13,10 +13,14 @@ Variants, all timed in one process, in rotation A B C ... A B C ... (``--rounds`
 Printed per config and mode: median step time, images/s, achieved GFLOP/s, % of the sgemm peak (the
 median of a measurement in every round, as the VM's speed drifts) and
 every variant's throughput relative to ms-fp32, plus the two targets (ms-fp32 / pt-compile,
-ms-bf16 / pt-bf16). The sgemm peak is measured on the model's own matmul shapes (every dense
-layer's forward and both backward products, each at the best of MindSpore's MatMul, torch.mm and
-oneDNN's sgemm split over 2 threads as our kernels run it)
-and combined by FLOPs: the time a step would take if its matmuls alone ran at sgemm speed.
+ms-bf16 / pt-bf16). The sgemm peak is measured on the model's own matmul shapes and combined by
+FLOPs: the time a step would take if its matmuls alone ran at sgemm speed. Every dense layer's
+forward and both backward products, each at the best of MindSpore's MatMul, torch.mm and oneDNN's
+sgemm split over 2 threads as our kernels run it; and attention's batched products (q k^T, P v and
+their gradients, counted as the step's FLOPs count them), each at the best of torch.bmm,
+MindSpore's BatchMatMul and oneDNN's sgemm per image and head over 2 threads. Two figures: the
+peak of all those products (the step's FLOPs are all of them) and, stricter, of the dense layers'
+alone (attention's small products run slower at sgemm too).
 All models: pre-norm ViT, fused qkv, the same GELU variant, Adam, cross-entropy.
 """
 
@@ -76,6 +80,15 @@ def dense_shapes(c: BenchConfig, batch: int, train: bool) -> list[tuple[int, int
         shapes += [(m, n, k, count) for m, k, n, count in shapes]  # dx = dy . w
         shapes += [(n, m, k, count) for m, k, n, count in shapes[: len(shapes) // 2]]  # dw = dy^T . x
     return shapes
+
+
+def attention_shapes(c: BenchConfig, batch: int, train: bool) -> list[tuple[int, int, int, int, int]]:
+    """(items, m, k, n, count) of attention's batched products in one step, one item per image and
+    head, counted as forward_flops counts them (x3 in training): q k^T and P v forward; dP = dO v^T
+    and dV, dQ, dK (each (n, n) x (n, hd)) backward."""
+    n, hd, items = c.tokens, c.embed_dim // c.num_heads, batch * c.num_heads
+    scores, values = (items, n, hd, n), (items, n, n, hd)
+    return [(*scores, c.num_layers * (2 if train else 1)), (*values, c.num_layers * (4 if train else 1))]
 
 
 # ---------------------------------------------------------------------------------------------- MindSpore
@@ -213,16 +226,53 @@ def sgemm_seconds(m: int, k: int, n: int, repeats: int = 5) -> float:
     )
 
 
-def sgemm_peak(c: BenchConfig, batch: int, train: bool) -> float:
-    """GFLOP/s a step's dense matmuls reach at sgemm speed: their FLOPs / the sum of their sgemm times."""
+def batched_sgemm_seconds(items: int, m: int, k: int, n: int, repeats: int = 5) -> float:
+    """Seconds of the fastest fp32 batched (items, m, k) x (items, k, n) product here: torch.bmm,
+    MindSpore's BatchMatMul, or oneDNN's sgemm per item with the items split over 2 threads (as
+    our attention kernel runs them)."""
+    import mindspore as ms
+    import torch
+    from mindspore import ops
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(items, m, k)).astype(np.float32)
+    b = rng.normal(size=(items, k, n)).astype(np.float32)
+    ma, mb, matmul = ms.Tensor(a), ms.Tensor(b), ops.BatchMatMul()
+    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+    sgemm, pool = _onednn_sgemm()
+    c = np.empty((items, m, n), np.float32)
+
+    def products(span: tuple[int, int]) -> None:
+        for i in range(*span):
+            sgemm(
+                b"N", b"N", m, n, k, 1.0, a[i].ctypes.data, k, b[i].ctypes.data, n, 0.0, c[i].ctypes.data, n
+            )
+
+    halves = [(0, items // 2), (items // 2, items)]
+    return min(
+        best_seconds(lambda: matmul(ma, mb).asnumpy(), repeats),
+        best_seconds(lambda: torch.bmm(ta, tb), repeats),
+        best_seconds(lambda: list(pool.map(products, halves)), repeats),
+    )
+
+
+def sgemm_peaks(c: BenchConfig, batch: int, train: bool) -> tuple[float, float]:
+    """GFLOP/s a step's matmuls reach at sgemm speed (their FLOPs / the sum of their sgemm times):
+    the dense layers' alone, and all of them, attention's batched products included."""
     flops = seconds = 0.0
-    cache: dict[tuple[int, int, int], float] = {}
+    cache: dict[tuple[int, int, int, int], float] = {}
     for m, k, n, count in dense_shapes(c, batch, train):
-        if (m, k, n) not in cache:
-            cache[(m, k, n)] = sgemm_seconds(m, k, n)
+        if (1, m, k, n) not in cache:
+            cache[(1, m, k, n)] = sgemm_seconds(m, k, n)
         flops += 2 * m * k * n * count
-        seconds += cache[(m, k, n)] * count
-    return flops / seconds / 1e9
+        seconds += cache[(1, m, k, n)] * count
+    dense = flops / seconds / 1e9
+    for items, m, k, n, count in attention_shapes(c, batch, train):
+        if (items, m, k, n) not in cache:
+            cache[(items, m, k, n)] = batched_sgemm_seconds(items, m, k, n)
+        flops += 2 * items * m * k * n * count
+        seconds += cache[(items, m, k, n)] * count
+    return dense, flops / seconds / 1e9
 
 
 # ------------------------------------------------------------------------------------------------ PyTorch
@@ -373,14 +423,16 @@ def main() -> None:
             results: dict[str, list[float]] = {variant: [] for variant in runs}
             peaks = []  # measured in every round, beside the steps: this VM's speed drifts
             for _ in range(args.rounds):
-                peaks.append(sgemm_peak(c, batch, train))
+                peaks.append(sgemm_peaks(c, batch, train))
                 for variant, run in runs.items():
                     results[variant] += timed(run, args.steps)
             median = {variant: statistics.median(times) for variant, times in results.items()}
-            peak = statistics.median(peaks)
+            dense_peak = statistics.median(p[0] for p in peaks)
+            peak = statistics.median(p[1] for p in peaks)
             print(
-                f"{name} {mode} batch {batch}: sgemm peak on its own matmul shapes {peak:.0f} GFLOP/s "
-                f"(median of rounds: {' '.join(f'{p:.0f}' for p in peaks)})"
+                f"{name} {mode} batch {batch}: sgemm peak on its own matmul shapes {peak:.0f} GFLOP/s, "
+                f"on its dense layers' shapes alone {dense_peak:.0f} (rounds: "
+                f"{' '.join(f'{p[1]:.0f}/{p[0]:.0f}' for p in peaks)}); % of sgemm: of both peaks"
             )
             base = median.get("ms-fp32")
             for variant, seconds in median.items():
@@ -388,7 +440,8 @@ def main() -> None:
                 relative = f" {base / seconds:5.2f}x ms-fp32" if base else ""
                 print(
                     f"  {variant:<11} {seconds * 1000:9.1f} ms {batch / seconds:8.2f} img/s "
-                    f"{gflops:6.1f} GFLOP/s {100 * gflops / peak:5.1f}% of sgemm{relative}"
+                    f"{gflops:6.1f} GFLOP/s {100 * gflops / peak:5.1f}% / {100 * gflops / dense_peak:5.1f}% "
+                    f"of sgemm{relative}"
                 )
             for ours, theirs in (("ms-fp32", "pt-compile"), ("ms-bf16", "pt-bf16"), ("ms-fp32", "pt-eager")):
                 if ours in median and theirs in median:
