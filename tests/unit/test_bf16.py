@@ -20,28 +20,31 @@ def bf16_round(x: np.ndarray) -> np.ndarray:
     return rounded.astype(np.uint32).view(np.float32).astype(np.float64)
 
 
-def _linear_and_grads(x, w, b, dy):
-    """The bf16 Linear forward, and its (dx, dw, db) for the upstream gradient ``dy``."""
+def _forward_and_grads(cell, inputs, upstream):
+    """``cell(*inputs)`` and the gradients of all its inputs for the upstream gradient ``upstream``."""
     import mindspore as ms
     from mindspore import nn, ops
-
-    from vit_exp.models.layers import Linear
-
-    linear = Linear("bf16")
 
     class Weighted(nn.Cell):
         def __init__(self):
             super().__init__()
-            self.linear = linear
-            self.dy = ms.Tensor(dy)
+            self.cell = cell
+            self.upstream = ms.Tensor(upstream)
 
-        def construct(self, x, w, b):
-            return (self.linear(x, w, b) * self.dy).sum()
+        def construct(self, *args):
+            return (self.cell(*args) * self.upstream).sum()
 
-    tensors = [ms.Tensor(v) for v in (x, w, b)]
-    forward = linear(*tensors).asnumpy()
+    tensors = [ms.Tensor(v) for v in inputs]
+    forward = cell(*tensors).asnumpy()
     grads = ops.GradOperation(get_all=True)(Weighted())(*tensors)
     return forward, [g.asnumpy() for g in grads]
+
+
+def _linear_and_grads(x, w, b, dy):
+    """The bf16 Linear forward, and its (dx, dw, db) for the upstream gradient ``dy``."""
+    from vit_exp.models.layers import Linear
+
+    return _forward_and_grads(Linear("bf16"), (x, w, b), dy)
 
 
 @requires_bf16
@@ -238,25 +241,10 @@ def _attention_reference(qkv: np.ndarray, heads: int, dout: np.ndarray):
 
 
 def _fused_attention(qkv: np.ndarray, heads: int, dout: np.ndarray):
-    import mindspore as ms
-    from mindspore import nn, ops
-
     from vit_exp.models.layers import FusedAttention
 
-    attention = FusedAttention(heads)
-
-    class Weighted(nn.Cell):
-        def __init__(self):
-            super().__init__()
-            self.attention = attention
-            self.dout = ms.Tensor(dout)
-
-        def construct(self, qkv):
-            return (self.attention(qkv) * self.dout).sum()
-
-    out = attention(ms.Tensor(qkv)).asnumpy()
-    (grad,) = ops.GradOperation(get_all=True)(Weighted())(ms.Tensor(qkv))
-    return out, grad.asnumpy()
+    out, (grad,) = _forward_and_grads(FusedAttention(heads), (qkv,), dout)
+    return out, grad
 
 
 @requires_fused_kernels
@@ -313,9 +301,6 @@ def _gelu(v: np.ndarray, approximate: bool) -> np.ndarray:
 @requires_fused_kernels
 @pytest.mark.parametrize("precision", ["fp32", pytest.param("bf16", marks=requires_bf16)])
 def test_dense_with_residual_adds_it_in_the_kernel_and_passes_its_gradient_through(precision):
-    import mindspore as ms
-    from mindspore import nn, ops
-
     from vit_exp.models.layers import LinearResidual
 
     rng = np.random.default_rng(6)
@@ -323,20 +308,7 @@ def test_dense_with_residual_adds_it_in_the_kernel_and_passes_its_gradient_throu
     x, r, dy = (rng.normal(size=s).astype(np.float32) for s in ((m, k), (m, n), (m, n)))
     w = rng.normal(scale=0.1, size=(n, k)).astype(np.float32)
     b = rng.normal(size=n).astype(np.float32)
-    linear = LinearResidual(precision)
-
-    class Weighted(nn.Cell):
-        def __init__(self):
-            super().__init__()
-            self.linear = linear
-            self.dy = ms.Tensor(dy)
-
-        def construct(self, x, w, b, r):
-            return (self.linear(x, w, b, r) * self.dy).sum()
-
-    tensors = [ms.Tensor(v) for v in (x, w, b, r)]
-    y = linear(*tensors).asnumpy()
-    dx, dw, db, dr = (g.asnumpy() for g in ops.GradOperation(get_all=True)(Weighted())(*tensors))
+    y, (dx, dw, db, dr) = _forward_and_grads(LinearResidual(precision), (x, w, b, r), dy)
     rounded = bf16_round if precision == "bf16" else (lambda v: v.astype(np.float64))
     expected = rounded(x) @ rounded(w).T + b + r
     np.testing.assert_allclose(y, expected, atol=1e-5 * np.abs(expected).max())
