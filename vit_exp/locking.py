@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -33,4 +33,20 @@ def hold_if_free(lock_file: Path):
     except BlockingIOError:
         handle.close()
         return None
+    return handle
+
+
+def hold_against_other_processes(lock_file: Path, on_wait: Callable[[], None] = lambda: None):
+    """Take an exclusive POSIX lock (``lockf``) on ``lock_file``, waiting for other processes (after
+    ``on_wait()``); return its open handle. The lock is the process's: taking it again in the same
+    process does not wait (closing any handle of the file lets it go)."""
+    import fcntl
+
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    handle = lock_file.open("a")
+    try:
+        fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # EAGAIN / EACCES: another process holds it
+        on_wait()
+        fcntl.lockf(handle, fcntl.LOCK_EX)
     return handle

@@ -28,12 +28,15 @@ def sync(cfg: DictConfig) -> int:
         raise DataError(f"outbox: {folder} is not a vit-exp run outbox (<run dir>/mlflow_outbox)")
     run_id, uri = records[0]["run_id"], cfg.tracking_uri or records[0]["tracking_uri"]
     outbox = Outbox(folder, RunSender(use_store(uri), run_id), background=False)
-    pending = outbox.unsent
-    if not pending:
-        log.info("nothing to send: the %d record(s) of run %s are all stored", len(records), run_id)
-        return 0
-    log.info("sending %d record(s) of run %s to %s", pending, run_id, mask(uri))
-    left = outbox.send_pending()
+    try:
+        pending = outbox.unsent
+        if not pending:
+            log.info("nothing to send: the %d record(s) of run %s are all stored", len(records), run_id)
+            return 0
+        log.info("sending %d record(s) of run %s to %s", pending, run_id, mask(uri))
+        left = outbox.send_pending()
+    finally:
+        outbox.close()
     if left:
         raise RegistryError(f"{mask(uri)} did not take {left} of {pending} record(s); run sync again later")
     log.info("sent %d record(s); run %s is complete", pending, run_id)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,7 +147,7 @@ def training_run(job: TrainJob, resume: ResumeTarget | None = None) -> Iterator[
         tags,
         job.hydra.sweep_dir,
         job.hydra.run_dir,
-        finish=lambda run_id, status: _finish(job, opened, run_id, status),
+        finish=lambda run_id, status, error: _finish(job, opened, run_id, status, error),
         reopen_run_id=reopen,
     ) as run:
         opened.append(_with_outbox(job, run.info.run_id, lock, run.info.experiment_id))
@@ -155,30 +155,27 @@ def training_run(job: TrainJob, resume: ResumeTarget | None = None) -> Iterator[
 
 
 def _with_outbox(job: TrainJob, run_id: str, lock, experiment: str) -> TrackedRun:
-    from urllib.parse import urlparse
-
     from vit_exp.tracking.outbox import OUTBOX_DIR, Outbox, RunSender
-    from vit_exp.tracking.store import use_store
+    from vit_exp.tracking.store import is_server, use_store
 
     uri = job.mlflow.tracking_uri
-    background = urlparse(reveal(uri)).scheme in ("http", "https")  # network: never in the training thread
-    if background:  # the outbox retries; MLflow's own retries would hold a record for minutes
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
+    background = is_server(reveal(uri))  # the network is never waited for in the training thread
     folder = (job.hydra.run_dir or Path(tempfile.mkdtemp(prefix="vit_exp_"))) / OUTBOX_DIR
-    outbox = Outbox(folder, RunSender(use_store(uri), run_id), background)
+    stopping = threading.Event()  # the command stops waiting for the store: so do the sender's retries
+    outbox = Outbox(folder, RunSender(use_store(uri), run_id, stopping), background, stopping)
     outbox.put({"kind": "run", "run_id": run_id, "tracking_uri": mask(uri)})
     return TrackedRun(run_id, uri, outbox, lock, experiment)
 
 
-def _finish(job: TrainJob, opened: list[TrackedRun], run_id: str, status: str) -> None:
+def _finish(job: TrainJob, opened: list[TrackedRun], run_id: str, status: str, error: str | None) -> None:
     if not opened:  # the run was created but its outbox was not: end it directly
+        from vit_exp.tracking.runs import end_run
         from vit_exp.tracking.store import use_store
 
-        use_store(job.mlflow.tracking_uri).set_terminated(run_id, status=status)
+        end_run(use_store(job.mlflow.tracking_uri), run_id, status, error)
         return
     run = opened[0]
-    left = run.outbox.finish(status, wait_s=job.mlflow.drain_timeout_s)
+    left = run.outbox.finish(status, wait_s=job.mlflow.drain_timeout_s, error=error)
     if not left:
         return
     message = (

@@ -26,6 +26,8 @@ from pathlib import Path
 
 from vit_exp.credentials import mask
 from vit_exp.errors import first_line
+from vit_exp.locking import hold_against_other_processes
+from vit_exp.tracking.retries import is_transient
 
 log = logging.getLogger("vit_exp.tracking")
 
@@ -34,22 +36,7 @@ OUTBOX_DIR = "mlflow_outbox"  # in the run directory
 JOURNAL = "journal.jsonl"
 SENT = "sent"
 HELD_DIR = "held"  # files records keep until they are stored (a version's checkpoint)
-TRANSIENT = (
-    "Connection refused",
-    "Connection aborted",
-    "Max retries exceeded",
-    "timed out",
-    "RemoteDisconnected",
-    "database is locked",
-    " 502",
-    " 503",
-    " 504",
-)
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Whether sending may work later (the store is away or busy), rather than never."""
-    return any(marker in f"{type(exc).__name__}: {exc}" for marker in TRANSIENT)
+LOCK = "lock"  # held by the one process that sends the journal (training, a resume or a sync)
 
 
 class Outbox:
@@ -58,12 +45,22 @@ class Outbox:
     ``put`` appends a record; in the background mode a thread sends it, otherwise it is sent at
     once. ``finish(status, wait_s)`` queues the run's end and waits up to ``wait_s`` for everything
     to be sent; it returns how many records are left in the journal. A record's ``release``
-    files (held for it) are deleted once it is stored or refused.
+    files (held for it) are deleted once it is stored or refused. One process at a time sends a
+    journal (it holds ``LOCK``): a second one (two syncs at once) waits, then finds the records sent.
     """
 
-    def __init__(self, folder: Path, send: Callable[[dict], None], background: bool):
+    def __init__(
+        self,
+        folder: Path,
+        send: Callable[[dict], None],
+        background: bool,
+        stopping: threading.Event | None = None,
+    ):
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
+        self._lock = hold_against_other_processes(
+            folder / LOCK, lambda: log.info("mlflow: another process is sending %s; waiting for it", folder)
+        )
         self.journal = folder / JOURNAL
         self.send = send
         self.background = background
@@ -72,7 +69,7 @@ class Outbox:
         for record in self._records[: self._sent]:  # stored by a process killed before releasing
             release(record)
         self._changed = threading.Condition()
-        self._stopping = False
+        self.stopping = stopping or threading.Event()  # set once ``finish`` stops waiting
         self._warned_permanent = False
         self._thread = None
         if background:
@@ -99,18 +96,25 @@ class Outbox:
         if not self.background:
             self.send_pending()
 
-    def finish(self, status: str, wait_s: float) -> int:
-        """Queue the run's end as ``status``; wait up to ``wait_s`` for the journal to empty."""
-        self.put({"kind": "end", "status": status})
+    def finish(self, status: str, wait_s: float, error: str | None = None) -> int:
+        """Queue the run's end as ``status`` (a failed run's one-line ``error`` with it); wait up to
+        ``wait_s`` for the journal to empty."""
+        self.put({"kind": "end", "status": status} | ({"error": error} if error else {}))
         deadline = time.monotonic() + wait_s
         with self._changed:
             while self.unsent and self.background and time.monotonic() < deadline:
                 self._changed.wait(timeout=min(1.0, max(0.0, deadline - time.monotonic())))
-            self._stopping = True
+            self.stopping.set()
             self._changed.notify_all()
         if self._thread is not None:
             self._thread.join(timeout=30)
+        if self._thread is None or not self._thread.is_alive():  # else kept until the process ends
+            self.close()
         return self.unsent
+
+    def close(self) -> None:
+        """Let another process send this journal (the lock is also let go when the process ends)."""
+        self._lock.close()
 
     def send_pending(self) -> int:
         """Send the records not sent yet, in order, now; return how many are left."""
@@ -120,7 +124,7 @@ class Outbox:
     def _send_pending(self, retry: bool) -> None:
         """Send the records not sent yet, in order; with ``retry``, wait out a store that is away."""
         backoff = 1.0
-        while self._sent < len(self._records) and not (self._stopping and retry and backoff > 1.0):
+        while self._sent < len(self._records) and not (self.stopping.is_set() and retry and backoff > 1.0):
             record = self._records[self._sent]
             try:
                 with interrupts_deferred():  # a record is stored whole: no artifacts without their version
@@ -159,12 +163,12 @@ class Outbox:
     def _send_in_background(self) -> None:
         while True:
             with self._changed:
-                while not self.unsent and not self._stopping:
+                while not self.unsent and not self.stopping.is_set():
                     self._changed.wait()
-                if self._stopping and not self.unsent:
+                if self.stopping.is_set() and not self.unsent:
                     return
             self._send_pending(retry=True)
-            if self._stopping:
+            if self.stopping.is_set():
                 return
 
 
@@ -223,8 +227,11 @@ def _short(exc: BaseException) -> str:
 class RunSender:
     """Sends one run's outbox records to the store: metric batches, model versions, the end status."""
 
-    def __init__(self, client, run_id: str):
-        self.client = client
+    def __init__(self, client, run_id: str, stopping: threading.Event | None = None):
+        from vit_exp.tracking.retries import Patience, with_patience
+
+        # A flaky server's calls are retried until the outbox stops waiting (``stopping``).
+        self.client = with_patience(client, Patience(stop=stopping))
         self.run_id = run_id
         self._writers: dict[str, object] = {}  # a pyfunc writer per model-inputs folder
         self._models_made: set[str] = set()  # registered models known to exist
@@ -279,5 +286,6 @@ class RunSender:
                 version,
             )
         elif kind == "end":
-            self.client.set_terminated(self.run_id, status=record["status"])
-            log.info("mlflow: run %s ended %s", self.run_id, record["status"])
+            from vit_exp.tracking.runs import end_run
+
+            end_run(self.client, self.run_id, record["status"], record.get("error"))

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vit_exp.errors import ConfigError, check_field_types, positive_int
+from vit_exp.tracking.retries import create_once
 from vit_exp.tracking.store import already_exists
 
 PYFUNC_MODEL_FILE = Path(__file__).with_name("pyfunc_model.py")
@@ -214,7 +215,26 @@ class PyfuncModelWriter:
             shutil.copytree(work / "model", staged)
             link_or_copy(checkpoint, staged / "artifacts" / checkpoint.name)
             mlmodel.save(str(staged / "MLmodel"))
-            client.log_model_artifacts(model.model_id, str(staged))
+            upload_files(client, model.model_id, staged)
+
+
+def upload_files(client, model_id: str, folder: Path) -> None:
+    """Upload ``folder``'s files as the model's artifacts, ``MLmodel`` last (a model directory with
+    MLmodel is whole). Each file is its own upload, retried on its own over a flaky network (an upload
+    of the whole folder would start again from its first file at every failure), ``UPLOADS`` at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def upload(path: Path) -> None:
+        parent = path.parent.relative_to(folder).as_posix()
+        client.log_model_artifact(model_id, str(path), None if parent == "." else parent)
+
+    files = sorted(f for f in folder.rglob("*") if f.is_file() and f.name != "MLmodel")
+    with ThreadPoolExecutor(UPLOADS, thread_name_prefix="mlflow-upload") as pool:
+        list(pool.map(upload, files))  # raises the first failure, once every upload has ended
+    upload(folder / "MLmodel")
+
+
+UPLOADS = 4  # files uploaded at once (a version is ~70 small files and its checkpoint)
 
 
 def local_folder(location: str) -> Path | None:
@@ -291,8 +311,12 @@ def register_version(
     The model (named after the checkpoint) is an output of the run at its step, with the run's
     val metrics of that step linked to it, and the registered version's source is
     ``models:/<model_id>``. Its files are written directly rather than with ``log_model``, which
-    would load and run every version once to validate its input example. With ``check_existing``,
-    a record sent before (a replay after a crash) finds its model and version and makes no second.
+    would load and run every version once to validate its input example.
+
+    Exactly once: a checkpoint's identity is (run, model name) for its LoggedModel and (registered
+    name, run, ``models:/<model_id>``) for its version. Each create is looked up before it is sent
+    again (``create_once``); with ``check_existing`` (a replay after a crash, a resume, a sync) they
+    are looked up first. A model left PENDING (cut short mid-write) is completed, not made twice.
     """
     from mlflow.entities import LoggedModelStatus
 
@@ -303,28 +327,38 @@ def register_version(
     if ensure_model:
         ensure_registered_model(client, name)
     model = _existing_model(client, run, checkpoint) if check_existing else None
-    if model is not None:
-        for existing in client.search_model_versions(f"name='{name}' and run_id='{run.run_id}'"):
-            if existing.source == f"models:/{model.model_id}":
-                return str(existing.version)
-    else:
-        model = client.create_logged_model(
-            run.experiment_id,
-            name=_model_name(checkpoint),
-            source_run_id=run.run_id,
-            tags={"checkpoint": checkpoint.name, "global_step": str(step)},
-            model_type=MODEL_TYPE,
+    completing = model is not None  # a PENDING one may be an output of the run already
+    if model is None:
+        model = create_once(
+            client,
+            lambda: client.create_logged_model(
+                run.experiment_id,
+                name=_model_name(checkpoint),
+                source_run_id=run.run_id,
+                tags={"checkpoint": checkpoint.name, "global_step": str(step)},
+                model_type=MODEL_TYPE,
+            ),
+            lambda: _existing_model(client, run, checkpoint),
+            f"the LoggedModel of {checkpoint.name}",
         )
+    if not _is_ready(model):
         writer.write(client, model, checkpoint, step, run.run_id, bool(record.get("network_only")))
-        _link_to_run(client, run.run_id, model.model_id, step, record["tags"])
+        _link_to_run(client, run.run_id, model.model_id, step, record["tags"], completing)
         client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)  # READY: whole and linked
-    version = client.create_model_version(
-        name,
-        source=f"models:/{model.model_id}",
-        run_id=run.run_id,
-        tags=record["tags"],
-        model_id=model.model_id,
-    )
+    version = _existing_version(client, name, run.run_id, model.model_id) if check_existing else None
+    if version is None:
+        version = create_once(
+            client,
+            lambda: client.create_model_version(
+                name,
+                source=f"models:/{model.model_id}",
+                run_id=run.run_id,
+                tags=record["tags"],
+                model_id=model.model_id,
+            ),
+            lambda: _existing_version(client, name, run.run_id, model.model_id),
+            f"the version of {checkpoint.name}",
+        )
     _list_version_on_model(client, model.model_id, name, str(version.version))
     return str(version.version)
 
@@ -333,28 +367,47 @@ def _model_name(checkpoint: Path) -> str:
     return checkpoint.name[: -len(".ckpt")].replace(".", "_")
 
 
-def _existing_model(client, run, checkpoint: Path):
-    """The READY LoggedModel of ``checkpoint`` in ``run`` (None when there is none). One left
-    PENDING by a crash mid-write is marked FAILED: a new one takes its place."""
+def _is_ready(model) -> bool:
     from mlflow.entities import LoggedModelStatus
 
+    return str(model.status) in ("READY", str(LoggedModelStatus.READY))
+
+
+def _existing_model(client, run, checkpoint: Path):
+    """The LoggedModel of ``checkpoint`` in ``run``: a READY one, else one PENDING (its write was
+    cut short: it is completed); None when there is neither."""
     found = client.search_logged_models(
         [run.experiment_id],
         filter_string=f"source_run_id = '{run.run_id}' AND name = '{_model_name(checkpoint)}'",
     )
-    for model in found:
-        if str(model.status) in ("READY", str(LoggedModelStatus.READY)):
-            return model
-        client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
+    ready = [m for m in found if _is_ready(m)]
+    pending = [m for m in found if str(m.status).endswith("PENDING")]
+    return (ready or pending or [None])[0]
+
+
+def _existing_version(client, name: str, run_id: str, model_id: str):
+    """The version of registered model ``name`` made from LoggedModel ``model_id`` (None when none)."""
+    for version in client.search_model_versions(f"name='{name}' and run_id='{run_id}'"):
+        if version.source == f"models:/{model_id}":
+            return version
     return None
 
 
-def _link_to_run(client, run_id: str, model_id: str, step: int, tags: Mapping[str, str]) -> None:
+def _link_to_run(
+    client, run_id: str, model_id: str, step: int, tags: Mapping[str, str], may_exist: bool = False
+) -> None:
     """The model is an output of the run at ``step``; the run's val metrics of that step are its
-    metrics (the same points again, so the run's history gains none), on the val dataset."""
+    metrics (the same points again, so the run's history gains none), on the val dataset.
+    ``may_exist``: the model may be an output already (a write cut short is being completed)."""
     from mlflow.entities import LoggedModelOutput, Metric
 
-    client.log_outputs(run_id, [LoggedModelOutput(model_id, step)])
+    if not (may_exist and _is_output(client, run_id, model_id)):
+        create_once(
+            client,
+            lambda: client.log_outputs(run_id, [LoggedModelOutput(model_id, step)]),
+            lambda: _is_output(client, run_id, model_id) or None,
+            f"the output {model_id} of run {run_id}",
+        )
     dataset = {}
     if tags.get("data.name") and tags.get("data.val_digest"):
         dataset = {"dataset_name": tags["data.name"], "dataset_digest": tags["data.val_digest"]}
@@ -366,6 +419,11 @@ def _link_to_run(client, run_id: str, model_id: str, step: int, tags: Mapping[st
     ]
     if metrics:
         client.log_batch(run_id, metrics=metrics, synchronous=True)
+
+
+def _is_output(client, run_id: str, model_id: str) -> bool:
+    outputs = client.get_run(run_id).outputs
+    return any(o.model_id == model_id for o in (outputs.model_outputs if outputs else []))
 
 
 def _list_version_on_model(client, model_id: str, name: str, version: str) -> None:

@@ -333,7 +333,9 @@ def _send_earlier_records(client, run_id: str, run_dir: Path) -> None:
     folder = run_dir / OUTBOX_DIR
     if not folder.is_dir() or len(load_records(folder)) <= sent_count(folder):
         return
-    left = Outbox(folder, RunSender(client, run_id), background=False).send_pending()
+    outbox = Outbox(folder, RunSender(client, run_id), background=False)
+    left = outbox.send_pending()
+    outbox.close()
     if left:
         raise RegistryError(
             f"resume: {left} record(s) of an earlier attempt of run {run_id} in {folder} could not be "

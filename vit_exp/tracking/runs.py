@@ -19,7 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from vit_exp.config import PROJECT_ROOT
 from vit_exp.credentials import mask
-from vit_exp.errors import ConfigError, check_field_types, positive_int
+from vit_exp.errors import ConfigError, check_field_types, failure_message, positive_int
+from vit_exp.tracking.retries import Patience, create_once, with_patience
 from vit_exp.tracking.store import experiment_id, use_store
 
 log = logging.getLogger("vit_exp.tracking")
@@ -157,13 +158,14 @@ def tracked_run(
     tags: Mapping[str, str],
     sweep_dir: Path | None = None,
     run_dir: Path | None = None,
-    finish: Callable[[str, str], None] | None = None,
+    finish: Callable[[str, str, str | None], None] | None = None,
     reopen_run_id: str | None = None,
 ) -> Iterator[object]:
     """Create an MLflow run (a child when a sweep parent exists) and always end it with a status.
 
     ``reopen_run_id``: continue that run instead (status back to RUNNING, ``tags`` added).
-    ``finish(run_id, status)`` ends it (default: at once; a training run sends it through its outbox).
+    ``finish(run_id, status, error)`` ends it (default: at once; a training run sends it through its
+    outbox); a failed run carries its one-line error as the tag ``vit_exp.error``.
     """
     client = use_store(settings.tracking_uri)
     if reopen_run_id is not None:
@@ -181,22 +183,32 @@ def tracked_run(
         settings.experiment,
         mask(settings.tracking_uri),
     )
-    status = "FINISHED"
+    status, error = "FINISHED", None
     try:
         yield run
     except KeyboardInterrupt:
         status = "KILLED"
         raise
-    except BaseException:
-        status = "FAILED"
+    except BaseException as exc:
+        status, error = "FAILED", failure_message(exc)
         _log_traceback(client, run_id, run_dir)
         raise
     finally:
         if finish is None:
-            client.set_terminated(run_id, status=status)
-            log.info("mlflow: run %s ended %s", run_id, status)
+            end_run(client, run_id, status, error)
         else:
-            finish(run_id, status)
+            finish(run_id, status, error)
+
+
+ERROR_TAG = "vit_exp.error"  # a failed run's one-line error (as the console printed it)
+
+
+def end_run(client, run_id: str, status: str, error: str | None = None) -> None:
+    """End the run with ``status``; a failed one first gets its one-line ``error`` as a tag."""
+    if error:
+        client.set_tag(run_id, ERROR_TAG, error[:MAX_PARAM_LENGTH])
+    client.set_terminated(run_id, status=status)
+    log.info("mlflow: run %s ended %s", run_id, status)
 
 
 def _create_run(client, settings: MlflowSettings, run_name: str, tags, sweep_dir, run_dir):
@@ -208,7 +220,27 @@ def _create_run(client, settings: MlflowSettings, run_name: str, tags, sweep_dir
     all_tags = resolve_tags({**tags, MLFLOW_RUN_NAME: name})
     if parent := sweep_parent_run_id(sweep_dir, run_dir):
         all_tags[MLFLOW_PARENT_RUN_ID] = parent
-    return client.create_run(experiment, tags=all_tags, run_name=name)
+    return create_run_once(client, experiment, name, all_tags)
+
+
+RUN_KEY_TAG = "vit_exp.run_key"  # a run's identity, made before it exists: found again, not made twice
+
+
+def create_run_once(client, experiment: str, run_name: str, tags: Mapping[str, str]):
+    """``client.create_run``, exactly once also when the server's answer is lost (``create_once``):
+    the run is tagged with a new key and looked up by it before it is created again."""
+    import uuid
+
+    key = uuid.uuid4().hex
+    tags = {**tags, RUN_KEY_TAG: key}
+
+    def find():
+        found = client.search_runs([experiment], f"tags.`{RUN_KEY_TAG}` = '{key}'", max_results=1)
+        return found[0] if found else None
+
+    return create_once(
+        client, lambda: client.create_run(experiment, tags=tags, run_name=run_name), find, f"run '{run_name}'"
+    )
 
 
 def _log_traceback(client, run_id: str, run_dir: Path | None) -> None:
@@ -217,7 +249,9 @@ def _log_traceback(client, run_id: str, run_dir: Path | None) -> None:
         if run_dir is not None:
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "traceback.txt").write_text(text)
-        client.log_text(run_id, text, "traceback.txt")
+        with_patience(client, Patience(10.0)).log_text(
+            run_id, text, "traceback.txt"
+        )  # a server away: the file stays here
     except Exception as exc:  # the run must still end FAILED
         log.warning("mlflow: could not log the traceback (%s)", mask(str(exc)))
 

@@ -19,12 +19,16 @@ DRIVER_PACKAGES = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary", 
 def use_store(tracking_uri: str):
     """Point MLflow's tracking and registry at ``tracking_uri`` and check it answers; return a client.
 
-    The first use in a process asks the store once, without retries: a store that does not answer
-    is a ConfigError within seconds, naming the URI (masked) and what to do. Credentials in the URI
-    go to MLflow as ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD`` (see credentials.py).
+    The first use in a process asks the store: a store that gives no answer for ``DOWN_AFTER_S``
+    is a ConfigError within seconds, naming the URI (masked) and what to do. A tracking server's
+    client retries every call that fails transiently (``retries.RetryingClient``): once it has
+    answered, a server that fails now and then is flaky, not down. Credentials in the URI go to
+    MLflow as ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD`` (see credentials.py).
     MLflow's INFO lines and urllib3's retry warnings stay off our console.
     """
     import mlflow
+
+    from vit_exp.tracking.retries import RetryingClient, turn_off_mlflow_retries
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # importing mlflow sets it to INFO
     logging.getLogger("urllib3").setLevel(logging.ERROR)
@@ -35,20 +39,32 @@ def use_store(tracking_uri: str):
         os.environ["MLFLOW_TRACKING_PASSWORD"] = password
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    if uri in _answered:
-        return mlflow.MlflowClient()
-    try:
-        client = _open(uri)
-    except Exception as exc:
-        raise ConfigError(f"mlflow.tracking_uri={mask(tracking_uri)}: {_why_unusable(exc)}") from None
-    _answered.add(uri)
-    return client
+    remote = is_server(uri)
+    if remote:
+        turn_off_mlflow_retries()
+    if uri not in _answered:
+        try:
+            _open(uri)
+        except Exception as exc:
+            raise ConfigError(f"mlflow.tracking_uri={mask(tracking_uri)}: {_why_unusable(exc)}") from None
+        _answered.add(uri)
+    client = mlflow.MlflowClient()
+    return RetryingClient(client) if remote else client
+
+
+def is_server(uri: str) -> bool:
+    """Whether ``uri`` is a tracking server (reached over the network) rather than a local store."""
+    from urllib.parse import urlparse
+
+    return urlparse(uri).scheme in ("http", "https")
 
 
 _answered: set[str] = set()  # stores this process has reached once
+DOWN_AFTER_S = 10.0  # a server with no answer at all for this long at start is down, not flaky
+PROBE_TIMEOUT_S = 4.0
 
 
-def _open(uri: str):
+def _open(uri: str) -> None:
     import mlflow
 
     if uri.startswith(SQLITE_PREFIX):
@@ -58,29 +74,45 @@ def _open(uri: str):
             # MLflow creates or migrates the schema, unguarded, when a process first opens a store:
             # two processes doing it at once break it. Open both stores one process at a time
             # (MLflow keeps them open for the rest of the process).
-            client = mlflow.MlflowClient()
-            client.search_registered_models(max_results=1)
-        return client
-    with _single_try():
-        client = mlflow.MlflowClient()
-        client.search_experiments(max_results=1)
-    return client
+            mlflow.MlflowClient().search_registered_models(max_results=1)
+        return
+    _probe(mlflow.MlflowClient())
+
+
+def _probe(client) -> None:
+    """Ask the server once, again after a transient failure, until it answers or ``DOWN_AFTER_S`` passes."""
+    import time
+
+    from vit_exp.tracking.retries import Patience, is_transient
+
+    deadline = time.monotonic() + DOWN_AFTER_S
+    waits = Patience(DOWN_AFTER_S).waits()
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            with _request_timeout(max(1.0, min(PROBE_TIMEOUT_S, left))):
+                client.search_experiments(max_results=1)
+            return
+        except Exception as exc:
+            wait = next(waits, None) if is_transient(exc) else None
+            if wait is None or time.monotonic() + wait >= deadline:
+                raise
+            time.sleep(wait)
 
 
 @contextlib.contextmanager
-def _single_try() -> Iterator[None]:
-    """MLflow's HTTP requests without retries and with a short timeout, for the block."""
-    keys = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "8"}
-    saved = {key: os.environ.get(key) for key in keys}
-    os.environ.update(keys)
+def _request_timeout(seconds: float) -> Iterator[None]:
+    """MLflow's HTTP answer timeout for the block (the start-up probe runs before other threads)."""
+    key = "MLFLOW_HTTP_REQUEST_TIMEOUT"
+    saved = os.environ.get(key)
+    os.environ[key] = f"{seconds:.0f}"
     try:
         yield
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        if saved is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = saved
 
 
 def _why_unusable(exc: Exception) -> str:

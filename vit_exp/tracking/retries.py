@@ -1,0 +1,167 @@
+"""Talking to a tracking server over a network that is flaky: what to retry, and how to create once.
+
+A request can fail three ways that look alike to the client: refused before the server saw it, applied
+but its answer lost, or still running past the client's timeout. Reads and writes that name what they
+change (tags, params, metrics with their timestamp, artifacts, a run's status) are idempotent: they
+are simply sent again. A write that creates something without a key of its own (a run, a LoggedModel,
+a model version, a run's model output) is sent once; when its answer is lost, the thing is looked up
+by its identity before it is created again (``create_once``). MLflow's own HTTP retries would resend
+such a write blindly, so a process that uses a tracking server turns them off
+(``MLFLOW_HTTP_REQUEST_MAX_RETRIES=0``) and retries here instead.
+
+Transient failures are told by type and status, never by message: a connection refused, reset or
+timed out, and HTTP 429 / 5xx (``requests`` raises these as ``RetryError`` once MLflow's retries are
+off, or the store answers ``TEMPORARILY_UNAVAILABLE`` / ``REQUEST_LIMIT_EXCEEDED``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TypeVar
+
+T = TypeVar("T")
+log = logging.getLogger("vit_exp.tracking")
+
+RETRY_BUDGET_S = 120.0  # how long one call keeps retrying a flaky server before giving up
+FIRST_BACKOFF_S = 0.1
+MAX_BACKOFF_S = 4.0
+# MLflow error codes that mean "later": HTTP 429, 503, 504 (SQLite's "database is locked" too).
+TRANSIENT_CODES = frozenset(
+    {"TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED"}
+)
+# Client methods that create something with no key of its own: never resent blindly (``create_once``).
+CREATES = frozenset({"create_run", "create_logged_model", "create_model_version", "log_outputs"})
+
+
+def _chain(exc: BaseException | None) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether the store may take the same request later (network, 429/5xx, a busy database)."""
+    network: tuple[type, ...] = (ConnectionError, TimeoutError)
+    if "requests" in sys.modules:
+        from requests import exceptions as http
+
+        network += (http.ConnectionError, http.Timeout, http.RetryError, http.ChunkedEncodingError)
+    for inner in _chain(exc):
+        if isinstance(inner, network):
+            return True
+        if getattr(inner, "error_code", None) in TRANSIENT_CODES:  # an MlflowException's code name
+            return True
+    return False
+
+
+@dataclass(frozen=True)
+class Patience:
+    """How long a call keeps trying: ``budget_s`` seconds, or until ``stop`` is set (the outbox of a
+    command that is ending); waits double from ``FIRST_BACKOFF_S`` up to ``MAX_BACKOFF_S``."""
+
+    budget_s: float = RETRY_BUDGET_S
+    stop: threading.Event | None = None
+
+    def waits(self) -> Iterator[float]:
+        deadline = time.monotonic() + self.budget_s
+        wait = FIRST_BACKOFF_S
+        while (left := deadline - time.monotonic()) > 0 and not (self.stop and self.stop.is_set()):
+            yield min(wait, left)
+            wait = min(wait * 2, MAX_BACKOFF_S)
+
+    def sleep(self, seconds: float) -> None:
+        if self.stop is None:
+            time.sleep(seconds)
+        else:
+            self.stop.wait(seconds)
+
+
+NONE = Patience(0.0)  # a local store's plain client: it loses no answers
+
+
+def retrying(call: Callable[[], T], what: str, patience: Patience = Patience()) -> T:
+    """``call()``, tried again with backoff while it fails transiently (as long as ``patience`` lasts)."""
+    waits = patience.waits()
+    while True:
+        try:
+            return call()
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            wait = next(waits, None)
+            if wait is None:
+                raise
+            log.debug("mlflow: %s failed transiently (%s); again in %.2fs", what, type(exc).__name__, wait)
+            patience.sleep(wait)
+
+
+def create_once(client, create: Callable[[], T], find: Callable[[], T | None], what: str) -> T:
+    """Create something that has no unique key in the store, exactly once over a flaky network.
+
+    ``create()`` is sent once per try; when it fails transiently the server may have applied it and
+    lost the answer, so ``find()`` looks it up by its identity before the next try creates it. It
+    keeps trying as long as ``client``'s patience lasts (none for a local store).
+    """
+    patience = client.patience if isinstance(client, RetryingClient) else NONE
+    waits = patience.waits()
+    while True:
+        try:
+            return create()
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            wait = next(waits, None)
+            if wait is None:
+                raise
+            log.debug("mlflow: %s: no answer (%s); looking it up", what, type(exc).__name__)
+        patience.sleep(wait)
+        found = retrying(find, f"finding {what}", patience)
+        if found is not None:
+            return found
+
+
+class RetryingClient:
+    """An ``MlflowClient`` whose calls are retried while the server fails transiently.
+
+    The calls in ``CREATES`` pass through once: their callers use ``create_once``.
+    """
+
+    def __init__(self, client, patience: Patience = Patience()):
+        self._client = client
+        self.patience = patience
+
+    def __getattr__(self, name: str):
+        attribute = getattr(self._client, name)
+        if not callable(attribute) or name in CREATES or name.startswith("_"):
+            return attribute
+
+        def call(*args, **kwargs):
+            return retrying(lambda: attribute(*args, **kwargs), name, self.patience)
+
+        return call
+
+    def with_patience(self, patience: Patience) -> RetryingClient:
+        """The same client, trying as long as ``patience`` says."""
+        return RetryingClient(self._client, patience)
+
+
+def with_patience(client, patience: Patience):
+    """``client`` trying as long as ``patience`` says (a local store's plain client as it is)."""
+    return client.with_patience(patience) if isinstance(client, RetryingClient) else client
+
+
+def turn_off_mlflow_retries() -> None:
+    """MLflow's HTTP client would resend a lost create (a second version); this module retries instead.
+
+    Also a 15 s answer timeout unless the environment sets one (a stalled request is sent again).
+    """
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
