@@ -60,7 +60,7 @@ def is_server(uri: str) -> bool:
 
 
 _answered: set[str] = set()  # stores this process has reached once
-DOWN_AFTER_S = 10.0  # a server with no answer at all for this long at start is down, not flaky
+DOWN_AFTER_S = 8.0  # a server with no answer at all for this long at start is down, not flaky
 PROBE_TIMEOUT_S = 4.0
 
 
