@@ -94,8 +94,22 @@ def _mask_file(path: Path) -> None:
 
 JOB_ERROR_FILE = "error.txt"  # a failed sweep job's one-line error, in its job directory
 _abort_hooks: list[Callable[[str], None]] = []
+_job_checks: list[Callable[[Any], None]] = []  # the running command's check of one job's config
 _failures: list[str] = []  # found after the jobs ran (a sweep job failed): the command exits 1
 _last_lines: list[str] = []  # a sweep job's interruption (with its resume hint), printed last
+
+
+class StopCommand(BaseException):
+    """Ends the command with ``error: <message>`` and exit 1 from a Hydra callback.
+
+    A BaseException: Hydra 1.3 turns an Exception raised in a callback into a warning and goes on.
+    """
+
+
+def job_check() -> Callable[[Any], None] | None:
+    """The running command's check of one job's composed config (raises what the job would raise
+    before it starts); None when the command has none."""
+    return _job_checks[-1] if _job_checks else None
 
 
 def fail_at_exit(message: str) -> None:
@@ -172,8 +186,13 @@ def _resume_hint(exc: KeyboardInterrupt) -> str:
     return f": {exc}; continue with: {mask(command)}"
 
 
-def make_main(config_name: str, task: Callable[[Any], Any]) -> Callable[[], None]:
+def make_main(
+    config_name: str, task: Callable[[Any], Any], check: Callable[[Any], None] | None = None
+) -> Callable[[], None]:
     """A CLI ``main()`` that runs ``task`` under Hydra with ``conf/<config_name>.yaml``.
+
+    ``check(cfg)``: what ``task`` checks of a composed config before it starts; a ``--multirun``
+    sweep runs it on its jobs' configs before it starts (``job_check``) and stops when none passes.
 
     Errors inside ``task`` and in Hydra's composition become one ``error: ...`` line and exit 1
     (an unexpected one's traceback goes to the run directory); SIGTERM is treated like Ctrl-C.
@@ -191,6 +210,7 @@ def make_main(config_name: str, task: Callable[[Any], Any]) -> Callable[[], None
         from vit_exp.train.parallel import serve_if_scheduler, worker_overrides
 
         serve_if_scheduler()  # msrun's scheduler runs this command too: it only serves the workers
+        _job_checks[:] = [check] if check is not None else []
         sys.argv += worker_overrides()
         hide_command_line_secrets()
         # MindSpore's and OpenCV's C++ log lines off the console (the environment wins): their errors
@@ -208,6 +228,10 @@ def make_main(config_name: str, task: Callable[[Any], Any]) -> Callable[[], None
             if _failures:
                 print(f"error: {mask(_failures[0])}", file=sys.stderr, flush=True)
                 sys.exit(1)
+        except StopCommand as exc:  # a sweep that cannot succeed, stopped before its first job
+            _run_abort_hooks("FAILED")
+            print(f"error: {mask(str(exc))}", file=sys.stderr, flush=True)
+            sys.exit(1)
         except (KeyboardInterrupt, SystemExit) as exc:
             if isinstance(exc, SystemExit) and exc.code in (0, None):
                 raise

@@ -229,6 +229,19 @@ def report(callbacks, plan, run, objective: str = "val/top1") -> float | None:
     return best_value(objective, epoch_values(objective, history.epochs))
 
 
+def check_job(cfg: DictConfig) -> None:
+    """What ``train`` checks first, on a sweep job's composed config (its ``hydra`` node included):
+    every settings group, and ``optimized_metric`` against the sweeper's direction. A sweep runs it
+    before it starts (see ``vit_exp.tracking.sweep``)."""
+    from omegaconf import OmegaConf
+
+    from vit_exp.tracking.job import HydraJob, TrainJob
+
+    TrainJob.from_config(cfg, HydraJob())
+    direction = OmegaConf.select(cfg, "hydra.sweeper.direction", default=None)
+    check_optimized_metric(cfg.optimized_metric, direction if isinstance(direction, str) else None)
+
+
 def sweep_direction() -> str | None:
     """The running sweep's optimization direction (None outside a sweep, or for a grid)."""
     from hydra.core.hydra_config import HydraConfig
@@ -239,7 +252,7 @@ def sweep_direction() -> str | None:
     return str(direction) if isinstance(direction, str) else None
 
 
-main = make_main("train", train)
+main = make_main("train", train, check=check_job)
 
 if __name__ == "__main__":
     main()

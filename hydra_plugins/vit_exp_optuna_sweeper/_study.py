@@ -50,6 +50,8 @@ OWNER = "vit_exp_sweeper.owner"
 BEAT = "vit_exp_sweeper.heartbeat"
 INTERRUPTED = "vit_exp_sweeper.interrupted"
 RETRY_OF = "vit_exp_sweeper.retry_of"
+ERROR = "error"  # a FAIL trial's user attr: its job's one-line error
+MAX_ERROR_LENGTH = 500
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 
 
@@ -245,6 +247,33 @@ class Heartbeat:
         self.thread.join(timeout=5)
 
 
+def _job_value(ret: Any) -> tuple[float, Exception | None]:
+    """A job's return value as a float, and its exception (NaN with it when the job raised)."""
+    try:
+        result = ret.return_value  # raises the job's exception when it failed
+        try:
+            return float(result), None
+        except (TypeError, ValueError):
+            raise TypeError(f"the task returned {result!r}: it must return a float (NaN: failed)") from None
+    except Exception as exc:
+        return math.nan, exc
+
+
+def job_error(ret: Any, exc: BaseException | None = None) -> str | None:
+    """A failed trial's one-line reason, credentials masked: the ``error.txt`` its vit-exp job wrote
+    in its directory, else the job's exception (None when neither is there)."""
+    from vit_exp.cli import JOB_ERROR_FILE
+
+    line = None
+    output_dir = OmegaConf.select(ret.hydra_cfg, "hydra.runtime.output_dir") if ret.hydra_cfg else None
+    path = Path(str(output_dir)) / JOB_ERROR_FILE if output_dir else None
+    if path is not None and path.is_file():
+        line = path.read_text().strip()
+    if not line and exc is not None:
+        line = _first_line(exc)
+    return mask(line)[:MAX_ERROR_LENGTH] if line else None
+
+
 # ------------------------------------------------------------------------------------- the sweep
 
 
@@ -412,12 +441,22 @@ class StudySweep:
 
     # -- results
 
-    def _tell(self, study: optuna.Study, trial: Any, value: float | None, heartbeat: Heartbeat) -> None:
+    def _tell(
+        self,
+        study: optuna.Study,
+        trial: Any,
+        value: float | None,
+        heartbeat: Heartbeat,
+        error: str | None = None,
+    ) -> None:
+        """Tell the trial's value (None: FAIL, keeping ``error`` as its user attr ``error``)."""
         heartbeat.trial_ids.discard(trial._trial_id)
         state = TrialState.COMPLETE if value is not None else TrialState.FAIL
         try:
             if study._storage.get_trial(trial._trial_id).state.is_finished():
                 raise UpdateFinishedTrialError("finished")
+            if value is None and error:
+                study._storage.set_trial_user_attr(trial._trial_id, ERROR, error)
             study.tell(trial, value, state=state)
             log.info("Optuna: trial %d %s", trial.number, f"value {value}" if value is not None else "FAIL")
         except UpdateFinishedTrialError:
@@ -463,20 +502,13 @@ class StudySweep:
             errors = []
             for trial, ret in zip(group, returns, strict=True):
                 pending.remove(trial)
-                try:
-                    result = ret.return_value  # raises the job's exception when it failed
-                    try:
-                        value = float(result)
-                    except (TypeError, ValueError):
-                        raise TypeError(
-                            f"the task returned {result!r}: it must return a float (NaN: failed)"
-                        ) from None
-                except Exception as exc:
+                value, exc = _job_value(ret)
+                if exc is not None:
                     log.warning("Optuna: trial %d failed: %s", trial.number, _first_line(exc))
                     errors.append(exc)
-                    value = math.nan
                 if math.isnan(value) or math.isinf(value):
-                    self._tell(study, trial, None, heartbeat)
+                    reason = job_error(ret, exc) or f"the job returned {value}"
+                    self._tell(study, trial, None, heartbeat, reason)
                 else:
                     self._tell(study, trial, value, heartbeat)
             if errors and len(errors) / len(group) > self.max_failure_rate:

@@ -2,11 +2,12 @@
 
 Each trial comes from ``study.ask()`` and runs as one Hydra job (numbered by its trial number)
 through the configured launcher, ``hydra.sweeper.n_jobs`` trials at a time; its return value is
-told to the study (NaN or an exception: FAIL). The study lives in ``hydra.sweeper.storage``
-(an SQLite file beside the MLflow store by default), so a rerun of the same command continues it
-and several sweep processes can share it. ``hydra.sweeper.n_trials`` counts the trials of the
-study, not of this command: trials COMPLETE, PRUNED or FAIL, plus the ones RUNNING elsewhere; a
-trial left RUNNING by a sweep that was killed is marked FAIL (not counted) and run again.
+told to the study (NaN or an exception: FAIL, with the job's one-line error as user attr
+``error``). The study lives in ``hydra.sweeper.storage`` (an SQLite file beside the MLflow store by
+default), so a rerun of the same command continues it and several sweep processes can share it.
+``hydra.sweeper.n_trials`` counts the trials of the study, not of this command: trials COMPLETE,
+PRUNED or FAIL, plus the ones RUNNING elsewhere; a trial left RUNNING by a sweep that was killed is
+marked FAIL (not counted) and run again.
 
 Optuna is imported only when a sweep runs (``_study.py``), so Hydra's plugin scan stays cheap.
 """

@@ -96,15 +96,39 @@ def test_two_sweeps_started_together_share_one_study(tmp_path, tracking_store):
     assert sorted(ran[0] + ran[1]) == [0, 1, 2, 3] and ran[0] and ran[1]  # both took part
 
 
-def test_a_direction_against_the_optimized_metric_fails_before_any_trial(tmp_path, tracking_store):
-    """optimized_metric=val/loss with direction=maximize: one line, no trial, the parent FAILED."""
-    proc = run_cli("vit_exp.run", *sweep_args(tmp_path, "wrong", 2, "sweep"), "optimized_metric=val/loss")
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("optimized_metric=val/loss", ["hydra.sweeper.direction=maximize", "direction=minimize"]),
+        ("trainer.epochs=three", ["trainer.epochs must be an integer, got 'three'"]),  # every trial's
+    ],
+)
+def test_a_sweep_no_trial_of_which_can_start_stops_before_any_trial(
+    tmp_path, tracking_store, override, words
+):
+    """optimized_metric=val/loss with direction=maximize, or a bad fixed value: one line, exit 1, no
+    trial, no study, no run (issue 24)."""
+    proc = run_cli("vit_exp.run", *sweep_args(tmp_path, "wrong", 2, "sweep"), override)
+    errors = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 1 and len(errors) == 1, proc.stderr[-2000:]
-    assert "hydra.sweeper.direction=maximize" in errors[0] and "direction=minimize" in errors[0]
-    assert not (tmp_path / "sweep" / "0").exists()
+    assert errors[0].startswith("error: ") and all(w in errors[0] for w in words), errors[0]
+    assert not (tmp_path / "sweep").exists()
+    assert not (tmp_path / "mlruns").exists()  # neither the MLflow store nor the study's optuna.db
+
+
+def test_a_failed_trial_keeps_its_reason_in_the_study(tmp_path, tracking_store):
+    """A trial whose job fails is FAIL in the study with the job's one-line error as user attr."""
+    storage = tracking_store.replace("mlflow.db", "optuna.db")
+    missing = tmp_path / "no-such-data"
+    args = [*sweep_args(tmp_path, "failing", 1, "sweep"), "data=image_folder", f"data.root={missing}"]
+    proc = run_cli("vit_exp.run", *args)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    line = (tmp_path / "sweep" / "0" / "error.txt").read_text().strip()
+    assert line == f"data.root: folder not found: {missing}"
+    (trial,) = study(storage, "failing").trials
+    assert trial.state.name == "FAIL" and trial.user_attrs["error"] == line
     import mlflow
 
     client = mlflow.MlflowClient(tracking_store)
     (parent,) = client.search_runs([client.get_experiment_by_name("vit-exp").experiment_id])
-    assert parent.info.status == "FAILED"
+    assert parent.data.tags["sweep.failed_jobs"] == "0" and parent.data.tags["sweep.job.0.error"] == line

@@ -1,19 +1,27 @@
 """A Hydra callback that gives every ``--multirun`` sweep one MLflow parent run.
 
+``on_multirun_start`` first checks the sweep's jobs as the command checks a job before it starts
+(``vit_exp.cli.job_check``): when no job can pass (a bad value every job receives), the command
+stops with that job's one ``error:`` line before anything is recorded.
 ``on_multirun_start`` creates the parent run (tagged with the sweep directory and overrides) and
 writes its id into the sweep directory, where each job's run finds it and becomes its child.
 The parent's params are the sweep's keys (swept choices and fixed overrides).
 ``on_multirun_end`` prints a table of the jobs (status, val/top1, a failed job's error), puts the best
-job's val metrics and run id on the parent (so sweeps compare in the runs table) and ends the
-parent FINISHED, or FAILED when a job failed, which also makes the command exit non-zero. A sweep
-that is interrupted or breaks ends its parent KILLED or FAILED (never RUNNING).
+job's val metrics and run id on the parent (so sweeps compare in the runs table), tags it with the
+failed jobs and their errors, and ends it FINISHED, or FAILED when a job failed, which also makes
+the command exit non-zero. A sweep that is interrupted or breaks ends its parent KILLED or FAILED
+(never RUNNING).
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import logging
 import math
 import time
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,9 +30,12 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from vit_exp.tracking.runs import PARENT_RUN_FILE
+from vit_exp.tracking.runs import PARENT_RUN_FILE, create_run_once
 
 log = logging.getLogger("vit_exp.tracking")
+
+MAX_CHECKED_JOBS = 256  # a sweep whose first 256 jobs all fail the check is left to run
+MAX_ERROR_TAG_LENGTH = 500
 
 
 def _settings(config: DictConfig):
@@ -90,6 +101,7 @@ class MlflowSweepCallback(Callback):
     """Parent MLflow run per sweep; a summary table of its jobs at the end."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        check_before_start(config)
         settings = _settings(config)
         if settings is None:
             return
@@ -108,6 +120,29 @@ class MlflowSweepCallback(Callback):
             run_id = _new_parent(client, experiment, config, sweep_dir, key)
         (sweep_dir / PARENT_RUN_FILE).write_text(run_id)
         call_on_abort(lambda status: end_parent_if_running(settings, run_id, status))
+
+    def on_job_end(self, config: DictConfig, job_return: Any = None, **kwargs: Any) -> None:
+        """A failed sweep job's error on the parent run at once (``sweep.failed_jobs`` comes at the end)."""
+        from hydra.types import RunMode
+
+        from vit_exp.cli import JOB_ERROR_FILE
+
+        error = Path(str(config.hydra.runtime.output_dir)) / JOB_ERROR_FILE
+        parent = Path(str(config.hydra.sweep.dir)) / PARENT_RUN_FILE
+        if config.hydra.mode != RunMode.MULTIRUN or not error.is_file() or not parent.is_file():
+            return
+        try:
+            settings = _settings(config)
+            if settings is not None:
+                tag_job_error(settings, parent.read_text().strip(), config.hydra.job.num, error.read_text())
+        except Exception as exc:  # on_multirun_end tags it again
+            from vit_exp.credentials import mask
+
+            log.warning(
+                "mlflow: cannot put job %s's error on the sweep's parent run: %s",
+                config.hydra.job.num,
+                mask(str(exc)),
+            )
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         settings = _settings(config)
@@ -134,6 +169,7 @@ class MlflowSweepCallback(Callback):
                 best.job.run.info.run_id,
             )
         failed = [job for job in jobs if job.status != "FINISHED"]
+        record_failed_jobs(client, parent, failed)
         end_parent_if_running(settings, parent.info.run_id, "FAILED" if failed else "FINISHED")
         if failed:
             from vit_exp.cli import fail_at_exit
@@ -143,6 +179,144 @@ class MlflowSweepCallback(Callback):
                 f"{len(failed)} of {len(jobs)} sweep job(s) did not finish; job {first.num} "
                 f"({first.overrides}): {first.error or first.status}"
             )
+
+
+def check_before_start(config: DictConfig) -> None:
+    """Stop the command (``error: ...``, exit 1, no run recorded) when no job of the sweep can pass
+    the command's own first check: a bad value every job receives (a fixed override, the sweep
+    file's value, ``optimized_metric``, an Optuna direction against it), or a swept key none of
+    whose values is good. A value bad for some jobs only is left to those jobs."""
+    from vit_exp.cli import StopCommand, job_check
+
+    check = job_check()
+    if check is None:
+        return
+    errors: list[str] = []
+    for num, overrides in enumerate(candidate_jobs(config)):
+        if num == MAX_CHECKED_JOBS:
+            return  # too many to tell: left to the jobs
+        error = job_error(config, num, overrides, check)
+        if error is None:
+            return
+        errors.append(error)
+    if errors:  # the error most jobs share (the first job's on a tie) names what to fix first
+        raise StopCommand(Counter(errors).most_common(1)[0][0])
+
+
+def candidate_jobs(config: DictConfig) -> Iterator[list[str]]:
+    """The override lists of jobs the sweep may run, in the basic sweeper's order: every job of a
+    grid; for an ``interval(a, b)`` (an Optuna range) its two ends. No job when the overrides cannot
+    be read here (the sweeper reports them)."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    params = config.hydra.sweeper.get("params")
+    params = OmegaConf.to_container(params, resolve=False) if params else {}
+    lines = [f"{k}={v}" for k, v in params.items()]  # as written: ${...} is the job's to resolve
+    lines += OmegaConf.to_container(config.hydra.overrides.task, resolve=False)  # the command line wins
+    choices: dict[str, list[str]] = {}
+    try:
+        parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
+        for override in parser.parse_overrides(lines):
+            choices[override.get_key_element()] = _choices(override)
+    except Exception:
+        return
+    for job in itertools.product(*choices.values()):
+        yield list(job)
+
+
+def _choices(override) -> list[str]:
+    """The ``key=value`` lines one override gives its jobs (a range's two ends for an interval)."""
+    if not override.is_sweep_override():
+        return [override.input_line]
+    key = override.get_key_element()
+    if override.is_interval_sweep():
+        value = override.value()
+        return [f"{key}={value.start!r}", f"{key}={value.end!r}"]
+    return [f"{key}={value}" for value in override.sweep_string_iterator()]
+
+
+def job_error(config: DictConfig, num: int, overrides: list[str], check: Callable[[Any], None]) -> str | None:
+    """The one-line error of job ``num`` (with ``overrides``) before it starts: its composition or
+    ``check`` failing with an error the user can fix; None when it passes (or fails otherwise,
+    which the job itself reports)."""
+    from vit_exp.cli import composition_error
+    from vit_exp.errors import failure_message, user_message
+
+    try:
+        job = job_config(config, num, overrides)
+    except Exception as exc:
+        return composition_error(exc)
+    try:
+        with as_hydra_config(job):  # ${hydra:...} resolves as in the job
+            check(job)
+    except Exception as exc:
+        return failure_message(exc) if user_message(exc) is not None else None
+    return None
+
+
+def job_config(config: DictConfig, num: int, overrides: list[str]) -> DictConfig:
+    """Job ``num``'s config as Hydra's launcher makes it: composed, numbered, its directory set."""
+    import os
+
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import open_dict
+
+    job = GlobalHydra.instance().config_loader().load_sweep_config(config, overrides)
+    with open_dict(job):
+        job.hydra.job.id = job.hydra.job.num = num
+        folder = os.path.join(str(job.hydra.sweep.dir), str(job.hydra.sweep.subdir))
+        job.hydra.runtime.output_dir = os.path.abspath(folder)
+    return job
+
+
+@contextlib.contextmanager
+def as_hydra_config(job: DictConfig) -> Iterator[None]:
+    """Hydra's global config is ``job``'s meanwhile (as while the job runs), then as it was."""
+    from hydra.core.hydra_config import HydraConfig
+
+    instance = HydraConfig.instance()
+    previous = instance.cfg
+    instance.set_config(job)
+    try:
+        yield
+    finally:
+        instance.cfg = previous
+
+
+def record_failed_jobs(client, parent, failed: list[SweepJob]) -> None:
+    """Tag the parent run with the jobs that did not finish (``sweep.failed_jobs``: ``0,2``) and each
+    one's one-line error (``sweep.job.<n>.error``); a continued sweep's earlier ones are removed."""
+    from mlflow.entities import RunTag
+
+    tags = dict(job_error_tag(job.num, job.error or f"ended {job.status}") for job in failed)
+    if failed:
+        tags["sweep.failed_jobs"] = ",".join(str(job.num) for job in failed)
+    for key in parent.data.tags:
+        if key not in tags and (key == "sweep.failed_jobs" or _is_job_error_tag(key)):
+            client.delete_tag(parent.info.run_id, key)
+    if tags:
+        client.log_batch(parent.info.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+
+
+def _is_job_error_tag(key: str) -> bool:
+    return key.startswith("sweep.job.") and key.endswith(".error")
+
+
+def job_error_tag(num: int, error: str) -> tuple[str, str]:
+    """The parent run's tag for job ``num``'s error: its first line, credentials masked, shortened."""
+    from vit_exp.credentials import mask
+    from vit_exp.errors import first_line
+
+    return f"sweep.job.{num}.error", mask(first_line(error))[:MAX_ERROR_TAG_LENGTH]
+
+
+def tag_job_error(settings, parent_id: str, num: int, error: str) -> None:
+    """Put job ``num``'s error on the sweep's parent run as soon as the job has ended."""
+    from vit_exp.tracking.store import use_store
+
+    use_store(settings.tracking_uri).set_tag(parent_id, *job_error_tag(num, error))
 
 
 def sweep_key(config: DictConfig) -> str:
@@ -188,18 +362,15 @@ def _new_parent(client, experiment: str, config: DictConfig, sweep_dir: Path, ke
     sweeper = str(config.hydra.sweeper.get("_target_", "")).rsplit(".", 1)[-1]
     what = "-".join(str(config[g].name) for g in ("model", "data") if g in config and "name" in config[g])
     name = f"sweep {what or config.get('task_name', '')} {overrides}"[:250]
-    run = client.create_run(
-        experiment,
-        run_name=name,
-        tags={
-            MLFLOW_RUN_NAME: name,
-            "hydra.sweep.dir": str(sweep_dir),
-            "hydra.sweep.overrides": overrides,
-            "hydra.sweeper": sweeper,
-            "vit_exp.role": "sweep",
-            "vit_exp.sweep_key": key,
-        },
-    )
+    tags = {
+        MLFLOW_RUN_NAME: name,
+        "hydra.sweep.dir": str(sweep_dir),
+        "hydra.sweep.overrides": overrides,
+        "hydra.sweeper": sweeper,
+        "vit_exp.role": "sweep",
+        "vit_exp.sweep_key": key,
+    }
+    run = create_run_once(client, experiment, name, tags)
     client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in sweep_params(config).items()])
     log.info("mlflow: sweep parent run %s (%s)", run.info.run_id, name)
     return run.info.run_id
