@@ -18,10 +18,10 @@ def _cli_environment() -> dict:
 
 
 def run_cli(
-    module: str, *args: str, cwd: Path | None = None, timeout: int = 600
+    module: str, *args: str, cwd: Path | None = None, timeout: int = 600, env: dict | None = None
 ) -> subprocess.CompletedProcess:
-    """Run ``python -m <module> args`` in a fresh process, as a user would."""
-    env = _cli_environment()
+    """Run ``python -m <module> args`` in a fresh process, as a user would (``env``: variables to add)."""
+    env = _cli_environment() | (env or {})
     return subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=str(cwd or PROJECT_ROOT),
@@ -69,9 +69,11 @@ def wait_for_http(url: str, process: subprocess.Popen, log: Path, timeout: float
     pytest.fail(f"{url} did not answer within {timeout:.0f}s: {log.read_text()[-3000:]}")
 
 
-def start_cli(module: str, *args: str, log: Path, cwd: Path | None = None) -> subprocess.Popen:
-    """Start ``python -m <module> args`` in the background, output to ``log``."""
-    env = _cli_environment()
+def start_cli(
+    module: str, *args: str, log: Path, cwd: Path | None = None, env: dict | None = None
+) -> subprocess.Popen:
+    """Start ``python -m <module> args`` in the background, output to ``log`` (``env``: variables to add)."""
+    env = _cli_environment() | (env or {})
     with log.open("w") as out:
         return subprocess.Popen(
             [sys.executable, "-m", module, *args],

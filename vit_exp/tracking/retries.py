@@ -165,3 +165,5 @@ def turn_off_mlflow_retries() -> None:
     """
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
+    # Ending a run would also print "View run ..." links (our summary prints them) and ask the server again.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
