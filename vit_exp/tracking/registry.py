@@ -16,6 +16,16 @@ from vit_exp.tracking.store import already_exists
 
 PYFUNC_MODEL_FILE = Path(__file__).with_name("pyfunc_model.py")
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
+# What pyfunc_model.py imports of vit_exp, and what that imports: all a version ships of the package
+# (20 files instead of its 65: each is one upload per version to a tracking server).
+INFERENCE_CODE = (
+    "__init__.py",
+    "errors.py",
+    "credentials.py",
+    "data/__init__.py",
+    "data/images.py",
+    "models",
+)
 POLICIES = ("every", "best", "last", "none")
 EXAMPLE_IMAGE = "input_example.image"  # the encoded bytes of one validation image
 
@@ -139,8 +149,8 @@ class PyfuncModelWriter:
 
         self._workdir = tempfile.TemporaryDirectory(prefix="vit_exp_pyfunc_")  # removed with the writer
         work = Path(self._workdir.name)
-        code = work / "code" / PACKAGE_DIR.name  # the package without __pycache__
-        shutil.copytree(PACKAGE_DIR, code, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        code = work / "code" / PACKAGE_DIR.name
+        copy_inference_code(code)
         template = work / "model"
         placeholder = work / "placeholder" / "checkpoint.ckpt"  # each version adds its own checkpoint
         placeholder.parent.mkdir()
@@ -235,6 +245,17 @@ def upload_files(client, model_id: str, folder: Path) -> None:
 
 
 UPLOADS = 4  # files uploaded at once (a version is ~70 small files and its checkpoint)
+
+
+def copy_inference_code(target: Path) -> None:
+    """Copy the ``INFERENCE_CODE`` of the package into ``target`` (without ``__pycache__``)."""
+    for name in INFERENCE_CODE:
+        source, copy = PACKAGE_DIR / name, target / name
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, copy, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy2(source, copy)
 
 
 def local_folder(location: str) -> Path | None:

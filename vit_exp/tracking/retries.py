@@ -29,7 +29,7 @@ T = TypeVar("T")
 log = logging.getLogger("vit_exp.tracking")
 
 RETRY_BUDGET_S = 120.0  # how long one call keeps retrying a flaky server before giving up
-FIRST_BACKOFF_S = 0.1
+FIRST_BACKOFF_S = 0.02  # a lost answer is usually followed by one that arrives: try again soon
 MAX_BACKOFF_S = 4.0
 # MLflow error codes that mean "later": HTTP 429, 503, 504 (SQLite's "database is locked" too).
 TRANSIENT_CODES = frozenset(
