@@ -120,7 +120,7 @@ def loop_ips(step_parts, store: Path, steps: int, with_mlflow: bool) -> float:
     from vit_exp.tracking.metric_logger import MlflowMetricLogger
     from vit_exp.train.callbacks import TrainHistory
     from vit_exp.train.loop import run_training
-    from vit_exp.train.trainer import TrainPlan
+    from vit_exp.train.plan import TrainPlan
 
     _, lr_values, step, images, labels = step_parts
     history = TrainHistory(64, lr_values)

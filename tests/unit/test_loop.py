@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tests.helpers.models import tiny_vit
-from vit_exp.train.trainer import TrainPlan
+from vit_exp.train.plan import TrainPlan
 
 
 def _setup(num_images=24, batch=8):

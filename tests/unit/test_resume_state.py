@@ -10,7 +10,7 @@ import pytest
 from tests.helpers.data import write_image_folder
 from tests.helpers.models import tiny_vit
 from tests.unit.test_loop import Recorder, _setup, epochs_of
-from vit_exp.train.trainer import TrainPlan
+from vit_exp.train.plan import TrainPlan
 
 
 def _train_network(num_classes: int = 3):

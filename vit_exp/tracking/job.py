@@ -29,7 +29,8 @@ if TYPE_CHECKING:
     from vit_exp.train.callbacks import CheckpointSaver, ConsoleProgress, TrainHistory
     from vit_exp.train.optim import OptimizerSettings
     from vit_exp.train.parallel import DataParallel
-    from vit_exp.train.trainer import TrainPlan, TrainSettings
+    from vit_exp.train.plan import TrainPlan
+    from vit_exp.train.trainer import TrainSettings
 
 log = logging.getLogger("vit_exp.tracking")
 

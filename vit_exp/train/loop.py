@@ -19,7 +19,7 @@ from mindspore.train import RunContext
 from vit_exp.train.state import LoopPosition
 
 if TYPE_CHECKING:
-    from vit_exp.train.trainer import TrainPlan
+    from vit_exp.train.plan import TrainPlan
 
 
 class CallbackParams(dict):

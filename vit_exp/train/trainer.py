@@ -1,4 +1,4 @@
-"""Training: the ``trainer`` settings, the plan they make for a dataset, and ``fit``."""
+"""Training: the ``trainer`` settings, the plan they make for a dataset (``plan.TrainPlan``), and ``fit``."""
 
 from __future__ import annotations
 
@@ -9,25 +9,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from vit_exp.errors import ConfigError, check_field_types, positive_int
+from vit_exp.train.plan import TrainPlan
 
 if TYPE_CHECKING:
     from vit_exp.train.preemption import Preemption
     from vit_exp.train.state import ResumePoint
-
-
-@dataclass(frozen=True)
-class TrainPlan:
-    """How many epochs and steps a run takes, and after which epochs it validates."""
-
-    epochs: int
-    steps_per_epoch: int
-    total_steps: int
-    validation_epochs: tuple[int, ...]
-
-    @property
-    def stops_early(self) -> bool:
-        """Whether ``trainer.max_steps`` ends training before the last epoch's last step."""
-        return self.total_steps < self.epochs * self.steps_per_epoch
 
 
 @dataclass
