@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: install run ui test test-all lint format clean
+.PHONY: install run ui test test-slow test-all lint format clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"vit-exp needs Python 3.11, {sys.executable} is {sys.version.split()[0]} (set PYTHON=...)"'
@@ -26,6 +26,9 @@ ui: $(STAMP)        ## the MLflow UI on the runs of the store (prints the link t
 
 test: $(STAMP)      ## run the test suite (slow tests excluded)
 	$(BIN)/python -m pytest $(ARGS)
+
+test-slow: $(STAMP) ## the fault tier: only the tests marked slow (CI runs it after `make test`)
+	$(BIN)/python -m pytest -m slow $(ARGS)
 
 test-all: $(STAMP)  ## run every test, slow ones included
 	$(BIN)/python -m pytest -m "" $(ARGS)
