@@ -106,26 +106,21 @@ def retrying(call: Callable[[], T], what: str, patience: Patience = Patience()) 
 def create_once(client, create: Callable[[], T], find: Callable[[], T | None], what: str) -> T:
     """Create something that has no unique key in the store, exactly once over a flaky network.
 
-    ``create()`` is sent once per try; when it fails transiently the server may have applied it and
-    lost the answer, so ``find()`` looks it up by its identity before the next try creates it. It
-    keeps trying as long as ``client``'s patience lasts (none for a local store).
+    ``create()`` is sent once per try; when a try fails transiently the server may have applied it
+    and lost the answer, so every later try first looks it up by its identity (``find()``). It keeps
+    trying as long as ``client``'s patience lasts (none for a local store: it loses no answers).
     """
-    patience = client.patience if isinstance(client, RetryingClient) else NONE
-    waits = patience.waits()
-    while True:
-        try:
-            return create()
-        except Exception as exc:
-            if not is_transient(exc):
-                raise
-            wait = next(waits, None)
-            if wait is None:
-                raise
-            log.debug("mlflow: %s: no answer (%s); looking it up", what, type(exc).__name__)
-        patience.sleep(wait)
-        found = retrying(find, f"finding {what}", patience)
-        if found is not None:
+    sent = False
+
+    def attempt() -> T:
+        nonlocal sent
+        if sent and (found := find()) is not None:
             return found
+        sent = True
+        return create()
+
+    patience = client.patience if isinstance(client, RetryingClient) else NONE
+    return retrying(attempt, what, patience)
 
 
 class RetryingClient:
