@@ -249,9 +249,8 @@ def _log_traceback(client, run_id: str, run_dir: Path | None) -> None:
         if run_dir is not None:
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "traceback.txt").write_text(text)
-        with_patience(client, Patience(10.0)).log_text(
-            run_id, text, "traceback.txt"
-        )  # a server away: the file stays here
+        # Retried for 10 s at most: with the server away, the run directory keeps the file.
+        with_patience(client, Patience(10.0)).log_text(run_id, text, "traceback.txt")
     except Exception as exc:  # the run must still end FAILED
         log.warning("mlflow: could not log the traceback (%s)", mask(str(exc)))
 
