@@ -456,7 +456,7 @@ class StudySweep:
             if study._storage.get_trial(trial._trial_id).state.is_finished():
                 raise UpdateFinishedTrialError("finished")
             if value is None and error:
-                study._storage.set_trial_user_attr(trial._trial_id, ERROR, error)
+                trial.set_user_attr(ERROR, error)
             study.tell(trial, value, state=state)
             log.info("Optuna: trial %d %s", trial.number, f"value {value}" if value is not None else "FAIL")
         except UpdateFinishedTrialError:
