@@ -80,11 +80,11 @@ def full(data, epochs: int, store: Path, net, every_epoch: bool) -> tuple[float,
     from mindspore.train import Callback
 
     from vit_exp.data.pipeline import TrainBatches
-    from vit_exp.tracking.job import example_image
-    from vit_exp.tracking.metric_logger import MlflowMetricLogger
-    from vit_exp.tracking.outbox import Outbox, RunSender
-    from vit_exp.tracking.registration import CheckpointRegistration
-    from vit_exp.tracking.registry import RegistrySettings, write_model_inputs
+    from vit_exp.tracking.record.metrics import MlflowMetricLogger
+    from vit_exp.tracking.record.outbox import Outbox, RunSender
+    from vit_exp.tracking.registry import RegistrySettings
+    from vit_exp.tracking.registry.checkpoints import CheckpointRegistration
+    from vit_exp.tracking.registry.versions import write_model_inputs
     from vit_exp.tracking.store import use_store
     from vit_exp.train.callbacks import CheckpointSaver, TrainHistory
     from vit_exp.train.losses import CrossEntropySmooth
@@ -116,7 +116,7 @@ def full(data, epochs: int, store: Path, net, every_epoch: bool) -> tuple[float,
     callbacks = [history, logger, saver]
     if every_epoch:  # registry.register=every (the default)
         classes = [str(i) for i in range(10)]
-        inputs = write_model_inputs(store / "model_inputs", {"model": {}}, classes, example_image(data))
+        inputs = write_model_inputs(store / "model_inputs", {"model": {}}, classes, data.example_image())
         settings = RegistrySettings(register="every", name="bench")
         callbacks.append(
             CheckpointRegistration(

@@ -81,7 +81,7 @@ def _store(folder: Path):
 
 
 def _writer(folder: Path, net):
-    from vit_exp.tracking.registry import PyfuncModelWriter, version_config, write_model_inputs
+    from vit_exp.tracking.registry.versions import PyfuncModelWriter, version_config, write_model_inputs
 
     class Data:
         name, class_map, mean, std = "bench", "folder", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
@@ -93,7 +93,7 @@ def _writer(folder: Path, net):
 
 
 def version_seconds(versions: int, folder: Path) -> dict:
-    from vit_exp.tracking.registry import ensure_registered_model, register_version, version_record
+    from vit_exp.tracking.registry.versions import ensure_registered_model, register_version, version_record
     from vit_exp.train.state import save_training_checkpoint
 
     net, train_step = _train_network("vit_tiny", 10)
@@ -149,7 +149,7 @@ def unique_bytes(*folders: Path) -> int:
 
 
 def disk_per_version(model: str, folder: Path) -> dict:
-    from vit_exp.tracking.registry import ensure_registered_model, register_version, version_record
+    from vit_exp.tracking.registry.versions import ensure_registered_model, register_version, version_record
     from vit_exp.train.state import checkpoint_files, save_training_checkpoint
 
     net, train_step = _train_network(model, 1000)

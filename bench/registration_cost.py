@@ -130,9 +130,9 @@ def instrument(timeline: Timeline) -> None:
     from mlflow.tracking import MlflowClient
 
     from vit_exp.tracking import registry
-    from vit_exp.tracking.metric_logger import MlflowMetricLogger
-    from vit_exp.tracking.outbox import Outbox, RunSender
-    from vit_exp.tracking.registration import CheckpointRegistration
+    from vit_exp.tracking.record.metrics import MlflowMetricLogger
+    from vit_exp.tracking.record.outbox import Outbox, RunSender
+    from vit_exp.tracking.registry.checkpoints import CheckpointRegistration
     from vit_exp.train import callbacks, loop, state
 
     run_training = loop.run_training

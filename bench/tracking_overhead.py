@@ -69,7 +69,7 @@ def logger_cost(
     """
     from mindspore.train import RunContext
 
-    from vit_exp.tracking.metric_logger import MlflowMetricLogger
+    from vit_exp.tracking.record.metrics import MlflowMetricLogger
     from vit_exp.train.callbacks import TrainHistory
     from vit_exp.train.loop import CallbackParams, gc_frozen
 
@@ -102,7 +102,7 @@ def logger_cost(
 
 def local_outbox(store: Path):
     """A new run in the SQLite store under ``store``, and its outbox (sending in the caller's thread)."""
-    from vit_exp.tracking.outbox import Outbox, RunSender
+    from vit_exp.tracking.record.outbox import Outbox, RunSender
     from vit_exp.tracking.store import use_store
 
     client = use_store(f"sqlite:///{store / 'mlflow.db'}")
@@ -117,7 +117,7 @@ def _batches(images, labels, steps: int):
 
 def loop_ips(step_parts, store: Path, steps: int, with_mlflow: bool) -> float:
     """Images/s of ``run_training`` over ``steps`` pre-loaded batches, with or without the MLflow logger."""
-    from vit_exp.tracking.metric_logger import MlflowMetricLogger
+    from vit_exp.tracking.record.metrics import MlflowMetricLogger
     from vit_exp.train.callbacks import TrainHistory
     from vit_exp.train.loop import run_training
     from vit_exp.train.plan import TrainPlan

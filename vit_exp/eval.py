@@ -51,8 +51,8 @@ def evaluate(cfg: DictConfig) -> dict:
     from hydra.utils import instantiate
 
     from vit_exp.data.pipeline import val_dataset
-    from vit_exp.tracking.eval_run import log_eval_run
-    from vit_exp.tracking.resolve import load_predictor, resolve
+    from vit_exp.tracking.record.eval_run import log_eval_run
+    from vit_exp.tracking.registry.resolve import load_predictor, resolve
     from vit_exp.tracking.store import use_store
     from vit_exp.train.metrics import classification_report
 

@@ -35,7 +35,7 @@ def predict(cfg: DictConfig) -> list[dict]:
 
     from vit_exp.data.images import decode_rgb
     from vit_exp.prediction_files import annotate_image, write_predictions
-    from vit_exp.tracking.resolve import load_predictor, resolve
+    from vit_exp.tracking.registry.resolve import load_predictor, resolve
     from vit_exp.tracking.store import use_store
 
     top_k, batch_size = positive_int("top_k", cfg.top_k), positive_int("batch_size", cfg.batch_size)

@@ -16,7 +16,7 @@ log = logging.getLogger("vit_exp.promote")
 
 def promote(cfg: DictConfig) -> dict:
     """Choose a version by ``cfg.metric``, move ``cfg.alias`` to it if it wins, record why."""
-    from vit_exp.tracking.promotion import PromotionRequest, apply_decision, comparison_table, decide
+    from vit_exp.tracking.registry.promotion import PromotionRequest, apply_decision, comparison_table, decide
     from vit_exp.tracking.store import use_store
 
     client = use_store(cfg.mlflow.tracking_uri)

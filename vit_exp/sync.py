@@ -19,7 +19,7 @@ log = logging.getLogger("vit_exp.sync")
 def sync(cfg: DictConfig) -> int:
     """Send the unsent records of ``cfg.outbox``; return how many were sent."""
     from vit_exp.credentials import mask
-    from vit_exp.tracking.outbox import Outbox, RunSender, load_records
+    from vit_exp.tracking.record.outbox import Outbox, RunSender, load_records
     from vit_exp.tracking.store import use_store
 
     folder = Path(cfg.outbox).expanduser()

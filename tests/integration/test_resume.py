@@ -75,7 +75,7 @@ def resolve_in_process(uri: str, cache: Path, experiment: str, run_dir: Path, *e
     from omegaconf import open_dict
 
     from vit_exp.config import CONFIG_DIR, register_resolvers
-    from vit_exp.tracking.job import HydraJob, TrainJob
+    from vit_exp.job import HydraJob, TrainJob
     from vit_exp.tracking.resume import resolve_resume
 
     register_resolvers()

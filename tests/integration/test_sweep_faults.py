@@ -131,7 +131,9 @@ def test_a_job_that_fails_while_training_is_in_the_record(tmp_path, tracking_sto
     assert parent.info.status == "FAILED" and child.info.status == "FAILED"
     assert parent.data.tags["sweep.failed_jobs"] == "0"
     assert parent.data.tags["sweep.job.0.error"] == line
-    assert child.data.tags["vit_exp.error"] == line  # the job's own run (vit_exp/tracking/runs.py)
+    assert (
+        child.data.tags["vit_exp.error"] == line
+    )  # the job's own run (vit_exp/tracking/record/lifecycle.py)
 
 
 def test_ctrl_c_in_a_sweep_ends_the_parent_and_the_job_killed(tmp_path, tracking_store):

@@ -122,7 +122,7 @@ def test_sync_sends_what_the_outbox_kept_into_the_same_run(tmp_path, tracking_st
     arrives once, in order, the run ends as recorded; a second sync has nothing to send."""
     import mlflow
 
-    from vit_exp.tracking.outbox import Outbox
+    from vit_exp.tracking.record.outbox import Outbox
     from vit_exp.tracking.store import use_store
 
     client = use_store(tracking_store)

@@ -177,7 +177,7 @@ def test_settings_reject_bad_values_naming_the_key(compose, override, key):
 
 
 def test_mlflow_flush_interval_is_configurable(compose):
-    from vit_exp.tracking.runs import MlflowSettings
+    from vit_exp.tracking.record import MlflowSettings
 
     settings = instantiate(compose(["mlflow.flush_interval_s=2.5"]).mlflow)
     assert isinstance(settings, MlflowSettings) and settings.flush_interval_s == 2.5

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 from vit_exp.data.digest import DataIdentity, SplitDigest
-from vit_exp.tracking.lineage import log_datasets
+from vit_exp.tracking.record.lineage import log_datasets
 
 JOBS = 4
 

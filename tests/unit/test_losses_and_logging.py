@@ -32,8 +32,8 @@ def test_a_record_the_store_refuses_is_warned_about_once_and_training_goes_on(
     """The outbox sends to a real SQLite store a run that does not exist: every batch is refused."""
     from mindspore.train import RunContext
 
-    from vit_exp.tracking.metric_logger import MlflowMetricLogger
-    from vit_exp.tracking.outbox import Outbox, RunSender
+    from vit_exp.tracking.record.metrics import MlflowMetricLogger
+    from vit_exp.tracking.record.outbox import Outbox, RunSender
     from vit_exp.tracking.store import use_store
     from vit_exp.train.callbacks import TrainHistory
     from vit_exp.train.loop import CallbackParams
@@ -55,7 +55,7 @@ def test_records_wait_in_the_journal_while_the_store_is_away_and_go_later(tracki
     """A sender that fails as an absent server does keeps every record; a new outbox sends them."""
     import mlflow
 
-    from vit_exp.tracking.outbox import Outbox, RunSender, load_records
+    from vit_exp.tracking.record.outbox import Outbox, RunSender, load_records
     from vit_exp.tracking.store import use_store
 
     client = use_store(tracking_store)
@@ -80,8 +80,8 @@ def test_a_version_holds_its_checkpoint_until_stored_even_once_pruned(tmp_path):
     """A version record links its checkpoint under held/: pruning the checkpoint while the store is
     away leaves the record a whole file; the link goes once the record is stored, or at the next
     start when a killed process stored it but did not delete it."""
-    from vit_exp.tracking.outbox import HELD_DIR, Outbox
-    from vit_exp.tracking.registry import version_record
+    from vit_exp.tracking.record.outbox import HELD_DIR, Outbox
+    from vit_exp.tracking.registry.versions import version_record
 
     checkpoint = tmp_path / "ckpt" / "vit-e001-s000010.ckpt"
     checkpoint.parent.mkdir()
@@ -119,7 +119,7 @@ def test_loss_every_step_and_lr_speed_as_means_every_n_steps_and_at_epoch_end(tr
     import mlflow
     from mindspore.train import RunContext
 
-    from vit_exp.tracking.metric_logger import MlflowMetricLogger
+    from vit_exp.tracking.record.metrics import MlflowMetricLogger
     from vit_exp.train.callbacks import EpochRecord, TrainHistory
     from vit_exp.train.loop import CallbackParams
 
@@ -127,7 +127,7 @@ def test_loss_every_step_and_lr_speed_as_means_every_n_steps_and_at_epoch_end(tr
     lrs = np.linspace(1e-3, 1e-4, 30).astype(np.float32)
     history = TrainHistory(8, lrs)
     context = RunContext(CallbackParams())
-    from vit_exp.tracking.outbox import Outbox, RunSender
+    from vit_exp.tracking.record.outbox import Outbox, RunSender
     from vit_exp.tracking.store import use_store
 
     client = use_store(tracking_store)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from vit_exp.errors import RegistryError
-from vit_exp.tracking.promotion import PromotionRequest, comparison_table, decide
+from vit_exp.tracking.registry.promotion import PromotionRequest, comparison_table, decide
 
 DIGITS, IMAGENET = "d1g175d1g175aaaa", "1m4g3n3t1m4g3bbb"
 

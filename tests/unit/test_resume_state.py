@@ -349,8 +349,8 @@ def test_a_checkpoint_that_does_not_come_within_the_grace_period_ends_the_proces
 def test_a_resumed_run_registers_the_checkpoint_it_starts_from_only_if_the_policy_wanted_it(
     policy, kind, top1, registers, tmp_path
 ):
-    from vit_exp.tracking.registration import CheckpointRegistration
     from vit_exp.tracking.registry import RegistrySettings
+    from vit_exp.tracking.registry.checkpoints import CheckpointRegistration
     from vit_exp.train.callbacks import EpochRecord, SavedCheckpoint
 
     earlier = SavedCheckpoint(

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from vit_exp.errors import ConfigError
+from vit_exp.tracking.record import MlflowSettings
+from vit_exp.tracking.record.lifecycle import flatten, readable_run_name
 from vit_exp.tracking.registry import RegistrySettings
-from vit_exp.tracking.runs import MlflowSettings, flatten, readable_run_name
 from vit_exp.tracking.store import default_artifact_location
 
 
@@ -60,7 +61,7 @@ def test_registration_policy(policy, expected, tmp_path):
     from mindspore import nn
     from mindspore.train import RunContext
 
-    from vit_exp.tracking.registration import CheckpointRegistration
+    from vit_exp.tracking.registry.checkpoints import CheckpointRegistration
     from vit_exp.train.callbacks import CheckpointSaver, EpochRecord, TrainHistory
     from vit_exp.train.loop import CallbackParams
 
@@ -100,7 +101,7 @@ def test_step_checkpoints_are_queued_as_versions_while_their_files_are_there(bac
     from mindspore import nn
     from mindspore.train import RunContext
 
-    from vit_exp.tracking.registration import CheckpointRegistration
+    from vit_exp.tracking.registry.checkpoints import CheckpointRegistration
     from vit_exp.train.callbacks import CheckpointSaver, EpochRecord, TrainHistory
     from vit_exp.train.loop import CallbackParams
 

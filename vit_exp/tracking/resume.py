@@ -62,7 +62,7 @@ _STEP = re.compile(r"-s(\d+)(\.preempt)?\.ckpt$")
 def comparable_config(cfg: DictConfig, world_size: int = 1) -> dict[str, str]:
     """The flattened config (as logged in params) without the keys a resume ignores; with msrun
     data parallelism also the number of workers (it makes the global batch and the data order)."""
-    from vit_exp.tracking.runs import flatten
+    from vit_exp.tracking.record.lifecycle import flatten
 
     comparable = _without_defaults({k: v for k, v in flatten(cfg).items() if _compared(k)})
     if world_size > 1:
@@ -153,11 +153,10 @@ class NothingToDo:
 
 def resolve_resume(job, client=None) -> ResumeTarget | NothingToDo | None:
     """What ``resume=`` (``job.cfg.resume``) continues; None for a new run."""
-    value = job.cfg.get("resume")
-    if value in (None, "", "never", False):
+    if not job.resumes:
         return None
-    value = str(value)
-    now = comparable_config(job.cfg, job.workers.world_size)
+    value = str(job.cfg.resume)
+    now = job.comparable
     if client is None:
         return _untracked(value, now)
     if value == "auto":
@@ -176,7 +175,7 @@ def resolve_resume(job, client=None) -> ResumeTarget | NothingToDo | None:
 def from_checkpoint(path: Path, job) -> ResumeTarget:
     """The checkpoint ``path`` as a data-parallel worker that does not record continues from it
     (the main worker found it, in the store or on the command line)."""
-    return _untracked(str(path), comparable_config(job.cfg, job.workers.world_size))
+    return _untracked(str(path), job.comparable)
 
 
 def _untracked(value: str, now: dict) -> ResumeTarget:
@@ -216,7 +215,7 @@ def _listed(differences: list[str]) -> str:
 def _auto(job, client, now: dict) -> ResumeTarget | NothingToDo | None:
     """In a sweep: this job's run under the sweep's parent (FINISHED: skipped). Alone: the newest
     unfinished run of this config in the experiment (a finished one does not stop a new run)."""
-    from vit_exp.tracking.runs import sweep_parent_run_id
+    from vit_exp.tracking.record.lifecycle import sweep_parent_run_id
 
     parent = sweep_parent_run_id(job.hydra.sweep_dir, job.hydra.run_dir)
     query = f"tags.`{TAG_DIGEST}` = '{config_digest(now)}'"
@@ -328,7 +327,7 @@ def _continue(job, client, run, how: str, checkpoint: Path | None = None, state:
 
 def _send_earlier_records(client, run_id: str, run_dir: Path) -> None:
     """Send what an earlier attempt left in its outbox (before this attempt logs anything)."""
-    from vit_exp.tracking.outbox import OUTBOX_DIR, Outbox, RunSender, load_records, sent_count
+    from vit_exp.tracking.record.outbox import OUTBOX_DIR, Outbox, RunSender, load_records, sent_count
 
     folder = run_dir / OUTBOX_DIR
     if not folder.is_dir() or len(load_records(folder)) <= sent_count(folder):

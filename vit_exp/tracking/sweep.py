@@ -30,7 +30,7 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from vit_exp.tracking.runs import PARENT_RUN_FILE, create_run_once
+from vit_exp.tracking.record.lifecycle import PARENT_RUN_FILE, create_run_once
 
 log = logging.getLogger("vit_exp.tracking")
 
@@ -380,7 +380,7 @@ def sweep_params(config: DictConfig) -> dict[str, str]:
     """The sweep's keys as params: each swept key with its choices (``optim.lr`` -> ``1e-3,3e-3``,
     or an Optuna range), and the fixed overrides of the command line."""
     from vit_exp.credentials import mask
-    from vit_exp.tracking.runs import MAX_PARAM_LENGTH
+    from vit_exp.tracking.record.lifecycle import MAX_PARAM_LENGTH
 
     params = {}
     for override in config.hydra.overrides.task:

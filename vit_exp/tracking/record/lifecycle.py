@@ -12,14 +12,14 @@ import platform
 import subprocess
 import traceback
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from vit_exp.config import PROJECT_ROOT
 from vit_exp.credentials import mask
-from vit_exp.errors import ConfigError, check_field_types, failure_message, positive_int
+from vit_exp.errors import failure_message
+from vit_exp.tracking.record import MlflowSettings
 from vit_exp.tracking.retries import Patience, create_once, with_patience
 from vit_exp.tracking.store import experiment_id, use_store
 
@@ -27,33 +27,6 @@ log = logging.getLogger("vit_exp.tracking")
 
 PARENT_RUN_FILE = ".mlflow_parent_run_id"
 MAX_PARAM_LENGTH = 6000
-
-
-@dataclass
-class MlflowSettings:
-    """The ``mlflow`` config group."""
-
-    tracking_uri: str
-    experiment: str = "vit-exp"
-    run_name: str | None = None
-    artifact_location: str | None = None
-    enabled: bool = True
-    log_every_n_steps: int = 1
-    log_details_every_n_steps: int = 10
-    flush_interval_s: float = 10.0
-    drain_timeout_s: float = 120.0
-
-    def __post_init__(self) -> None:
-        check_field_types(self, "mlflow")
-        if not self.tracking_uri:
-            raise ConfigError(
-                "mlflow.tracking_uri must be set (e.g. sqlite:///mlruns/mlflow.db or http://host:5000)"
-            )
-        for key in ("log_every_n_steps", "log_details_every_n_steps"):
-            positive_int(f"mlflow.{key}", getattr(self, key))
-        for key in ("flush_interval_s", "drain_timeout_s"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"mlflow.{key} must be a number >= 0, got {getattr(self, key)!r}")
 
 
 def flatten(config: Mapping | DictConfig, prefix: str = "") -> dict[str, str]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from vit_exp.errors import ConfigError, RegistryError
-from vit_exp.tracking.resolve import require_registered_model
+from vit_exp.tracking.registry.resolve import require_registered_model
 
 
 @dataclass

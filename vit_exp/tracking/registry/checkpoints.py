@@ -11,7 +11,8 @@ from pathlib import Path
 
 from mindspore.train import Callback
 
-from vit_exp.tracking.registry import RegistrySettings, version_record
+from vit_exp.tracking.registry import RegistrySettings
+from vit_exp.tracking.registry.versions import version_record
 from vit_exp.train.callbacks import SavedCheckpoint
 
 

@@ -8,9 +8,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from vit_exp.tracking.plots import confusion_matrix_png
-from vit_exp.tracking.resolve import ModelRef
-from vit_exp.tracking.runs import MlflowSettings, tracked_run
+from vit_exp.tracking.record import MlflowSettings
+from vit_exp.tracking.record.lifecycle import tracked_run
+from vit_exp.tracking.record.plots import confusion_matrix_png
+from vit_exp.tracking.registry.resolve import ModelRef
 
 log = logging.getLogger("vit_exp.tracking")
 

@@ -7,15 +7,13 @@ import json
 import shutil
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
-from vit_exp.errors import ConfigError, check_field_types, positive_int
 from vit_exp.tracking.retries import create_once
 from vit_exp.tracking.store import already_exists
 
 PYFUNC_MODEL_FILE = Path(__file__).with_name("pyfunc_model.py")
-PACKAGE_DIR = Path(__file__).resolve().parent.parent
+PACKAGE_DIR = Path(__file__).resolve().parents[2]
 # What pyfunc_model.py imports of vit_exp, and what that imports: all a version ships of the package
 # (20 files instead of its 65: each is one upload per version to a tracking server).
 INFERENCE_CODE = (
@@ -26,26 +24,7 @@ INFERENCE_CODE = (
     "data/images.py",
     "models",
 )
-POLICIES = ("every", "best", "last", "none")
 EXAMPLE_IMAGE = "input_example.image"  # the encoded bytes of one validation image
-
-
-@dataclass
-class RegistrySettings:
-    """The ``registry`` config group: which checkpoints become versions of which registered model."""
-
-    register: str = "every"
-    name: str = "vit"
-    top_k: int = 5
-    step_checkpoints: bool = False
-
-    def __post_init__(self) -> None:
-        check_field_types(self, "registry")
-        if self.register not in POLICIES:
-            raise ConfigError(f"registry.register must be one of {POLICIES}, got {self.register!r}")
-        if not self.name:
-            raise ConfigError("registry.name must be a non-empty model name")
-        positive_int("registry.top_k", self.top_k)
 
 
 def pyfunc_signature(top_k: int = 5):

@@ -241,7 +241,7 @@ class RunSender:
     def prepare_versions(self, model_inputs: Path, top_k: int) -> None:
         """Make the pyfunc writer of the versions of ``model_inputs`` now, with the directory they
         share: sent in the training thread, the first version then costs what the next ones do."""
-        from vit_exp.tracking.registry import model_writer
+        from vit_exp.tracking.registry.versions import model_writer
 
         writer = model_writer({"model_inputs": str(model_inputs), "top_k": top_k})
         writer.prepare()
@@ -265,7 +265,7 @@ class RunSender:
             ]
             self.client.log_batch(self.run_id, metrics=metrics, synchronous=True)
         elif kind == "version":
-            from vit_exp.tracking.registry import model_writer, register_version
+            from vit_exp.tracking.registry.versions import model_writer, register_version
 
             writer = self._writers.get(record["model_inputs"]) or model_writer(record)
             self._writers[record["model_inputs"]] = writer
@@ -286,6 +286,6 @@ class RunSender:
                 version,
             )
         elif kind == "end":
-            from vit_exp.tracking.runs import end_run
+            from vit_exp.tracking.record.lifecycle import end_run
 
             end_run(self.client, self.run_id, record["status"], record.get("error"))

@@ -1,0 +1,233 @@
+"""The tracked side of a training job: its MLflow run, its callbacks, its preemption, its report.
+
+``training_session`` opens the run (none with ``mlflow.enabled=false``), logs what is known before
+training, assembles the callbacks (the MLflow ones only with a run) and, for a resumed job, loads
+their state; leaving it sends the metrics still buffered and ends the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from vit_exp.data.digest import DataIdentity
+    from vit_exp.job import TrainJob
+    from vit_exp.tracking.record.metrics import MlflowMetricLogger
+    from vit_exp.tracking.record.training_run import TrackedRun
+    from vit_exp.tracking.registry.checkpoints import CheckpointRegistration
+    from vit_exp.tracking.resume import ResumeTarget
+    from vit_exp.train.callbacks import CheckpointSaver, ConsoleProgress, TrainHistory
+    from vit_exp.train.plan import TrainPlan
+    from vit_exp.train.preemption import Preemption
+
+log = logging.getLogger("vit_exp.run")
+
+
+@dataclass
+class TrainingCallbacks:
+    """A job's callbacks; ``ordered`` is what ``fit`` runs."""
+
+    history: TrainHistory  # runs first: the others read from it
+    console: ConsoleProgress
+    checkpoints: CheckpointSaver  # after the metrics (in the outbox up to its step), before registration
+    metric_logger: MlflowMetricLogger | None = None
+    registration: CheckpointRegistration | None = None
+    writes_checkpoints: bool = True  # false in a data-parallel worker other than the main one
+
+    @property
+    def ordered(self) -> list:
+        checkpoints = self.checkpoints if self.writes_checkpoints else None
+        callbacks = [self.history, self.console, self.metric_logger, checkpoints, self.registration]
+        return [c for c in callbacks if c is not None]
+
+    def load_state(self, state: dict, checkpoint: Path) -> None:
+        """Continue from a full-state checkpoint's ``state`` (written at ``checkpoint``)."""
+        from vit_exp.train.callbacks import SavedCheckpoint
+
+        self.history.load_state_dict(state["history"])
+        if self.registration is not None:
+            self.registration.load_state_dict(state)
+            position = state["position"]
+            kind = state.get("kind", "step")
+            record = self.history.last_epoch if kind == "epoch" else None
+            resumed = SavedCheckpoint(checkpoint, record, kind, position["global_step"], position["epoch"])
+            self.registration.catch_up(resumed)
+
+    def extra_state(self, run: TrackedRun | None, comparable: dict[str, str]) -> dict:
+        """What a checkpoint holds beside the training state: the run, the config, what is registered."""
+        registered = self.registration.state_dict() if self.registration else {}
+        return {"run_id": run.run_id if run else None, "config": comparable, **registered}
+
+
+@dataclass
+class Session:
+    """A training job's run (None when not recorded), callbacks and SIGTERM/Ctrl-C handling."""
+
+    job: TrainJob
+    run: TrackedRun | None
+    callbacks: TrainingCallbacks
+    preemption: Preemption
+
+    def report(self, plan: TrainPlan) -> float | None:
+        """Log the end-of-run summary; return the best value of the job's ``optimized_metric``."""
+        from vit_exp.train.objective import best_value, epoch_values
+
+        _log_summary(self.callbacks, plan, self.run)
+        return best_value(self.job.objective, epoch_values(self.job.objective, self.callbacks.history.epochs))
+
+
+@contextlib.contextmanager
+def training_session(
+    job: TrainJob, resume: ResumeTarget | None, data, net, identity: DataIdentity, plan: TrainPlan, lr_values
+) -> Iterator[Session]:
+    """The job's run and callbacks, for ``fit``; a resumed job's callbacks continue from its state."""
+    from vit_exp.tracking.record.training_run import log_job_inputs, training_run
+
+    with training_run(job, resume) as run:
+        if run is not None and (resume is None or resume.run_id is None):
+            log_job_inputs(job, run, data, net, identity)
+        logged = resume.logged_steps if resume is not None else {}
+        callbacks = assemble_callbacks(job, run, net, data, identity, plan, lr_values, logged)
+        try:
+            if resume is not None and resume.checkpoint is not None:
+                callbacks.load_state(resume.state, resume.checkpoint)
+            yield Session(job, run, callbacks, preemption(job, callbacks, run))
+        finally:  # the metrics still buffered are sent, also when training failed or was interrupted
+            if callbacks.metric_logger is not None:
+                callbacks.metric_logger.flush()
+
+
+def assemble_callbacks(
+    job: TrainJob,
+    run: TrackedRun | None,
+    net,
+    data,
+    identity: DataIdentity,
+    plan: TrainPlan,
+    lr_values,
+    logged,
+) -> TrainingCallbacks:
+    """Every callback of a training job, built from its settings (the MLflow ones only with a run).
+
+    ``logged``: per metric, the last step a resumed run already holds (not logged again).
+    """
+    from vit_exp.train.callbacks import CheckpointSaver, ConsoleProgress, TrainHistory
+
+    trainer = job.trainer
+    history = TrainHistory(job.workers.global_batch(trainer.batch_size), lr_values)  # images/s of all
+    checkpoints = CheckpointSaver(
+        job.cfg.paths.checkpoint_dir,
+        job.cfg.model.name,
+        history,
+        every_n_epochs=trainer.checkpoint_every_n_epochs,
+        keep=trainer.keep_checkpoints,
+        every_n_steps=trainer.checkpoint_every_n_steps,
+        keep_steps=trainer.keep_step_checkpoints,
+        seed=trainer.seed,
+        background=trainer.checkpoint_in_background,  # the training thread copies, a thread writes
+    )
+    console = ConsoleProgress(history, plan, trainer.print_every_n_steps)
+    callbacks = TrainingCallbacks(history, console, checkpoints, writes_checkpoints=job.workers.is_main)
+    checkpoints.extra_state = lambda: callbacks.extra_state(run, job.comparable)
+    if run is not None:
+        callbacks.metric_logger = _metric_logger(job, run, history, logged)
+        # A checkpoint's metrics are in the outbox before it is written: a resume from it loses none.
+        checkpoints.before_save = callbacks.metric_logger.flush
+        if job.registry.register != "none":
+            callbacks.registration = _registration(job, run, net, data, identity, callbacks)
+    return callbacks
+
+
+def _metric_logger(job: TrainJob, run: TrackedRun, history: TrainHistory, logged) -> MlflowMetricLogger:
+    from vit_exp.tracking.record.metrics import MlflowMetricLogger
+
+    return MlflowMetricLogger(
+        run.outbox.put,
+        history,
+        every_n_steps=job.mlflow.log_every_n_steps,
+        details_every_n_steps=job.mlflow.log_details_every_n_steps,
+        flush_interval_s=float(job.mlflow.flush_interval_s),
+        logged_steps=logged,
+    )
+
+
+def _registration(job: TrainJob, run: TrackedRun, net, data, identity, callbacks) -> CheckpointRegistration:
+    """Checkpoints as model versions: each one as soon as its files are whole (also one written in the
+    background), before the next checkpoint's state records what is registered."""
+    from vit_exp.tracking.record.outbox import HELD_DIR
+    from vit_exp.tracking.registry.checkpoints import CheckpointRegistration
+    from vit_exp.tracking.registry.versions import version_config, write_model_inputs
+
+    config = version_config(job.cfg.model.name, net.config, data)
+    folder = run.outbox.folder.parent / "model_inputs"
+    inputs = write_model_inputs(folder, config, data.class_names_for(net.num_classes), data.example_image())
+    registration = CheckpointRegistration(
+        job.registry,
+        run.run_id,
+        callbacks.checkpoints,
+        inputs,
+        put=run.outbox.put,
+        flush_metrics=callbacks.metric_logger.flush,
+        data_tags=identity.tags(),
+        hold_in=run.outbox.folder / HELD_DIR,
+    )
+    callbacks.checkpoints.after_write = registration.consider_new_checkpoints
+    if not run.outbox.background:  # versions are made in the training thread: the one-off part now
+        run.outbox.send.prepare_versions(inputs, job.registry.top_k)
+    return registration
+
+
+def preemption(job: TrainJob, callbacks: TrainingCallbacks, run: TrackedRun | None) -> Preemption:
+    """SIGTERM/Ctrl-C handling for the training loop. The main worker saves a checkpoint, then the run
+    ends KILLED; another data-parallel worker ends after the current step (whose AllReduce the main
+    worker needs), saving nothing."""
+    from vit_exp.train.preemption import Preemption
+
+    grace_s = job.trainer.preempt_grace_s
+    if not job.workers.is_main:
+        return Preemption(grace_s, lambda run_context, epoch_done: None)
+
+    def save(run_context, epoch_done: bool):
+        return callbacks.checkpoints.save_now(run_context, "preempt", epoch_done).path
+
+    def on_timeout() -> None:
+        if callbacks.metric_logger is not None:
+            callbacks.metric_logger.flush()
+        if run is not None:
+            run.outbox.finish("KILLED", wait_s=min(5.0, job.mlflow.drain_timeout_s))
+
+    return Preemption(grace_s, save, on_timeout)
+
+
+def _log_summary(callbacks: TrainingCallbacks, plan: TrainPlan, run: TrackedRun | None) -> None:
+    history = callbacks.history
+    best, last = history.best("top1"), history.last_epoch
+    log.info("=" * 72)
+    stopped = " (stopped at trainer.max_steps)" if plan.stops_early else ""
+    log.info("finished %d step(s) in %.1fs%s", history.global_step, history.train_seconds, stopped)
+    if last and last.val:
+        val = last.val
+        log.info(
+            "last epoch %d: val top1 %.4f  top5 %.4f  loss %.4f",
+            last.epoch,
+            val["top1"],
+            val["top5"],
+            val["loss"],
+        )
+    if best:
+        log.info("best epoch %d: val top1 %.4f  top5 %.4f", best.epoch, best.val["top1"], best.val["top5"])
+    if kept := callbacks.checkpoints.on_disk:
+        log.info("checkpoints: %d in %s (last: %s)", len(kept), kept[-1].path.parent, kept[-1].path.name)
+    if callbacks.registration and callbacks.registration.queued:
+        count, name = len(callbacks.registration.queued), callbacks.registration.settings.name
+        log.info("model versions: %d checkpoint(s) registered as versions of '%s'", count, name)
+    if run is not None:
+        from vit_exp.tracking.store import runs_page_url
+
+        log.info("mlflow run: %s (%s)", run.run_id, run.tracking_uri)
+        log.info("mlflow ui: %s", runs_page_url(run.tracking_uri, run.experiment_id, run.run_id))

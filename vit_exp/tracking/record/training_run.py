@@ -1,0 +1,142 @@
+"""A training job's MLflow run: opened (or continued), its outbox, what is known before training
+(params, tags, datasets, artifacts), and its end through the outbox."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from vit_exp.credentials import mask, reveal
+from vit_exp.errors import RegistryError
+
+if TYPE_CHECKING:
+    from vit_exp.data.digest import DataIdentity
+    from vit_exp.job import TrainJob
+    from vit_exp.tracking.record.outbox import Outbox
+    from vit_exp.tracking.resume import ResumeTarget
+
+log = logging.getLogger("vit_exp.tracking")
+
+
+@dataclass(frozen=True)
+class TrackedRun:
+    """The MLflow run a job records into, and its outbox (everything after the start goes through it).
+
+    ``lock``: the run's lock, held while this process trains it (see ``tracking.resume``).
+    """
+
+    run_id: str
+    tracking_uri: str
+    outbox: Outbox
+    lock: object | None = None
+    experiment_id: str = ""
+
+
+@contextlib.contextmanager
+def training_run(job: TrainJob, resume: ResumeTarget | None = None) -> Iterator[TrackedRun | None]:
+    """Open the job's MLflow run (None with ``mlflow.enabled=false``); it ends FINISHED, FAILED or KILLED.
+
+    ``resume`` (with a run id) continues that run as its next attempt. The end goes through the
+    outbox after everything else. When the store does not take it all within
+    ``mlflow.drain_timeout_s``, the journal is kept and the command says how to send it.
+    """
+    if not job.mlflow.enabled:
+        yield None
+        return
+    from vit_exp.tracking.record.lifecycle import readable_run_name, tracked_run
+
+    tags, lock = _start_tags(job, resume)
+    reopen = resume.run_id if resume is not None else None
+    opened: list[TrackedRun] = []
+    with tracked_run(
+        job.mlflow,
+        readable_run_name(job.cfg, job.hydra.overrides),
+        tags,
+        job.hydra.sweep_dir,
+        job.hydra.run_dir,
+        finish=lambda run_id, status, error: _finish(job, opened, run_id, status, error),
+        reopen_run_id=reopen,
+    ) as run:
+        opened.append(_with_outbox(job, run.info.run_id, lock, run.info.experiment_id))
+        yield opened[0]
+
+
+def _start_tags(job: TrainJob, resume: ResumeTarget | None) -> tuple[dict[str, str], object | None]:
+    """The tags this attempt adds to its run, and the run's lock (a continued run's is held already)."""
+    from vit_exp.locking import hold_if_free
+    from vit_exp.tracking.record.lifecycle import run_tags
+    from vit_exp.tracking.resume import RUN_LOCK, TAG_DIGEST, attempt_tags, config_digest
+
+    checkpoint_dir = Path(str(job.cfg.paths.checkpoint_dir)).resolve()
+    if resume is not None and resume.run_id:
+        return attempt_tags(resume.attempt, job.hydra.run_dir, checkpoint_dir, resume.from_step), resume.lock
+    tags = run_tags(job.cfg, job.hydra.overrides)
+    tags[TAG_DIGEST] = config_digest(job.comparable)
+    tags |= attempt_tags(1, job.hydra.run_dir, checkpoint_dir, None)
+    if resume is not None and resume.checkpoint is not None:
+        tags["vit_exp.resumed_from_checkpoint"] = str(resume.checkpoint)
+    if job.hydra.job_num is not None:
+        tags["hydra.job.num"] = str(job.hydra.job_num)
+    return tags, hold_if_free(job.hydra.run_dir / RUN_LOCK) if job.hydra.run_dir else None
+
+
+def _with_outbox(job: TrainJob, run_id: str, lock, experiment: str) -> TrackedRun:
+    from vit_exp.tracking.record.outbox import OUTBOX_DIR, Outbox, RunSender
+    from vit_exp.tracking.store import is_server, use_store
+
+    uri = job.mlflow.tracking_uri
+    background = is_server(reveal(uri))  # the network is never waited for in the training thread
+    folder = (job.hydra.run_dir or Path(tempfile.mkdtemp(prefix="vit_exp_"))) / OUTBOX_DIR
+    stopping = threading.Event()  # the command stops waiting for the store: so do the sender's retries
+    outbox = Outbox(folder, RunSender(use_store(uri), run_id, stopping), background, stopping)
+    outbox.put({"kind": "run", "run_id": run_id, "tracking_uri": mask(uri)})
+    return TrackedRun(run_id, uri, outbox, lock, experiment)
+
+
+def _finish(job: TrainJob, opened: list[TrackedRun], run_id: str, status: str, error: str | None) -> None:
+    if not opened:  # the run was created but its outbox was not: end it directly
+        from vit_exp.tracking.record.lifecycle import end_run
+        from vit_exp.tracking.store import use_store
+
+        end_run(use_store(job.mlflow.tracking_uri), run_id, status, error)
+        return
+    run = opened[0]
+    left = run.outbox.finish(status, wait_s=job.mlflow.drain_timeout_s, error=error)
+    if not left:
+        return
+    message = (
+        f"mlflow: {left} record(s) of run {run.run_id} were not stored ({mask(run.tracking_uri)} is not "
+        f"answering); they are kept in {run.outbox.folder}: send them later with "
+        f"python -m vit_exp.sync outbox={run.outbox.folder}"
+    )
+    if status != "FINISHED":  # the run's own error is the one to report
+        log.warning(message)
+        return
+    raise RegistryError(message)
+
+
+def log_job_inputs(job: TrainJob, run: TrackedRun, data, net, identity: DataIdentity) -> None:
+    """Params, tags, datasets and artifacts known before training; with msrun data parallelism also
+    how many workers trained the run and the batch per worker (``trainer.batch_size``) and in all."""
+    from mlflow.entities import Param
+
+    from vit_exp.tracking.record.lifecycle import log_run_inputs
+    from vit_exp.tracking.record.lineage import log_datasets
+    from vit_exp.tracking.store import use_store
+
+    hydra_dir = job.hydra.run_dir / ".hydra" if job.hydra.run_dir else None
+    client = use_store(run.tracking_uri)
+    log_run_inputs(client, run.run_id, job.cfg, hydra_dir, data.class_names_for(net.num_classes), net)
+    log_datasets(client, run.run_id, identity)
+    workers, batch = job.workers, job.trainer.batch_size
+    parallel = {
+        "parallel.world_size": workers.world_size,
+        "parallel.global_batch_size": workers.global_batch(batch),
+    }
+    client.log_batch(run.run_id, params=[Param(key, str(value)) for key, value in parallel.items()])

@@ -1,0 +1,30 @@
+"""The model registry: checkpoints as versions (pyfunc, lineage), promotion, and resolving a URI.
+
+This module holds the ``registry`` config group's settings (its ``_target_``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vit_exp.errors import ConfigError, check_field_types, positive_int
+
+POLICIES = ("every", "best", "last", "none")
+
+
+@dataclass
+class RegistrySettings:
+    """The ``registry`` config group: which checkpoints become versions of which registered model."""
+
+    register: str = "every"
+    name: str = "vit"
+    top_k: int = 5
+    step_checkpoints: bool = False
+
+    def __post_init__(self) -> None:
+        check_field_types(self, "registry")
+        if self.register not in POLICIES:
+            raise ConfigError(f"registry.register must be one of {POLICIES}, got {self.register!r}")
+        if not self.name:
+            raise ConfigError("registry.name must be a non-empty model name")
+        positive_int("registry.top_k", self.top_k)
