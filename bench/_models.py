@@ -25,3 +25,11 @@ def vit_config(name: str = "vit_tiny", **overrides):
     from vit_exp.models.config import ViTConfig
 
     return ViTConfig.from_mapping(composed_group("model", name), **({"num_classes": 10} | overrides))
+
+
+def cpu_vit(config):
+    """Our ViT of ``config``, its kernels planned for the CPU (where every benchmark here runs)."""
+    from vit_exp.models.kernels.plan import plan_kernels
+    from vit_exp.models.vit import ViT
+
+    return ViT(config, plan_kernels(config, "CPU"))

@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _models import vit_config
+from _models import cpu_vit, vit_config
 
 
 def digits(cache: Path, workers: int = 2, prefetch: int = 64):
@@ -153,11 +153,9 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
         data = digits(Path(tmp), args.workers, args.prefetch)
-        from vit_exp.models.vit import ViT
-
         # One network for both paths: separately built instances of the same model differed by up
         # to +-15 % in steady-state speed on this VM, which swamped the difference being measured.
-        net = ViT(vit_config())
+        net = cpu_vit(vit_config())
         paths = {
             "bare TrainOneStepCell loop, pre-loaded batches": lambda: bare(data, args.epochs, net),
             "vit_exp fit + callbacks + MLflow step metrics + pipeline": lambda: full(

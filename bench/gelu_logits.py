@@ -20,7 +20,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from _models import composed_group, vit_config
+from _models import composed_group, cpu_vit, vit_config
 
 from vit_exp.config import PROJECT_ROOT
 
@@ -57,10 +57,9 @@ def logits_of(
     import mindspore as ms
 
     from vit_exp.models.checkpoint import load_into
-    from vit_exp.models.vit import ViT
 
     num_classes = int(params["dense.weight"].shape[0])
-    net = ViT(vit_config(model, gelu_approximate=approximate, num_classes=num_classes))
+    net = cpu_vit(vit_config(model, gelu_approximate=approximate, num_classes=num_classes))
     load_into(net, params, checkpoint, head_names=())
     net.set_train(False)
     return np.concatenate([net(ms.Tensor(b)).asnumpy() for b in batches]).astype(np.float64)

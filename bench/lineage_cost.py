@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _models import vit_config
+from _models import cpu_vit, vit_config
 
 
 def digest_seconds(images: int, folder: Path, rounds: int = 5) -> dict:
@@ -57,10 +57,9 @@ def _train_network(model: str, num_classes: int):
     import mindspore as ms
     from mindspore import nn
 
-    from vit_exp.models.vit import ViT
     from vit_exp.train.optim import OptimizerSettings
 
-    net = ViT(vit_config(model, num_classes=num_classes))
+    net = cpu_vit(vit_config(model, num_classes=num_classes))
     optimizer = OptimizerSettings(name="adam", lr=1e-3).build(
         net.trainable_params(), np.full(1000, 1e-3, np.float32)
     )

@@ -17,18 +17,17 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _models import vit_config
+from _models import cpu_vit, vit_config
 
 
 def sizes_and_write_times(model: str, rounds: int, folder: Path) -> dict:
     import mindspore as ms
     from mindspore import nn
 
-    from vit_exp.models.vit import ViT
     from vit_exp.train.optim import OptimizerSettings
     from vit_exp.train.state import checkpoint_files, save_training_checkpoint
 
-    net = ViT(vit_config(model, num_classes=1000 if model != "vit_tiny" else 10))
+    net = cpu_vit(vit_config(model, num_classes=1000 if model != "vit_tiny" else 10))
     optimizer = OptimizerSettings(name="adam", lr=1e-3).build(
         net.trainable_params(), np.full(1000, 1e-3, np.float32)
     )

@@ -100,24 +100,24 @@ def our_vit(
     precision: str = "fp32",
 ):
     """Our MindSpore ViT of config ``c`` (layer_norm_eps 1e-6, as the PyTorch reference)."""
+    from vit_exp.models.kernels.plan import plan_kernels
     from vit_exp.models.vit import ViT, ViTConfig
 
-    return ViT(
-        ViTConfig(
-            image_size=c.image_size,
-            patch_size=c.patch_size,
-            embed_dim=c.embed_dim,
-            num_layers=c.num_layers,
-            num_heads=c.num_heads,
-            mlp_dim=c.mlp_dim,
-            num_classes=c.num_classes,
-            gelu_approximate=gelu_approximate,
-            patch_embed=patch_embed,
-            fused_kernels=fused_kernels,
-            layer_norm_eps=1e-6,
-            precision=precision,
-        )
+    config = ViTConfig(
+        image_size=c.image_size,
+        patch_size=c.patch_size,
+        embed_dim=c.embed_dim,
+        num_layers=c.num_layers,
+        num_heads=c.num_heads,
+        mlp_dim=c.mlp_dim,
+        num_classes=c.num_classes,
+        gelu_approximate=gelu_approximate,
+        patch_embed=patch_embed,
+        fused_kernels=fused_kernels,
+        layer_norm_eps=1e-6,
+        precision=precision,
     )
+    return ViT(config, plan_kernels(config, "CPU"))
 
 
 def mindspore_steps(

@@ -23,21 +23,20 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _models import vit_config
+from _models import cpu_vit, vit_config
 
 
 def build(batch: int):
     import mindspore as ms
     from mindspore import nn
 
-    from vit_exp.models.vit import ViT
     from vit_exp.train.losses import CrossEntropySmooth
     from vit_exp.train.lr import cosine_schedule
     from vit_exp.train.optim import OptimizerSettings
 
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_device("CPU")
-    net = ViT(vit_config())
+    net = cpu_vit(vit_config())
     adam = OptimizerSettings(name="adam", lr=1e-3)
     lr_values = adam.learning_rates(cosine_schedule(100_000, 100))
     step = nn.TrainOneStepCell(

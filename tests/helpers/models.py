@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-# Tests of the fused CPU kernels need a C++ compiler (vit_exp/models/fused.py builds them with it);
+# Tests of the fused CPU kernels need a C++ compiler (vit_exp/models/kernels/build.py uses it);
 # without one, model.fused_kernels=auto falls back to composed ops (tested separately).
 requires_fused_kernels = pytest.mark.skipif(
     platform.system() != "Linux" or shutil.which(os.environ.get("CXX", "g++")) is None,
@@ -31,14 +31,16 @@ TINY_MODEL = [
 
 
 def tiny_vit(num_classes: int = 5, **overrides):
-    """The TINY_VIT_ARGS ViT (with ``overrides``) with ``num_classes`` outputs."""
+    """The TINY_VIT_ARGS ViT (with ``overrides``) with ``num_classes`` outputs, kernels planned for CPU."""
+    from vit_exp.models.kernels.plan import plan_kernels
     from vit_exp.models.vit import ViT, ViTConfig
 
-    return ViT(ViTConfig(num_classes=num_classes, **(TINY_VIT_ARGS | overrides)))
+    config = ViTConfig(num_classes=num_classes, **(TINY_VIT_ARGS | overrides))
+    return ViT(config, plan_kernels(config, "CPU"))
 
 
 def _bf16_cpu() -> bool:
-    from vit_exp.models.bf16 import cpu_has_bf16
+    from vit_exp.models.kernels.cpu import cpu_has_bf16
 
     return cpu_has_bf16()
 

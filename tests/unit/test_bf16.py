@@ -1,4 +1,4 @@
-"""bf16 mixed precision on CPU (vit_exp/models/bf16.py, device.precision): the kernels compute what
+"""bf16 mixed precision on CPU (vit_exp/models/kernels/plan.py, device.precision): the kernels compute what
 bf16-rounded inputs with fp32 accumulation give, the ViT stays close to fp32 with fp32 parameters
 and checkpoints, and precision is resolved with a clear fallback or error."""
 
@@ -106,7 +106,7 @@ def test_bf16_vit_agrees_with_fp32_and_keeps_fp32_parameters_and_checkpoint_layo
     fp32 = _same_weights("fp32")
     bf16 = _same_weights("bf16", fp32)
     assert (fp32.precision, bf16.precision) == ("fp32", "bf16")
-    assert (bf16.kernels.dense, bf16.kernels.attention) == ("bf16", True)  # attention stays fp32
+    assert (bf16.plan.dense, bf16.plan.attention) == ("bf16", True)  # attention stays fp32
     rng = np.random.default_rng(1)
     x = ms.Tensor(rng.normal(size=(16, 3, 32, 32)).astype(np.float32))
     y = ms.Tensor(rng.integers(0, 7, 16).astype(np.int32))
@@ -165,12 +165,14 @@ def test_bf16_trains_a_tiny_vit_like_fp32():
 
 
 def test_auto_without_native_bf16_is_fp32_quietly_and_bf16_warns_once(monkeypatch, caplog):
-    from vit_exp.models import bf16
+    from vit_exp.models.config import ViTConfig
+    from vit_exp.models.kernels import plan
 
-    monkeypatch.setattr(bf16, "cpu_has_bf16", lambda: False)
-    bf16._warn_fallback.cache_clear()
-    with caplog.at_level(logging.INFO, logger="vit_exp.models.bf16"):
-        assert bf16.resolve_precision("auto", "CPU") == "fp32"
+    monkeypatch.setattr(plan, "cpu_has_bf16", lambda: False)
+    plan.warn_once.cache_clear()
+    with caplog.at_level(logging.INFO, logger="vit_exp.models.kernels.plan"):
+        auto = ViTConfig(precision="auto", fused_kernels="off")
+        assert plan.plan_kernels(auto, "CPU") == plan.KernelPlan(precision="fp32")
         assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
         net = tiny_vit(num_classes=3, num_layers=1, precision="bf16")
         tiny_vit(num_classes=3, num_layers=1, precision="bf16")
@@ -182,23 +184,25 @@ def test_auto_without_native_bf16_is_fp32_quietly_and_bf16_warns_once(monkeypatc
 
 @requires_bf16
 def test_auto_picks_bf16_on_a_bf16_cpu():
-    from vit_exp.models.bf16 import resolve_precision
+    from vit_exp.models.config import ViTConfig
+    from vit_exp.models.kernels.plan import plan_kernels
 
-    assert resolve_precision("auto", "CPU") == "bf16"
-    assert resolve_precision("fp32", "CPU") == "fp32"
+    assert plan_kernels(ViTConfig(precision="auto"), "CPU").precision == "bf16"
+    assert plan_kernels(ViTConfig(precision="fp32"), "CPU").precision == "fp32"
 
 
 def test_precision_errors_name_the_key():
     from vit_exp.device import DeviceSettings
-    from vit_exp.models.bf16 import resolve_precision
+    from vit_exp.models.config import ViTConfig
+    from vit_exp.models.kernels.plan import plan_kernels
 
     with pytest.raises(ConfigError, match=r"device\.precision must be one of"):
         DeviceSettings(precision="fp8")
     with pytest.raises(
         ConfigError, match=r"device\.precision=bf16 is for the CPU; on GPU use device\.amp_level"
     ):
-        resolve_precision("bf16", "GPU")
-    assert resolve_precision("auto", "Ascend") == "fp32"
+        plan_kernels(ViTConfig(precision="bf16"), "GPU")
+    assert plan_kernels(ViTConfig(precision="auto"), "Ascend").precision == "fp32"
 
 
 def test_fp32_keeps_the_config_digest_runs_had_before_precision_existed():
@@ -262,7 +266,7 @@ def test_one_kernel_attention_matches_the_composed_maths_forward_and_backward():
 @requires_fused_kernels
 def test_fp32_onednn_kernels_agree_with_mindspore_ops_in_a_vit():
     """With the fused kernels on, the fp32 dense layers and attention run on the oneDNN kernels
-    (vit.choose_kernels), and the network computes what MindSpore's own ops compute."""
+    (kernels/plan.py), and the network computes what MindSpore's own ops compute."""
     import mindspore as ms
     from mindspore import nn
 
@@ -272,8 +276,8 @@ def test_fp32_onednn_kernels_agree_with_mindspore_ops_in_a_vit():
     ms.set_seed(4)
     onednn = _same_weights("fp32", **size)
     composed = _same_weights("fp32", onednn, fused_kernels="off", **size)
-    assert (onednn.kernels.dense, onednn.kernels.attention) == ("fp32", True)
-    assert (composed.kernels.dense, composed.kernels.attention) == (None, False)
+    assert (onednn.plan.dense, onednn.plan.attention) == ("fp32", True)
+    assert (composed.plan.dense, composed.plan.attention) == (None, False)
     rng = np.random.default_rng(5)
     x = ms.Tensor(rng.normal(size=(6, 3, 32, 32)).astype(np.float32))
     y = ms.Tensor(rng.integers(0, 7, 6).astype(np.int32))

@@ -1,4 +1,4 @@
-"""Fused CPU kernels (vit_exp/models/fused.py): same maths as the composed MindSpore ops, gradients
+"""Fused CPU kernels (vit_exp/models/kernels/): same maths as the composed MindSpore ops, gradients
 included, and a clear fallback or error where they cannot be built."""
 
 from __future__ import annotations
@@ -40,8 +40,7 @@ def test_fused_gelu_matches_reference_values_and_gradient(approximate):
     import mindspore as ms
     from mindspore import nn
 
-    from vit_exp.models.fused import FusedGELU
-    from vit_exp.models.layers import ExactGELU
+    from vit_exp.models.layers import ExactGELU, FusedGELU
 
     rng = np.random.default_rng(0)
     # wide range: the kernel's erf/exp approximations clamp at |x| = 4 / exp(-87)
@@ -130,15 +129,15 @@ def test_vit_with_and_without_fused_kernels_train_identically():
 @pytest.fixture
 def no_compiler(monkeypatch, tmp_path):
     """An empty kernel cache and a compiler that does not exist; the real library is restored after."""
-    from vit_exp.models import fused
+    from vit_exp.models.kernels import build, plan
 
     monkeypatch.setenv("VIT_EXP_KERNEL_CACHE", str(tmp_path / "kernels"))
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-g++"))
-    fused.forget_kernel_library()
-    fused._warn_fallback.cache_clear()
+    build.CPU_KERNELS.forget()
+    plan.warn_once.cache_clear()
     yield
     monkeypatch.undo()
-    fused.forget_kernel_library()
+    build.CPU_KERNELS.forget()
 
 
 def test_fused_kernels_on_without_compiler_is_one_clear_error(no_compiler):
@@ -149,34 +148,33 @@ def test_fused_kernels_on_without_compiler_is_one_clear_error(no_compiler):
 def test_fused_kernels_auto_without_compiler_falls_back_with_a_warning(no_compiler, caplog):
     import mindspore as ms
 
-    with caplog.at_level(logging.WARNING, logger="vit_exp.models.fused"):
+    with caplog.at_level(logging.WARNING, logger="vit_exp.models.kernels.plan"):
         net = tiny_vit(num_classes=3, num_layers=1)
+        tiny_vit(num_classes=3, num_layers=1)
     assert not net.uses_fused_kernels
-    assert "fused CPU kernels unavailable" in caplog.text
+    assert caplog.text.count("fused CPU kernels unavailable") == 1
     assert net(ms.Tensor(np.zeros((1, 3, 32, 32), np.float32))).shape == (1, 3)
 
 
 def test_unknown_fused_kernels_mode_names_the_key():
-    from vit_exp.models.fused import use_fused_kernels
-
     with pytest.raises(ConfigError, match=r"model\.fused_kernels must be one of"):
-        use_fused_kernels("fast")
+        tiny_vit(fused_kernels="fast")
 
 
 @requires_fused_kernels
 def test_kernel_library_is_built_once_and_reused(tmp_path, monkeypatch):
-    from vit_exp.models import fused
+    from vit_exp.models.kernels.build import CPU_KERNELS
 
     monkeypatch.setenv("VIT_EXP_KERNEL_CACHE", str(tmp_path))
-    fused.forget_kernel_library()
+    CPU_KERNELS.forget()
     try:
-        first = fused.kernel_library()
+        first = CPU_KERNELS.path()
         assert first.parent == tmp_path and first.stat().st_size > 0
         stamp = first.stat().st_mtime_ns
-        fused.forget_kernel_library()
-        assert fused.kernel_library() == first
+        CPU_KERNELS.forget()
+        assert CPU_KERNELS.path() == first
         assert first.stat().st_mtime_ns == stamp  # found on disk, not rebuilt
         assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temporary files left behind
     finally:
         monkeypatch.undo()
-        fused.forget_kernel_library()
+        CPU_KERNELS.forget()

@@ -20,11 +20,14 @@ def build_vit(
     """Build a ViT from the ``model`` config keys and, if ``pretrained`` is a path or URL, load its weights.
 
     ``architecture`` holds the :class:`vit_exp.models.vit.ViTConfig` fields (``image_size``,
-    ``patch_size``, ``embed_dim``, ...). ``name`` is only a label.
+    ``patch_size``, ``embed_dim``, ...). ``name`` is only a label. The kernels are planned for
+    MindSpore's current device target.
     """
+    from vit_exp.models.kernels.plan import current_device_target, plan_kernels
     from vit_exp.models.vit import ViT, ViTConfig
 
-    net = ViT(ViTConfig(num_classes=num_classes, **architecture))
+    config = ViTConfig(num_classes=num_classes, **architecture)
+    net = ViT(config, plan_kernels(config, current_device_target()))
     if pretrained:
         from vit_exp.models.checkpoint import load_pretrained
 

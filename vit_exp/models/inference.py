@@ -42,10 +42,12 @@ class Predictor:
 
         from vit_exp.errors import CheckpointError
         from vit_exp.models.checkpoint import load_into
+        from vit_exp.models.kernels.plan import current_device_target, plan_kernels
         from vit_exp.models.vit import ViT, ViTConfig
 
         num_classes = int(config["model"].get("num_classes") or len(class_names))
-        net = ViT(ViTConfig.from_mapping(config["model"], num_classes=num_classes, precision=precision))
+        architecture = ViTConfig.from_mapping(config["model"], num_classes=num_classes, precision=precision)
+        net = ViT(architecture, plan_kernels(architecture, current_device_target()))
         report = load_into(net, ms.load_checkpoint(str(checkpoint)), Path(checkpoint), head_names=())
         if report.reinitialised:
             raise CheckpointError(f"checkpoint {checkpoint} has no usable classification head")

@@ -11,21 +11,42 @@ import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import initializer
 
-from vit_exp.models.fused import FusedGELU, FusedLayerNorm
-from vit_exp.models.onednn import (
-    attention_bf16_output_cell,
-    attention_cells,
-    dense_cells,
-    dense_gelu_cell,
-    dense_residual_cells,
-)
+from vit_exp.models.kernels import ops as aot
+from vit_exp.models.kernels.build import CPU_KERNELS, ONEDNN_KERNELS
+from vit_exp.models.kernels.ops import custom_op
+
+
+class FusedLayerNorm(nn.Cell):
+    """``(x, gamma, beta) -> LayerNorm(x) * gamma + beta`` over the last axis, one kernel each way.
+
+    ``bf16_output``: inference hands the result on as bfloat16 (rounded as the bf16 dense kernel
+    that reads it would round it); training and fp32 keep float32.
+    """
+
+    def __init__(self, epsilon: float, bf16_output: bool = False):
+        super().__init__()
+        self.epsilon = Tensor([epsilon], ms.float32)
+        self.forward = custom_op(CPU_KERNELS, aot.LAYER_NORM_FORWARD, aot.same, aot.same)
+        self.backward = custom_op(CPU_KERNELS, aot.LAYER_NORM_BACKWARD, aot.layer_norm_grad_shapes, aot.same3)
+        self.bf16_output = bf16_output
+        if bf16_output:
+            self.forward_bf16 = custom_op(CPU_KERNELS, aot.LAYER_NORM_FORWARD_BF16, aot.same, aot.bfloat16)
+
+    def construct(self, x: Tensor, gamma: Parameter, beta: Parameter) -> Tensor:
+        if self.bf16_output and not self.training:
+            return self.forward_bf16(x, gamma, beta, self.epsilon)
+        return self.forward(x, gamma, beta, self.epsilon)
+
+    def bprop(self, x, gamma, beta, out, dout):
+        dx, dgamma, dbeta = self.backward(x, dout, gamma, self.epsilon)
+        return dx, dgamma, dbeta
 
 
 class LayerNorm(nn.Cell):
     """LayerNorm over the last axis with ``gamma`` / ``beta`` parameters (the names checkpoints use).
 
-    ``fused``: one fused kernel per pass (fused.py); ``bf16_output`` with it: inference hands the
-    result to a bf16 dense kernel as bfloat16. Otherwise training composes the normalisation from
+    ``fused``: one kernel each way (:class:`FusedLayerNorm`); ``bf16_output`` with it: inference hands
+    the result to a bf16 dense kernel as bfloat16. Otherwise training composes the normalisation from
     reductions, whose gradient runs ~3x faster than LayerNormGrad; inference uses ops.LayerNorm.
     """
 
@@ -53,11 +74,16 @@ class LayerNorm(nn.Cell):
 
 class Linear(nn.Cell):
     """``(x, weight, bias) -> x @ weight.T + bias`` on oneDNN's GEMM, bias and its gradient folded
-    in; fp32 in and out, multiplying in ``precision`` (fp32 | bf16, see bf16.py)."""
+    in; fp32 in and out, multiplying in ``precision`` (fp32 | bf16, see kernels/plan.py)."""
 
     def __init__(self, precision: str):
         super().__init__()
-        self.forward, self.backward = dense_cells(precision)
+        self.forward = custom_op(
+            ONEDNN_KERNELS, aot.DENSE_FORWARD[precision], aot.dense_shape, aot.weight_dtype
+        )
+        self.backward = custom_op(
+            ONEDNN_KERNELS, aot.DENSE_BACKWARD[precision], aot.dense_grad_shapes, aot.same3
+        )
 
     def construct(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
         return self.forward(x, weight, bias)
@@ -68,11 +94,16 @@ class Linear(nn.Cell):
 
 class LinearResidual(nn.Cell):
     """``(x, weight, bias, residual) -> residual + x @ weight.T + bias``: a :class:`Linear` with the
-    block's residual add done in its output pass (one memory pass and one kernel fewer)."""
+    block's residual add done in its output pass (one memory pass and one kernel fewer). Its
+    backward is :class:`Linear`'s: the residual's gradient is the output's."""
 
     def __init__(self, precision: str):
         super().__init__()
-        self.forward, self.backward = dense_residual_cells(precision)
+        forward = aot.DENSE_RESIDUAL_FORWARD[precision]
+        self.forward = custom_op(ONEDNN_KERNELS, forward, aot.dense_shape, aot.weight_dtype)
+        self.backward = custom_op(
+            ONEDNN_KERNELS, aot.DENSE_BACKWARD[precision], aot.dense_grad_shapes, aot.same3
+        )
 
     def construct(self, x: Tensor, weight: Tensor, bias: Tensor, residual: Tensor) -> Tensor:
         return self.forward(x, weight, bias, residual)
@@ -89,7 +120,9 @@ class LinearGELU(nn.Cell):
 
     def __init__(self, precision: str, approximate: bool):
         super().__init__()
-        self.forward = dense_gelu_cell(precision, approximate)
+        function = aot.DENSE_GELU_FORWARD[precision, approximate]
+        dtype = aot.bfloat16 if precision == "bf16" else aot.same
+        self.forward = custom_op(ONEDNN_KERNELS, function, aot.dense_shape, dtype)
 
     def construct(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
         return self.forward(x, weight, bias)
@@ -106,10 +139,13 @@ class FusedAttention(nn.Cell):
     def __init__(self, num_heads: int, bf16_output: bool = False):
         super().__init__()
         self.heads = Tensor(np.zeros(num_heads, np.float32))  # the kernels read the head count off its shape
-        self.forward, self.backward = attention_cells()
+        self.forward = custom_op(ONEDNN_KERNELS, aot.ATTENTION_FORWARD, aot.attention_shape, aot.same)
+        self.backward = custom_op(ONEDNN_KERNELS, aot.ATTENTION_BACKWARD, aot.same, aot.same)
         self.bf16_output = bf16_output
         if bf16_output:
-            self.forward_bf16 = attention_bf16_output_cell()
+            self.forward_bf16 = custom_op(
+                ONEDNN_KERNELS, aot.ATTENTION_FORWARD_BF16, aot.attention_shape, aot.bfloat16
+            )
 
     def construct(self, qkv: Tensor) -> Tensor:
         if self.bf16_output and not self.training:
@@ -161,6 +197,21 @@ class ExactGELU(nn.Cell):
         cdf = 0.5 + 0.5 * ops.erf(x * 0.7071067811865476)
         pdf = ops.exp(x * x * -0.5) * 0.3989422804014327
         return (dout * (cdf + x * pdf),)
+
+
+class FusedGELU(nn.Cell):
+    """GELU (tanh form if ``approximate``, else exact erf) forward and gradient, one kernel each."""
+
+    def __init__(self, approximate: bool):
+        super().__init__()
+        self.forward = custom_op(CPU_KERNELS, aot.GELU_FORWARD[approximate], aot.same, aot.same)
+        self.backward = custom_op(CPU_KERNELS, aot.GELU_BACKWARD[approximate], aot.same, aot.same)
+
+    def construct(self, x: Tensor) -> Tensor:
+        return self.forward(x)
+
+    def bprop(self, x: Tensor, out: Tensor, dout: Tensor):
+        return (self.backward(x, dout),)
 
 
 def gelu(approximate: bool, fused: bool) -> nn.Cell:

@@ -12,54 +12,34 @@ The layers rewritten for CPU speed (same maths and names) are in ``layers.py``.
 
 from __future__ import annotations
 
-import functools
-import logging
-from dataclasses import dataclass
-
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import Normal, initializer
 
-from vit_exp.errors import KernelBuildError
-from vit_exp.models.bf16 import resolve_precision
 from vit_exp.models.config import ViTConfig
-from vit_exp.models.fused import use_fused_kernels
+from vit_exp.models.kernels.plan import KernelPlan
 from vit_exp.models.layers import Dense, FusedAttention, LayerNorm, LinearGELU, PatchEmbedding, gelu
-from vit_exp.models.onednn import onednn_kernels
-
-log = logging.getLogger(__name__)
 
 
 def dropout(keep_prob: float) -> nn.Cell:
     return nn.Dropout(p=1.0 - keep_prob) if keep_prob < 1.0 else nn.Identity()
 
 
-@dataclass(frozen=True)
-class Kernels:
-    """How the layers compute (same maths, same parameters): ``fused`` GELU/LayerNorm kernels, the
-    dense layers as oneDNN kernels multiplying in "fp32" / "bf16" (None: MindSpore ops), and
-    ``attention`` as one fp32 oneDNN kernel each way (False: MindSpore ops)."""
-
-    fused: bool = False
-    dense: str | None = None
-    attention: bool = False
-
-
 class Attention(nn.Cell):
     """Multi-head self-attention: one fused ``qkv`` projection, softmax(q k^T / sqrt(d)) v, ``out``."""
 
-    def __init__(self, config: ViTConfig, kernels: Kernels = Kernels()):
+    def __init__(self, config: ViTConfig, plan: KernelPlan):
         super().__init__()
         dim = config.embed_dim
         self.num_heads = config.num_heads
         self.head_dim = dim // config.num_heads
         self.scale = self.head_dim**-0.5
-        self.qkv = Dense(dim, dim * 3, kernels.dense)
-        self.out = Dense(dim, dim, kernels.dense)
-        self.fused = kernels.attention
-        self.dense_kernels = kernels.dense is not None
+        self.qkv = Dense(dim, dim * 3, plan.dense)
+        self.out = Dense(dim, dim, plan.dense)
+        self.fused = plan.attention
+        self.dense_kernels = plan.dense is not None
         if self.fused:
-            self.attention = FusedAttention(config.num_heads, kernels.dense == "bf16")
+            self.attention = FusedAttention(config.num_heads, plan.dense == "bf16")
         self.attn_drop = dropout(config.attention_keep_prob)
         self.out_drop = dropout(config.keep_prob)
         self.q_matmul_k = ops.BatchMatMul(transpose_b=True)
@@ -97,16 +77,16 @@ class FeedForward(nn.Cell):
     With the oneDNN and fused kernels, inference computes GELU in ``dense1``'s output pass.
     """
 
-    def __init__(self, config: ViTConfig, kernels: Kernels = Kernels()):
+    def __init__(self, config: ViTConfig, plan: KernelPlan):
         super().__init__()
-        self.dense1 = Dense(config.embed_dim, config.mlp_dim, kernels.dense)
-        self.activation = gelu(config.gelu_approximate, kernels.fused)
-        self.dense2 = Dense(config.mlp_dim, config.embed_dim, kernels.dense)
+        self.dense1 = Dense(config.embed_dim, config.mlp_dim, plan.dense)
+        self.activation = gelu(config.gelu_approximate, plan.fused)
+        self.dense2 = Dense(config.mlp_dim, config.embed_dim, plan.dense)
         self.dropout = dropout(config.keep_prob)
-        self.dense_kernels = kernels.dense is not None
-        self.fuse_gelu = kernels.fused and self.dense_kernels
+        self.dense_kernels = plan.dense is not None
+        self.fuse_gelu = plan.fused and self.dense_kernels
         if self.fuse_gelu:
-            self.dense1_gelu = LinearGELU(kernels.dense, config.gelu_approximate)
+            self.dense1_gelu = LinearGELU(plan.dense, config.gelu_approximate)
 
     def construct(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
         """The MLP of ``x`` (B, n, d); ``residual`` given: ``residual + MLP`` in ``dense2``'s
@@ -142,38 +122,41 @@ class Residual(nn.Cell):
         return x + self.cell(x)
 
 
-def encoder_block(config: ViTConfig, kernels: Kernels) -> nn.SequentialCell:
+def encoder_block(config: ViTConfig, plan: KernelPlan) -> nn.SequentialCell:
     """One pre-norm block: ``0`` = x + Attention(LayerNorm(x)), ``1`` = x + FeedForward(LayerNorm(x))."""
-    eps, fused = config.layer_norm_eps, kernels.fused
-    bf16 = kernels.dense == "bf16"  # inference hands LayerNorm's output to qkv / dense1 in bf16
-    attention = nn.SequentialCell([LayerNorm(config.embed_dim, eps, fused, bf16), Attention(config, kernels)])
-    mlp = nn.SequentialCell([LayerNorm(config.embed_dim, eps, fused, bf16), FeedForward(config, kernels)])
-    fuse = kernels.dense is not None and config.keep_prob == 1.0
+    eps, fused = config.layer_norm_eps, plan.fused
+    bf16 = plan.dense == "bf16"  # inference hands LayerNorm's output to qkv / dense1 in bf16
+    attention = nn.SequentialCell([LayerNorm(config.embed_dim, eps, fused, bf16), Attention(config, plan)])
+    mlp = nn.SequentialCell([LayerNorm(config.embed_dim, eps, fused, bf16), FeedForward(config, plan)])
+    fuse = plan.dense is not None and config.keep_prob == 1.0
     return nn.SequentialCell([Residual(attention, fuse), Residual(mlp, fuse)])
 
 
 class Encoder(nn.Cell):
     """``num_layers`` encoder blocks, stored as ``layers.{i}``."""
 
-    def __init__(self, config: ViTConfig, kernels: Kernels):
+    def __init__(self, config: ViTConfig, plan: KernelPlan):
         super().__init__()
-        self.layers = nn.SequentialCell([encoder_block(config, kernels) for _ in range(config.num_layers)])
+        self.layers = nn.SequentialCell([encoder_block(config, plan) for _ in range(config.num_layers)])
 
     def construct(self, x: Tensor) -> Tensor:
         return self.layers(x)
 
 
 class ViT(nn.Cell):
-    """Vision Transformer classifier (pre-norm encoder, class token, learned 1-D position embedding)."""
+    """Vision Transformer classifier (pre-norm encoder, class token, learned 1-D position embedding).
 
-    def __init__(self, config: ViTConfig):
+    ``plan`` (kernels/plan.py) says which kernels the layers run on; building the ViT compiles nothing.
+    """
+
+    def __init__(self, config: ViTConfig, plan: KernelPlan):
         super().__init__()
         self.config = config
         self.image_size = config.image_size
         self.num_classes = config.num_classes
-        self.uses_fused_kernels = use_fused_kernels(config.fused_kernels)
-        self.precision = resolve_precision(config.precision, str(ms.get_context("device_target")))
-        self.kernels = choose_kernels(config, self.uses_fused_kernels, self.precision)
+        self.plan = plan
+        self.uses_fused_kernels = plan.fused
+        self.precision = plan.precision  # what the dense layers compute in (run logs record it)
         dim = config.embed_dim
         self.patch_embedding = PatchEmbedding(
             config.image_size,
@@ -181,15 +164,15 @@ class ViT(nn.Cell):
             dim,
             config.input_channels,
             config.patch_embed == "matmul",
-            self.kernels.dense,
+            plan.dense,
         )
         self.cls = Parameter(initializer(Normal(sigma=1.0), (1, 1, dim), ms.float32), name="cls")
         self.pos_embedding = Parameter(
             initializer(Normal(sigma=1.0), (1, config.num_patches + 1, dim), ms.float32), name="pos_embedding"
         )
         self.dropout = dropout(config.keep_prob)
-        self.transformer = Encoder(config, self.kernels)
-        self.norm = LayerNorm(dim, config.layer_norm_eps, self.uses_fused_kernels)
+        self.transformer = Encoder(config, plan)
+        self.norm = LayerNorm(dim, config.layer_norm_eps, plan.fused)
         self.dense = nn.Dense(dim, config.num_classes)
 
     def construct(self, x: Tensor) -> Tensor:
@@ -198,34 +181,6 @@ class ViT(nn.Cell):
         x = self.dropout(ops.concat((cls, x), axis=1) + self.pos_embedding)
         x = self.transformer(x)
         return self.dense(self.norm(x[:, 0]))
-
-
-def choose_kernels(config: ViTConfig, fused_kernels: bool, precision: str) -> Kernels:
-    """Which layers run on the oneDNN kernels: with bf16 always (MindSpore's MatMul has no bf16),
-    the dense layers multiplying in bf16; in fp32 with the fused kernels on, where the kernels build
-    (else one warning). Attention runs on its fp32 kernel with either (bf16 attention cost the
-    default run val accuracy: bench/RESULTS.md); attention dropout keeps the composed attention."""
-    if precision == "bf16":
-        dense = "bf16"
-    elif fused_kernels and _onednn_available():
-        dense = "fp32"
-    else:
-        dense = None
-    return Kernels(fused_kernels, dense, dense is not None and config.attention_keep_prob == 1.0)
-
-
-def _onednn_available() -> bool:
-    try:
-        onednn_kernels()
-    except KernelBuildError as exc:
-        _warn_no_onednn(str(exc))
-        return False
-    return True
-
-
-@functools.cache
-def _warn_no_onednn(reason: str) -> None:
-    log.warning("oneDNN dense/attention kernels unavailable (%s); using MindSpore's ops (slower)", reason)
 
 
 def count_parameters(net: nn.Cell) -> int:

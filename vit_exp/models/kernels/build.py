@@ -3,6 +3,7 @@
 Libraries go to ``$VIT_EXP_KERNEL_CACHE`` (default ``~/.cache/vit_exp/kernels``), named by a hash
 of what went into them, and are written atomically, so concurrent builders (sweeps) never see a
 partial file. Failures are :class:`KernelBuildError` saying why (no compiler, not Linux, ...).
+The sources sit next to this module, so a registered version's copy of the package builds too.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from vit_exp.errors import KernelBuildError
+from vit_exp.models.kernels.cpu import cpu_signature
 
 log = logging.getLogger(__name__)
 
@@ -37,16 +39,6 @@ COMPILE_FLAGS = (
 def kernel_cache_dir() -> Path:
     """Where compiled kernel libraries are kept (``VIT_EXP_KERNEL_CACHE`` or ``~/.cache/vit_exp/kernels``)."""
     return Path(os.environ.get("VIT_EXP_KERNEL_CACHE", "~/.cache/vit_exp/kernels")).expanduser()
-
-
-def cpu_signature() -> str:
-    """The CPU model and feature flags (``-march=native`` output is only valid on a matching CPU)."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return platform.processor()
-    wanted = [line for line in lines if line.startswith(("model name", "flags"))]
-    return "\n".join(dict.fromkeys(wanted))
 
 
 def build_library(source: Path, link_args: tuple[str, ...] = ()) -> Path:
@@ -106,3 +98,24 @@ class KernelLibrary:
     def forget(self) -> None:
         """Forget this process's outcome (the next :meth:`path` looks again)."""
         self._outcome.cache_clear()
+
+
+def onednn_library() -> Path:
+    """The oneDNN library inside the MindSpore wheel (``mindspore/lib/libdnnl.so.3``)."""
+    import mindspore
+
+    path = Path(mindspore.__file__).parent / "lib" / "libdnnl.so.3"
+    if not path.exists():
+        raise KernelBuildError(f"this MindSpore has no oneDNN library ({path} is missing)")
+    return path
+
+
+def _link_onednn() -> tuple[str, ...]:
+    onednn = onednn_library()
+    return (str(onednn), f"-Wl,-rpath,{onednn.parent}")
+
+
+CPU_KERNELS = KernelLibrary(Path(__file__).with_name("cpu_kernels.cc"))  # fused GELU, LayerNorm
+ONEDNN_KERNELS = KernelLibrary(
+    Path(__file__).with_name("onednn_kernels.cc"), _link_onednn
+)  # dense, attention

@@ -1,5 +1,5 @@
 // ViT kernels on oneDNN's GEMMs (libdnnl.so.3, shipped inside the MindSpore wheel), as MindSpore
-// "aot" Custom operators (vit_exp/models/onednn.py):
+// "aot" Custom operators (vit_exp/models/kernels/ops.py):
 //  - dense layers with the bias and its gradient folded in, fp32 or bf16 (MindSpore 2.10's CPU
 //    MatMul refuses bfloat16, so bf16 has to call oneDNN's bf16 GEMM directly);
 //  - multi-head attention in fp32, forward and backward, straight from the fused qkv projection's

@@ -1,4 +1,4 @@
-// Fused CPU kernels for the ViT, loaded as MindSpore "aot" Custom operators (vit_exp/models/fused.py).
+// Fused CPU kernels for the ViT, loaded as MindSpore "aot" Custom operators (models/kernels/ops.py).
 //
 // MindSpore's CPU backend runs GELU and LayerNorm (and their gradients) as chains of element-wise
 // kernels, each a full pass over memory; these do each in one pass, vectorised and split over

@@ -1,0 +1,37 @@
+"""This machine's CPU, read once from /proc/cpuinfo: ``-march=native`` libraries are only valid on a
+matching CPU, and bf16 is only worth it where the CPU multiplies bfloat16 natively."""
+
+from __future__ import annotations
+
+import functools
+import platform
+from pathlib import Path
+
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+@functools.cache
+def _cpuinfo() -> tuple[str, ...] | None:
+    try:
+        return tuple(Path("/proc/cpuinfo").read_text().splitlines())
+    except OSError:
+        return None
+
+
+def cpu_signature() -> str:
+    """The CPU model and feature flags (what a ``-march=native`` build depends on)."""
+    lines = _cpuinfo()
+    if lines is None:
+        return platform.processor()
+    return "\n".join(dict.fromkeys(line for line in lines if line.startswith(("model name", "flags"))))
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (empty where /proc/cpuinfo cannot be read)."""
+    flags = next((line for line in _cpuinfo() or () if line.startswith("flags")), "")
+    return frozenset(flags.partition(":")[2].split())
+
+
+def cpu_has_bf16() -> bool:
+    """Whether the CPU multiplies bfloat16 natively (AVX-512 BF16 or AMX)."""
+    return not cpu_flags().isdisjoint(BF16_CPU_FLAGS)
