@@ -1,5 +1,8 @@
 """A training job's MLflow run: opened (or continued), its outbox, what is known before training
-(params, tags, datasets, artifacts), and its end through the outbox."""
+(params, tags, datasets, artifacts), and its end through the outbox.
+
+``job`` is the command's ``vit_exp.job.TrainJob`` (its config, Hydra directories, settings, workers).
+"""
 
 from __future__ import annotations
 
@@ -17,7 +20,6 @@ from vit_exp.errors import RegistryError
 
 if TYPE_CHECKING:
     from vit_exp.data.digest import DataIdentity
-    from vit_exp.job import TrainJob
     from vit_exp.tracking.record.outbox import Outbox
     from vit_exp.tracking.resume import ResumeTarget
 
@@ -39,7 +41,7 @@ class TrackedRun:
 
 
 @contextlib.contextmanager
-def training_run(job: TrainJob, resume: ResumeTarget | None = None) -> Iterator[TrackedRun | None]:
+def training_run(job, resume: ResumeTarget | None = None) -> Iterator[TrackedRun | None]:
     """Open the job's MLflow run (None with ``mlflow.enabled=false``); it ends FINISHED, FAILED or KILLED.
 
     ``resume`` (with a run id) continues that run as its next attempt. The end goes through the
@@ -67,7 +69,7 @@ def training_run(job: TrainJob, resume: ResumeTarget | None = None) -> Iterator[
         yield opened[0]
 
 
-def _start_tags(job: TrainJob, resume: ResumeTarget | None) -> tuple[dict[str, str], object | None]:
+def _start_tags(job, resume: ResumeTarget | None) -> tuple[dict[str, str], object | None]:
     """The tags this attempt adds to its run, and the run's lock (a continued run's is held already)."""
     from vit_exp.locking import hold_if_free
     from vit_exp.tracking.record.lifecycle import run_tags
@@ -86,7 +88,7 @@ def _start_tags(job: TrainJob, resume: ResumeTarget | None) -> tuple[dict[str, s
     return tags, hold_if_free(job.hydra.run_dir / RUN_LOCK) if job.hydra.run_dir else None
 
 
-def _with_outbox(job: TrainJob, run_id: str, lock, experiment: str) -> TrackedRun:
+def _with_outbox(job, run_id: str, lock, experiment: str) -> TrackedRun:
     from vit_exp.tracking.record.outbox import OUTBOX_DIR, Outbox, RunSender
     from vit_exp.tracking.store import is_server, use_store
 
@@ -99,7 +101,7 @@ def _with_outbox(job: TrainJob, run_id: str, lock, experiment: str) -> TrackedRu
     return TrackedRun(run_id, uri, outbox, lock, experiment)
 
 
-def _finish(job: TrainJob, opened: list[TrackedRun], run_id: str, status: str, error: str | None) -> None:
+def _finish(job, opened: list[TrackedRun], run_id: str, status: str, error: str | None) -> None:
     if not opened:  # the run was created but its outbox was not: end it directly
         from vit_exp.tracking.record.lifecycle import end_run
         from vit_exp.tracking.store import use_store
@@ -121,7 +123,7 @@ def _finish(job: TrainJob, opened: list[TrackedRun], run_id: str, status: str, e
     raise RegistryError(message)
 
 
-def log_job_inputs(job: TrainJob, run: TrackedRun, data, net, identity: DataIdentity) -> None:
+def log_job_inputs(job, run: TrackedRun, data, net, identity: DataIdentity) -> None:
     """Params, tags, datasets and artifacts known before training; with msrun data parallelism also
     how many workers trained the run and the batch per worker (``trainer.batch_size``) and in all."""
     from mlflow.entities import Param
