@@ -47,6 +47,17 @@ def first_line(message: str) -> str:
     return ""
 
 
+def error_line(exc: BaseException, last: bool = False) -> str:
+    """One line of ``exc`` for a message, credentials masked: its first (with the next when it ends
+    with ':', as Hydra's instantiate's), or its ``last``; the type's name when it has none."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    if last:
+        return mask(lines[-1])
+    return mask(" ".join(lines[:2]) if lines[0].endswith(":") and len(lines) > 1 else lines[0])
+
+
 def _chain(exc: BaseException):
     """``exc`` and the exceptions it wraps (Hydra's instantiate wraps ours in its own)."""
     seen = set()

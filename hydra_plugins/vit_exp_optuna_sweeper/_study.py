@@ -43,6 +43,7 @@ from optuna.trial import TrialState
 
 from vit_exp.credentials import mask, reveal  # one-line errors, credentials kept out of logs
 from vit_exp.errors import ConfigError as _ConfigError
+from vit_exp.errors import error_line
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +58,6 @@ COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 
 class SweeperConfigError(_ConfigError):
     """A ``hydra.sweeper.*`` value the user must fix (the message names the key)."""
-
-
-def _first_line(exc: BaseException) -> str:
-    """The message's first line (with the next one when it ends with ':', as Hydra's instantiate's)."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
-    return " ".join(lines[:2]) if lines[0].endswith(":") and len(lines) > 1 else lines[0]
 
 
 # ----------------------------------------------------------------------------------- search space
@@ -109,7 +104,7 @@ def search_space(entries: list[tuple[str, str]]) -> tuple[dict[str, BaseDistribu
             key = override.get_key_element()
             distribution = _distribution(override)
         except (HydraException, ValueError, TypeError) as exc:
-            raise SweeperConfigError(f"{where}: bad search space '{line}': {_first_line(exc)}") from None
+            raise SweeperConfigError(f"{where}: bad search space '{line}': {error_line(exc)}") from None
         space.pop(key, None)
         fixed.pop(key, None)
         if distribution is None:
@@ -171,7 +166,7 @@ def open_storage(url: str | None, timeout: float = 60.0) -> tuple[Any, Path | No
         return storage, Path(f"{path}.sweeper.lock") if path else None
     except Exception as exc:
         raise SweeperConfigError(
-            f"hydra.sweeper.storage: cannot open '{mask(url)}': {_first_line(exc)} "
+            f"hydra.sweeper.storage: cannot open '{mask(url)}': {error_line(exc)} "
             "(use sqlite:///path.db, journal:///path.log, postgresql://..., or null for in memory)"
         ) from None
 
@@ -270,7 +265,7 @@ def job_error(ret: Any, exc: BaseException | None = None) -> str | None:
     if path is not None and path.is_file():
         line = path.read_text().strip()
     if not line and exc is not None:
-        line = _first_line(exc)
+        line = error_line(exc)
     return mask(line)[:MAX_ERROR_LENGTH] if line else None
 
 
@@ -345,7 +340,7 @@ class StudySweep:
         try:
             return instantiate(spec)
         except Exception as exc:
-            raise SweeperConfigError(f"hydra.sweeper.sampler: {_first_line(exc)}") from None
+            raise SweeperConfigError(f"hydra.sweeper.sampler: {error_line(exc)}") from None
 
     def _open(self, space: dict[str, BaseDistribution]) -> optuna.Study:
         storage, self.lock_file = open_storage(self.storage_url)
@@ -363,7 +358,7 @@ class StudySweep:
             except Exception as exc:
                 raise SweeperConfigError(
                     f"hydra.sweeper.storage: cannot open study '{self.study_name}' in "
-                    f"'{mask(str(self.storage_url))}': {_first_line(exc)}"
+                    f"'{mask(str(self.storage_url))}': {error_line(exc)}"
                 ) from None
             if len(study.directions) != 1 or study.direction.name.lower() != self.direction:
                 raise SweeperConfigError(
@@ -504,7 +499,7 @@ class StudySweep:
                 pending.remove(trial)
                 value, exc = _job_value(ret)
                 if exc is not None:
-                    log.warning("Optuna: trial %d failed: %s", trial.number, _first_line(exc))
+                    log.warning("Optuna: trial %d failed: %s", trial.number, error_line(exc))
                     errors.append(exc)
                 if math.isnan(value) or math.isinf(value):
                     reason = job_error(ret, exc) or f"the job returned {value}"

@@ -16,7 +16,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from vit_exp.credentials import mask, reveal, split_credentials
-from vit_exp.errors import CheckpointError, ConfigError, first_line
+from vit_exp.errors import CheckpointError, ConfigError, error_line, first_line
 
 log = logging.getLogger(__name__)
 
@@ -77,18 +77,13 @@ def fetch_checkpoint(source: str | Path, cache_dir: str | Path) -> Path:
         _download(reveal(source), partial)
     except Exception as exc:
         partial.unlink(missing_ok=True)
+        cause = error_line(exc, last=True).removeprefix("Error: ")  # the download library's, last
         raise CheckpointError(
-            f"model.pretrained: could not download {mask(source)} ({_last_line(exc)}); "
+            f"model.pretrained: could not download {mask(source)} ({cause}); "
             "download it yourself and pass the file path"
         ) from None
     partial.replace(target)
     return target
-
-
-def _last_line(exc: Exception) -> str:
-    """The download library's cause of a failure (its message ends with it), credentials masked."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return mask(lines[-1].removeprefix("Error: ")) if lines else type(exc).__name__
 
 
 def _download(url: str, target: Path) -> None:

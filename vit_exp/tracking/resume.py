@@ -21,7 +21,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from vit_exp.errors import CheckpointError, ConfigError, RegistryError
-from vit_exp.train.state import network_file
+from vit_exp.train.state import network_file, parse_checkpoint_name
 
 log = logging.getLogger("vit_exp.tracking")
 
@@ -56,7 +56,6 @@ TAG_RESUMES = "vit_exp.resume.count"
 RUN_LOCK = ".run.lock"
 UNFINISHED = ("RUNNING", "KILLED", "FAILED")
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
-_STEP = re.compile(r"-s(\d+)(\.preempt)?\.ckpt$")
 
 
 def comparable_config(cfg: DictConfig, world_size: int = 1) -> dict[str, str]:
@@ -350,9 +349,8 @@ def latest_checkpoint(folders: list[Path]) -> tuple[Path | None, dict | None]:
     found = []
     for order, folder in enumerate(folders):
         for path in folder.glob("*.ckpt") if folder.is_dir() else ():
-            match = _STEP.search(path.name)
-            if match and not path.name.startswith("."):  # a validated one beats a preempt one of its step
-                found.append((int(match.group(1)), not match.group(2), order, path))
+            if parsed := parse_checkpoint_name(path.name):  # a validated one beats a preempt one of its step
+                found.append((parsed[0], not parsed[1], order, path))
     for *_, path in sorted(found, reverse=True):
         try:
             state = read_training_state(path)
@@ -365,12 +363,8 @@ def latest_checkpoint(folders: list[Path]) -> tuple[Path | None, dict | None]:
 
 
 def logged_steps(client, run_id: str) -> dict[str, int]:
-    """Per metric key, the last step stored in the run."""
-    run = client.get_run(run_id)
-    latest = getattr(run.data, "_metric_objs", None)
-    if latest is not None:
-        return {m.key: int(m.step) for m in latest}
-    return {key: max(m.step for m in client.get_metric_history(run_id, key)) for key in run.data.metrics}
+    """Per metric key, the last step stored in the run (the run's latest metrics, with their steps)."""
+    return {m.key: int(m.step) for m in client.get_run(run_id).data.to_proto().metrics}
 
 
 def _best(client, run_id: str, metric: str) -> float | None:

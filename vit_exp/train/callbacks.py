@@ -307,14 +307,13 @@ class CheckpointSaver(Callback):
         return self._save(run_context, kind, epoch_done, wait=True)
 
     def _save(self, run_context, kind: str, epoch_done: bool, wait: bool) -> SavedCheckpoint:
-        from vit_exp.train.state import save_training_checkpoint
+        from vit_exp.train.state import checkpoint_name, save_training_checkpoint
 
         self.wait_for_write()  # one write at a time (and the host buffers are free again)
         cb = run_context.original_args()
         step, epoch = int(cb.cur_step_num), int(cb.cur_epoch_num)
         self.before_save()
-        suffix = ".preempt" if kind == "preempt" else ""  # a resume may write this step again, validated
-        path = self.directory / f"{self.prefix}-e{epoch:03d}-s{step:06d}{suffix}.ckpt"
+        path = self.directory / checkpoint_name(self.prefix, epoch, step, kind == "preempt")
         state = self._state(cb, kind, epoch_done)
         record = self.history.last_epoch if kind == "epoch" else None
         saved = SavedCheckpoint(path, record, kind, step, epoch)

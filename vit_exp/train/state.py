@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -31,6 +32,21 @@ def state_file(checkpoint: Path) -> Path:
     if checkpoint.name.endswith(STATE_SUFFIX):
         return checkpoint
     return checkpoint.with_name(checkpoint.name[: -len(".ckpt")] + STATE_SUFFIX)
+
+
+_NAME = re.compile(r"-s(\d+)(\.preempt)?\.ckpt$")
+
+
+def checkpoint_name(prefix: str, epoch: int, step: int, preempt: bool = False) -> str:
+    """``<prefix>-e<epoch>-s<step>.ckpt``; ``.preempt.ckpt`` for a signal's (a resume may write that
+    step again, validated)."""
+    return f"{prefix}-e{epoch:03d}-s{step:06d}{'.preempt' if preempt else ''}.ckpt"
+
+
+def parse_checkpoint_name(name: str) -> tuple[int, bool] | None:
+    """The step and whether it is a preemption's, of a ``checkpoint_name`` (None for another file)."""
+    match = _NAME.search(name)
+    return (int(match.group(1)), bool(match.group(2))) if match and not name.startswith(".") else None
 
 
 def checkpoint_files(checkpoint: Path) -> list[Path]:

@@ -24,8 +24,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from vit_exp.credentials import mask
-from vit_exp.errors import first_line
+from vit_exp.errors import error_line
 from vit_exp.locking import hold_against_other_processes
 from vit_exp.tracking.retries import is_transient
 
@@ -134,7 +133,9 @@ class Outbox:
                     self._skip(record, exc)
                 elif not retry:
                     log.warning(
-                        "mlflow: store not answering (%s); records kept in %s", _short(exc), self.folder
+                        "mlflow: store not answering (%s); records kept in %s",
+                        error_line(exc)[:160],
+                        self.folder,
                     )
                     return
                 else:
@@ -150,7 +151,9 @@ class Outbox:
         if not self._warned_permanent:
             self._warned_permanent = True
             log.warning(
-                "mlflow: the store refused a %s record (%s); it is skipped", record["kind"], _short(exc)
+                "mlflow: the store refused a %s record (%s); it is skipped",
+                record["kind"],
+                error_line(exc)[:160],
             )
 
     def _mark_sent(self) -> None:
@@ -218,10 +221,6 @@ def load_records(folder: Path) -> list[dict]:
 def sent_count(folder: Path) -> int:
     path = folder / SENT
     return int(path.read_text()) if path.is_file() else 0
-
-
-def _short(exc: BaseException) -> str:
-    return mask(first_line(str(exc)))[:160] or type(exc).__name__
 
 
 class RunSender:
