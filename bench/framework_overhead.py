@@ -46,16 +46,16 @@ def bare(data, epochs: int, net) -> tuple[float, float]:
     import mindspore as ms
     from mindspore import nn
 
+    from vit_exp.config import group_settings
     from vit_exp.data.pipeline import train_dataset
     from vit_exp.train.losses import CrossEntropySmooth
     from vit_exp.train.lr import cosine_schedule
-    from vit_exp.train.optim import OptimizerSettings
 
     batches = [
         (ms.Tensor(x), ms.Tensor(y))
         for x, y in train_dataset(data, 32, 64).create_tuple_iterator(output_numpy=True)
     ]
-    adam = OptimizerSettings(name="adam", lr=1e-3)
+    adam = group_settings("optim", "adam", lr=1e-3)
     optimizer = adam.build(
         net.trainable_params(), adam.learning_rates(cosine_schedule(epochs * len(batches), len(batches)))
     )
@@ -79,10 +79,10 @@ def full(data, epochs: int, store: Path, net, every_epoch: bool) -> tuple[float,
     """
     from mindspore.train import Callback
 
+    from vit_exp.config import group_settings
     from vit_exp.data.pipeline import TrainBatches
     from vit_exp.tracking.record.metrics import MlflowMetricLogger
     from vit_exp.tracking.record.outbox import Outbox, RunSender
-    from vit_exp.tracking.registry import RegistrySettings
     from vit_exp.tracking.registry.checkpoints import CheckpointRegistration
     from vit_exp.tracking.registry.versions import write_model_inputs
     from vit_exp.tracking.store import use_store
@@ -90,8 +90,7 @@ def full(data, epochs: int, store: Path, net, every_epoch: bool) -> tuple[float,
     from vit_exp.train.losses import CrossEntropySmooth
     from vit_exp.train.lr import cosine_schedule
     from vit_exp.train.metrics import classification_metrics
-    from vit_exp.train.optim import OptimizerSettings
-    from vit_exp.train.trainer import TrainSettings, fit
+    from vit_exp.train.trainer import fit
 
     class EpochClock(Callback):  # last in the list: the epoch's checkpoint and registration count
         def __init__(self):
@@ -103,8 +102,8 @@ def full(data, epochs: int, store: Path, net, every_epoch: bool) -> tuple[float,
 
     clock = EpochClock()
     batches = TrainBatches(data, 32, 64, seed=0, exact_skip=True)
-    plan = TrainSettings(epochs=epochs, batch_size=64).plan(batches.steps_per_epoch)
-    adam = OptimizerSettings(name="adam", lr=1e-3)
+    plan = group_settings("trainer", epochs=epochs, batch_size=64).plan(batches.steps_per_epoch)
+    adam = group_settings("optim", "adam", lr=1e-3)
     lr_values = adam.learning_rates(cosine_schedule(plan.total_steps, plan.steps_per_epoch))
     history = TrainHistory(64, lr_values)
     saver = CheckpointSaver(store / "ckpt", "bench", history, 1 if every_epoch else epochs, keep=100)
@@ -117,7 +116,7 @@ def full(data, epochs: int, store: Path, net, every_epoch: bool) -> tuple[float,
     if every_epoch:  # registry.register=every (the default)
         classes = [str(i) for i in range(10)]
         inputs = write_model_inputs(store / "model_inputs", {"model": {}}, classes, data.example_image())
-        settings = RegistrySettings(register="every", name="bench")
+        settings = group_settings("registry", register="every", name="bench")
         callbacks.append(
             CheckpointRegistration(
                 settings, run_id, saver, inputs, put=outbox.put, flush_metrics=logger.flush

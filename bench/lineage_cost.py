@@ -57,10 +57,10 @@ def _train_network(model: str, num_classes: int):
     import mindspore as ms
     from mindspore import nn
 
-    from vit_exp.train.optim import OptimizerSettings
+    from vit_exp.config import group_settings
 
     net = cpu_vit(vit_config(model, num_classes=num_classes))
-    optimizer = OptimizerSettings(name="adam", lr=1e-3).build(
+    optimizer = group_settings("optim", "adam", lr=1e-3).build(
         net.trainable_params(), np.full(1000, 1e-3, np.float32)
     )
     loss = nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")

@@ -24,11 +24,11 @@ def sizes_and_write_times(model: str, rounds: int, folder: Path) -> dict:
     import mindspore as ms
     from mindspore import nn
 
-    from vit_exp.train.optim import OptimizerSettings
+    from vit_exp.config import group_settings
     from vit_exp.train.state import checkpoint_files, save_training_checkpoint
 
     net = cpu_vit(vit_config(model, num_classes=1000 if model != "vit_tiny" else 10))
-    optimizer = OptimizerSettings(name="adam", lr=1e-3).build(
+    optimizer = group_settings("optim", "adam", lr=1e-3).build(
         net.trainable_params(), np.full(1000, 1e-3, np.float32)
     )
     loss = nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")

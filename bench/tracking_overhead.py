@@ -30,14 +30,14 @@ def build(batch: int):
     import mindspore as ms
     from mindspore import nn
 
+    from vit_exp.config import group_settings
     from vit_exp.train.losses import CrossEntropySmooth
     from vit_exp.train.lr import cosine_schedule
-    from vit_exp.train.optim import OptimizerSettings
 
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_device("CPU")
     net = cpu_vit(vit_config())
-    adam = OptimizerSettings(name="adam", lr=1e-3)
+    adam = group_settings("optim", "adam", lr=1e-3)
     lr_values = adam.learning_rates(cosine_schedule(100_000, 100))
     step = nn.TrainOneStepCell(
         nn.WithLossCell(net, CrossEntropySmooth(10)), adam.build(net.trainable_params(), lr_values)

@@ -26,3 +26,18 @@ def beside_store(tracking_uri: str, file_name: str, fallback_dir: str) -> str:
         Path(tracking_uri[len(prefix) :]).parent if tracking_uri.startswith(prefix) else Path(fallback_dir)
     )
     return f"{prefix}{folder / file_name}"
+
+
+def group_settings(group: str, option: str | None = None, **values):
+    """The settings object of config ``group`` (trainer, optim, device, mlflow, registry) as
+    ``conf/train.yaml`` composes it, ``option`` choosing another file of the group and ``values``
+    replacing keys: the YAML's defaults (their one source) outside a Hydra app (notebooks, tests, bench).
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import get_class
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[f"{group}={option}"] if option else [])
+    keys = OmegaConf.to_container(cfg[group], resolve=True)
+    return get_class(keys.pop("_target_"))(**(keys | values))

@@ -14,15 +14,18 @@ AMP_LEVELS = ("O0", "O1", "O2", "O3", "auto")
 
 @dataclass
 class DeviceSettings:
-    """The ``device`` config group. ``apply()`` sets MindSpore's global context."""
+    """The ``device`` config group. ``apply()`` sets MindSpore's global context.
 
-    target: str = "cpu"
-    device_id: int = 0
-    mode: str = "graph"
-    amp_level: str = "O0"
-    jit_level: str | None = None
-    max_device_memory: str | None = None
-    precision: str = "fp32"
+    Types only: the defaults are conf/device/cpu.yaml's (their one source).
+    """
+
+    target: str
+    device_id: int
+    mode: str
+    amp_level: str
+    jit_level: str | None
+    max_device_memory: str | None
+    precision: str
 
     def __post_init__(self) -> None:
         check_field_types(self, "device")

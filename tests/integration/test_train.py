@@ -16,15 +16,14 @@ def test_a_few_steps_reduce_the_loss(tmp_path):
     """fit as a notebook uses it: plain MindSpore objects and the training callbacks, no MLflow."""
     from mindspore.train import Callback
 
+    from vit_exp.config import group_settings
     from vit_exp.data.folder import ImageFolderData
     from vit_exp.data.pipeline import TrainBatches, val_dataset
-    from vit_exp.device import DeviceSettings
     from vit_exp.train.callbacks import CheckpointSaver, TrainHistory
     from vit_exp.train.losses import CrossEntropySmooth
     from vit_exp.train.lr import constant_schedule
     from vit_exp.train.metrics import classification_metrics
-    from vit_exp.train.optim import OptimizerSettings
-    from vit_exp.train.trainer import TrainSettings, fit
+    from vit_exp.train.trainer import fit
 
     class FrozenObjects(Callback):  # fit keeps pre-existing objects out of the cyclic GC
         counts: tuple = ()
@@ -33,13 +32,13 @@ def test_a_few_steps_reduce_the_loss(tmp_path):
             self.counts += (gc.get_freeze_count(),)
 
     frozen = FrozenObjects()
-    DeviceSettings().apply(seed=0)
+    group_settings("device").apply(seed=0)
     root = write_image_folder(tmp_path / "ds", ["red", "green", "blue", "grey"], per_class=16, size=16)
     data = ImageFolderData(root=root, train_crop_scale=(0.8, 1.0), hflip_prob=0.0, val_resize_margin=0)
     net = tiny_vit(num_classes=4)
     batches = TrainBatches(data, 32, 16, seed=0, exact_skip=True)
-    plan = TrainSettings(epochs=6, batch_size=16).plan(batches.steps_per_epoch)
-    optim = OptimizerSettings(name="adam", lr=3e-3)
+    plan = group_settings("trainer", epochs=6, batch_size=16).plan(batches.steps_per_epoch)
+    optim = group_settings("optim", "adam", lr=3e-3)
     lr_values = optim.learning_rates(constant_schedule(plan.total_steps, plan.steps_per_epoch))
     history = TrainHistory(16, lr_values)
     saver = CheckpointSaver(tmp_path / "ckpt", "tiny", history, every_n_epochs=1, keep=100)

@@ -192,12 +192,12 @@ def test_auto_picks_bf16_on_a_bf16_cpu():
 
 
 def test_precision_errors_name_the_key():
-    from vit_exp.device import DeviceSettings
+    from vit_exp.config import group_settings
     from vit_exp.models.config import ViTConfig
     from vit_exp.models.kernels.plan import plan_kernels
 
     with pytest.raises(ConfigError, match=r"device\.precision must be one of"):
-        DeviceSettings(precision="fp8")
+        group_settings("device", precision="fp8")
     with pytest.raises(
         ConfigError, match=r"device\.precision=bf16 is for the CPU; on GPU use device\.amp_level"
     ):

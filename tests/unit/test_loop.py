@@ -144,12 +144,12 @@ def test_total_steps_ends_training_mid_epoch_and_that_epoch_validates():
 
 
 def test_plan_counts_steps_epochs_and_validation_epochs():
-    from vit_exp.train.trainer import TrainSettings
+    from vit_exp.config import group_settings
 
-    plan = TrainSettings(epochs=5, val_every_n_epochs=2).plan(steps_per_epoch=4)
+    plan = group_settings("trainer", epochs=5, val_every_n_epochs=2).plan(steps_per_epoch=4)
     assert plan == TrainPlan(epochs=5, steps_per_epoch=4, total_steps=20, validation_epochs=(2, 4, 5))
     assert not plan.stops_early
-    capped = TrainSettings(epochs=5, max_steps=9).plan(steps_per_epoch=4)
+    capped = group_settings("trainer", epochs=5, max_steps=9).plan(steps_per_epoch=4)
     assert (capped.epochs, capped.total_steps, capped.validation_epochs) == (3, 9, (1, 2, 3))
     assert capped.stops_early
 

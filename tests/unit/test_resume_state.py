@@ -17,11 +17,11 @@ def _train_network(num_classes: int = 3):
     import mindspore as ms
     from mindspore import nn
 
-    from vit_exp.train.optim import OptimizerSettings
+    from vit_exp.config import group_settings
 
     net = tiny_vit(num_classes=num_classes)
     rates = np.full(8, 1e-2, np.float32)
-    optimizer = OptimizerSettings(name="adam", lr=1e-2).build(net.trainable_params(), rates)
+    optimizer = group_settings("optim", "adam", lr=1e-2).build(net.trainable_params(), rates)
     loss = nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
     return ms, net, ms.amp.build_train_network(net, optimizer, loss, level="O0")
 
@@ -349,7 +349,7 @@ def test_a_checkpoint_that_does_not_come_within_the_grace_period_ends_the_proces
 def test_a_resumed_run_registers_the_checkpoint_it_starts_from_only_if_the_policy_wanted_it(
     policy, kind, top1, registers, tmp_path
 ):
-    from vit_exp.tracking.registry import RegistrySettings
+    from vit_exp.config import group_settings
     from vit_exp.tracking.registry.checkpoints import CheckpointRegistration
     from vit_exp.train.callbacks import EpochRecord, SavedCheckpoint
 
@@ -358,7 +358,7 @@ def test_a_resumed_run_registers_the_checkpoint_it_starts_from_only_if_the_polic
     )
     queue = []
     registration = CheckpointRegistration(
-        RegistrySettings(register=policy, name="m"), "run", None, tmp_path, put=queue.append
+        group_settings("registry", register=policy, name="m"), "run", None, tmp_path, put=queue.append
     )
     registration.load_state_dict({"registered": [earlier.state_dict()]})
     assert registration.queued == [earlier]

@@ -6,10 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from vit_exp.config import group_settings
 from vit_exp.errors import ConfigError
-from vit_exp.tracking.record import MlflowSettings
 from vit_exp.tracking.record.lifecycle import flatten, readable_run_name
-from vit_exp.tracking.registry import RegistrySettings
 from vit_exp.tracking.store import default_artifact_location
 
 
@@ -47,9 +46,9 @@ def test_sqlite_artifacts_live_beside_the_database(tmp_path):
 
 def test_settings_validation():
     with pytest.raises(ConfigError, match=r"registry.register"):
-        RegistrySettings(register="sometimes")
+        group_settings("registry", register="sometimes")
     with pytest.raises(ConfigError, match=r"mlflow.tracking_uri"):
-        MlflowSettings(tracking_uri="")
+        group_settings("mlflow", tracking_uri="")
 
 
 @pytest.mark.parametrize(
@@ -71,7 +70,7 @@ def test_registration_policy(policy, expected, tmp_path):
     cb = CallbackParams(train_network=nn.Dense(2, 2), batch_num=10, cur_epoch_num=0, cur_step_num=0)
     context = RunContext(cb)
     registration = CheckpointRegistration(
-        RegistrySettings(register=policy, name="m"),
+        group_settings("registry", register=policy, name="m"),
         "run",
         saver,
         tmp_path / "inputs",
@@ -113,7 +112,7 @@ def test_step_checkpoints_are_queued_as_versions_while_their_files_are_there(bac
     context = RunContext(cb)
     present = []
     registration = CheckpointRegistration(
-        RegistrySettings(register="every", name="m", step_checkpoints=True),
+        group_settings("registry", register="every", name="m", step_checkpoints=True),
         "run",
         saver,
         tmp_path / "inputs",

@@ -28,19 +28,26 @@ def _param_groups(params: Sequence, weight_decay: float) -> list:
 
 @dataclass(frozen=True)
 class OptimizerSettings:
-    """The ``optim`` config group: which optimizer, its peak learning rate ``lr`` and its constants."""
+    """The ``optim`` config group: which optimizer, its peak learning rate ``lr`` and its constants.
+
+    Types only: the values are conf/optim/<name>.yaml's. A constant another optimizer uses is None.
+    """
 
     name: str
     lr: float
-    weight_decay: float = 0.0
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
-    momentum: float = 0.9
-    nesterov: bool = False
+    weight_decay: float
+    beta1: float | None = None
+    beta2: float | None = None
+    eps: float | None = None
+    momentum: float | None = None
+    nesterov: bool | None = None
 
     def __post_init__(self) -> None:
         check_field_types(self, "optim")
+        needed = ("momentum", "nesterov") if self.name == "sgd" else ("beta1", "beta2", "eps")
+        for key in needed:
+            if getattr(self, key) is None:
+                raise ConfigError(f"optim.{key} is required with optim.name={self.name}")
         if self.name not in OPTIMIZERS:
             raise ConfigError(f"optim.name must be one of {OPTIMIZERS}, got {self.name!r}")
         if not isinstance(self.lr, (int, float)) or not self.lr > 0:

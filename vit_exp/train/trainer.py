@@ -18,23 +18,26 @@ if TYPE_CHECKING:
 
 @dataclass
 class TrainSettings:
-    """The ``trainer`` config group (checked when it is built)."""
+    """The ``trainer`` config group (checked when it is built).
 
-    epochs: int = 10
-    max_steps: int | None = None
-    batch_size: int = 16
-    seed: int = 42
-    label_smoothing: float = 0.1
-    val_every_n_epochs: int = 1
-    print_every_n_steps: int = 10
-    checkpoint_every_n_epochs: int = 1
-    keep_checkpoints: int = 100
-    checkpoint_every_n_steps: int | None = None
-    keep_step_checkpoints: int = 2
-    deterministic: bool = False
-    resume_fast_skip: bool = False
-    preempt_grace_s: float = 30.0
-    checkpoint_in_background: bool = True
+    Types only: the defaults are conf/trainer/default.yaml's (their one source).
+    """
+
+    epochs: int
+    max_steps: int | None
+    batch_size: int
+    seed: int
+    label_smoothing: float
+    val_every_n_epochs: int
+    print_every_n_steps: int
+    checkpoint_every_n_epochs: int
+    keep_checkpoints: int
+    checkpoint_every_n_steps: int | None
+    keep_step_checkpoints: int
+    deterministic: bool
+    resume_fast_skip: bool
+    preempt_grace_s: float
+    checkpoint_in_background: bool
 
     def __post_init__(self) -> None:
         check_field_types(self, "trainer")

@@ -13,17 +13,20 @@ from vit_exp.errors import ConfigError, check_field_types, positive_int
 
 @dataclass
 class MlflowSettings:
-    """The ``mlflow`` config group."""
+    """The ``mlflow`` config group.
+
+    Types only: the defaults are conf/mlflow/default.yaml's (their one source).
+    """
 
     tracking_uri: str
-    experiment: str = "vit-exp"
-    run_name: str | None = None
-    artifact_location: str | None = None
-    enabled: bool = True
-    log_every_n_steps: int = 1
-    log_details_every_n_steps: int = 10
-    flush_interval_s: float = 10.0
-    drain_timeout_s: float = 120.0
+    experiment: str
+    run_name: str | None
+    artifact_location: str | None
+    enabled: bool
+    log_every_n_steps: int
+    log_details_every_n_steps: int
+    flush_interval_s: float
+    drain_timeout_s: float
 
     def __post_init__(self) -> None:
         check_field_types(self, "mlflow")

@@ -14,12 +14,15 @@ POLICIES = ("every", "best", "last", "none")
 
 @dataclass
 class RegistrySettings:
-    """The ``registry`` config group: which checkpoints become versions of which registered model."""
+    """The ``registry`` config group: which checkpoints become versions of which registered model.
 
-    register: str = "every"
-    name: str = "vit"
-    top_k: int = 5
-    step_checkpoints: bool = False
+    Types only: the defaults are conf/registry/default.yaml's (their one source).
+    """
+
+    register: str
+    name: str
+    top_k: int
+    step_checkpoints: bool
 
     def __post_init__(self) -> None:
         check_field_types(self, "registry")

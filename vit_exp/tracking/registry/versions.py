@@ -27,7 +27,7 @@ INFERENCE_CODE = (
 EXAMPLE_IMAGE = "input_example.image"  # the encoded bytes of one validation image
 
 
-def pyfunc_signature(top_k: int = 5):
+def pyfunc_signature(top_k: int):
     """Input: an ``image`` column of encoded image bytes (or their base64 text); output: top-1, top-k
     and ``error`` columns; param ``top_k``."""
     from mlflow.models import ModelSignature
