@@ -29,12 +29,37 @@ def collect_inputs(inputs: str | Path) -> tuple[Path, list[Path]]:
     raise DataError(f"inputs: no such file or folder: {path}")
 
 
+def decode_images(files: list[Path]) -> tuple[list, list[Path], list[dict]]:
+    """The decoded images, their files, and a ``{"file", "error"}`` row for each unreadable one."""
+    from vit_exp.data.images import decode_rgb
+
+    images, readable, failures = [], [], []
+    for path in files:
+        try:
+            images.append(decode_rgb(path.read_bytes(), source=str(path)))
+            readable.append(path)
+        except (DataError, OSError) as exc:
+            failures.append({"file": str(path), "error": str(exc)})
+            log.warning("skipped %s: not a readable image", path)
+    return images, readable, failures
+
+
+def annotate(rows: list[dict], images: list, base: Path, folder: Path) -> None:
+    """Each image with its top-1 class written on it, as a PNG under ``folder`` (inputs' layout)."""
+    from vit_exp.prediction_files import annotate_image
+
+    for row, image in zip(rows, images, strict=True):
+        best = row["top_k"][0]
+        relative = Path(row["file"]).relative_to(base)
+        label = f"{best['class_index']} {best['class_name']} ({best['probability']:.1%})"
+        annotate_image(image, label, folder / relative.with_suffix(".png"))
+
+
 def predict(cfg: DictConfig) -> list[dict]:
     """Predict ``cfg.inputs`` with ``cfg.model_uri``; write predictions; return them."""
     from hydra.utils import instantiate
 
-    from vit_exp.data.images import decode_rgb
-    from vit_exp.prediction_files import annotate_image, write_predictions
+    from vit_exp.prediction_files import write_predictions
     from vit_exp.tracking.registry.resolve import load_predictor, resolve
     from vit_exp.tracking.store import use_store
 
@@ -45,14 +70,7 @@ def predict(cfg: DictConfig) -> list[dict]:
     device = instantiate(cfg.device)
     device.apply()
     predictor = load_predictor(ref.pinned_uri, device.precision)
-    images, readable, failures = [], [], []
-    for path in files:
-        try:
-            images.append(decode_rgb(path.read_bytes(), source=str(path)))
-            readable.append(path)
-        except (DataError, OSError) as exc:
-            failures.append({"file": str(path), "error": str(exc)})
-            log.warning("skipped %s: not a readable image", path)
+    images, readable, failures = decode_images(files)
     if not images:
         raise DataError(f"inputs: none of the {len(files)} file(s) under {cfg.inputs} is a readable image")
     top = predictor.top_k(images, k=top_k, batch_size=batch_size)
@@ -70,14 +88,7 @@ def predict(cfg: DictConfig) -> list[dict]:
     out_dir = Path(cfg.output_dir) if cfg.output_dir else (hydra_run_dir() or Path("predictions"))
     written = write_predictions(rows, failures, ref.uri, out_dir)
     if cfg.annotate:
-        for row, image in zip(rows, images, strict=True):
-            best = row["top_k"][0]
-            relative = Path(row["file"]).relative_to(base)
-            annotate_image(
-                image,
-                f"{best['class_index']} {best['class_name']} ({best['probability']:.1%})",
-                out_dir / "annotated" / relative.with_suffix(".png"),
-            )
+        annotate(rows, images, base, out_dir / "annotated")
     for row in rows:
         best = row["top_k"][0]
         log.info(

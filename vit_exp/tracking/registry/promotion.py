@@ -96,15 +96,26 @@ def decide(client, request: PromotionRequest) -> Decision:
     holder = registered.aliases.get(request.alias)
     holder_row = next((r for r in rows if holder is not None and r.version == str(holder)), None)
     decision.data_digest = _data_compared(request, rows, holder_row)
+    best = _candidate(request, rows, decision.data_digest)
+    decision.candidate, decision.candidate_score = best.version, best.score
+    if holder is not None:
+        decision.current = str(holder)
+        decision.current_score = next((r.score for r in rows if r.version == decision.current), math.nan)
+    _judge(decision, request, best, holder_row)
+    return decision
+
+
+def _candidate(request: PromotionRequest, rows: list[VersionScore], data_digest: str | None) -> VersionScore:
+    """The best-scoring version on the compared data (``request.version`` when it names one)."""
     sign = 1.0 if request.higher_is_better else -1.0
     tie_sign = 1.0 if request.tie_breaker_higher_is_better else -1.0
-    scored = [r for r in rows if not math.isnan(r.score) and r.data_digest == decision.data_digest]
+    scored = [r for r in rows if not math.isnan(r.score) and r.data_digest == data_digest]
     if request.version is not None:
         scored = [r for r in scored if r.version == request.version]
         if not scored:
             raise RegistryError(
                 f"version {request.version} of '{request.name}' has no numeric '{request.metric}' tag "
-                f"or was trained on other data than data.digest={decision.data_digest}"
+                f"or was trained on other data than data.digest={data_digest}"
             )
     if not scored:
         raise RegistryError(f"no version of '{request.name}' has a numeric '{request.metric}' tag to compare")
@@ -113,11 +124,11 @@ def decide(client, request: PromotionRequest) -> Decision:
         tie = -math.inf if math.isnan(r.tie_score) else tie_sign * r.tie_score
         return (sign * r.score, tie, r.step, int(r.version))
 
-    best = max(scored, key=rank)
-    decision.candidate, decision.candidate_score = best.version, best.score
-    if holder is not None:
-        decision.current = str(holder)
-        decision.current_score = next((r.score for r in rows if r.version == decision.current), math.nan)
+    return max(scored, key=rank)
+
+
+def _judge(decision: Decision, request: PromotionRequest, best: VersionScore, holder_row) -> None:
+    """Whether the candidate takes the alias from its holder, and the line that says why."""
     other_data = holder_row is not None and holder_row.data_digest != decision.data_digest
     if decision.current is None:
         decision.promote = True
@@ -131,9 +142,11 @@ def decide(client, request: PromotionRequest) -> Decision:
     elif decision.current == decision.candidate:
         decision.summary = f"version {decision.candidate} already holds @{request.alias}"
     else:
-        gain = sign * (decision.candidate_score - decision.current_score)
-        if math.isnan(decision.current_score) or gain > request.min_delta:
-            decision.promote = True
+        gain = (1.0 if request.higher_is_better else -1.0) * (
+            decision.candidate_score - decision.current_score
+        )
+        decision.promote = math.isnan(decision.current_score) or gain > request.min_delta
+        if decision.promote:
             decision.summary = (
                 f"version {decision.candidate} becomes @{request.alias}: {request.metric} "
                 f"{decision.candidate_score:.6g} vs {decision.current_score:.6g} "
@@ -145,7 +158,6 @@ def decide(client, request: PromotionRequest) -> Decision:
                 f"{request.metric} {decision.candidate_score:.6g} vs {decision.current_score:.6g}, "
                 f"gain {gain:+.6g} <= min_delta {request.min_delta:g}"
             )
-    return decision
 
 
 def _version_score(version, request: PromotionRequest, aliases: list[str]) -> VersionScore:

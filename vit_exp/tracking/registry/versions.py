@@ -328,19 +328,7 @@ def register_version(
         ensure_registered_model(client, name)
     model = _existing_model(client, run, checkpoint) if check_existing else None
     completing = model is not None  # a PENDING one may be an output of the run already
-    if model is None:
-        model = create_once(
-            client,
-            lambda: client.create_logged_model(
-                run.experiment_id,
-                name=_model_name(checkpoint),
-                source_run_id=run.run_id,
-                tags={"checkpoint": checkpoint.name, "global_step": str(step)},
-                model_type=MODEL_TYPE,
-            ),
-            lambda: _existing_model(client, run, checkpoint),
-            f"the LoggedModel of {checkpoint.name}",
-        )
+    model = model or _create_model(client, run, checkpoint, step)
     if not _is_ready(model):
         writer.write(client, model, checkpoint, step, run.run_id, bool(record.get("network_only")))
         _link_to_run(client, run.run_id, model.model_id, step, record["tags"], completing)
@@ -361,6 +349,22 @@ def register_version(
         )
     _list_version_on_model(client, model.model_id, name, str(version.version))
     return str(version.version)
+
+
+def _create_model(client, run, checkpoint: Path, step: int):
+    """The checkpoint's LoggedModel, made exactly once (looked up by run and name before a resend)."""
+    return create_once(
+        client,
+        lambda: client.create_logged_model(
+            run.experiment_id,
+            name=_model_name(checkpoint),
+            source_run_id=run.run_id,
+            tags={"checkpoint": checkpoint.name, "global_step": str(step)},
+            model_type=MODEL_TYPE,
+        ),
+        lambda: _existing_model(client, run, checkpoint),
+        f"the LoggedModel of {checkpoint.name}",
+    )
 
 
 def _model_name(checkpoint: Path) -> str:
