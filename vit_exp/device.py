@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
-from vit_exp.errors import ConfigError, check_field_types, first_line
+from vit_exp.errors import NOT_COMPARED, ConfigError, check_field_types, first_line
 from vit_exp.models.config import check_precision
 
 TARGETS = {"cpu": "CPU", "gpu": "GPU", "ascend": "Ascend"}
@@ -20,11 +21,11 @@ class DeviceSettings:
     """
 
     target: str
-    device_id: int
+    device_id: Annotated[int, NOT_COMPARED]
     mode: str
     amp_level: str
     jit_level: str | None
-    max_device_memory: str | None
+    max_device_memory: Annotated[str | None, NOT_COMPARED]
     precision: str
 
     def __post_init__(self) -> None:

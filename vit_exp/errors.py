@@ -97,6 +97,22 @@ def failure_message(exc: BaseException, traceback_dir: Path | None = None) -> st
     return mask(message)
 
 
+# A setting that does not change what a run computes (where things are, how often it prints or saves):
+# a resume does not compare it. Declared with the setting: ``keep_checkpoints: Annotated[int, NOT_COMPARED]``.
+NOT_COMPARED = "vit_exp: not compared by resume"
+
+
+def not_compared(target) -> set[str]:
+    """The settings of a config group's ``target`` (a settings class, or a function building one,
+    whose return type is followed) declared ``NOT_COMPARED``."""
+    import typing
+
+    hints = typing.get_type_hints(target, include_extras=True)
+    names = {name for name, hint in hints.items() if NOT_COMPARED in getattr(hint, "__metadata__", ())}
+    built = hints.get("return")
+    return names | (not_compared(built) if isinstance(built, type) else set())
+
+
 def check_field_types(settings, group: str) -> None:
     """ConfigError naming ``<group>.<field>`` for the first dataclass field whose value does not have
     its annotated type (int, float, bool, str, None, Path, tuples of those, and unions)."""

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Annotated
 
-from vit_exp.errors import ConfigError, DataError, check_field_types
+from vit_exp.errors import NOT_COMPARED, ConfigError, DataError, check_field_types
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 CLASS_MAPS = ("folder", "imagenet")
@@ -32,7 +33,7 @@ class ImageFolderData:
     ``meta_mat`` when it is given, otherwise from the folder names.
     """
 
-    root: str | Path
+    root: Annotated[str | Path, NOT_COMPARED]
     train_split: str = "train"
     val_split: str = "val"
     class_map: str = "folder"
@@ -44,9 +45,9 @@ class ImageFolderData:
     hflip_prob: float = 0.5
     val_resize_margin: int = 32
     num_workers: int = 2
-    prefetch_size: int = 8
+    prefetch_size: Annotated[int, NOT_COMPARED] = 8
     skip_unreadable: bool = False
-    check_cache_dir: str | Path = "~/.cache/vit_exp/image_checks"
+    check_cache_dir: Annotated[str | Path, NOT_COMPARED] = "~/.cache/vit_exp/image_checks"
     name: str = "image_folder"
 
     def __post_init__(self) -> None:

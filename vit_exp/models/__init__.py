@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Annotated
+
+from vit_exp.errors import NOT_COMPARED
 
 log = logging.getLogger(__name__)
 
@@ -14,7 +17,7 @@ def build_vit(
     num_classes: int,
     pretrained: str | None = None,
     pretrained_name_map: str = "auto",
-    checkpoint_cache_dir: str | Path = "~/.cache/vit_exp/checkpoints",
+    checkpoint_cache_dir: Annotated[str | Path, NOT_COMPARED] = "~/.cache/vit_exp/checkpoints",
     **architecture,
 ):
     """Build a ViT from the ``model`` config keys and, if ``pretrained`` is a path or URL, load its weights.

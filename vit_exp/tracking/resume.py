@@ -25,29 +25,24 @@ from vit_exp.train.state import network_file, parse_checkpoint_name
 
 log = logging.getLogger("vit_exp.tracking")
 
-# Keys that do not change what a run computes: where things are, how often it prints, checkpoints
-# and records, which device id, and resume itself. A resume compares every other key.
+# What a resume does not compare: the groups of where and how a run is recorded, the command's own
+# keys, and each setting declared ``NOT_COMPARED`` by its group's settings (errors.not_compared).
 IGNORED_PREFIXES = ("paths.", "mlflow.", "registry.")
-IGNORED_KEYS = frozenset(
-    {
-        "resume",
-        "task_name",
-        "data.root",
-        "data.check_cache_dir",
-        "data.prefetch_size",
-        "model.checkpoint_cache_dir",
-        "device.device_id",
-        "device.max_device_memory",
-        "trainer.print_every_n_steps",
-        "trainer.checkpoint_every_n_epochs",
-        "trainer.keep_checkpoints",
-        "trainer.checkpoint_every_n_steps",
-        "trainer.keep_step_checkpoints",
-        "trainer.preempt_grace_s",
-        "trainer.resume_fast_skip",
-        "trainer.checkpoint_in_background",
-    }
-)
+COMMAND_KEYS = frozenset({"resume", "task_name"})
+
+
+def _declared() -> frozenset[str]:
+    from vit_exp.data.folder import ImageFolderData
+    from vit_exp.device import DeviceSettings
+    from vit_exp.errors import not_compared
+    from vit_exp.models import build_vit
+    from vit_exp.train.trainer import TrainSettings
+
+    groups = {"trainer": TrainSettings, "device": DeviceSettings, "data": ImageFolderData, "model": build_vit}
+    return frozenset(f"{group}.{name}" for group, target in groups.items() for name in not_compared(target))
+
+
+IGNORED_KEYS = COMMAND_KEYS | _declared()
 NOT_CONFIG_PARAMS = frozenset({"model.num_parameters", "parallel.global_batch_size", "device.precision_used"})
 
 TAG_DIGEST = "vit_exp.config_digest"

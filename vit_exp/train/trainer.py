@@ -6,9 +6,9 @@ import contextlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
-from vit_exp.errors import ConfigError, check_field_types, positive_int
+from vit_exp.errors import NOT_COMPARED, ConfigError, check_field_types, positive_int
 from vit_exp.train.plan import TrainPlan
 
 if TYPE_CHECKING:
@@ -29,15 +29,15 @@ class TrainSettings:
     seed: int
     label_smoothing: float
     val_every_n_epochs: int
-    print_every_n_steps: int
-    checkpoint_every_n_epochs: int
-    keep_checkpoints: int
-    checkpoint_every_n_steps: int | None
-    keep_step_checkpoints: int
+    print_every_n_steps: Annotated[int, NOT_COMPARED]
+    checkpoint_every_n_epochs: Annotated[int, NOT_COMPARED]
+    keep_checkpoints: Annotated[int, NOT_COMPARED]
+    checkpoint_every_n_steps: Annotated[int | None, NOT_COMPARED]
+    keep_step_checkpoints: Annotated[int, NOT_COMPARED]
     deterministic: bool
-    resume_fast_skip: bool
-    preempt_grace_s: float
-    checkpoint_in_background: bool
+    resume_fast_skip: Annotated[bool, NOT_COMPARED]
+    preempt_grace_s: Annotated[float, NOT_COMPARED]
+    checkpoint_in_background: Annotated[bool, NOT_COMPARED]
 
     def __post_init__(self) -> None:
         check_field_types(self, "trainer")
