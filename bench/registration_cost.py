@@ -160,9 +160,9 @@ def instrument(timeline: Timeline) -> None:
     timeline.wrap(
         CheckpointRegistration, "register", "registration:register", lambda self, c: {"ckpt": c.step}
     )
-    timeline.wrap(Outbox, "put", "outbox:put", lambda self, record: {"kind": record["kind"]})
+    timeline.wrap(Outbox, "put", "outbox:put", lambda self, record: {"kind": record.kind})
     timeline.wrap(Outbox, "finish", "outbox:finish")
-    sent = lambda self, record: {"kind": record["kind"], "ckpt": record.get("step")}  # noqa: E731
+    sent = lambda self, record: {"kind": record.kind, "ckpt": getattr(record, "step", None)}  # noqa: E731
     timeline.wrap(RunSender, "__call__", "sender:send", sent)
     timeline.wrap(registry.PyfuncModelWriter, "_save_template", "pyfunc:template")
     timeline.wrap(MlflowClient, "log_model_artifacts", "mlflow:log_model_artifacts")

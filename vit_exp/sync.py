@@ -19,14 +19,14 @@ log = logging.getLogger("vit_exp.sync")
 def sync(cfg: DictConfig) -> int:
     """Send the unsent records of ``cfg.outbox``; return how many were sent."""
     from vit_exp.credentials import mask
-    from vit_exp.tracking.record.outbox import Outbox, RunSender, load_records
+    from vit_exp.tracking.record.outbox import Outbox, RunRecord, RunSender, load_records
     from vit_exp.tracking.store import use_store
 
     folder = Path(cfg.outbox).expanduser()
     records = load_records(folder)
-    if not records or records[0].get("kind") != "run":
+    if not records or not isinstance(run := records[0], RunRecord):
         raise DataError(f"outbox: {folder} is not a vit-exp run outbox (<run dir>/mlflow_outbox)")
-    run_id, uri = records[0]["run_id"], cfg.tracking_uri or records[0]["tracking_uri"]
+    run_id, uri = run.run_id, cfg.tracking_uri or run.tracking_uri
     outbox = Outbox(folder, RunSender(use_store(uri), run_id), background=False)
     try:
         pending = outbox.unsent

@@ -3,12 +3,14 @@
 Sharing one study between reruns and concurrent sweep processes:
 
 - Each asked trial records its owner (``host:pid:process start time``) and, every
-  ``heartbeat_interval`` s while its job runs, a heartbeat (trial system attrs; this works on every
-  storage, JournalStorage included, which has no heartbeat of its own in Optuna 4).
+  ``heartbeat_interval`` s while its job runs, a heartbeat (trial user attrs, Optuna's public API;
+  this works on every storage, JournalStorage included, which has no heartbeat of its own in
+  Optuna 4; a study of an earlier vit-exp has them as system attrs: both are read).
 - Before each batch, a RUNNING trial is stale when its owner is a process of this host that is gone
   (seen at once, e.g. after kill -9), or, for another host's trial, when its last beat is older
-  than ``grace_period`` s. A stale trial is marked FAIL (attr ``vit_exp_sweeper.interrupted``, not
-  counted toward ``n_trials``) and its params are enqueued, so the next ``ask()`` retries them.
+  than ``grace_period`` s. A stale trial is told FAIL and its params are enqueued (user attr
+  ``vit_exp_sweeper.retry_of`` names it), so the next ``ask()`` retries them; a FAIL trial queued
+  again does not count toward ``n_trials``.
 - For a file storage (SQLite, journal file) opening, the stale check, the count and the asks of a
   batch run under an exclusive ``flock`` on ``<file>.sweeper.lock``: processes on one machine never
   overshoot ``n_trials`` and a batch gets consecutive trial numbers (job number == trial number).
@@ -47,10 +49,10 @@ from vit_exp.errors import error_line
 
 log = logging.getLogger(__name__)
 
-OWNER = "vit_exp_sweeper.owner"
-BEAT = "vit_exp_sweeper.heartbeat"
-INTERRUPTED = "vit_exp_sweeper.interrupted"
-RETRY_OF = "vit_exp_sweeper.retry_of"
+SWEEPER = "vit_exp_sweeper."  # the prefix of the sweeper's own trial attrs
+OWNER = SWEEPER + "owner"
+BEAT = SWEEPER + "heartbeat"
+RETRY_OF = SWEEPER + "retry_of"
 ERROR = "error"  # a FAIL trial's user attr: its job's one-line error
 MAX_ERROR_LENGTH = 500
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
@@ -222,20 +224,21 @@ def owner_alive(owner: str) -> bool | None:
 
 
 class Heartbeat:
-    """Beats for this process's RUNNING trials every ``interval`` s, in a daemon thread."""
+    """Beats for this process's RUNNING trials (``trials``, by number) every ``interval`` s, in a
+    daemon thread."""
 
-    def __init__(self, storage: Any, interval: float) -> None:
-        self.storage, self.interval = storage, interval
-        self.trial_ids: set[int] = set()
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.trials: dict[int, optuna.Trial] = {}
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="optuna-sweeper-heartbeat", daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
         while not self.stop.wait(self.interval):
-            for trial_id in list(self.trial_ids):
+            for trial in list(self.trials.values()):
                 with contextlib.suppress(Exception):  # told meanwhile, or the storage is busy
-                    self.storage.set_trial_system_attr(trial_id, BEAT, time.time())
+                    trial.set_user_attr(BEAT, time.time())
 
     def close(self) -> None:
         self.stop.set()
@@ -267,6 +270,23 @@ def job_error(ret: Any, exc: BaseException | None = None) -> str | None:
     if not line and exc is not None:
         line = error_line(exc)
     return mask(line)[:MAX_ERROR_LENGTH] if line else None
+
+
+def _attr(trial: optuna.trial.FrozenTrial, key: str, default: Any = None) -> Any:
+    """A sweeper attr of ``trial``: a user attr, or a system attr (a study of an earlier vit-exp)."""
+    return trial.user_attrs.get(key, trial.system_attrs.get(key, default))
+
+
+def fail_and_retry(study: optuna.Study, trial: optuna.Trial | optuna.trial.FrozenTrial) -> bool:
+    """Tell a RUNNING trial FAIL and enqueue its params (``RETRY_OF`` names it, so it is not counted);
+    False when another process finished it first."""
+    try:
+        study.tell(trial.number, state=TrialState.FAIL)
+    except (ValueError, UpdateFinishedTrialError):  # ValueError: "Cannot tell a FAIL trial"
+        return False
+    attrs = {k: v for k, v in trial.user_attrs.items() if not k.startswith(SWEEPER)}
+    study.enqueue_trial(trial.params, user_attrs={**attrs, RETRY_OF: trial.number})
+    return True
 
 
 # ------------------------------------------------------------------------------------- the sweep
@@ -383,37 +403,32 @@ class StudySweep:
         """Mark FAIL the RUNNING trials whose sweep process is gone, and re-queue their params."""
         now, stale = time.time(), []
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            owner = trial.system_attrs.get(OWNER)
+            owner = _attr(trial, OWNER)
             alive = owner_alive(owner) if owner else None
             if alive is None:  # another host's trial (or one killed before it got an owner)
                 start = trial.datetime_start.timestamp() if trial.datetime_start else now
-                alive = now - float(trial.system_attrs.get(BEAT, start)) < self.grace_period
+                alive = now - float(_attr(trial, BEAT, start)) < self.grace_period
             if not alive:
                 stale.append(trial)
-        failed = []
-        for trial in stale:
-            with contextlib.suppress(UpdateFinishedTrialError):  # another process was first
-                study._storage.set_trial_system_attr(trial._trial_id, INTERRUPTED, True)
-                if study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
-                    failed.append(trial)
-        for trial in failed:
-            study.enqueue_trial(trial.params, user_attrs={**trial.user_attrs, RETRY_OF: trial.number})
+        failed = [trial for trial in stale if fail_and_retry(study, trial)]
         if failed:
             log.warning(
                 "Optuna: trial(s) %s of study '%s' were left RUNNING by a sweep that ended (%s): "
                 "marked FAIL and queued again with the same params",
                 ", ".join(str(t.number) for t in failed),
                 self.study_name,
-                ", ".join(sorted({str(t.system_attrs.get(OWNER, "owner unknown")) for t in failed})),
+                ", ".join(sorted({str(_attr(t, OWNER) or "owner unknown") for t in failed})),
             )
 
     @staticmethod
     def counted(study: optuna.Study) -> int:
         """Trials toward n_trials: COMPLETE, PRUNED, RUNNING, and FAIL unless interrupted (re-queued)."""
+        trials = study.get_trials(deepcopy=False)
+        retried = {t.user_attrs.get(RETRY_OF) for t in trials}
         return sum(
             1
-            for t in study.get_trials(deepcopy=False)
-            if t.state in COUNTED or (t.state == TrialState.FAIL and not t.system_attrs.get(INTERRUPTED))
+            for t in trials
+            if t.state in COUNTED or (t.state == TrialState.FAIL and t.number not in retried)
         )
 
     def _ask(self, study: optuna.Study, space: dict[str, BaseDistribution], heartbeat: Heartbeat) -> list:
@@ -428,9 +443,9 @@ class StudySweep:
                     study.sampler = self._sampler(trial.number)  # params are sampled on suggest
                 for name, distribution in space.items():
                     _suggest(trial, name, distribution)
-                study._storage.set_trial_system_attr(trial._trial_id, OWNER, self.owner)
-                study._storage.set_trial_system_attr(trial._trial_id, BEAT, time.time())
-                heartbeat.trial_ids.add(trial._trial_id)
+                trial.set_user_attr(OWNER, self.owner)
+                trial.set_user_attr(BEAT, time.time())
+                heartbeat.trials[trial.number] = trial
                 trials.append(trial)
             return trials
 
@@ -445,16 +460,14 @@ class StudySweep:
         error: str | None = None,
     ) -> None:
         """Tell the trial's value (None: FAIL, keeping ``error`` as its user attr ``error``)."""
-        heartbeat.trial_ids.discard(trial._trial_id)
+        heartbeat.trials.pop(trial.number, None)
         state = TrialState.COMPLETE if value is not None else TrialState.FAIL
         try:
-            if study._storage.get_trial(trial._trial_id).state.is_finished():
-                raise UpdateFinishedTrialError("finished")
             if value is None and error:
                 trial.set_user_attr(ERROR, error)
             study.tell(trial, value, state=state)
             log.info("Optuna: trial %d %s", trial.number, f"value {value}" if value is not None else "FAIL")
-        except UpdateFinishedTrialError:
+        except (UpdateFinishedTrialError, ValueError):  # ValueError: "Cannot tell a FAIL trial"
             log.warning(
                 "Optuna: trial %d was marked FAIL by another sweep meanwhile (no heartbeat for %d s?); "
                 "its result %s is not in the study",
@@ -467,9 +480,7 @@ class StudySweep:
         """This sweep is ending before its trials did (Ctrl-C, SIGTERM): FAIL and re-queue them."""
         for trial in trials:
             with contextlib.suppress(Exception):
-                study._storage.set_trial_system_attr(trial._trial_id, INTERRUPTED, True)
-                if study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
-                    study.enqueue_trial(trial.params, user_attrs={**trial.user_attrs, RETRY_OF: trial.number})
+                fail_and_retry(study, trial)
         if trials:
             log.warning(
                 "Optuna: sweep interrupted; trial(s) %s marked FAIL and queued again",
@@ -540,7 +551,7 @@ class StudySweep:
                 self.study_name,
                 self.n_trials,
             )
-        heartbeat = Heartbeat(study._storage, self.heartbeat_interval)
+        heartbeat = Heartbeat(self.heartbeat_interval)
         ran = 0
         try:
             while trials := self._ask(study, space, heartbeat):

@@ -122,7 +122,7 @@ def test_sync_sends_what_the_outbox_kept_into_the_same_run(tmp_path, tracking_st
     arrives once, in order, the run ends as recorded; a second sync has nothing to send."""
     import mlflow
 
-    from vit_exp.tracking.record.outbox import Outbox
+    from vit_exp.tracking.record.outbox import EndRecord, MetricsRecord, Outbox, RunRecord
     from vit_exp.tracking.store import use_store
 
     client = use_store(tracking_store)
@@ -133,10 +133,10 @@ def test_sync_sends_what_the_outbox_kept_into_the_same_run(tmp_path, tracking_st
 
     folder = tmp_path / "run" / "mlflow_outbox"
     outbox = Outbox(folder, away, background=False)
-    outbox.put({"kind": "run", "run_id": run_id, "tracking_uri": tracking_store})
+    outbox.put(RunRecord(run_id, tracking_store))
     for step in range(1, 6):
-        outbox.put({"kind": "metrics", "metrics": [["train/loss", 1.0 / step, 1000 + step, step]]})
-    outbox.put({"kind": "end", "status": "FINISHED"})
+        outbox.put(MetricsRecord([["train/loss", 1.0 / step, 1000 + step, step]]))
+    outbox.put(EndRecord("FINISHED"))
     assert outbox.unsent == 7
     outbox.close()  # the process that kept them has ended (an outbox is sent by one process at a time)
     sync = run_cli("vit_exp.sync", f"outbox={folder}", f"hydra.run.dir={tmp_path / 'sync'}")

@@ -55,7 +55,7 @@ def test_records_wait_in_the_journal_while_the_store_is_away_and_go_later(tracki
     """A sender that fails as an absent server does keeps every record; a new outbox sends them."""
     import mlflow
 
-    from vit_exp.tracking.record.outbox import Outbox, RunSender, load_records
+    from vit_exp.tracking.record.outbox import MetricsRecord, Outbox, RunSender, load_records
     from vit_exp.tracking.store import use_store
 
     client = use_store(tracking_store)
@@ -67,7 +67,7 @@ def test_records_wait_in_the_journal_while_the_store_is_away_and_go_later(tracki
     batches = [[["train/loss", 1.0 / step, 1000 + step, step]] for step in range(1, 6)]
     outbox = Outbox(tmp_path / "outbox", away, background=False)
     for batch in batches:
-        outbox.put({"kind": "metrics", "metrics": batch})
+        outbox.put(MetricsRecord(batch))
     assert outbox.unsent == 5 and len(load_records(tmp_path / "outbox")) == 5
     later = Outbox(tmp_path / "outbox", RunSender(client, run.info.run_id), background=False)
     assert later.send_pending() == 0
@@ -89,7 +89,7 @@ def test_a_version_holds_its_checkpoint_until_stored_even_once_pruned(tmp_path):
     folder = tmp_path / "outbox"
     record = version_record(checkpoint, 10, "vit", {}, tmp_path / "inputs", 5, folder / HELD_DIR)
     held = folder / HELD_DIR / checkpoint.name
-    assert record["checkpoint"] == str(held) and record["release"] == [str(held)]
+    assert record.checkpoint == str(held) and record.release == [str(held)]
 
     def away(record):
         raise ConnectionError("Max retries exceeded with url: ... Connection refused")
@@ -97,16 +97,84 @@ def test_a_version_holds_its_checkpoint_until_stored_even_once_pruned(tmp_path):
     Outbox(folder, away, background=False).put(record)
     checkpoint.unlink()  # pruned while the store is away
     stored: list[bytes] = []
-    later = Outbox(folder, lambda r: stored.append(Path(r["checkpoint"]).read_bytes()), background=False)
+    later = Outbox(folder, lambda r: stored.append(Path(r.checkpoint).read_bytes()), background=False)
     assert later.send_pending() == 0
     assert stored == [b"network weights"] and not held.exists()
 
     checkpoint.write_bytes(b"network weights")
     again = version_record(checkpoint, 10, "vit", {}, tmp_path / "inputs", 5, folder / HELD_DIR)
     Outbox(folder, stored.append, background=False).put(again)
-    Path(again["checkpoint"]).write_bytes(b"left by a killed process")  # stored, not yet released
+    Path(again.checkpoint).write_bytes(b"left by a killed process")  # stored, not yet released
     Outbox(folder, stored.append, background=False)
     assert not held.exists()
+
+
+def _old_journal(folder: Path, run_id: str, uri: str, *extra: dict) -> list[str]:
+    """Journal lines as the outbox wrote them before its records were typed (plain dicts)."""
+    import json
+
+    held = str(folder / "held" / "m-e001-s000010.ckpt")
+    lines = [
+        {"kind": "run", "run_id": run_id, "tracking_uri": uri},
+        *({"kind": "metrics", "metrics": [["train/loss", 1.0 / s, 1000 + s, s]]} for s in (1, 2)),
+        *extra,
+        {"kind": "end", "status": "FAILED", "error": "DataError: data.root: folder not found"},
+    ]
+    version = {"kind": "version", "checkpoint": held, "step": 10, "name": "vit", "tags": {"epoch": "1"}}
+    version |= {"model_inputs": str(folder / "inputs"), "top_k": 5, "network_only": True, "release": [held]}
+    folder.mkdir(parents=True)
+    text = [json.dumps(line) for line in lines]
+    (folder / "journal.jsonl").write_text("".join(f"{line}\n" for line in text))
+    return [*text, json.dumps(version), json.dumps({"kind": "end", "status": "FINISHED"})]
+
+
+def test_a_journal_of_the_untyped_outbox_replays_with_sync_and_reads_back_byte_for_byte(
+    tracking_store, tmp_path
+):
+    """``vit_exp.sync`` sends a journal written before the records were typed; every kind read from
+    such lines (a held version, an end with and without error) is written back as the same line."""
+    import json
+
+    import mlflow
+    from omegaconf import OmegaConf
+
+    from vit_exp.sync import sync
+    from vit_exp.tracking.record.outbox import RECORD_TYPES, load_records
+    from vit_exp.tracking.store import use_store
+
+    client = use_store(tracking_store)
+    run_id = client.create_run(client.create_experiment("old")).info.run_id
+    folder = tmp_path / "run" / "mlflow_outbox"
+    lines = _old_journal(folder, run_id, tracking_store)
+    assert [r.to_json() for r in load_records(folder)] == lines[:4]
+    for line in lines:
+        data = json.loads(line)
+        assert RECORD_TYPES[data["kind"]].from_json(data).to_json() == line
+    assert sync(OmegaConf.create({"outbox": str(folder), "tracking_uri": None})) == 4
+    client = mlflow.MlflowClient(tracking_uri=tracking_store)
+    assert sorted(m.step for m in client.get_metric_history(run_id, "train/loss")) == [1, 2]
+    run = client.get_run(run_id)
+    assert run.info.status == "FAILED" and run.data.tags["vit_exp.error"].startswith("DataError: data.root")
+
+
+@pytest.mark.parametrize(
+    "line", [{"kind": "artifact", "path": "x"}, {"kind": "end", "status": "FINISHED", "when": 1}, ["end"]]
+)
+def test_a_journal_line_of_an_unknown_kind_is_one_line_naming_the_journal(tracking_store, tmp_path, line):
+    from omegaconf import OmegaConf
+
+    from vit_exp.errors import DataError
+    from vit_exp.sync import sync
+
+    folder = tmp_path / "run" / "mlflow_outbox"
+    _old_journal(folder, "f" * 32, tracking_store, line)
+    with pytest.raises(DataError) as error:
+        sync(OmegaConf.create({"outbox": str(folder), "tracking_uri": None}))
+    message = str(error.value)
+    assert (
+        message.startswith(f"outbox: {folder / 'journal.jsonl'} line 4 is not a record")
+        and "\n" not in message
+    )
 
 
 def _drive(logger, history, context, steps, step_ms):

@@ -364,4 +364,4 @@ def test_a_resumed_run_registers_the_checkpoint_it_starts_from_only_if_the_polic
     assert registration.queued == [earlier]
     record = EpochRecord(2, 20, 1.0, 1.0, 1.0, {"top1": top1}) if top1 is not None else None
     registration.catch_up(SavedCheckpoint(tmp_path / "m-e002-s000020.ckpt", record, kind, 20, 2))
-    assert [int(r["step"]) for r in queue] == ([20] if registers else [])
+    assert [int(r.step) for r in queue] == ([20] if registers else [])

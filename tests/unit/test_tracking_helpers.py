@@ -86,9 +86,9 @@ def test_registration_policy(policy, expected, tmp_path):
         callback.on_train_end(context)
     assert [c.record.epoch for c in saver.written] == [2, 4, 5]
     versions = [item for item in queue if item != "metrics flushed"]
-    assert [int(v["tags"]["epoch"]) for v in versions] == expected
+    assert [int(v.tags["epoch"]) for v in versions] == expected
     assert queue == [entry for v in versions for entry in ("metrics flushed", v)]  # metrics first
-    assert all(v["kind"] == "version" and v["name"] == "m" and v["tags"]["val/top1"] for v in versions)
+    assert all(v.kind == "version" and v.name == "m" and v.tags["val/top1"] for v in versions)
     assert [c.record.epoch for c in saver.on_disk] == [4, 5] and not saver.written[0].path.exists()
 
 
@@ -116,7 +116,7 @@ def test_step_checkpoints_are_queued_as_versions_while_their_files_are_there(bac
         "run",
         saver,
         tmp_path / "inputs",
-        put=lambda record: present.append((record["step"], Path(record["checkpoint"]).is_file())),
+        put=lambda record: present.append((record.step, Path(record.checkpoint).is_file())),
     )
     if background:  # as assemble_callbacks wires it
         saver.after_write = registration.consider_new_checkpoints

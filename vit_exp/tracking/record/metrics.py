@@ -15,6 +15,8 @@ from collections.abc import Callable
 
 from mindspore.train import Callback
 
+from vit_exp.tracking.record.outbox import MetricsRecord
+
 
 class MlflowMetricLogger(Callback):
     """Logs ``history`` (a TrainHistory) through ``put`` (the run's outbox: one record per batch).
@@ -25,7 +27,7 @@ class MlflowMetricLogger(Callback):
 
     def __init__(
         self,
-        put: Callable[[dict], None],
+        put: Callable[[MetricsRecord], None],
         history,
         every_n_steps: int = 1,
         details_every_n_steps: int = 10,
@@ -57,7 +59,7 @@ class MlflowMetricLogger(Callback):
         while self._buffer:
             # Points leave the buffer only once the record holding them is in the outbox.
             chunk = self._buffer[:1000]
-            self.put({"kind": "metrics", "metrics": chunk})
+            self.put(MetricsRecord(chunk))
             del self._buffer[: len(chunk)]
 
     def _flush_if_due(self) -> None:

@@ -21,10 +21,12 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any, ClassVar, Self
 
-from vit_exp.errors import error_line
+from vit_exp.errors import DataError, error_line
 from vit_exp.locking import hold_against_other_processes
 from vit_exp.tracking.retries import is_transient
 
@@ -36,6 +38,68 @@ JOURNAL = "journal.jsonl"
 SENT = "sent"
 HELD_DIR = "held"  # files records keep until they are stored (a version's checkpoint)
 LOCK = "lock"  # held by the one process that sends the journal (training, a resume or a sync)
+
+
+class Record:
+    """A journal line ``{"kind": ..., <fields>}``; a field at its default is left out, as the untyped
+    outbox wrote it: journals of either version read the same (``RECORD_TYPES`` by kind)."""
+
+    kind: ClassVar[str]
+
+    def to_json(self) -> str:
+        kept = {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != f.default}
+        return json.dumps({"kind": self.kind} | kept)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Self:
+        return cls(**{k: v for k, v in data.items() if k != "kind"})
+
+
+@dataclass(frozen=True)
+class RunRecord(Record):
+    """The journal's first: the run its records go to and its store (credentials masked)."""
+
+    kind: ClassVar[str] = "run"
+    run_id: str
+    tracking_uri: str
+
+
+@dataclass(frozen=True)
+class MetricsRecord(Record):
+    """Points ``[key, value, timestamp ms, step]``, at most 1000 (MLflow's batch limit)."""
+
+    kind: ClassVar[str] = "metrics"
+    metrics: list[list]
+
+
+@dataclass(frozen=True)
+class VersionRecord(Record):
+    """A checkpoint to make a version of ``name`` (``registry.versions.version_record``).
+    ``release``: files held for it (``HELD_DIR``); ``network_only``: ``checkpoint`` is one of them."""
+
+    kind: ClassVar[str] = "version"
+    checkpoint: str
+    step: int
+    name: str
+    tags: dict[str, str]
+    model_inputs: str
+    top_k: int
+    network_only: bool = False
+    release: Sequence[str] = ()
+
+
+@dataclass(frozen=True)
+class EndRecord(Record):
+    """The run's end status, with a failed run's one-line error."""
+
+    kind: ClassVar[str] = "end"
+    status: str
+    error: str | None = None
+
+
+RECORD_TYPES: dict[str, type[Record]] = {
+    t.kind: t for t in (RunRecord, MetricsRecord, VersionRecord, EndRecord)
+}
 
 
 class Outbox:
@@ -51,7 +115,7 @@ class Outbox:
     def __init__(
         self,
         folder: Path,
-        send: Callable[[dict], None],
+        send: Callable[[Record], None],
         background: bool,
         stopping: threading.Event | None = None,
     ):
@@ -81,14 +145,14 @@ class Outbox:
     def unsent(self) -> int:
         return len(self._records) - self._sent
 
-    def put(self, record: dict) -> None:
+    def put(self, record: Record) -> None:
         """Append ``record`` to the journal and send it (now, or in the background).
 
         Written to the file before it is sent: it survives the process being killed (a power cut
         needs an fsync, which cost ~20 us a step at four points a step: bench/RESULTS.md).
         """
         with self.journal.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
+            handle.write(record.to_json() + "\n")
         with self._changed:
             self._records.append(record)
             self._changed.notify_all()
@@ -98,7 +162,7 @@ class Outbox:
     def finish(self, status: str, wait_s: float, error: str | None = None) -> int:
         """Queue the run's end as ``status`` (a failed run's one-line ``error`` with it); wait up to
         ``wait_s`` for the journal to empty."""
-        self.put({"kind": "end", "status": status} | ({"error": error} if error else {}))
+        self.put(EndRecord(status, error or None))
         deadline = time.monotonic() + wait_s
         with self._changed:
             while self.unsent and self.background and time.monotonic() < deadline:
@@ -147,12 +211,12 @@ class Outbox:
             release(record)
             backoff = 1.0
 
-    def _skip(self, record: dict, exc: Exception) -> None:
+    def _skip(self, record: Record, exc: Exception) -> None:
         if not self._warned_permanent:
             self._warned_permanent = True
             log.warning(
                 "mlflow: the store refused a %s record (%s); it is skipped",
-                record["kind"],
+                record.kind,
                 error_line(exc)[:160],
             )
 
@@ -175,9 +239,9 @@ class Outbox:
                 return
 
 
-def release(record: dict) -> None:
+def release(record: Record) -> None:
     """Delete the files ``record`` held until it was stored (see ``HELD_DIR``)."""
-    for path in record.get("release", ()):
+    for path in record.release if isinstance(record, VersionRecord) else ():
         Path(path).unlink(missing_ok=True)
 
 
@@ -204,17 +268,25 @@ def interrupts_deferred() -> Iterator[None]:
             handler(received[0], None)
 
 
-def load_records(folder: Path) -> list[dict]:
-    """The journal's records (a last line cut short by a crash is dropped)."""
+def load_records(folder: Path) -> list[Record]:
+    """The journal's records (a last line cut short by a crash is dropped); a line of a kind or with
+    fields this version does not know is a DataError naming the journal."""
     journal = folder / JOURNAL
     if not journal.is_file():
         return []
     records = []
-    for line in journal.read_text().splitlines():
+    for number, line in enumerate(journal.read_text().splitlines(), 1):
         try:
-            records.append(json.loads(line))
+            data = json.loads(line)
         except json.JSONDecodeError:
             break
+        try:
+            records.append(RECORD_TYPES[data["kind"]].from_json(data))
+        except (KeyError, TypeError):  # another kind, or other fields (another version's record)
+            raise DataError(
+                f"outbox: {journal} line {number} is not a record this vit-exp sends "
+                f"({', '.join(RECORD_TYPES)}): {line[:100]}"
+            ) from None
     return records
 
 
@@ -235,18 +307,18 @@ class RunSender:
         self._writers: dict[str, object] = {}  # a pyfunc writer per model-inputs folder
         self._models_made: set[str] = set()  # registered models known to exist
         self._run_info = None
-        self._unconfirmed: dict | None = None  # a record whose sending failed or was cut short
+        self._unconfirmed: Record | None = None  # a record whose sending failed or was cut short
 
     def prepare_versions(self, model_inputs: Path, top_k: int) -> None:
         """Make the pyfunc writer of the versions of ``model_inputs`` now, with the directory they
         share: sent in the training thread, the first version then costs what the next ones do."""
         from vit_exp.tracking.registry.versions import model_writer
 
-        writer = model_writer({"model_inputs": str(model_inputs), "top_k": top_k})
+        writer = model_writer(model_inputs, top_k)
         writer.prepare()
         self._writers[str(model_inputs)] = writer
 
-    def __call__(self, record: dict) -> None:
+    def __call__(self, record: Record) -> None:
         # The first record of a process may have been sent by the one before it (killed mid-send),
         # as may a record that failed: only those need a check for what is already stored.
         may_exist = record is self._unconfirmed or not self._models_made
@@ -254,37 +326,43 @@ class RunSender:
         self._send(record, may_exist)
         self._unconfirmed = None
 
-    def _send(self, record: dict, may_exist: bool) -> None:
-        kind = record["kind"]
-        if kind == "metrics":
-            from mlflow.entities import Metric
+    def _send(self, record: Record, may_exist: bool) -> None:
+        match record:
+            case RunRecord():  # read by ``vit_exp.sync``, which makes this sender for its run: no store work
+                pass
+            case MetricsRecord():
+                from mlflow.entities import Metric
 
-            metrics = [
-                Metric(key, value, timestamp, step) for key, value, timestamp, step in record["metrics"]
-            ]
-            self.client.log_batch(self.run_id, metrics=metrics, synchronous=True)
-        elif kind == "version":
-            from vit_exp.tracking.registry.versions import model_writer, register_version
+                metrics = [
+                    Metric(key, value, timestamp, step) for key, value, timestamp, step in record.metrics
+                ]
+                self.client.log_batch(self.run_id, metrics=metrics, synchronous=True)
+            case VersionRecord():
+                from vit_exp.tracking.registry.versions import model_writer, register_version
 
-            writer = self._writers.get(record["model_inputs"]) or model_writer(record)
-            self._writers[record["model_inputs"]] = writer
-            self._run_info = self._run_info or self.client.get_run(self.run_id).info
-            version = register_version(
-                self.client,
-                self._run_info,
-                record,
-                writer,
-                ensure_model=record["name"] not in self._models_made,
-                check_existing=may_exist,
-            )
-            self._models_made.add(record["name"])
-            log.info(
-                "mlflow: registered %s as models:/%s/%s",
-                Path(record["checkpoint"]).name,
-                record["name"],
-                version,
-            )
-        elif kind == "end":
-            from vit_exp.tracking.record.lifecycle import end_run
+                writer = self._writers.get(record.model_inputs) or model_writer(
+                    Path(record.model_inputs), record.top_k
+                )
+                self._writers[record.model_inputs] = writer
+                self._run_info = self._run_info or self.client.get_run(self.run_id).info
+                version = register_version(
+                    self.client,
+                    self._run_info,
+                    record,
+                    writer,
+                    ensure_model=record.name not in self._models_made,
+                    check_existing=may_exist,
+                )
+                self._models_made.add(record.name)
+                log.info(
+                    "mlflow: registered %s as models:/%s/%s",
+                    Path(record.checkpoint).name,
+                    record.name,
+                    version,
+                )
+            case EndRecord():
+                from vit_exp.tracking.record.lifecycle import end_run
 
-            end_run(self.client, self.run_id, record["status"], record.get("error"))
+                end_run(self.client, self.run_id, record.status, record.error)
+            case _:
+                raise TypeError(f"not an outbox record: {record!r}")

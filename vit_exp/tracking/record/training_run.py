@@ -89,7 +89,7 @@ def _start_tags(job, resume: ResumeTarget | None) -> tuple[dict[str, str], objec
 
 
 def _with_outbox(job, run_id: str, lock, experiment: str) -> TrackedRun:
-    from vit_exp.tracking.record.outbox import OUTBOX_DIR, Outbox, RunSender
+    from vit_exp.tracking.record.outbox import OUTBOX_DIR, Outbox, RunRecord, RunSender
     from vit_exp.tracking.store import is_server, use_store
 
     uri = job.mlflow.tracking_uri
@@ -97,7 +97,7 @@ def _with_outbox(job, run_id: str, lock, experiment: str) -> TrackedRun:
     folder = (job.hydra.run_dir or Path(tempfile.mkdtemp(prefix="vit_exp_"))) / OUTBOX_DIR
     stopping = threading.Event()  # the command stops waiting for the store: so do the sender's retries
     outbox = Outbox(folder, RunSender(use_store(uri), run_id, stopping), background, stopping)
-    outbox.put({"kind": "run", "run_id": run_id, "tracking_uri": mask(uri)})
+    outbox.put(RunRecord(run_id, mask(uri)))
     return TrackedRun(run_id, uri, outbox, lock, experiment)
 
 

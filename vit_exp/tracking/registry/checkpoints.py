@@ -11,6 +11,7 @@ from pathlib import Path
 
 from mindspore.train import Callback
 
+from vit_exp.tracking.record.outbox import VersionRecord
 from vit_exp.tracking.registry import RegistrySettings
 from vit_exp.tracking.registry.versions import version_record
 from vit_exp.train.callbacks import SavedCheckpoint
@@ -36,7 +37,7 @@ class CheckpointRegistration(Callback):
         run_id: str,
         checkpoints,
         model_inputs: Path,
-        put: Callable[[dict], None],
+        put: Callable[[VersionRecord], None],
         flush_metrics: Callable[[], None] = lambda: None,
         data_tags: dict[str, str] | None = None,
         hold_in: Path | None = None,

@@ -9,6 +9,7 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
+from vit_exp.tracking.record.outbox import VersionRecord
 from vit_exp.tracking.retries import create_once
 from vit_exp.tracking.store import already_exists
 
@@ -269,29 +270,29 @@ def version_record(
     inputs: Path,
     top_k: int,
     hold_in: Path | None = None,
-):
+) -> VersionRecord:
     """The outbox record that makes ``checkpoint`` a version of ``name`` (all a later process needs).
 
     ``hold_in``: a folder where the checkpoint's network file is hard linked until the record is
     stored (``release``), so pruning the checkpoint meanwhile (a store away for a while) loses no
     version; the record then names that link (``network_only``: its state file is not beside it).
     """
-    record = {
-        "kind": "version",
-        "checkpoint": str(checkpoint),
-        "step": step,
-        "name": name,
-        "tags": {k: str(v) for k, v in tags.items()},
-        "model_inputs": str(inputs),
-        "top_k": top_k,
-    }
+    held = None
     if hold_in is not None:
         from vit_exp.train.state import network_file
 
         held = hold_in / network_file(checkpoint).name
         link_or_copy(network_file(checkpoint), held)
-        record |= {"checkpoint": str(held), "network_only": True, "release": [str(held)]}
-    return record
+    return VersionRecord(
+        str(held or checkpoint),
+        step,
+        name,
+        {k: str(v) for k, v in tags.items()},
+        str(inputs),
+        top_k,
+        network_only=held is not None,
+        release=[str(held)] if held else (),
+    )
 
 
 MODEL_TYPE = "MindSpore ViT image classifier"
@@ -301,7 +302,7 @@ VAL_METRICS = ("val/top1", "val/top5", "val/loss")
 def register_version(
     client,
     run,
-    record: dict,
+    record: VersionRecord,
     writer: PyfuncModelWriter,
     ensure_model: bool = True,
     check_existing: bool = True,
@@ -320,18 +321,18 @@ def register_version(
     """
     from mlflow.entities import LoggedModelStatus
 
-    checkpoint = Path(record["checkpoint"])
+    checkpoint = Path(record.checkpoint)
     if not checkpoint.is_file():
         raise FileNotFoundError(f"checkpoint {checkpoint} is gone; it cannot become a model version")
-    name, step = record["name"], int(record["step"])
+    name, step = record.name, int(record.step)
     if ensure_model:
         ensure_registered_model(client, name)
     model = _existing_model(client, run, checkpoint) if check_existing else None
     completing = model is not None  # a PENDING one may be an output of the run already
     model = model or _create_model(client, run, checkpoint, step)
     if not _is_ready(model):
-        writer.write(client, model, checkpoint, step, run.run_id, bool(record.get("network_only")))
-        _link_to_run(client, run.run_id, model.model_id, step, record["tags"], completing)
+        writer.write(client, model, checkpoint, step, run.run_id, record.network_only)
+        _link_to_run(client, run.run_id, model.model_id, step, record.tags, completing)
         client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)  # READY: whole and linked
     version = _existing_version(client, name, run.run_id, model.model_id) if check_existing else None
     if version is None:
@@ -341,7 +342,7 @@ def register_version(
                 name,
                 source=f"models:/{model.model_id}",
                 run_id=run.run_id,
-                tags=record["tags"],
+                tags=record.tags,
                 model_id=model.model_id,
             ),
             lambda: _existing_version(client, name, run.run_id, model.model_id),
@@ -439,11 +440,10 @@ def _list_version_on_model(client, model_id: str, name: str, version: str) -> No
         client.set_logged_model_tags(model_id, {key: json.dumps(listed)})
 
 
-def model_writer(record: dict) -> PyfuncModelWriter:
-    """The writer for a version record's run (its config, class names and input example)."""
-    inputs = Path(record["model_inputs"])
+def model_writer(inputs: Path, top_k: int) -> PyfuncModelWriter:
+    """The writer for the versions of a run's model ``inputs`` (config, class names, input example)."""
     shared = {"config": inputs / "config.yaml", "class_names": inputs / "class_names.json"}
-    return PyfuncModelWriter(shared, (inputs / EXAMPLE_IMAGE).read_bytes(), int(record["top_k"]))
+    return PyfuncModelWriter(shared, (inputs / EXAMPLE_IMAGE).read_bytes(), int(top_k))
 
 
 def ensure_registered_model(client, name: str) -> None:
