@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: install run ui test test-slow test-all lint format clean
+.PHONY: install run ui test test-integration test-slow test-all lint format clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"vit-exp needs Python 3.11, {sys.executable} is {sys.version.split()[0]} (set PYTHON=...)"'
@@ -24,13 +24,16 @@ run: $(STAMP)       ## train the default experiment (override with ARGS="model=v
 ui: $(STAMP)        ## the MLflow UI on the runs of the store (prints the link to open; ARGS="port=5001")
 	$(BIN)/python -m vit_exp.ui $(ARGS)
 
-test: $(STAMP)      ## run the test suite (slow tests excluded)
+test: $(STAMP)      ## the default tier: unit tests and in-process CLI runs (integration and slow excluded)
 	$(BIN)/python -m pytest $(ARGS)
 
-test-slow: $(STAMP) ## the fault tier: only the tests marked slow (CI runs it after `make test`)
+test-integration: $(STAMP)  ## the integration and fault tiers: tests marked integration or slow (CI: after `make test`)
+	$(BIN)/python -m pytest -m "integration or slow" $(ARGS)
+
+test-slow: $(STAMP) ## the fault tier alone: only the tests marked slow
 	$(BIN)/python -m pytest -m slow $(ARGS)
 
-test-all: $(STAMP)  ## run every test, slow ones included
+test-all: $(STAMP)  ## every test: the default, integration and fault tiers
 	$(BIN)/python -m pytest -m "" $(ARGS)
 
 lint: $(STAMP)

@@ -11,6 +11,8 @@ from tests.helpers.data import write_image_folder
 from tests.helpers.models import TINY_MODEL, requires_bf16, tiny_vit
 from tests.helpers.processes import run_cli
 
+pytestmark = pytest.mark.integration  # real CLI processes: the integration tier (make test-integration)
+
 CLASSES = ["ant", "bee", "cat"]
 
 

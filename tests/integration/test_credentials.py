@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.inprocess import run_main
 from tests.helpers.models import TINY_MODEL, tiny_vit
 from tests.helpers.processes import MlflowServer, run_cli
 
@@ -18,6 +19,8 @@ PASSWORD = "Tr4ck1ngPw-9c1e"  # the tracking server's admin password
 CKPT_PASSWORD = "Ckpt-Pw-51f0"  # the checkpoint server's password
 TOKEN = "tok-3a77b2"  # a query-string token of the checkpoint URL
 SECRETS = (PASSWORD, CKPT_PASSWORD, TOKEN)
+
+pytestmark = pytest.mark.integration  # real CLI processes: the integration tier (make test-integration)
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +114,7 @@ def test_secrets_are_used_but_never_written(auth_server, checkpoint_url, tmp_pat
 
 def test_a_wrong_password_is_refused_in_one_line(auth_server, tmp_path):
     url = auth_server.url.replace("http://", "http://alice:not-the-password@")
-    proc = run_cli(
+    proc = run_main(
         "vit_exp.run",
         *TINY_MODEL,
         "trainer.max_steps=1",

@@ -12,6 +12,8 @@ import pytest
 from tests.helpers.models import TINY_MODEL
 from tests.helpers.processes import run_cli, run_msrun, start_msrun
 
+pytestmark = pytest.mark.integration  # real CLI processes: the integration tier (make test-integration)
+
 STEPS = 20
 # No dropout (the tiny ViT has none) and crops that keep the whole image: every step is the same maths.
 SAME_MATHS = [

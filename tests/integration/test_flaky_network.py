@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.flaky_proxy import FlakyProxy
+from tests.helpers.inprocess import run_main
 from tests.helpers.models import TINY_MODEL
 from tests.helpers.processes import MlflowServer, free_port, run_cli, start_cli
 
@@ -240,6 +241,7 @@ def expected_counts() -> dict:
     }
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     "rates",
     [pytest.param(CLEAN, id="clean"), pytest.param(FLAKY, id="flaky", marks=pytest.mark.slow)],
@@ -265,6 +267,7 @@ def test_train_resume_and_sync_over_a_flaky_network_record_everything_exactly_on
         assert injected["lost"] > 0 and injected["refused"] > 0 and injected["stalled"] > 0, proxy.summary()
 
 
+@pytest.mark.integration
 def test_a_start_up_that_meets_refusals_in_a_row_still_starts(server, proxy, cache, tmp_path):
     """Two 503s in a row at the first request, then the rates that ended runs FAILED before their first
     step: the run starts and ends FINISHED, once, with every step (versions: the test above)."""
@@ -286,13 +289,12 @@ def test_a_server_that_refuses_every_request_at_start_fails_in_one_line_in_time(
     ``error:`` line within 15 s of the command's start (a closed port: test_cli_errors.py)."""
     with FlakyProxy(f"http://127.0.0.1:{free_port()}", refuse=1.0) as proxy:
         url, started = proxy.url, time.monotonic()
-        proc = run_cli(
+        proc = run_main(
             "vit_exp.run",
             *TINY_MODEL,
             f"mlflow.tracking_uri={url}",
             f"hydra.run.dir={tmp_path / 'run'}",
             env=CLI_ENV,
-            timeout=120,
         )
         elapsed = time.monotonic() - started
     lines = [line for line in proc.stderr.splitlines() if line.strip() and not line.startswith("[WARNING]")]

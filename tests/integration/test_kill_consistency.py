@@ -15,6 +15,8 @@ import pytest
 from tests.helpers.models import TINY_MODEL
 from tests.helpers.processes import start_cli
 
+pytestmark = pytest.mark.integration  # real CLI processes: the integration tier (make test-integration)
+
 
 def train_then_signal(tmp_path, store: str, sig: int, seed: int) -> str:
     """Train (a checkpoint and a version every epoch), send ``sig`` at a random moment after epoch 3."""

@@ -12,6 +12,7 @@ import json
 import pytest
 
 from tests.helpers.data import write_image_folder, write_meta_mat
+from tests.helpers.inprocess import run_main
 from tests.helpers.models import TINY_MODEL
 from tests.helpers.processes import run_cli
 from vit_exp.data.digest import class_names_digest, compute_split_digest
@@ -21,6 +22,8 @@ LEAVES = [(f"n{i:08d}", f"class {i}") for i in range(1000)]
 LEAVES[236] = ("n00000236", "Doberman, Doberman pinscher")
 SUBSET = [LEAVES[i][0] for i in (1, 100, 236, 500, 999)]
 SMALL = [*TINY_MODEL, "model.num_layers=1", "trainer.epochs=1"]
+
+pytestmark = pytest.mark.integration  # real CLI processes: the integration tier (make test-integration)
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +88,7 @@ def test_eval_accepts_a_subset_and_refuses_other_classes(store, tmp_path):
     }
     assert rows[236] == "Doberman" and sorted(rows) == [1, 100, 236, 500, 999]
 
-    wrong = run_cli(
+    wrong = run_main(
         "vit_exp.eval",
         "model_uri=models:/vit_tiny-digits/latest",
         *imagenet,
@@ -96,7 +99,7 @@ def test_eval_accepts_a_subset_and_refuses_other_classes(store, tmp_path):
     assert wrong.returncode != 0 and len(lines) == 1 and "Traceback" not in wrong.stderr, wrong.stderr
     assert "data imagenet" in lines[0] and "models:/vit_tiny-digits/latest (trained on digits)" in lines[0]
 
-    reverse = run_cli(
+    reverse = run_main(
         "vit_exp.eval",
         "model_uri=models:/vit_tiny-imagenet/1",
         *store["common"],

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from tests.helpers.inprocess import run_main
 from tests.helpers.models import TINY_MODEL
 from tests.helpers.processes import run_cli, start_cli
 
@@ -49,12 +50,13 @@ def sweep_args(tmp_path, name: str, trials: int, sweep_dir: str, steps: int = 2)
     ]
 
 
+@pytest.mark.integration
 def test_a_sweep_killed_mid_trial_continues_where_it_stopped(tmp_path, tracking_store):
     """SIGKILL while trial 2 trains; the same command again: trials 0 and 1 keep their results,
     trial 2 is failed and its params run again (trial 3), and the study ends with 3 results."""
     storage = tracking_store.replace("mlflow.db", "optuna.db")  # the default: beside the store
     args = sweep_args(tmp_path, "killed", 3, "first")
-    long_trials = [*args[:-2], "trainer.max_steps=120", "trainer.print_every_n_steps=10", args[-1]]
+    long_trials = [*args[:-1], "trainer.max_steps=120", "trainer.print_every_n_steps=10", args[-1]]
     first = start_cli("vit_exp.run", *long_trials, log=tmp_path / "first.log")
     deadline = time.time() + 300
     while time.time() < deadline:  # kill while trial 2 trains (a step line after its launch line)
@@ -108,7 +110,7 @@ def test_a_sweep_no_trial_of_which_can_start_stops_before_any_trial(
 ):
     """optimized_metric=val/loss with direction=maximize, or a bad fixed value: one line, exit 1, no
     trial, no study, no run (issue 24)."""
-    proc = run_cli("vit_exp.run", *sweep_args(tmp_path, "wrong", 2, "sweep"), override)
+    proc = run_main("vit_exp.run", *sweep_args(tmp_path, "wrong", 2, "sweep"), override)
     errors = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 1 and len(errors) == 1, proc.stderr[-2000:]
     assert errors[0].startswith("error: ") and all(w in errors[0] for w in words), errors[0]
@@ -121,7 +123,7 @@ def test_a_failed_trial_keeps_its_reason_in_the_study(tmp_path, tracking_store):
     storage = tracking_store.replace("mlflow.db", "optuna.db")
     missing = tmp_path / "no-such-data"
     args = [*sweep_args(tmp_path, "failing", 1, "sweep"), "data=image_folder", f"data.root={missing}"]
-    proc = run_cli("vit_exp.run", *args)
+    proc = run_main("vit_exp.run", *args)
     assert proc.returncode == 1, proc.stderr[-2000:]
     line = (tmp_path / "sweep" / "0" / "error.txt").read_text().strip()
     assert line == f"data.root: folder not found: {missing}"

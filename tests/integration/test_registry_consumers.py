@@ -1,4 +1,8 @@
-"""Registry consumers on a real SQLite store: promote, eval by alias, predict a mixed folder, serve."""
+"""Registry consumers on a real SQLite store: promote, eval by alias, predict a mixed folder, serve.
+
+The CLIs run in this process through their entry function (tests/helpers/inprocess.py); the model
+comes from the session's trained store (tests/conftest.py).
+"""
 
 from __future__ import annotations
 
@@ -14,34 +18,41 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers.data import write_image_folder
-from tests.helpers.models import TINY_MODEL, tiny_vit
-from tests.helpers.processes import free_port, run_cli, stop_process, wait_for_http
+from tests.helpers.inprocess import run_main
+from tests.helpers.models import tiny_vit
+from tests.helpers.processes import free_port, stop_process, wait_for_http
 
 CLASSES = ["ant", "bee", "cat"]
 
 
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory):
-    """A tiny ViT trained for 2 epochs on 3 colour classes: model 'consumer-vit' versions 1 and 2."""
-    tmp = tmp_path_factory.mktemp("registry")
-    uri = f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}"
-    root = write_image_folder(tmp / "ds", CLASSES, per_class=12, size=16)
-    proc = run_cli(
-        "vit_exp.run",
-        *TINY_MODEL,
-        "data=image_folder",
-        f"data.root={root}",
-        "trainer.epochs=2",
-        "trainer.batch_size=8",
-        "optim.lr=3e-3",
-        "registry.name=consumer-vit",
-        f"mlflow.tracking_uri={uri}",
-        f"paths.cache_dir={tmp / 'cache'}",
-        f"hydra.run.dir={tmp / 'train'}",
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return {"uri": uri, "root": root, "tmp": tmp}
+def registry(trained_store):
+    """Model 'consumer-vit' versions 1 and 2: a tiny ViT trained for 2 epochs on 3 colour classes.
+
+    The session's trained store (tests/conftest.py) registered them as 'tiny-vit'; 'consumer-vit'
+    registers the same two checkpoints again (their LoggedModels, run and tags), so what these tests
+    change (aliases, version tags, eval runs) leaves 'tiny-vit' as it was trained.
+    """
+    import mlflow
+
+    client = client_for(trained_store)
+    client.create_registered_model("consumer-vit")
+    environment = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(trained_store["uri"])  # a source models:/<model_id> resolves from it
+    try:
+        for version in sorted(client.search_model_versions("name='tiny-vit'"), key=lambda v: int(v.version)):
+            client.create_model_version(
+                "consumer-vit",
+                source=version.source,
+                run_id=version.run_id,
+                tags=version.tags,
+                model_id=version.model_id,
+            )
+    finally:
+        mlflow.set_tracking_uri(None)  # it also wrote the environment: the test's store again
+        if environment is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = environment
+    return {"uri": trained_store["uri"], "root": trained_store["root"], "tmp": trained_store["tmp"]}
 
 
 @pytest.fixture
@@ -67,7 +78,8 @@ def promote_choice(versions) -> str:
 
 
 def cli(registry, module: str, *args: str) -> subprocess.CompletedProcess:
-    return run_cli(module, f"mlflow.tracking_uri={registry['uri']}", *args)
+    """The CLI ``module`` on the registry's store, in this process (tests/helpers/inprocess.py)."""
+    return run_main(module, f"mlflow.tracking_uri={registry['uri']}", *args)
 
 
 def client_for(registry):
@@ -255,6 +267,7 @@ def post(url: str, payload: dict) -> dict:
         return json.loads(response.read())
 
 
+@pytest.mark.integration  # `mlflow models serve`: a server process
 def test_serve_champion_over_http(registry, champion, tmp_path):
     client = client_for(registry)
     version = client.get_model_version_by_alias("consumer-vit", "champion")
@@ -375,8 +388,8 @@ def test_clear_errors(registry, champion, tmp_path):
     )
     assert "none of the 2 file(s)" in line and "readable image" in line
     empty = f"mlflow.tracking_uri=sqlite:///{tmp_path / 'empty' / 'mlflow.db'}"
-    line = one_error_line(run_cli("vit_exp.promote", empty, "name=consumer-vit", run_dir))
+    line = one_error_line(run_main("vit_exp.promote", empty, "name=consumer-vit", run_dir))
     assert "model registry is empty" in line
     closed = f"mlflow.tracking_uri=http://127.0.0.1:{free_port()}"
-    line = one_error_line(run_cli("vit_exp.eval", closed, "model_uri=models:/consumer-vit/1", run_dir))
+    line = one_error_line(run_main("vit_exp.eval", closed, "model_uri=models:/consumer-vit/1", run_dir))
     assert "tracking store unreachable" in line

@@ -1,8 +1,8 @@
 """Resume (issue 13): kill -9 and SIGTERM mid-training, then ``resume=auto`` continues the same MLflow
 run from its last full-state checkpoint, exactly; sweeps resume; bad resume input gets one line.
 
-Real CLI processes, a real SQLite store, digits with a tiny ViT; an uninterrupted run of the same
-command (its own experiment) is the reference.
+Real CLI processes (bad input: the CLI's entry in this process), a real SQLite store, digits with a
+tiny ViT; an uninterrupted run of the same command (its own experiment) is the reference.
 """
 
 from __future__ import annotations
@@ -14,8 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.inprocess import run_main
 from tests.helpers.models import TINY_MODEL
 from tests.helpers.processes import run_cli, start_cli
+
+pytestmark = pytest.mark.integration  # real CLI processes: the integration tier (make test-integration)
 
 EPOCHS, STEPS_PER_EPOCH = 4, 22  # digits: 1437 training images, batch 64
 TOTAL = EPOCHS * STEPS_PER_EPOCH
@@ -194,9 +197,9 @@ def test_bad_resume_input_gets_one_line(store, tmp_path):
 
     uri, cache, reference = store["uri"], store["cache"], store["reference"]
 
-    def resume(value: str, *extra: str):  # the CLI, as a user runs it
+    def resume(value: str, *extra: str):  # the CLI's entry, in this process
         args = train_args(uri, cache, "reference", tmp_path / "cli", *extra)
-        return run_cli("vit_exp.run", *args, f"resume={value}")
+        return run_main("vit_exp.run", *args, f"resume={value}")
 
     def resolve(value: str, *extra: str):
         return resolve_in_process(uri, cache, "reference", tmp_path / "in", f"resume={value}", *extra)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.helpers.inprocess import run_main
 from tests.helpers.models import TINY_MODEL
 from tests.helpers.processes import run_cli, start_cli
 
@@ -41,6 +42,7 @@ def check_store(store: str, runs: int) -> None:
     assert sorted(versions) == list(range(1, runs + 1))  # one per run, numbers unique
 
 
+@pytest.mark.integration
 def test_four_runs_starting_together_on_a_new_store(tmp_path):
     store = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
     start_together(store, tmp_path, 4)
@@ -55,6 +57,7 @@ def test_four_runs_starting_together_ten_trials(tmp_path, trial):
     check_store(store, 4)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("launcher", "metric"),
     [
@@ -104,10 +107,10 @@ def test_a_sweep_of_two_parallel_jobs_on_a_new_store(tmp_path, launcher, metric)
 def test_the_slurm_sweep_composes_with_the_keys_a_cluster_needs():
     """sweeps/slurm_grid.yaml: Hydra's submitit_slurm launcher with our keys, and the local swap."""
     sweep = ("--config-dir", "sweeps", "--config-name", "slurm_grid", "--cfg", "hydra")
-    slurm = run_cli("vit_exp.run", *sweep, "hydra.launcher.partition=gpu-a100")
+    slurm = run_main("vit_exp.run", *sweep, "hydra.launcher.partition=gpu-a100")
     assert slurm.returncode == 0, slurm.stderr
     assert "submitit_launcher.SlurmLauncher" in slurm.stdout and "partition: gpu-a100" in slurm.stdout
     assert "source .venv/bin/activate" in slurm.stdout
-    local = run_cli("vit_exp.run", *sweep, "hydra/launcher=submitit_local", "device=cpu")
+    local = run_main("vit_exp.run", *sweep, "hydra/launcher=submitit_local", "device=cpu")
     assert local.returncode == 0, local.stderr
     assert "submitit_launcher.LocalLauncher" in local.stdout and "partition" not in local.stdout

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.data import write_image_folder
+from tests.helpers.inprocess import run_main
 from tests.helpers.models import TINY_MODEL
 from tests.helpers.processes import run_cli, start_cli
 
@@ -62,7 +63,7 @@ hydra:
 def test_a_sweep_that_cannot_succeed_stops_before_its_first_job(tmp_path, tracking_store, args, key):
     """One error line naming the key, exit 1, no job started, nothing recorded (issue 24)."""
     (tmp_path / "bad_sweep.yaml").write_text(SWEEP_FILE)
-    proc = run_cli(
+    proc = run_main(
         "vit_exp.run",
         "--multirun",
         "--config-dir",
@@ -81,6 +82,7 @@ def test_a_sweep_that_cannot_succeed_stops_before_its_first_job(tmp_path, tracki
     assert stored_runs(tracking_store) == []
 
 
+@pytest.mark.integration
 def test_a_failing_job_does_not_stop_the_sweep(tmp_path, tracking_store):
     proc = run_cli(
         "vit_exp.run",
@@ -107,6 +109,7 @@ def test_a_failing_job_does_not_stop_the_sweep(tmp_path, tracking_store):
     assert "sweep.job.1.error" not in parent.data.tags
 
 
+@pytest.mark.integration
 def test_a_job_that_fails_while_training_is_in_the_record(tmp_path, tracking_store):
     """A job whose run had started (an unreadable image in its first epoch): its run ends FAILED
     tagged with the one-line error, and the parent run names the job and the same line."""
@@ -136,6 +139,7 @@ def test_a_job_that_fails_while_training_is_in_the_record(tmp_path, tracking_sto
     )  # the job's own run (vit_exp/tracking/record/lifecycle.py)
 
 
+@pytest.mark.integration
 def test_ctrl_c_in_a_sweep_ends_the_parent_and_the_job_killed(tmp_path, tracking_store):
     process = start_cli(
         "vit_exp.run",
@@ -164,7 +168,7 @@ def test_a_sweeper_that_breaks_ends_the_parent_failed_in_one_line(tmp_path, trac
         "hydra:\n  sweeper:\n    direction: maximize\n    study_name: broken\n    n_trials: 1\n"
         "    params:\n      optim.lr: interval(1e-2, 1e-4)\n"
     )
-    proc = run_cli(
+    proc = run_main(
         "vit_exp.run",
         "--multirun",
         "--config-dir",

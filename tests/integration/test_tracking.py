@@ -18,37 +18,11 @@ from tests.helpers.models import TINY_MODEL, tiny_vit
 from tests.helpers.processes import run_cli
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """Two short epochs of a tiny ViT on a 3-class image folder, tracked in a temp store."""
-    tmp = tmp_path_factory.mktemp("tracked")
-    uri = f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}"
-    root = write_image_folder(tmp / "ds", ["ant", "bee", "cat"], per_class=12, size=16)
-    proc = run_cli(
-        "vit_exp.run",
-        *TINY_MODEL,
-        "data=image_folder",
-        f"data.root={root}",
-        "trainer.epochs=2",
-        "trainer.batch_size=8",
-        "trainer.print_every_n_steps=2",
-        "optim.lr=3e-3",
-        "sched=cosine",  # no warm-up: the LR falls from the first step (checked below)
-        "registry.name=tiny-vit",
-        "registry.top_k=2",
-        f"mlflow.tracking_uri={uri}",
-        "mlflow.experiment=tracked-test",
-        "mlflow.log_details_every_n_steps=3",
-        f"paths.cache_dir={tmp / 'cache'}",
-        f"hydra.run.dir={tmp / 'run'}",
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    import mlflow
-
-    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
-    experiment = client.get_experiment_by_name("tracked-test")
-    (run,) = client.search_runs([experiment.experiment_id])
-    return {"client": client, "run": run, "uri": uri, "root": root, "tmp": tmp, "stdout": proc.stdout}
+@pytest.fixture
+def tiny_run(trained_store):
+    """Two short epochs of a tiny ViT on a 3-class image folder, tracked in a temp store (shared by
+    the session: tests/conftest.py)."""
+    return trained_store
 
 
 def test_params_tags_and_run_name(tiny_run):
@@ -254,6 +228,7 @@ def test_a_downloaded_version_needs_neither_the_checkout_nor_the_run_dir(tiny_ru
     assert_equals_direct_inference(served, next((copy / "artifacts").glob("*.ckpt")), staged)
 
 
+@pytest.mark.integration
 def test_an_unreadable_image_is_named_and_can_be_left_out(tmp_path, tracking_store):
     """A corrupt training image: one line naming it (the run ends FAILED, traceback kept); with
     data.skip_unreadable=true the split is checked once and training goes on without it."""
@@ -293,6 +268,7 @@ def test_an_unreadable_image_is_named_and_can_be_left_out(tmp_path, tracking_sto
     assert listing.read_text() == f"{broken}\n"
 
 
+@pytest.mark.integration
 def test_ctrl_c_ends_the_run_killed_and_keeps_buffered_metrics(tmp_path, tracking_store):
     """Ctrl-C mid-training: the run ends KILLED and the metrics still buffered are stored."""
     import mlflow

@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from tests.helpers.inprocess import run_main
 from tests.helpers.models import TINY_MODEL
 from tests.helpers.processes import MlflowServer, run_cli, start_cli
 
@@ -64,6 +65,7 @@ def assert_complete_record(server, status: str = "FINISHED") -> None:
     assert len(models) == EPOCHS and len({m.name for m in models}) == EPOCHS  # one per checkpoint
 
 
+@pytest.mark.integration
 def test_server_away_during_training_loses_nothing(server, tmp_path):
     # Two epoch checkpoints kept: those queued while the server is away are pruned before their
     # versions can be sent; each version's checkpoint is held in the outbox until it is stored.
@@ -139,12 +141,12 @@ def test_sync_sends_what_the_outbox_kept_into_the_same_run(tmp_path, tracking_st
     outbox.put(EndRecord("FINISHED"))
     assert outbox.unsent == 7
     outbox.close()  # the process that kept them has ended (an outbox is sent by one process at a time)
-    sync = run_cli("vit_exp.sync", f"outbox={folder}", f"hydra.run.dir={tmp_path / 'sync'}")
+    sync = run_main("vit_exp.sync", f"outbox={folder}", f"hydra.run.dir={tmp_path / 'sync'}")
     assert sync.returncode == 0, sync.stderr[-2000:]
     client = mlflow.MlflowClient(tracking_uri=tracking_store, registry_uri=tracking_store)
     assert sorted(m.step for m in client.get_metric_history(run_id, "train/loss")) == [1, 2, 3, 4, 5]
     assert client.get_run(run_id).info.status == "FINISHED"
-    again = run_cli("vit_exp.sync", f"outbox={folder}", f"hydra.run.dir={tmp_path / 'sync2'}")
+    again = run_main("vit_exp.sync", f"outbox={folder}", f"hydra.run.dir={tmp_path / 'sync2'}")
     assert again.returncode == 0 and "nothing to send" in again.stdout
-    wrong = run_cli("vit_exp.sync", f"outbox={tmp_path}", f"hydra.run.dir={tmp_path / 'sync3'}")
+    wrong = run_main("vit_exp.sync", f"outbox={tmp_path}", f"hydra.run.dir={tmp_path / 'sync3'}")
     assert wrong.returncode == 1 and wrong.stderr.strip().startswith("error: outbox: ")

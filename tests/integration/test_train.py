@@ -1,4 +1,8 @@
-"""Tiny real training runs: the fit loop learns, and the CLI trains, validates and checkpoints."""
+"""Tiny real training runs: the fit loop learns, and the CLI trains, validates and checkpoints.
+
+The CLI runs here go through ``vit_exp.run.main()`` in this process (tests/helpers/inprocess.py);
+the session's trained store (tests/conftest.py) is a real ``python -m vit_exp.run`` process.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,8 @@ import numpy as np
 import yaml
 
 from tests.helpers.data import write_image_folder
+from tests.helpers.inprocess import run_main
 from tests.helpers.models import TINY_MODEL, tiny_vit
-from tests.helpers.processes import run_cli
 
 
 def test_a_few_steps_reduce_the_loss(tmp_path):
@@ -64,7 +68,7 @@ def test_a_few_steps_reduce_the_loss(tmp_path):
 
 def test_cli_trains_validates_and_checkpoints(tmp_path):
     run_dir = tmp_path / "run"
-    proc = run_cli(
+    proc = run_main(
         "vit_exp.run",
         *TINY_MODEL,
         "trainer.max_steps=6",
@@ -95,10 +99,10 @@ def test_cli_pretrained_checkpoint_round_trip(tmp_path):
         "trainer.batch_size=32",
         f"paths.cache_dir={tmp_path / 'cache'}",
     ]
-    first = run_cli("vit_exp.run", *common, f"hydra.run.dir={tmp_path / 'a'}")
+    first = run_main("vit_exp.run", *common, f"hydra.run.dir={tmp_path / 'a'}")
     assert first.returncode == 0, first.stderr[-3000:]
     ckpt = next((tmp_path / "a/checkpoints").glob("*[0-9].ckpt"))
-    second = run_cli("vit_exp.run", *common, f"model.pretrained={ckpt}", f"hydra.run.dir={tmp_path / 'b'}")
+    second = run_main("vit_exp.run", *common, f"model.pretrained={ckpt}", f"hydra.run.dir={tmp_path / 'b'}")
     assert second.returncode == 0, second.stderr[-3000:]
     assert "re-initialised" not in second.stdout + second.stderr
     before = ms.load_checkpoint(str(ckpt))["cls"].asnumpy()

@@ -7,7 +7,11 @@ import signal
 import time
 import urllib.request
 
+import pytest
+
 from tests.helpers.processes import free_port, start_cli
+
+pytestmark = pytest.mark.integration  # real CLI processes: the integration tier (make test-integration)
 
 
 def test_ui_prints_the_runs_page_and_serves_it(tmp_path, tracking_store):
