@@ -310,10 +310,11 @@ tell_clients() {
 }
 
 if [[ $BACKGROUND == 1 ]]; then
+    : >>"$MLFLOW_LOG" && chmod 0644 "$MLFLOW_LOG"  # made here: the background job may not have opened it yet
     setsid "$MLFLOW" "${SERVER_ARGS[@]}" >>"$MLFLOW_LOG" 2>&1 </dev/null &
     pid=$!
     echo "$pid" >"$MLFLOW_PID_FILE"
-    chmod 0644 "$MLFLOW_PID_FILE" "$MLFLOW_LOG"
+    chmod 0644 "$MLFLOW_PID_FILE"
     deadline=$((SECONDS + START_TIMEOUT))
     until healthy; do
         if ! pid_alive "$pid"; then

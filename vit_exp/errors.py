@@ -58,7 +58,7 @@ def error_line(exc: BaseException, last: bool = False) -> str:
     return mask(" ".join(lines[:2]) if lines[0].endswith(":") and len(lines) > 1 else lines[0])
 
 
-def _chain(exc: BaseException):
+def error_chain(exc: BaseException | None):
     """``exc`` and the exceptions it wraps (Hydra's instantiate wraps ours in its own)."""
     seen = set()
     while exc is not None and id(exc) not in seen:
@@ -71,7 +71,7 @@ def user_message(exc: BaseException) -> str | None:
     """One-line message for errors the user can fix (ours and OmegaConf's), else None."""
     from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-    for inner in _chain(exc):
+    for inner in error_chain(exc):
         if isinstance(inner, VitExpError):
             return str(inner)
         if isinstance(inner, MissingMandatoryValue):

@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
+from vit_exp.errors import error_chain
+
 T = TypeVar("T")
 log = logging.getLogger("vit_exp.tracking")
 
@@ -39,14 +41,6 @@ TRANSIENT_CODES = frozenset(
 CREATES = frozenset({"create_run", "create_logged_model", "create_model_version", "log_outputs"})
 
 
-def _chain(exc: BaseException | None) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        yield exc
-        exc = exc.__cause__ or exc.__context__
-
-
 def is_transient(exc: BaseException) -> bool:
     """Whether the store may take the same request later (network, 429/5xx, a busy database)."""
     network: tuple[type, ...] = (ConnectionError, TimeoutError)
@@ -54,7 +48,7 @@ def is_transient(exc: BaseException) -> bool:
         from requests import exceptions as http
 
         network += (http.ConnectionError, http.Timeout, http.RetryError, http.ChunkedEncodingError)
-    for inner in _chain(exc):
+    for inner in error_chain(exc):
         if isinstance(inner, network):
             return True
         if getattr(inner, "error_code", None) in TRANSIENT_CODES:  # an MlflowException's code name

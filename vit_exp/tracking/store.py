@@ -9,10 +9,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from vit_exp.credentials import MASK, mask, reveal, split_credentials
-from vit_exp.errors import ConfigError, first_line
+from vit_exp.errors import ConfigError, error_chain, first_line
 from vit_exp.locking import exclusive
 
 SQLITE_PREFIX = "sqlite:///"
+DENIED = ("UNAUTHENTICATED", "PERMISSION_DENIED")  # MLflow's codes of an HTTP 401 / 403
 DRIVER_PACKAGES = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary", "pymysql": "pymysql"}
 
 
@@ -124,7 +125,7 @@ def _why_unusable(exc: Exception) -> str:
         return (
             f"its database driver ({exc.name}) is not installed: pip install '{package}' in this environment"
         )
-    if any(code in text for code in ("401", "403", "Unauthorized", "PERMISSION_DENIED")):
+    if any(getattr(inner, "error_code", None) in DENIED for inner in error_chain(exc)):
         return (
             "credentials refused; give them as user:password@ in the URI or as "
             "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD"
