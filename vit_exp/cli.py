@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +19,7 @@ from hydra.experimental.callback import Callback
 from vit_exp.config import CONFIG_DIR, register_resolvers
 from vit_exp.credentials import hide_command_line_secrets, mask
 from vit_exp.errors import failure_message, first_line, user_message
+from vit_exp.stop import install as install_signal_handlers
 
 # Keys that existed once: an old command line gets told what replaced them.
 RETIRED_KEYS = {
@@ -130,10 +130,6 @@ def _run_abort_hooks(status: str) -> None:
             print(f"warning: {mask(first_line(str(exc)))}", file=sys.stderr, flush=True)
 
 
-def _raise_interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def hydra_run_dir() -> Path | None:
     """The current Hydra job's output directory (None outside a Hydra app)."""
     from hydra.core.hydra_config import HydraConfig
@@ -154,6 +150,7 @@ def run_job(task: Callable[[Any], Any], cfg) -> Any:
     A single run then exits 1 (130 when interrupted). A sweep job's failure is written to its
     directory and the job returns NaN, so the sweep goes on and its summary lists the job.
     """
+    install_signal_handlers()  # a launcher's job process (submitit, joblib) starts here, not in main()
     try:
         return task(cfg)
     except KeyboardInterrupt as exc:
@@ -221,8 +218,8 @@ def make_main(
         show_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
         os.environ["HYDRA_FULL_ERROR"] = "1"
         # SIGTERM (a cluster's preemption; MindSpore's runtime also answers Ctrl-C with it) ends the
-        # command like Ctrl-C, so its runs end KILLED instead of staying RUNNING.
-        signal.signal(signal.SIGTERM, _raise_interrupt)
+        # command like Ctrl-C, so its runs end KILLED instead of staying RUNNING (see vit_exp.stop).
+        install_signal_handlers()
         try:
             hydra_main()
             if _failures:

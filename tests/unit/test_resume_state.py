@@ -268,6 +268,7 @@ def test_a_signal_saves_after_the_step_and_a_launchers_sigusr2_handler_runs_afte
 
     from mindspore.train import Callback
 
+    from vit_exp.stop import REQUEST, install
     from vit_exp.train.loop import run_training
     from vit_exp.train.preemption import Preempted, Preemption
 
@@ -282,7 +283,9 @@ def test_a_signal_saves_after_the_step_and_a_launchers_sigusr2_handler_runs_afte
         events.append(("saved", run_context.original_args().cur_step_num, epoch_done))
         return Path("checkpoint.ckpt")
 
-    previous = signal.signal(signal.SIGUSR2, lambda signum, frame: events.append(("launcher", signum)))
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)}
+    signal.signal(signal.SIGUSR2, lambda signum, frame: events.append(("launcher", signum)))
+    install()  # as the CLI does: the launcher's SIGUSR2 handler runs after the checkpoint
     try:
         _, _, _, step, dataset, _, _ = _setup()
         plan = TrainPlan(epochs=3, steps_per_epoch=3, total_steps=9, validation_epochs=())
@@ -298,29 +301,65 @@ def test_a_signal_saves_after_the_step_and_a_launchers_sigusr2_handler_runs_afte
         assert stopped.value.step == 2 and isinstance(stopped.value, KeyboardInterrupt)
         launcher = [("launcher", signal.SIGUSR2)] if sig == "SIGUSR2" else []
         assert events == [("saved", 2, False), *launcher]
-        assert signal.getsignal(signal.SIGTERM) is not preemption._on_signal  # handlers restored
+        assert REQUEST.listener is None and not preemption.requested  # the loop no longer listens
     finally:
-        signal.signal(signal.SIGUSR2, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def test_a_signal_while_a_record_is_stored_waits_for_it_then_stops_as_any_signal():
+    """``stop.deferred`` (an outbox record): the signal acts when the block ends; the first asks the
+    listening loop to stop, a second one (or any, with no loop listening) raises KeyboardInterrupt."""
+    import os
+    import signal
+
+    from vit_exp.stop import REQUEST, deferred, install
+
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)}
+    install()
+    heard, stored = [], []
+    try:
+        REQUEST.listen(heard.append)
+        with deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            stored.append(heard.copy())
+        assert stored == [[]] and heard == [signal.SIGTERM] and REQUEST.signals == [signal.SIGTERM]
+        with pytest.raises(KeyboardInterrupt), deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            stored.append("whole")
+        assert stored[-1] == "whole" and heard == [signal.SIGTERM]
+        REQUEST.listen(None)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+    finally:
+        REQUEST.listen(None)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def test_a_checkpoint_that_does_not_come_within_the_grace_period_ends_the_process(tmp_path):
     """A step that outlasts ``trainer.preempt_grace_s`` after SIGTERM: ``on_timeout`` (the run ends
     KILLED) runs and the process exits 143 instead of waiting for the scheduler's SIGKILL."""
+    import os
     import subprocess
     import sys
     import textwrap
     import time
+
+    from vit_exp.config import PROJECT_ROOT
 
     script = tmp_path / "stuck.py"
     script.write_text(
         textwrap.dedent(
             """
             import os, signal, time
+            from vit_exp.stop import install
             from vit_exp.train.preemption import Preemption
 
             def on_timeout():
                 print("ended KILLED", flush=True)
 
+            install()  # as the CLI does
             with Preemption(0.5, save=lambda rc, done: None, on_timeout=on_timeout):
                 os.kill(os.getpid(), signal.SIGTERM)
                 time.sleep(30)  # a step that does not end
@@ -329,7 +368,8 @@ def test_a_checkpoint_that_does_not_come_within_the_grace_period_ends_the_proces
         )
     )
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    env = os.environ | {"PYTHONPATH": str(PROJECT_ROOT)}  # this checkout's vit_exp, as in the test
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, env=env)
     assert proc.returncode == 143, proc.stderr[-2000:]
     assert proc.stdout.strip() == "ended KILLED"
     assert "trainer.preempt_grace_s=0.5 s" in proc.stderr  # the log line names the setting to raise

@@ -1,11 +1,12 @@
 """Preemption: SIGTERM (a cluster taking the node back) or Ctrl-C during training ends it cleanly.
 
-The first signal lets the step in progress finish, saves a full-state checkpoint and ends training
-with ``Preempted`` (a KeyboardInterrupt: the run ends KILLED). A second signal stops at once. If
-no checkpoint is written within ``grace_s`` seconds (a step or a validation that does not end),
-``on_timeout()`` runs and the process exits 143, before the scheduler's SIGKILL.
-SIGUSR2 is handled too when a launcher listens for it (submitit requeues a SLURM job on it): the
-checkpoint is saved first, then the launcher's handler runs.
+The first signal (the process's stop request, ``vit_exp.stop``: the CLI installs its handlers) lets
+the step in progress finish, saves a full-state checkpoint and ends training with ``Preempted`` (a
+KeyboardInterrupt: the run ends KILLED). A second signal stops at once. If no checkpoint is written
+within ``grace_s`` seconds (a step or a validation that does not end), ``on_timeout()`` runs and the
+process exits 143, before the scheduler's SIGKILL. SIGUSR2 is handled too when a launcher listens
+for it (submitit requeues a SLURM job on it): the checkpoint is saved first, then the launcher's
+handler runs.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-log = logging.getLogger("vit_exp.train")
+from vit_exp.stop import REQUEST
 
-SIGNALS = (signal.SIGTERM, signal.SIGINT)
+log = logging.getLogger("vit_exp.train")
 
 
 class Preempted(KeyboardInterrupt):
@@ -32,7 +33,7 @@ class Preempted(KeyboardInterrupt):
 
 
 class Preemption:
-    """Signal handling around a training loop (``with preemption: ...``); see the module docstring.
+    """A training loop's stop on the stop request (``with preemption: ...``); see the module docstring.
 
     ``save(run_context, epoch_done)`` writes the checkpoint and returns its path (None: nothing to
     save, as in a data-parallel worker other than the main one, which then just stops).
@@ -47,32 +48,22 @@ class Preemption:
         self.grace_s = grace_s
         self.save = save
         self.on_timeout = on_timeout
-        self.requested = False
-        self._signal: int | None = None
-        self._launcher_handler = None  # a launcher's SIGUSR2 handler (submitit's requeue)
-        self._previous: dict = {}
         self._timer: threading.Timer | None = None
 
+    @property
+    def requested(self) -> bool:
+        return bool(REQUEST.signals)
+
     def __enter__(self) -> Preemption:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {sig: signal.signal(sig, self._on_signal) for sig in SIGNALS}
-            if callable(handler := signal.getsignal(signal.SIGUSR2)):
-                self._launcher_handler = handler
-                self._previous[signal.SIGUSR2] = signal.signal(signal.SIGUSR2, self._on_signal)
+        REQUEST.listen(self._start_grace)
         return self
 
     def __exit__(self, *exc_info) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous = {}
+        REQUEST.listen(None)
         if self._timer is not None:
             self._timer.cancel()
 
-    def _on_signal(self, signum, frame) -> None:
-        if self.requested:  # a second signal: stop now
-            raise KeyboardInterrupt(f"signal {signum}")
-        self.requested = True
-        self._signal = signum
+    def _start_grace(self, signum: int) -> None:
         name = signal.Signals(signum).name
         log.warning("%s: saving a checkpoint after the current step (within %g s)", name, self.grace_s)
         self._timer = threading.Timer(self.grace_s, self._give_up)
@@ -99,9 +90,9 @@ class Preemption:
         step = int(run_context.original_args().cur_step_num)
         if path is None:  # a data-parallel worker that does not record: nothing to save
             raise KeyboardInterrupt(f"stopped at step {step}")
-        if self._signal == signal.SIGUSR2 and self._launcher_handler is not None:
+        if REQUEST.signals[0] == signal.SIGUSR2:  # handled only when a launcher had a handler
             try:  # the launcher requeues the job (and would exit): the run still ends KILLED
-                self._launcher_handler(signal.SIGUSR2, None)
+                REQUEST.launcher[signal.SIGUSR2](signal.SIGUSR2, None)
             except (SystemExit, Exception) as exc:
                 log.info("the launcher's SIGUSR2 handler ended with %r", exc)
         raise Preempted(path, step)

@@ -14,25 +14,23 @@ same run.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
+from vit_exp import stop
 from vit_exp.errors import DataError, error_line
 from vit_exp.locking import hold_against_other_processes
 from vit_exp.tracking.retries import is_transient
 
 log = logging.getLogger("vit_exp.tracking")
 
-HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 OUTBOX_DIR = "mlflow_outbox"  # in the run directory
 JOURNAL = "journal.jsonl"
 SENT = "sent"
@@ -190,7 +188,7 @@ class Outbox:
         while self._sent < len(self._records) and not (self.stopping.is_set() and retry and backoff > 1.0):
             record = self._records[self._sent]
             try:
-                with interrupts_deferred():  # a record is stored whole: no artifacts without their version
+                with stop.deferred():  # a record is stored whole: no artifacts without their version
                     self.send(record)
             except Exception as exc:
                 if not is_transient(exc):
@@ -243,29 +241,6 @@ def release(record: Record) -> None:
     """Delete the files ``record`` held until it was stored (see ``HELD_DIR``)."""
     for path in record.release if isinstance(record, VersionRecord) else ():
         Path(path).unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def interrupts_deferred() -> Iterator[None]:
-    """Hold Ctrl-C and SIGTERM until the block ends, then hand the first to its handler (main thread
-    only; the CLI's raises KeyboardInterrupt, training's saves a checkpoint first)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received: list[int] = []
-    previous = {
-        sig: signal.signal(sig, lambda signum, frame: received.append(signum)) for sig in HELD_SIGNALS
-    }
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        if received:  # delivered now to the handler it was meant for (training saves a checkpoint)
-            handler = previous[received[0]]
-            if not callable(handler):
-                raise KeyboardInterrupt(f"signal {received[0]}")
-            handler(received[0], None)
 
 
 def load_records(folder: Path) -> list[Record]:
