@@ -183,7 +183,7 @@ def _resume_hint(exc: KeyboardInterrupt) -> str:
     return f": {exc}; continue with: {mask(command)}"
 
 
-def make_main(
+def make_main(  # 64 lines: main() is the CLI's whole start-up and exit-code contract in one place
     config_name: str, task: Callable[[Any], Any], check: Callable[[Any], None] | None = None
 ) -> Callable[[], None]:
     """A CLI ``main()`` that runs ``task`` under Hydra with ``conf/<config_name>.yaml``.

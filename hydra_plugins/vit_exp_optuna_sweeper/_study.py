@@ -293,7 +293,7 @@ def fail_and_retry(study: optuna.Study, trial: optuna.Trial | optuna.trial.Froze
 
 
 class StudySweep:
-    def __init__(
+    def __init__(  # noqa: PLR0913 (Hydra passes each sweeper config key)
         self,
         config: DictConfig,
         launcher: Any,

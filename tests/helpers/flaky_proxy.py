@@ -56,7 +56,7 @@ class FlakyProxy:
     comes next.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 (one knob per fault)
         self,
         upstream: str,
         *,

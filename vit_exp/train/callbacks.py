@@ -240,7 +240,7 @@ class CheckpointSaver(Callback):
     taken in at the next step end.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 (the trainer group's checkpoint keys)
         self,
         directory: str | Path,
         prefix: str,

@@ -76,7 +76,7 @@ class TrainSettings:
         return TrainPlan(epochs, steps_per_epoch, total, tuple(validation))
 
 
-def fit(
+def fit(  # noqa: PLR0913 (keyword-only, as MindSpore's Model.fit)
     net,
     epoch_batches,
     val_ds,
