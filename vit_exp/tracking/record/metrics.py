@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from mindspore.train import Callback
 
-from vit_exp.tracking.record.outbox import MetricsRecord
+from vit_exp.tracking.record.records import MetricsRecord
 
 
 class MlflowMetricLogger(Callback):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from mindspore.train import Callback
 
-from vit_exp.tracking.record.outbox import VersionRecord
+from vit_exp.tracking.record.records import VersionRecord
 from vit_exp.tracking.registry import RegistrySettings
 from vit_exp.tracking.registry.versions import version_record
 from vit_exp.train.callbacks import SavedCheckpoint

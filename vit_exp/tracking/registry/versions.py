@@ -9,7 +9,7 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from vit_exp.tracking.record.outbox import VersionRecord
+from vit_exp.tracking.record.records import VersionRecord
 from vit_exp.tracking.retries import create_once
 from vit_exp.tracking.store import already_exists
 

@@ -1,0 +1,70 @@
+"""The outbox's record types: one line of its journal each (``{"kind": ..., <fields>}``)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, Self
+
+
+class Record:
+    """A journal line ``{"kind": ..., <fields>}``; a field at its default is left out, as the untyped
+    outbox wrote it: journals of either version read the same (``RECORD_TYPES`` by kind)."""
+
+    kind: ClassVar[str]
+
+    def to_json(self) -> str:
+        kept = {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != f.default}
+        return json.dumps({"kind": self.kind} | kept)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Self:
+        return cls(**{k: v for k, v in data.items() if k != "kind"})
+
+
+@dataclass(frozen=True)
+class RunRecord(Record):
+    """The journal's first: the run its records go to and its store (credentials masked)."""
+
+    kind: ClassVar[str] = "run"
+    run_id: str
+    tracking_uri: str
+
+
+@dataclass(frozen=True)
+class MetricsRecord(Record):
+    """Points ``[key, value, timestamp ms, step]``, at most 1000 (MLflow's batch limit)."""
+
+    kind: ClassVar[str] = "metrics"
+    metrics: list[list]
+
+
+@dataclass(frozen=True)
+class VersionRecord(Record):
+    """A checkpoint to make a version of ``name`` (``registry.versions.version_record``).
+    ``release``: files held for it (``HELD_DIR``); ``network_only``: ``checkpoint`` is one of them."""
+
+    kind: ClassVar[str] = "version"
+    checkpoint: str
+    step: int
+    name: str
+    tags: dict[str, str]
+    model_inputs: str
+    top_k: int
+    network_only: bool = False
+    release: Sequence[str] = ()
+
+
+@dataclass(frozen=True)
+class EndRecord(Record):
+    """The run's end status, with a failed run's one-line error."""
+
+    kind: ClassVar[str] = "end"
+    status: str
+    error: str | None = None
+
+
+RECORD_TYPES: dict[str, type[Record]] = {
+    t.kind: t for t in (RunRecord, MetricsRecord, VersionRecord, EndRecord)
+}
