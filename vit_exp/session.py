@@ -50,6 +50,8 @@ class TrainingCallbacks:
         from vit_exp.train.callbacks import SavedCheckpoint
 
         self.history.load_state_dict(state["history"])
+        if self.metric_logger is not None and "metric_window" in state:
+            self.metric_logger.load_state_dict(state["metric_window"])
         if self.registration is not None:
             self.registration.load_state_dict(state)
             position = state["position"]
@@ -59,9 +61,11 @@ class TrainingCallbacks:
             self.registration.catch_up(resumed)
 
     def extra_state(self, run: TrackedRun | None, comparable: dict[str, str]) -> dict:
-        """What a checkpoint holds beside the training state: the run, the config, what is registered."""
+        """What a checkpoint holds beside the training state: the run, the config, the metric logger's
+        open window (``MlflowMetricLogger.state_dict``), what is registered."""
         registered = self.registration.state_dict() if self.registration else {}
-        return {"run_id": run.run_id if run else None, "config": comparable, **registered}
+        window = {"metric_window": self.metric_logger.state_dict()} if self.metric_logger else {}
+        return {"run_id": run.run_id if run else None, "config": comparable, **window, **registered}
 
 
 @dataclass

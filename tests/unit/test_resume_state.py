@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 
 import numpy as np
 import pytest
@@ -405,3 +407,85 @@ def test_a_resumed_run_registers_the_checkpoint_it_starts_from_only_if_the_polic
     record = EpochRecord(2, 20, 1.0, 1.0, 1.0, {"top1": top1}) if top1 is not None else None
     registration.catch_up(SavedCheckpoint(tmp_path / "m-e002-s000020.ckpt", record, kind, 20, 2))
     assert [int(r.step) for r in queue] == ([20] if registers else [])
+
+
+def _attempt(directory, start=None, checkpoint=None, stop_at=None, logged=None):
+    """One attempt of a 3 x 3-step training with the job's callbacks (a run's metric logger: details
+    every 4 steps, so an epoch's last step is logged at its end); ``stop_at``: a preemption is
+    handled after that step. Returns the metric points (key, step, value) it logged and its saver."""
+    from vit_exp.session import TrainingCallbacks
+    from vit_exp.stop import REQUEST
+    from vit_exp.tracking.record.metrics import MlflowMetricLogger
+    from vit_exp.train.callbacks import CheckpointSaver, ConsoleProgress, TrainHistory
+    from vit_exp.train.loop import run_training
+    from vit_exp.train.preemption import Preempted, Preemption
+    from vit_exp.train.state import load_training_network, read_checkpoint, read_training_state
+
+    _, _, _, step, dataset, _, _ = _setup()
+    plan = TrainPlan(epochs=3, steps_per_epoch=3, total_steps=9, validation_epochs=(1, 2, 3))
+    history = TrainHistory(8, np.linspace(1e-2, 1e-3, 9).astype(np.float32))
+    points = []
+    logger = MlflowMetricLogger(
+        lambda record: points.extend((k, s, v) for k, v, _, s in record.metrics),
+        history,
+        details_every_n_steps=4,
+        logged_steps=logged,
+    )
+    saver = CheckpointSaver(directory, "m", history, every_n_epochs=1, keep=5)
+    callbacks = TrainingCallbacks(history, ConsoleProgress(history, plan, 1), saver, logger)
+    saver.extra_state, saver.before_save = lambda: callbacks.extra_state(None, {}), logger.flush
+    if checkpoint is not None:
+        load_training_network(step, read_checkpoint(checkpoint), checkpoint)
+        callbacks.load_state(read_training_state(checkpoint), checkpoint)
+    preemption = Preemption(30, lambda rc, done: saver.save_now(rc, "preempt", done).path)
+
+    def signalled() -> bool:  # SIGTERM arrives during step ``stop_at``, as the CLI's handler takes it
+        if history.global_step == stop_at and not preemption.requested:
+            REQUEST._receive(signal.SIGTERM, None)
+        return preemption.requested
+
+    with contextlib.suppress(Preempted), preemption, callbacks_flushed(logger):
+        run_training(
+            step,
+            epochs_of(dataset),
+            plan=plan,
+            callbacks=callbacks.ordered,
+            validate=lambda: {"top1": 1.0, "top5": 1.0, "eval_loss": 0.5},
+            start=start,
+            stop_signal=signalled,
+            on_stop_signal=preemption.stop,
+        )
+    return points, saver
+
+
+@contextlib.contextmanager
+def callbacks_flushed(logger):
+    try:
+        yield
+    finally:  # as training_session does
+        logger.flush()
+
+
+def test_a_preemption_after_an_epochs_last_step_loses_none_of_that_epochs_end_points(tmp_path):
+    """The signal is handled after step 6, the last of epoch 2, before its validation: the checkpoint
+    says epoch 2 is not done and the resumed attempt ends it (no step runs first). The resumed run
+    holds every point the uninterrupted one does, at the same steps, the epoch-end details too."""
+    from vit_exp.train.state import position_of, read_training_state
+
+    reference, _ = _attempt(tmp_path / "reference")
+    first, saver = _attempt(tmp_path / "first", stop_at=6)
+    (saved,) = [c for c in saver.written if c.kind == "preempt"]
+    position = position_of(read_training_state(saved.path))
+    assert (position.global_step, position.step_in_epoch, position.epoch_done) == (6, 3, False)
+
+    logged = {}
+    for key, step, _ in first:
+        logged[key] = max(step, logged.get(key, -1))  # what logged_steps reads from the run
+    second, _ = _attempt(tmp_path / "second", position, saved.path, logged=logged)
+
+    def keys_and_steps(points):
+        return sorted((key, step) for key, step, _ in points)
+
+    assert keys_and_steps(first + second) == keys_and_steps(reference)
+    lr = {step: value for key, step, value in first + second if key == "train/lr"}
+    assert lr == {step: value for key, step, value in reference if key == "train/lr"}

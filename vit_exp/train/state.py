@@ -6,9 +6,10 @@ linked: it is stored once). ``<stem>.state.ckpt`` holds the rest of the training
 optimizer's ``moment1.*``/``moment2.*``/``beta*_power``/``global_step``, the per-step
 ``learning_rate``) and one string entry, ``vit_exp.training_state``: JSON with the loop position,
 the seed, the run's history, what the tracking layer keeps (registered checkpoints, run id,
-config) and the name and size of its network file. Each file is written under a temporary name
-with a CRC, fsynced and renamed, the network file first: a state file with its final name has a
-whole network file beside it. Single-file checkpoints of earlier versions still load.
+config, the metric logger's open window) and the name and size of its network file. Each file is
+written under a temporary name with a CRC, fsynced and renamed, the network file first: a state
+file with its final name has a whole network file beside it. Single-file checkpoints of earlier
+versions still load.
 """
 
 from __future__ import annotations

@@ -48,6 +48,14 @@ class MlflowMetricLogger(Callback):
         self._last_flush = time.monotonic()
         self.logged_steps = logged_steps or {}  # a resumed run's: points up to these steps are in the run
 
+    def state_dict(self) -> dict:
+        """The steps since the last details point: a resumed attempt closes that window (also when it
+        resumes at an epoch's last step and only the epoch's end is left to run)."""
+        return {"window_ms": self._window_ms, "window_steps": self._window_steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._window_ms, self._window_steps = float(state["window_ms"]), int(state["window_steps"])
+
     def _add(self, key: str, value: float, step: int) -> None:
         if step <= self.logged_steps.get(key, -1):  # logged by the attempt before a resume: one point a step
             return
