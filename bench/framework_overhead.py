@@ -106,22 +106,22 @@ def full(data, epochs: int, store: Path, net, every_epoch: bool) -> tuple[float,
     adam = group_settings("optim", "adam", lr=1e-3)
     lr_values = adam.learning_rates(cosine_schedule(plan.total_steps, plan.steps_per_epoch))
     history = TrainHistory(64, lr_values)
-    saver = CheckpointSaver(store / "ckpt", "bench", history, 1 if every_epoch else epochs, keep=100)
     client = use_store(f"sqlite:///{store / 'mlflow.db'}")
     run_id = client.create_run("0").info.run_id
     outbox = Outbox(store / f"outbox-{run_id}", RunSender(client, run_id), background=False)
     logger = MlflowMetricLogger(outbox.put, history)
-    saver.before_save = logger.flush
-    callbacks = [history, logger, saver]
+    listeners = [logger]
     if every_epoch:  # registry.register=every (the default)
         classes = [str(i) for i in range(10)]
         inputs = write_model_inputs(store / "model_inputs", {"model": {}}, classes, data.example_image())
         settings = group_settings("registry", register="every", name="bench")
-        callbacks.append(
-            CheckpointRegistration(
-                settings, run_id, saver, inputs, put=outbox.put, flush_metrics=logger.flush
-            )
+        listeners.append(
+            CheckpointRegistration(settings, run_id, inputs, put=outbox.put, flush_metrics=logger.flush)
         )
+    saver = CheckpointSaver(
+        store / "ckpt", "bench", history, 1 if every_epoch else epochs, 100, listeners=listeners
+    )
+    callbacks = [history, logger, saver, *listeners[1:]]
     fit(
         net,
         batches.epoch,

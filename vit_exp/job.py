@@ -56,50 +56,91 @@ def _direction(value) -> str | None:
     return str(value) if isinstance(value, str) else None
 
 
-@dataclass(frozen=True)
-class TrainJob:
-    """A training job's config and every settings object in it, built (and so checked) up front.
+GROUPS = ("trainer", "optim", "device", "mlflow", "registry")
 
-    ``workers``: its place in a data-parallel job; only the main worker records (MLflow run,
-    checkpoints, versions), so the others get ``mlflow.enabled=false``. ``objective``: the checked
-    ``optimized_metric``.
+
+def settings_groups(cfg: DictConfig) -> dict[str, object]:
+    """Every settings group of a training config, built by Hydra (so checked), by group name; the
+    ``model`` group is checked too (it is built once the data gives its class count)."""
+    from hydra.utils import instantiate
+
+    from vit_exp.models.config import ViTConfig
+
+    ViTConfig.from_mapping(cfg.model, num_classes=cfg.model.num_classes or 1)
+    return {group: instantiate(cfg[group]) for group in GROUPS}
+
+
+@dataclass(frozen=True)
+class ConfigSnapshot:
+    """The composed config, resolved once, as the job's run records it (params, YAML) and a resume
+    compares it; Hydra's own node is left out."""
+
+    resolved: dict
+    yaml: str
+
+    @classmethod
+    def of(cls, cfg: DictConfig) -> ConfigSnapshot:
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        resolved.pop("hydra", None)
+        return cls(resolved, OmegaConf.to_yaml(OmegaConf.create(resolved)))
+
+    @cached_property
+    def flat(self) -> dict[str, str]:
+        """``{"optim.lr": "0.001", ...}``: every leaf (``tracking.record.lifecycle.flatten``)."""
+        from vit_exp.tracking.record.lifecycle import flatten
+
+        return flatten(self.resolved)
+
+
+@dataclass
+class TrainJob:
+    """A training job: Hydra's view of it, its place among data-parallel workers, its config and
+    every settings group, built (and so checked) before anything starts.
+
+    ``workers``: only the main worker records (MLflow run, checkpoints, versions), so the others get
+    ``mlflow.enabled=false``. ``objective``: the checked ``optimized_metric``.
     """
 
-    cfg: DictConfig
     hydra: HydraJob
+    workers: DataParallel
+    config: ConfigSnapshot
     trainer: TrainSettings
     optim: OptimizerSettings
     device: DeviceSettings
     mlflow: MlflowSettings
     registry: RegistrySettings
-    workers: DataParallel
-    objective: str = "val/top1"
+    objective: str = field(init=False)
 
-    @classmethod
-    def from_config(cls, cfg: DictConfig, hydra: HydraJob, workers: DataParallel | None = None) -> TrainJob:
-        from hydra.utils import instantiate
-
-        from vit_exp.models.config import ViTConfig
+    def __post_init__(self) -> None:
         from vit_exp.train.objective import check_optimized_metric
-        from vit_exp.train.parallel import DataParallel
 
-        ViTConfig.from_mapping(cfg.model, num_classes=cfg.model.num_classes or 1)  # checked, not kept
-        groups = ("trainer", "optim", "device", "mlflow", "registry")
-        settings = {group: instantiate(cfg[group]) for group in groups}
-        workers = workers or DataParallel()
-        if not workers.is_main:
-            settings["mlflow"] = replace(settings["mlflow"], enabled=False)
-        objective = check_optimized_metric(cfg.optimized_metric, hydra.direction)
-        return cls(cfg, hydra, workers=workers, objective=objective, **settings)
+        self.objective = check_optimized_metric(
+            self.config.resolved["optimized_metric"], self.hydra.direction
+        )
+        if not self.workers.is_main:
+            self.mlflow = replace(self.mlflow, enabled=False)
+
+    @property
+    def model_name(self) -> str:
+        return str(self.config.resolved["model"]["name"])
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return Path(self.config.resolved["paths"]["checkpoint_dir"])
+
+    @property
+    def cache_dir(self) -> Path:
+        return Path(self.config.resolved["paths"]["cache_dir"])
+
+    @property
+    def resume(self) -> str | None:
+        """``resume=``: a run id, a checkpoint or ``auto`` (None, empty or ``never``: a new run)."""
+        value = self.config.resolved.get("resume")
+        return None if value in (None, "", "never", False) else str(value)
 
     @cached_property
     def comparable(self) -> dict[str, str]:
         """The flattened config a resume compares (``tracking.resume.comparable_config``)."""
         from vit_exp.tracking.resume import comparable_config
 
-        return comparable_config(self.cfg, self.workers.world_size)
-
-    @property
-    def resumes(self) -> bool:
-        """Whether ``resume=`` asks to continue something (``never``, empty or null: a new run)."""
-        return self.cfg.get("resume") not in (None, "", "never", False)
+        return comparable_config(self.config.flat, self.workers.world_size)

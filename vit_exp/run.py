@@ -6,13 +6,12 @@ python -m vit_exp.run [group=option ...] [key=value ...]
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from omegaconf import DictConfig
 
 from vit_exp.cli import make_main
 from vit_exp.errors import ConfigError, positive_int
-from vit_exp.job import HydraJob, TrainJob
+from vit_exp.job import ConfigSnapshot, HydraJob, TrainJob, settings_groups
 
 log = logging.getLogger("vit_exp.run")
 
@@ -44,7 +43,7 @@ def train(cfg: DictConfig) -> float | None:
     from vit_exp.train.parallel import from_environment
     from vit_exp.train.trainer import fit
 
-    job = TrainJob.from_config(cfg, HydraJob.current(), from_environment())  # every group checked first
+    job = TrainJob(HydraJob.current(), from_environment(), ConfigSnapshot.of(cfg), **settings_groups(cfg))
     start = start_job(job)  # the device, the tracking store, the data-parallel workers, resume=
     if start.done is not None:
         log.info(start.done.message)
@@ -54,9 +53,7 @@ def train(cfg: DictConfig) -> float | None:
     net = instantiate(cfg.model, num_classes=num_classes, precision=job.device.precision)
     trainer, workers = job.trainer, job.workers
     val_ds = val_dataset(data, net.image_size, trainer.batch_size)  # checks the val split before training
-    identity = data_identity(
-        data, Path(cfg.paths.cache_dir) / "data_digests", data.class_names_for(num_classes)
-    )
+    identity = data_identity(data, job.cache_dir / "data_digests", data.class_names_for(num_classes))
     log_job(job, data, net, identity)
     shard = (workers.world_size, workers.rank)
     exact_skip = not trainer.resume_fast_skip
@@ -86,7 +83,7 @@ def log_job(job: TrainJob, data, net, identity) -> None:
     """One line: the model, the data, the device and the workers this job trains with."""
     from vit_exp.models.vit import count_parameters
 
-    workers, cfg = job.workers, job.cfg
+    workers = job.workers
     parallel = (
         f" | data parallel: worker {workers.rank} of {workers.world_size}, global batch "
         f"{workers.global_batch(job.trainer.batch_size)}"
@@ -96,7 +93,7 @@ def log_job(job: TrainJob, data, net, identity) -> None:
     log.info(
         "model %s: %s parameters, %d classes | data %s: %s (%d train / %d val images, digest %s) | "
         "device %s (%s mode, %s)%s",
-        cfg.model.name,
+        job.model_name,
         f"{count_parameters(net):,}",
         net.num_classes,
         data.name,
@@ -115,7 +112,9 @@ def check_job(cfg: DictConfig) -> None:
     """What ``train`` checks first, on a sweep job's composed config (its ``hydra`` node included):
     every settings group, and ``optimized_metric`` against the sweeper's direction. A sweep runs it
     before it starts (see ``vit_exp.tracking.sweep``)."""
-    TrainJob.from_config(cfg, HydraJob.of(cfg))
+    from vit_exp.train.parallel import DataParallel
+
+    TrainJob(HydraJob.of(cfg), DataParallel(), ConfigSnapshot.of(cfg), **settings_groups(cfg))
 
 
 main = make_main("train", train, check=check_job)

@@ -60,13 +60,6 @@ class TrainingCallbacks:
             resumed = SavedCheckpoint(checkpoint, record, kind, position["global_step"], position["epoch"])
             self.registration.catch_up(resumed)
 
-    def extra_state(self, run: TrackedRun | None, comparable: dict[str, str]) -> dict:
-        """What a checkpoint holds beside the training state: the run, the config, the metric logger's
-        open window (``MlflowMetricLogger.state_dict``), what is registered."""
-        registered = self.registration.state_dict() if self.registration else {}
-        window = {"metric_window": self.metric_logger.state_dict()} if self.metric_logger else {}
-        return {"run_id": run.run_id if run else None, "config": comparable, **window, **registered}
-
 
 @dataclass
 class Session:
@@ -124,9 +117,13 @@ def assemble_callbacks(
 
     trainer = job.trainer
     history = TrainHistory(job.workers.global_batch(trainer.batch_size), lr_values)  # images/s of all
+    metric_logger = _metric_logger(job, run, history, logged) if run is not None else None
+    registration = None
+    if run is not None and job.registry.register != "none":
+        registration = _registration(job, run, net, data, identity, metric_logger)
     checkpoints = CheckpointSaver(
-        job.cfg.paths.checkpoint_dir,
-        job.cfg.model.name,
+        job.checkpoint_dir,
+        job.model_name,
         history,
         every_n_epochs=trainer.checkpoint_every_n_epochs,
         keep=trainer.keep_checkpoints,
@@ -134,17 +131,13 @@ def assemble_callbacks(
         keep_steps=trainer.keep_step_checkpoints,
         seed=trainer.seed,
         background=trainer.checkpoint_in_background,  # the training thread copies, a thread writes
+        listeners=[c for c in (metric_logger, registration) if c is not None],
+        run_state={"run_id": run.run_id if run else None, "config": job.comparable},
     )
     console = ConsoleProgress(history, plan, trainer.print_every_n_steps)
-    callbacks = TrainingCallbacks(history, console, checkpoints, writes_checkpoints=job.workers.is_main)
-    checkpoints.extra_state = lambda: callbacks.extra_state(run, job.comparable)
-    if run is not None:
-        callbacks.metric_logger = _metric_logger(job, run, history, logged)
-        # A checkpoint's metrics are in the outbox before it is written: a resume from it loses none.
-        checkpoints.before_save = callbacks.metric_logger.flush
-        if job.registry.register != "none":
-            callbacks.registration = _registration(job, run, net, data, identity, callbacks)
-    return callbacks
+    return TrainingCallbacks(
+        history, console, checkpoints, metric_logger, registration, writes_checkpoints=job.workers.is_main
+    )
 
 
 def _metric_logger(job: TrainJob, run: TrackedRun, history: TrainHistory, logged) -> MlflowMetricLogger:
@@ -160,27 +153,27 @@ def _metric_logger(job: TrainJob, run: TrackedRun, history: TrainHistory, logged
     )
 
 
-def _registration(job: TrainJob, run: TrackedRun, net, data, identity, callbacks) -> CheckpointRegistration:
+def _registration(
+    job: TrainJob, run: TrackedRun, net, data, identity, metric_logger
+) -> CheckpointRegistration:
     """Checkpoints as model versions: each one as soon as its files are whole (also one written in the
     background), before the next checkpoint's state records what is registered."""
     from vit_exp.tracking.record.outbox import HELD_DIR
     from vit_exp.tracking.registry.checkpoints import CheckpointRegistration
     from vit_exp.tracking.registry.versions import version_config, write_model_inputs
 
-    config = version_config(job.cfg.model.name, net.config, data)
+    config = version_config(job.model_name, net.config, data)
     folder = run.outbox.folder.parent / "model_inputs"
     inputs = write_model_inputs(folder, config, data.class_names_for(net.num_classes), data.example_image())
     registration = CheckpointRegistration(
         job.registry,
         run.run_id,
-        callbacks.checkpoints,
         inputs,
         put=run.outbox.put,
-        flush_metrics=callbacks.metric_logger.flush,
+        flush_metrics=metric_logger.flush,
         data_tags=identity.tags(),
         hold_in=run.outbox.folder / HELD_DIR,
     )
-    callbacks.checkpoints.after_write = registration.consider_new_checkpoints
     if not run.outbox.background:  # versions are made in the training thread: the one-off part now
         run.outbox.send.prepare_versions(inputs, job.registry.top_k)
     return registration

@@ -32,7 +32,7 @@ def start_job(job: TrainJob) -> Start:
 
     workers = job.workers
     if workers.is_main:
-        writable_directory("paths.checkpoint_dir", job.cfg.paths.checkpoint_dir)  # now, not after epoch 1
+        writable_directory("paths.checkpoint_dir", job.checkpoint_dir)  # now, not after epoch 1
     client = None
     if job.mlflow.enabled:
         from vit_exp.tracking.store import use_store
@@ -42,7 +42,7 @@ def start_job(job: TrainJob) -> Start:
         job.device.apply(seed=job.trainer.seed, deterministic=job.trainer.deterministic)
         parallel.start(workers)
     resume = resolve_resume(job, client) if workers.is_main else None
-    if workers.world_size > 1 and job.resumes:
+    if workers.world_size > 1 and job.resume is not None:
         resume = _same_on_every_worker(job, resume)
     if isinstance(resume, NothingToDo):
         return Start(done=resume)

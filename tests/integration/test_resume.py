@@ -78,8 +78,9 @@ def resolve_in_process(uri: str, cache: Path, experiment: str, run_dir: Path, *e
     from omegaconf import open_dict
 
     from vit_exp.config import CONFIG_DIR, register_resolvers
-    from vit_exp.job import HydraJob, TrainJob
+    from vit_exp.job import ConfigSnapshot, HydraJob, TrainJob, settings_groups
     from vit_exp.tracking.resume import resolve_resume
+    from vit_exp.train.parallel import DataParallel
 
     register_resolvers()
     GlobalHydra.instance().clear()
@@ -91,7 +92,8 @@ def resolve_in_process(uri: str, cache: Path, experiment: str, run_dir: Path, *e
     try:
         with open_dict(cfg):  # a job's config, as Hydra hands it to the task
             del cfg["hydra"]
-        return resolve_resume(TrainJob.from_config(cfg, HydraJob()), mlflow.MlflowClient(uri))
+        job = TrainJob(HydraJob(), DataParallel(), ConfigSnapshot.of(cfg), **settings_groups(cfg))
+        return resolve_resume(job, mlflow.MlflowClient(uri))
     finally:
         HydraConfig.instance().cfg = None  # this process is no Hydra app for the tests after
 

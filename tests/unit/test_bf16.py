@@ -208,11 +208,12 @@ def test_precision_errors_name_the_key():
 def test_fp32_keeps_the_config_digest_runs_had_before_precision_existed():
     from omegaconf import OmegaConf
 
+    from vit_exp.tracking.record.lifecycle import flatten
     from vit_exp.tracking.resume import comparable_config, config_differences, config_digest
 
-    before = OmegaConf.create({"optim": {"lr": 0.1}, "device": {"target": "cpu"}})
+    before = flatten(OmegaConf.create({"optim": {"lr": 0.1}, "device": {"target": "cpu"}}))
     default, bf16 = (
-        OmegaConf.create({"optim": {"lr": 0.1}, "device": {"target": "cpu", "precision": p}})
+        flatten(OmegaConf.create({"optim": {"lr": 0.1}, "device": {"target": "cpu", "precision": p}}))
         for p in ("fp32", "bf16")
     )
     # a run recorded before the key existed is still found by resume=auto (same digest) ...

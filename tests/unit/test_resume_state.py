@@ -215,11 +215,11 @@ def test_step_checkpoints_are_kept_by_their_own_rule_and_resume_picks_the_newest
 
 def test_a_checkpoint_written_in_the_background_is_the_same_file_and_counts_once_whole(tmp_path):
     """``background=True``: the files are those a synchronous save writes, byte for byte (fp32,
-    same layout), taken in (``written``, ``after_write``) only once whole; training changing the
+    same layout), taken in (``written``, ``checkpoint_written``) only once whole; training changing the
     parameters meanwhile does not reach the file; a preemption at that step gets that checkpoint."""
     from mindspore.train import RunContext
 
-    from vit_exp.train.callbacks import CheckpointSaver, EpochRecord, TrainHistory
+    from vit_exp.train.callbacks import CheckpointListener, CheckpointSaver, EpochRecord, TrainHistory
     from vit_exp.train.loop import CallbackParams
     from vit_exp.train.state import checkpoint_files
 
@@ -233,6 +233,14 @@ def test_a_checkpoint_written_in_the_background_is_the_same_file_and_counts_once
     cb = CallbackParams(train_network=step, batch_num=1, cur_epoch_num=1, cur_step_num=1)
     context = RunContext(cb)
     savers, taken_in = {}, []
+
+    class TakenIn(CheckpointListener):
+        def __init__(self, mode: str):
+            self.mode = mode
+
+        def checkpoint_written(self, saved) -> None:
+            taken_in.append((self.mode, len(savers[self.mode].written)))
+
     for mode in ("sync", "background"):
         savers[mode] = CheckpointSaver(
             tmp_path / mode,
@@ -241,7 +249,7 @@ def test_a_checkpoint_written_in_the_background_is_the_same_file_and_counts_once
             every_n_epochs=1,
             keep=5,
             background=mode == "background",
-            after_write=lambda mode=mode: taken_in.append((mode, len(savers[mode].written))),
+            listeners=[TakenIn(mode)],
         )
     savers["sync"].on_train_epoch_end(context)
     savers["background"].on_train_epoch_end(context)
@@ -400,7 +408,7 @@ def test_a_resumed_run_registers_the_checkpoint_it_starts_from_only_if_the_polic
     )
     queue = []
     registration = CheckpointRegistration(
-        group_settings("registry", register=policy, name="m"), "run", None, tmp_path, put=queue.append
+        group_settings("registry", register=policy, name="m"), "run", tmp_path, put=queue.append
     )
     registration.load_state_dict({"registered": [earlier.state_dict()]})
     assert registration.queued == [earlier]
@@ -431,9 +439,10 @@ def _attempt(directory, start=None, checkpoint=None, stop_at=None, logged=None):
         details_every_n_steps=4,
         logged_steps=logged,
     )
-    saver = CheckpointSaver(directory, "m", history, every_n_epochs=1, keep=5)
+    saver = CheckpointSaver(
+        directory, "m", history, 1, 5, listeners=[logger], run_state={"run_id": None, "config": {}}
+    )
     callbacks = TrainingCallbacks(history, ConsoleProgress(history, plan, 1), saver, logger)
-    saver.extra_state, saver.before_save = lambda: callbacks.extra_state(None, {}), logger.flush
     if checkpoint is not None:
         load_training_network(step, read_checkpoint(checkpoint), checkpoint)
         callbacks.load_state(read_training_state(checkpoint), checkpoint)

@@ -66,17 +66,16 @@ def test_registration_policy(policy, expected, tmp_path):
 
     queue = []
     history = TrainHistory(batch_size=8, lr_values=[])
-    saver = CheckpointSaver(tmp_path, "m", history, every_n_epochs=2, keep=2)
-    cb = CallbackParams(train_network=nn.Dense(2, 2), batch_num=10, cur_epoch_num=0, cur_step_num=0)
-    context = RunContext(cb)
     registration = CheckpointRegistration(
         group_settings("registry", register=policy, name="m"),
         "run",
-        saver,
         tmp_path / "inputs",
         put=queue.append,
         flush_metrics=lambda: queue.append("metrics flushed"),
     )
+    saver = CheckpointSaver(tmp_path, "m", history, every_n_epochs=2, keep=2, listeners=[registration])
+    cb = CallbackParams(train_network=nn.Dense(2, 2), batch_num=10, cur_epoch_num=0, cur_step_num=0)
+    context = RunContext(cb)
     for epoch, top1 in [(1, 0.5), (2, 0.7), (3, 0.9), (4, 0.6), (5, 0.8)]:
         cb.cur_epoch_num, cb.cur_step_num = epoch, epoch * 10
         history.epochs.append(EpochRecord(epoch, epoch * 10, 1.0, 1.0, 1.0, val={"top1": top1}))
@@ -95,7 +94,7 @@ def test_registration_policy(policy, expected, tmp_path):
 @pytest.mark.parametrize("background", [False, True])
 def test_step_checkpoints_are_queued_as_versions_while_their_files_are_there(background, tmp_path):
     """``registry.step_checkpoints``: each step checkpoint is queued once whole (at the step end, or
-    by the saver's ``after_write``), before ``trainer.keep_step_checkpoints`` prunes it; earlier they
+    once its background write is done), before ``trainer.keep_step_checkpoints`` prunes it; earlier they
     waited for the epoch end and the pruned ones were lost."""
     from mindspore import nn
     from mindspore.train import RunContext
@@ -105,21 +104,26 @@ def test_step_checkpoints_are_queued_as_versions_while_their_files_are_there(bac
     from vit_exp.train.loop import CallbackParams
 
     history = TrainHistory(batch_size=8, lr_values=[])
-    saver = CheckpointSaver(
-        tmp_path, "m", history, every_n_epochs=1, keep=5, every_n_steps=1, keep_steps=1, background=background
-    )
-    cb = CallbackParams(train_network=nn.Dense(2, 2), batch_num=4, cur_epoch_num=1, cur_step_num=0)
-    context = RunContext(cb)
     present = []
     registration = CheckpointRegistration(
         group_settings("registry", register="every", name="m", step_checkpoints=True),
         "run",
-        saver,
         tmp_path / "inputs",
         put=lambda record: present.append((record.step, Path(record.checkpoint).is_file())),
     )
-    if background:  # as assemble_callbacks wires it
-        saver.after_write = registration.consider_new_checkpoints
+    saver = CheckpointSaver(
+        tmp_path,
+        "m",
+        history,
+        1,
+        5,
+        every_n_steps=1,
+        keep_steps=1,
+        background=background,
+        listeners=[registration],
+    )
+    cb = CallbackParams(train_network=nn.Dense(2, 2), batch_num=4, cur_epoch_num=1, cur_step_num=0)
+    context = RunContext(cb)
     callbacks = (saver, registration)
     for callback in callbacks:
         callback.on_train_begin(context)

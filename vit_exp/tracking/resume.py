@@ -18,8 +18,6 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from omegaconf import DictConfig
-
 from vit_exp.errors import CheckpointError, ConfigError, RegistryError
 from vit_exp.train.state import network_file, parse_checkpoint_name
 
@@ -53,12 +51,10 @@ UNFINISHED = ("RUNNING", "KILLED", "FAILED")
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
-def comparable_config(cfg: DictConfig, world_size: int = 1) -> dict[str, str]:
-    """The flattened config (as logged in params) without the keys a resume ignores; with msrun
-    data parallelism also the number of workers (it makes the global batch and the data order)."""
-    from vit_exp.tracking.record.lifecycle import flatten
-
-    comparable = _without_defaults({k: v for k, v in flatten(cfg).items() if _compared(k)})
+def comparable_config(flat: dict[str, str], world_size: int = 1) -> dict[str, str]:
+    """The flattened config ``flat`` (as logged in params) without the keys a resume ignores; with
+    msrun data parallelism also the number of workers (it makes the global batch and the data order)."""
+    comparable = _without_defaults({k: v for k, v in flat.items() if _compared(k)})
     if world_size > 1:
         comparable[WORLD_SIZE] = str(world_size)
     return comparable
@@ -146,10 +142,10 @@ class NothingToDo:
 
 
 def resolve_resume(job, client=None) -> ResumeTarget | NothingToDo | None:
-    """What ``resume=`` (``job.cfg.resume``) continues; None for a new run."""
-    if not job.resumes:
+    """What ``resume=`` (``job.resume``) continues; None for a new run."""
+    if job.resume is None:
         return None
-    value = str(job.cfg.resume)
+    value = job.resume
     now = job.comparable
     if client is None:
         return _untracked(value, now)
@@ -295,7 +291,7 @@ def _continue(job, client, run, how: str, checkpoint: Path | None = None, state:
             run_id,
             f"{how}: run {run_id} ('{run.info.run_name}') already {status}; nothing to do "
             "(leave out resume= for a new run)",
-            _best(client, run_id, str(job.cfg.get("optimized_metric", "val/top1"))),
+            _best(client, run_id, job.objective),
         )
     tags = run.data.tags
     attempts = Attempts.of(tags)

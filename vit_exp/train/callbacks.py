@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -220,6 +220,21 @@ class ConsoleProgress(Callback):
         log.info(line)
 
 
+class CheckpointListener:
+    """What a ``CheckpointSaver`` tells the callbacks it was given: a checkpoint is about to be taken
+    (hand over what is buffered), the part of its state they keep in it, and each checkpoint once its
+    files are whole. Each is a no-op here."""
+
+    def before_checkpoint(self) -> None:
+        return None
+
+    def checkpoint_state(self) -> dict:
+        return {}
+
+    def checkpoint_written(self, saved: SavedCheckpoint) -> None:
+        return None
+
+
 class CheckpointSaver(Callback):
     """Saves full-state checkpoints (``train.state``): after every ``every_n_epochs`` epochs and the
     last, every ``every_n_steps`` steps (None: never) and on ``save_now``.
@@ -228,9 +243,9 @@ class CheckpointSaver(Callback):
     with its ``.state.ckpt``. The
     newest ``keep`` epoch checkpoints and ``keep_steps`` step/preempt checkpoints are kept.
     ``written`` lists every checkpoint in order, ``on_disk`` those not pruned: a checkpoint enters
-    them once both its files are whole, and ``after_write()`` runs then (the tracking layer makes it
-    a version). ``extra_state()`` adds the tracking layer's part of the state; ``before_save()`` runs
-    before each write (the tracking layer hands over its metrics).
+    them once both its files are whole. ``listeners`` (``CheckpointListener``s: the tracking layer's
+    metric logger and registration) hear of each checkpoint; ``run_state`` (the run id, the compared
+    config) goes into every state beside theirs.
 
     ``background``: the checkpoints of the step and epoch ends are written by a thread while training
     goes on (a B/16 checkpoint with Adam is ~1 GB, seconds to write). The training thread copies the
@@ -250,10 +265,9 @@ class CheckpointSaver(Callback):
         every_n_steps: int | None = None,
         keep_steps: int = 2,
         seed: int = 0,
-        extra_state: Callable[[], dict] = dict,
-        before_save: Callable[[], None] = lambda: None,
-        after_write: Callable[[], None] = lambda: None,
         background: bool = False,
+        listeners: Sequence[CheckpointListener] = (),
+        run_state: Mapping[str, object] | None = None,
     ):
         super().__init__()
         self.directory = Path(directory)
@@ -264,10 +278,9 @@ class CheckpointSaver(Callback):
         self.every_n_steps = every_n_steps
         self.keep_steps = keep_steps
         self.seed = seed
-        self.extra_state = extra_state
-        self.before_save = before_save
-        self.after_write = after_write
         self.background = background
+        self.listeners = list(listeners)
+        self.run_state = dict(run_state or {})
         self.written: list[SavedCheckpoint] = []
         self.on_disk: list[SavedCheckpoint] = []
         self.steps_per_epoch = 0
@@ -285,7 +298,8 @@ class CheckpointSaver(Callback):
             "kind": kind,
             "seed": self.seed,
             "history": self.history.state_dict(),
-            **self.extra_state(),
+            **self.run_state,
+            **{k: v for listener in self.listeners for k, v in listener.checkpoint_state().items()},
         }
 
     def save_now(self, run_context, kind: str, epoch_done: bool = False) -> SavedCheckpoint:
@@ -312,7 +326,8 @@ class CheckpointSaver(Callback):
         self.wait_for_write()  # one write at a time (and the host buffers are free again)
         cb = run_context.original_args()
         step, epoch = int(cb.cur_step_num), int(cb.cur_epoch_num)
-        self.before_save()
+        for listener in self.listeners:
+            listener.before_checkpoint()
         path = self.directory / checkpoint_name(self.prefix, epoch, step, kind == "preempt")
         state = self._state(cb, kind, epoch_done)
         record = self.history.last_epoch if kind == "epoch" else None
@@ -340,7 +355,8 @@ class CheckpointSaver(Callback):
         self.written.append(saved)
         self.on_disk.append(saved)
         self._prune()
-        self.after_write()
+        for listener in self.listeners:
+            listener.checkpoint_written(saved)
 
     def _prune(self) -> None:
         from vit_exp.train.state import checkpoint_files

@@ -54,13 +54,13 @@ def is_location_key(key: str) -> bool:
     return key.startswith("paths.") or key in LOCATION_KEYS
 
 
-def readable_run_name(cfg: DictConfig, overrides: list[str]) -> str:
+def readable_run_name(config: Mapping, overrides: list[str]) -> str:
     """``vit_tiny-digits optim.lr=0.001 trainer.batch_size=32`` (paths and hydra overrides left out)."""
     keep = [
         o for o in overrides if not o.lstrip("+~").startswith(("paths.", "hydra.", "mlflow.", "registry."))
     ]
     keep = [o for o in keep if not o.startswith(("model=", "data="))]
-    name = f"{cfg.model.name}-{cfg.data.name}"
+    name = f"{config['model']['name']}-{config['data']['name']}"
     if keep:
         name += " " + " ".join(keep)
     return mask(name)[:250]
@@ -93,7 +93,10 @@ def environment_listing() -> str:
     return "\n".join(sorted(names, key=str.lower)) + "\n"
 
 
-def run_tags(cfg: DictConfig, overrides: list[str]) -> dict[str, str]:
+RUN_TAG_KEYS = (("device", "target"), ("device", "mode"), ("model", "name"), ("data", "name"))
+
+
+def run_tags(config: Mapping, overrides: list[str]) -> dict[str, str]:
     """Tags of a training run: overrides, git state, library versions, device."""
     import mindspore
     import mlflow
@@ -103,10 +106,7 @@ def run_tags(cfg: DictConfig, overrides: list[str]) -> dict[str, str]:
         "mindspore.version": mindspore.__version__,
         "mlflow.version": mlflow.__version__,
         "python.version": platform.python_version(),
-        "device.target": str(cfg.device.target),
-        "device.mode": str(cfg.device.mode),
-        "model.name": str(cfg.model.name),
-        "data.name": str(cfg.data.name),
+        **{f"{group}.{key}": str(config[group][key]) for group, key in RUN_TAG_KEYS},
         **git_state(),
     }
 
@@ -229,15 +229,14 @@ def _log_traceback(client, run_id: str, run_dir: Path | None) -> None:
 
 
 def log_run_inputs(
-    client, run_id: str, cfg: DictConfig, hydra_dir: Path | None, class_names: list[str], net
+    client, run_id: str, flat: dict[str, str], yaml: str, hydra_dir: Path | None, class_names: list[str], net
 ) -> None:
-    """Params (flattened config without locations, + parameter count), location tags and artifacts
-    (Hydra files, config, environment, model)."""
+    """Params (the flattened config ``flat`` without locations, + parameter count), location tags and
+    artifacts (Hydra files, the config's ``yaml``, environment, model)."""
     from mlflow.entities import Param, RunTag
 
     from vit_exp.models.vit import count_parameters, model_summary
 
-    flat = flatten(cfg)
     params = {k: v for k, v in flat.items() if not is_location_key(k)}
     params["model.num_parameters"] = str(count_parameters(net))
     params["device.precision_used"] = getattr(net, "precision", "fp32")  # what auto/bf16 resolved to
@@ -248,7 +247,7 @@ def log_run_inputs(
     client.log_batch(run_id, tags=locations)
     for path in sorted(hydra_dir.glob("*.yaml")) if hydra_dir is not None else ():
         client.log_text(run_id, mask(path.read_text()), f"hydra/{path.name}")
-    client.log_text(run_id, mask(OmegaConf.to_yaml(cfg, resolve=True)), "config_resolved.yaml")
+    client.log_text(run_id, mask(yaml), "config_resolved.yaml")
     client.log_text(run_id, environment_listing(), "environment.txt")
     client.log_text(run_id, model_summary(net), "model_summary.txt")
     client.log_dict(run_id, {"class_names": class_names}, "class_names.json")

@@ -16,13 +16,15 @@ from collections.abc import Callable
 from mindspore.train import Callback
 
 from vit_exp.tracking.record.records import MetricsRecord
+from vit_exp.train.callbacks import CheckpointListener
 
 
-class MlflowMetricLogger(Callback):
+class MlflowMetricLogger(Callback, CheckpointListener):
     """Logs ``history`` (a TrainHistory) through ``put`` (the run's outbox: one record per batch).
 
     Buffered points are handed over every ``flush_interval_s`` seconds or ``max_buffered`` points
-    (whichever comes first), at the end of training, and by ``flush()``.
+    (whichever comes first), at the end of training, and by ``flush()``: before each checkpoint too,
+    so a resume from it loses none.
     """
 
     def __init__(
@@ -48,10 +50,10 @@ class MlflowMetricLogger(Callback):
         self._last_flush = time.monotonic()
         self.logged_steps = logged_steps or {}  # a resumed run's: points up to these steps are in the run
 
-    def state_dict(self) -> dict:
+    def checkpoint_state(self) -> dict:
         """The steps since the last details point: a resumed attempt closes that window (also when it
         resumes at an epoch's last step and only the epoch's end is left to run)."""
-        return {"window_ms": self._window_ms, "window_steps": self._window_steps}
+        return {"metric_window": {"window_ms": self._window_ms, "window_steps": self._window_steps}}
 
     def load_state_dict(self, state: dict) -> None:
         self._window_ms, self._window_steps = float(state["window_ms"]), int(state["window_steps"])
@@ -60,6 +62,9 @@ class MlflowMetricLogger(Callback):
         if step <= self.logged_steps.get(key, -1):  # logged by the attempt before a resume: one point a step
             return
         self._buffer.append([key, float(value), int(time.time() * 1000), int(step)])
+
+    def before_checkpoint(self) -> None:
+        self.flush()
 
     def flush(self) -> None:
         """Hand every buffered point over now (in records of at most 1000, MLflow's batch limit)."""

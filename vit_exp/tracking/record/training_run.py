@@ -1,7 +1,7 @@
 """A training job's MLflow run: opened (or continued), its outbox, what is known before training
 (params, tags, datasets, artifacts), and its end through the outbox.
 
-``job`` is the command's ``vit_exp.job.TrainJob`` (its config, Hydra directories, settings, workers).
+``job`` is the command's ``vit_exp.job.TrainJob`` (its settings, config, Hydra directories, workers).
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def training_run(job, resume: ResumeTarget | None = None) -> Iterator[TrackedRun
     opened: list[TrackedRun] = []
     with tracked_run(
         job.mlflow,
-        readable_run_name(job.cfg, job.hydra.overrides),
+        readable_run_name(job.config.resolved, job.hydra.overrides),
         tags,
         job.hydra.sweep_dir,
         job.hydra.run_dir,
@@ -75,10 +75,10 @@ def _start_tags(job, resume: ResumeTarget | None) -> tuple[dict[str, str], objec
     from vit_exp.tracking.record.lifecycle import run_tags
     from vit_exp.tracking.resume import RUN_LOCK, TAG_DIGEST, attempt_tags, config_digest
 
-    checkpoint_dir = Path(str(job.cfg.paths.checkpoint_dir)).resolve()
+    checkpoint_dir = job.checkpoint_dir.resolve()
     if resume is not None and resume.run_id:
         return attempt_tags(resume.attempt, job.hydra.run_dir, checkpoint_dir, resume.from_step), resume.lock
-    tags = run_tags(job.cfg, job.hydra.overrides)
+    tags = run_tags(job.config.resolved, job.hydra.overrides)
     tags[TAG_DIGEST] = config_digest(job.comparable)
     tags |= attempt_tags(1, job.hydra.run_dir, checkpoint_dir, None)
     if resume is not None and resume.checkpoint is not None:
@@ -134,7 +134,15 @@ def log_job_inputs(job, run: TrackedRun, data, net, identity: DataIdentity) -> N
 
     hydra_dir = job.hydra.run_dir / ".hydra" if job.hydra.run_dir else None
     client = use_store(run.tracking_uri)
-    log_run_inputs(client, run.run_id, job.cfg, hydra_dir, data.class_names_for(net.num_classes), net)
+    log_run_inputs(
+        client,
+        run.run_id,
+        job.config.flat,
+        job.config.yaml,
+        hydra_dir,
+        data.class_names_for(net.num_classes),
+        net,
+    )
     log_datasets(client, run.run_id, identity)
     workers, batch = job.workers, job.trainer.batch_size
     parallel = {

@@ -14,16 +14,15 @@ from mindspore.train import Callback
 from vit_exp.tracking.record.records import VersionRecord
 from vit_exp.tracking.registry import RegistrySettings
 from vit_exp.tracking.registry.versions import version_record
-from vit_exp.train.callbacks import SavedCheckpoint
+from vit_exp.train.callbacks import CheckpointListener, SavedCheckpoint
 
 
-class CheckpointRegistration(Callback):
-    """Queues the checkpoints ``checkpoints`` (a CheckpointSaver) writes as model versions.
+class CheckpointRegistration(Callback, CheckpointListener):
+    """Queues the checkpoints a CheckpointSaver writes as model versions, each once its files are whole.
 
     ``every``: each checkpoint; ``best``: each whose val/top1 beats every one queued so far;
     ``last``: the last checkpoint, when training ends. Epoch checkpoints only, unless
-    ``registry.step_checkpoints`` (step checkpoints have no val/top1: never "best"). Runs after the
-    saver, or as its ``after_write``: a checkpoint is considered once its files are whole.
+    ``registry.step_checkpoints`` (step checkpoints have no val/top1: never "best").
     ``queued`` lists the checkpoints (a resumed run starts with its earlier attempts');
     ``put(record)`` is the outbox's, ``flush_metrics()`` the metrics logger's; ``data_tags``
     (``data.name``, ``data.digest``, ...) go on every version. ``hold_in``: the folder where a
@@ -35,7 +34,6 @@ class CheckpointRegistration(Callback):
         self,
         settings: RegistrySettings,
         run_id: str,
-        checkpoints,
         model_inputs: Path,
         put: Callable[[VersionRecord], None],
         flush_metrics: Callable[[], None] = lambda: None,
@@ -45,14 +43,13 @@ class CheckpointRegistration(Callback):
         super().__init__()
         self.settings = settings
         self.run_id = run_id
-        self.checkpoints = checkpoints
         self.model_inputs = model_inputs
         self.put = put
         self.flush_metrics = flush_metrics
         self.data_tags = dict(data_tags or {})
         self.hold_in = hold_in
         self.queued: list[SavedCheckpoint] = []
-        self._seen = 0  # checkpoints of checkpoints.written already considered
+        self._last_epoch: SavedCheckpoint | None = None  # the newest epoch checkpoint written
 
     def improves(self, checkpoint: SavedCheckpoint) -> bool:
         """Whether ``checkpoint``'s val/top1 beats every checkpoint queued so far (or there is none)."""
@@ -66,7 +63,7 @@ class CheckpointRegistration(Callback):
         policy = self.settings.register
         return policy == "every" or (policy == "best" and self.improves(checkpoint))
 
-    def state_dict(self) -> dict:
+    def checkpoint_state(self) -> dict:
         return {"registered": [c.state_dict() for c in self.queued]}
 
     def load_state_dict(self, state: dict) -> None:
@@ -78,26 +75,17 @@ class CheckpointRegistration(Callback):
         if self.wanted(resumed_from):
             self.register(resumed_from)
 
-    def consider_new_checkpoints(self) -> None:
-        """Queue the checkpoints written since the last call that the policy wants (the saver's
-        ``after_write``: a checkpoint written in the background is queued once it is whole)."""
-        new = self.checkpoints.written[self._seen :]
-        self._seen += len(new)
-        for checkpoint in new:
-            if self.wanted(checkpoint):
-                self.register(checkpoint)
-
-    def on_train_step_end(self, run_context) -> None:
-        self.consider_new_checkpoints()
-
-    def on_train_epoch_end(self, run_context) -> None:
-        self.consider_new_checkpoints()
+    def checkpoint_written(self, saved: SavedCheckpoint) -> None:
+        """Queue ``saved`` if the policy wants it (a checkpoint written in the background: once whole)."""
+        if saved.kind == "epoch":
+            self._last_epoch = saved
+        if self.wanted(saved):
+            self.register(saved)
 
     def on_train_end(self, run_context) -> None:
-        self.consider_new_checkpoints()
-        epochs = [c for c in self.checkpoints.written if c.kind == "epoch"]
-        if self.settings.register == "last" and epochs and epochs[-1] not in self.queued:
-            self.register(epochs[-1])
+        last = self._last_epoch
+        if self.settings.register == "last" and last is not None and last not in self.queued:
+            self.register(last)
 
     def register(self, checkpoint: SavedCheckpoint) -> None:
         """Queue ``checkpoint`` as a version of ``settings.name``, after the metrics logged so far."""
