@@ -1,9 +1,4 @@
-"""Shared start-up of the CLI entries: Hydra's composition errors as one line, the run directory.
-
-Hydra prints a failed composition (unknown key, unknown option, unparsable override) in several
-lines. The entries ask Hydra to raise instead (``HYDRA_FULL_ERROR=1``) and print the exception as
-one ``error:`` line, so what is checked is exactly what Hydra composes, flags and all.
-"""
+"""Shared start-up of the CLI entries: Hydra's composition errors as one line, the run directory."""
 
 from __future__ import annotations
 
@@ -72,10 +67,7 @@ def _origin(exc: BaseException) -> str:
 
 
 class MaskCredentialsInRunFiles(Callback):
-    """A Hydra callback: rewrites Hydra's copies of the config with credentials masked.
-
-    Command-line secrets are masked before Hydra starts; this catches those written in config files.
-    """
+    """Hydra callback: masks credentials in Hydra's config copies (command-line ones are masked before)."""
 
     def on_job_start(self, config, **kwargs) -> None:
         if config.hydra.output_subdir is not None:
@@ -100,15 +92,12 @@ _last_lines: list[str] = []  # a sweep job's interruption (with its resume hint)
 
 
 class StopCommand(BaseException):
-    """Ends the command with ``error: <message>`` and exit 1 from a Hydra callback.
-
-    A BaseException: Hydra 1.3 turns an Exception raised in a callback into a warning and goes on.
-    """
+    """Ends the command with ``error: <message>`` and exit 1 from a Hydra callback (a BaseException:
+    Hydra 1.3 turns a callback's Exception into a warning and goes on)."""
 
 
 def job_check() -> Callable[[Any], None] | None:
-    """The running command's check of one job's composed config (raises what the job would raise
-    before it starts); None when the command has none."""
+    """The running command's check of a job's config (raises as the job would); None when it has none."""
     return _job_checks[-1] if _job_checks else None
 
 
@@ -145,11 +134,8 @@ def _in_multirun() -> bool:
 
 
 def run_job(task: Callable[[Any], Any], cfg) -> Any:
-    """Run ``task(cfg)``; a failure is printed as one ``error:`` line.
-
-    A single run then exits 1 (130 when interrupted). A sweep job's failure is written to its
-    directory and the job returns NaN, so the sweep goes on and its summary lists the job.
-    """
+    """Run ``task(cfg)``; a failure prints one ``error:`` line and exits 1 (130 when interrupted), but a
+    sweep job's is written to its directory and NaN returned, so the sweep goes on and lists the job."""
     install_signal_handlers()  # a launcher's job process (submitit, joblib) starts here, not in main()
     try:
         return task(cfg)
@@ -188,12 +174,9 @@ def make_main(  # 64 lines: main() is the CLI's whole start-up and exit-code con
 ) -> Callable[[], None]:
     """A CLI ``main()`` that runs ``task`` under Hydra with ``conf/<config_name>.yaml``.
 
-    ``check(cfg)``: what ``task`` checks of a composed config before it starts; a ``--multirun``
-    sweep runs it on its jobs' configs before it starts (``job_check``) and stops when none passes.
-
-    Errors inside ``task`` and in Hydra's composition become one ``error: ...`` line and exit 1
-    (an unexpected one's traceback goes to the run directory); SIGTERM is treated like Ctrl-C.
-    ``HYDRA_FULL_ERROR=1`` set by the user shows composition tracebacks instead.
+    ``check(cfg)``: ``task``'s check of a composed config; a ``--multirun`` sweep runs it on every job
+    first (``job_check``) and stops when none passes. Errors in ``task`` or the composition (Hydra is
+    made to raise) become one ``error:`` line and exit 1, unless the user set ``HYDRA_FULL_ERROR=1``.
     """
     import hydra
 

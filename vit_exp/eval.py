@@ -1,7 +1,5 @@
-"""Evaluate a registered ViT on a val split: resolve URI -> load -> predict -> metrics -> MLflow eval run.
-
-python -m vit_exp.eval model_uri=models:/NAME/V [data=...]
-"""
+"""Evaluate a registered ViT on a val split and log an MLflow eval run:
+``python -m vit_exp.eval model_uri=models:/NAME/V [data=...]``."""
 
 from __future__ import annotations
 
@@ -27,10 +25,8 @@ def predict_dataset(predictor, dataset):
 
 
 def check_classes_fit(data, model_classes: list[str], ref) -> None:
-    """DataError unless every label of ``data`` is a class of the model with the same index and name.
-
-    A subset passes (5 ImageNet folders with ``class_map=imagenet`` against a 1000-class model).
-    """
+    """DataError unless every label of ``data`` is a class of the model with the same index and name
+    (a subset passes: 5 ImageNet folders with ``class_map=imagenet`` against a 1000-class model)."""
     names = list(data.class_names)
     for folder, label in sorted(data.class_indexing.items(), key=lambda item: item[1]):
         ours = names[label] if label < len(names) else folder

@@ -1,9 +1,5 @@
-"""The tracked side of a training job: its MLflow run, its callbacks, its preemption, its report.
-
-``training_session`` opens the run (none with ``mlflow.enabled=false``), logs what is known before
-training, assembles the callbacks (the MLflow ones only with a run) and, for a resumed job, loads
-their state; leaving it sends the metrics still buffered and ends the run.
-"""
+"""The tracked side of a training job: its MLflow run (none with ``mlflow.enabled=false``), its
+callbacks, its preemption, its report."""
 
 from __future__ import annotations
 
@@ -109,10 +105,8 @@ def assemble_callbacks(
     lr_values,
     logged,
 ) -> TrainingCallbacks:
-    """Every callback of a training job, built from its settings (the MLflow ones only with a run).
-
-    ``logged``: per metric, the last step a resumed run already holds (not logged again).
-    """
+    """Every callback of a training job (the MLflow ones only with a run); ``logged``: per metric,
+    the last step a resumed run already holds (not logged again)."""
     from vit_exp.train.callbacks import CheckpointSaver, ConsoleProgress, TrainHistory
 
     trainer = job.trainer
@@ -156,7 +150,7 @@ def _metric_logger(job: TrainJob, run: TrackedRun, history: TrainHistory, logged
 def _registration(
     job: TrainJob, run: TrackedRun, net, data, identity, metric_logger
 ) -> CheckpointRegistration:
-    """Checkpoints as model versions: each one as soon as its files are whole (also one written in the
+    """Checkpoints as model versions, each once its files are whole (also one written in the
     background), before the next checkpoint's state records what is registered."""
     from vit_exp.tracking.record.outbox import HELD_DIR
     from vit_exp.tracking.registry.checkpoints import CheckpointRegistration
@@ -180,9 +174,8 @@ def _registration(
 
 
 def preemption(job: TrainJob, callbacks: TrainingCallbacks, run: TrackedRun | None) -> Preemption:
-    """SIGTERM/Ctrl-C handling for the training loop. The main worker saves a checkpoint, then the run
-    ends KILLED; another data-parallel worker ends after the current step (whose AllReduce the main
-    worker needs), saving nothing."""
+    """SIGTERM/Ctrl-C: the main worker saves a checkpoint and the run ends KILLED; another worker saves
+    nothing and ends after the current step (whose AllReduce the main worker needs)."""
     from vit_exp.train.preemption import Preemption
 
     grace_s = job.trainer.preempt_grace_s

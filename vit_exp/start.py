@@ -1,5 +1,4 @@
-"""How a training job starts, before its data is read: the device, the tracking store, the
-data-parallel workers meeting, and what ``resume=`` continues (found by rank 0, shared with all)."""
+"""How a training job starts, before its data is read: device, tracking store, workers, ``resume=``."""
 
 from __future__ import annotations
 
@@ -52,8 +51,7 @@ def start_job(job: TrainJob) -> Start:
 
 
 def _same_on_every_worker(job: TrainJob, resume):
-    """Rank 0's resume (found in the store) for every data-parallel worker: the same checkpoint,
-    or, when the run finished, nothing to do on any of them."""
+    """Rank 0's resume for every data-parallel worker: the same checkpoint, or nothing to do on all."""
     from vit_exp.tracking.resume import NothingToDo, from_checkpoint
     from vit_exp.train.parallel import share_from_main
 

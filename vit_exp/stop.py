@@ -1,9 +1,7 @@
 """SIGTERM, Ctrl-C and a launcher's SIGUSR2 in one place: the process's stop ``REQUEST``.
 
-The CLI installs the handlers (nothing is installed outside it: a notebook's Ctrl-C stays Python's).
-A signal ends the command as Ctrl-C does (KeyboardInterrupt; a launcher's own handler, e.g. submitit's
-requeue on SIGUSR2, runs instead), except that while a training loop listens the first signal only
-sets the request (``train.preemption``), and a signal waits for the end of a ``deferred()`` block.
+Only the CLI installs the handlers. A signal ends the command as Ctrl-C does (or runs a launcher's
+handler), but while a training loop listens the first one only sets the request (``train.preemption``).
 """
 
 from __future__ import annotations

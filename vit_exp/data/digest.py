@@ -1,11 +1,7 @@
 """The identity of a dataset: digests of its splits (file list, sizes, class map) and of its class names.
 
-A split's digest covers each image's path relative to the split folder, its size in bytes and the
-label its class folder maps to, not the folder's location: the same files elsewhere give the same
-digest. Listing every file costs one ``stat`` each (see bench/RESULTS.md), so the digest is cached
-under ``cache_dir`` by the split folder, its class folders and their modification times (which
-change when a file is added, removed or renamed); a file rewritten in place under its old name is
-not seen until the cache entry is removed.
+A split's digest covers each image's relative path, size and label, not the folder's location. Cached
+under ``cache_dir`` by folder mtimes, it misses a file rewritten in place until the entry is removed.
 """
 
 from __future__ import annotations
@@ -123,10 +119,8 @@ def split_digest(
 
 
 def data_identity(data, cache_dir: Path | None, class_names: list[str] | None = None) -> DataIdentity:
-    """The identity of an ImageFolderData's train and val splits (see the module docstring).
-
-    ``class_names``: the model's (default: the data's), e.g. padded to a larger head.
-    """
+    """The identity of an ImageFolderData's train and val splits; ``class_names``: the model's
+    (default: the data's), e.g. padded to a larger head."""
     indexing = dict(data.class_indexing)
     train = split_digest(data.train_split, data.root / data.train_split, indexing, cache_dir)
     val = split_digest(data.val_split, data.root / data.val_split, indexing, cache_dir)

@@ -8,11 +8,8 @@ from vit_exp.errors import DataError
 
 
 def load_imagenet_classes(meta_mat: str | Path) -> list[tuple[str, str]]:
-    """Return ``[(wnid, name), ...]`` indexed by ImageNet class index.
-
-    Rule (reference recipe): keep the synsets with ``num_children == 0`` (the 1000 leaves), sort
-    them by WNID; index i's name is the first comma-separated part of ``words``.
-    """
+    """Return ``[(wnid, name), ...]`` indexed by ImageNet class index: the leaf synsets sorted by WNID,
+    each named by the first comma-separated part of ``words`` (the reference recipe's rule)."""
     path = Path(meta_mat).expanduser()
     if not path.is_file():
         raise DataError(f"data.meta_mat: file not found: {path}")

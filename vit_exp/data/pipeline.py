@@ -1,10 +1,5 @@
-"""MindSpore dataset pipelines (train / val) for an ImageFolderData, per the reference recipe.
-
-- train: RandomCropDecodeResize(size, scale, ratio), RandomHorizontalFlip, Normalize, HWC2CHW;
-  shuffled, batched with drop_remainder.
-- val: Decode, Resize(size + margin), CenterCrop(size), Normalize, HWC2CHW; batched.
-The infer transforms (Resize([size, size]), Normalize, HWC2CHW) are ``data.images.preprocess``.
-"""
+"""MindSpore dataset pipelines (train / val) for an ImageFolderData, per the reference recipe
+(the infer transforms are ``data.images.preprocess``)."""
 
 from __future__ import annotations
 
@@ -25,7 +20,6 @@ def _vision():
 
 
 def train_transforms(data: ImageFolderData, image_size: int) -> list:
-    """Decode + augment ops for training images."""
     vision = _vision()
     ops = [
         vision.RandomCropDecodeResize(
@@ -39,7 +33,6 @@ def train_transforms(data: ImageFolderData, image_size: int) -> list:
 
 
 def val_transforms(data: ImageFolderData, image_size: int) -> list:
-    """Decode, resize to ``image_size + val_resize_margin``, centre-crop, normalise."""
     vision = _vision()
     return [
         vision.Decode(),
@@ -90,13 +83,9 @@ def _batched(dataset, transforms: list, data: ImageFolderData, batch_size: int, 
 def train_dataset(
     data: ImageFolderData, image_size: int, batch_size: int, skip_images: int = 0, shard=(1, 0)
 ):
-    """Shuffled, augmented, batched training data (last partial batch dropped).
-
-    The order is one shuffle of the whole split (by the dataset seed); ``shard`` = (n, i) keeps
-    every n-th image of it from the i-th on, so batch k of the n shards together (batch size b
-    each) holds exactly batch k of one process with batch size n * b. ``skip_images`` leaves out
-    the shard's first images before they are decoded.
-    """
+    """Shuffled, augmented, batched training data (last partial batch dropped). ``shard`` = (n, i):
+    every n-th image of one shuffle from the i-th, so batch k of the n shards together is batch k of
+    one process at n times the batch size. ``skip_images``: left out undecoded."""
     split = data.split_dir(data.train_split, key="data.train_split")
     dataset = _folder_dataset(data, split, shuffle=True, key="data.train_split", shard=shard)
     if dataset.get_dataset_size() < batch_size:
@@ -111,14 +100,10 @@ def train_dataset(
 
 
 class TrainBatches:
-    """Training batches epoch by epoch; epoch ``e``'s order and augmentations depend on ``seed + e`` only.
-
-    So a resumed run gets the same batches as an uninterrupted one. ``shard`` = (workers, rank)
-    gives a data-parallel worker its part of each global batch. ``epoch(e, skip)`` starts after
-    ``skip`` batches: with ``exact_skip`` they are decoded and augmented and dropped (the rest of the
-    epoch is then bit-identical), otherwise left out before decoding (fast; the rest of the epoch's
-    random crops differ from an uninterrupted run's).
-    """
+    """Training batches epoch by epoch; epoch ``e``'s order and augmentations depend on ``seed + e``
+    only, so a resumed run gets the same batches. ``exact_skip``: ``epoch(e, skip)`` decodes and drops
+    the skipped batches (the rest is bit-identical) instead of leaving them out undecoded (fast, but
+    the rest's random crops differ)."""
 
     def __init__(
         self,

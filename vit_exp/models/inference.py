@@ -34,10 +34,8 @@ class Predictor:
     def from_checkpoint(
         cls, checkpoint: str | Path, config: Mapping, class_names: Sequence[str], precision: str = "fp32"
     ) -> Predictor:
-        """Build the ViT of ``config["model"]`` and load ``checkpoint`` (every name must fit).
-
-        ``precision``: what the dense layers multiply in (``device.precision``: fp32 | bf16 | auto).
-        """
+        """Build the ViT of ``config["model"]`` and load ``checkpoint`` (every name must fit);
+        ``precision``: what the dense layers multiply in (``device.precision``: fp32 | bf16 | auto)."""
         import mindspore as ms
 
         from vit_exp.errors import CheckpointError

@@ -1,8 +1,5 @@
-"""Learning-rate schedules as per-step factors of the peak LR (``optim.lr``).
-
-Each schedule returns a float32 array with one factor per optimizer step; the optimizer multiplies
-it by ``optim.lr``. A factor curve keeps ``sched`` independent of the optimizer's peak LR.
-"""
+"""Learning-rate schedules as float32 arrays of per-step factors of the peak LR (``optim.lr``), so
+``sched`` stays independent of the optimizer's peak LR."""
 
 from __future__ import annotations
 

@@ -14,11 +14,8 @@ def classification_metrics(num_classes: int) -> dict:
 
 
 def classification_report(probabilities, labels, num_classes: int, k: int = 5) -> dict:
-    """Top-1/top-k accuracy, unsmoothed cross-entropy, per-class accuracy and the confusion matrix.
-
-    ``probabilities`` is (N, C) softmax output, ``labels`` (N,) int. Top-1 counts argmax hits and
-    top-k counts labels among the k largest, as MindSpore's Top1/TopKCategoricalAccuracy do.
-    """
+    """Top-1/top-k accuracy (as MindSpore's metrics count them), unsmoothed cross-entropy, per-class
+    accuracy and confusion matrix of (N, C) softmax ``probabilities`` and (N,) int ``labels``."""
     import numpy as np
 
     probabilities = np.asarray(probabilities, dtype=np.float64)

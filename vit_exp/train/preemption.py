@@ -1,12 +1,9 @@
 """Preemption: SIGTERM (a cluster taking the node back) or Ctrl-C during training ends it cleanly.
 
-The first signal (the process's stop request, ``vit_exp.stop``: the CLI installs its handlers) lets
-the step in progress finish, saves a full-state checkpoint and ends training with ``Preempted`` (a
-KeyboardInterrupt: the run ends KILLED). A second signal stops at once. If no checkpoint is written
-within ``grace_s`` seconds (a step or a validation that does not end), ``on_timeout()`` runs and the
-process exits 143, before the scheduler's SIGKILL. SIGUSR2 is handled too when a launcher listens
-for it (submitit requeues a SLURM job on it): the checkpoint is saved first, then the launcher's
-handler runs.
+The first signal (``vit_exp.stop``) lets the current step finish, saves a full-state checkpoint and
+raises ``Preempted`` (the run ends KILLED); a second stops at once. Without a checkpoint within
+``grace_s`` seconds, ``on_timeout()`` runs and the process exits 143, before the scheduler's SIGKILL.
+A launcher's SIGUSR2 (submitit's requeue) gets the checkpoint saved first, then its handler runs.
 """
 
 from __future__ import annotations
@@ -33,11 +30,8 @@ class Preempted(KeyboardInterrupt):
 
 
 class Preemption:
-    """A training loop's stop on the stop request (``with preemption: ...``); see the module docstring.
-
-    ``save(run_context, epoch_done)`` writes the checkpoint and returns its path (None: nothing to
-    save, as in a data-parallel worker other than the main one, which then just stops).
-    """
+    """A training loop's stop on the stop request (``with preemption: ...``); ``save(run_context,
+    epoch_done)`` returns the checkpoint's path, or None when the worker has nothing to save."""
 
     def __init__(
         self,

@@ -1,12 +1,9 @@
 """The kernel plan: which C++ kernels a ViT's layers run on, decided once, before the ViT is built.
 
-``model.fused_kernels`` (auto | on | off): the fused GELU/LayerNorm kernels, on a CPU target.
-``device.precision`` (fp32 | bf16 | auto): what the dense layers multiply in. MindSpore 2.10's CPU
-MatMul refuses bfloat16 (and runs float16 at float32 speed), so bf16 runs them on oneDNN's bf16 GEMM;
-parameters, optimizer state, activations between layers, reductions and checkpoints stay float32.
-``auto`` is bf16 where the CPU multiplies it natively. Where a kernel cannot run here (another CPU,
-no compiler, not Linux) the plan falls back to MindSpore's ops / fp32 with one warning;
-``fused_kernels=on`` is an error instead, and so is bf16 off the CPU (use ``device.amp_level``).
+``model.fused_kernels`` (auto | on | off): fused GELU/LayerNorm kernels on CPU. ``device.precision``
+(fp32 | bf16 | auto, bf16 where the CPU has it natively): bf16 runs the dense layers on oneDNN's bf16
+GEMM (MindSpore's CPU MatMul refuses bfloat16), all else stays float32. A kernel that cannot run here
+falls back to MindSpore's ops / fp32 with one warning (``fused_kernels=on`` or bf16 off CPU: an error).
 """
 
 from __future__ import annotations
@@ -27,9 +24,8 @@ FUSED_KERNEL_MODES = ("auto", "on", "off")
 
 @dataclass(frozen=True)
 class KernelPlan:
-    """How the layers compute (same maths, same parameters): ``fused`` GELU/LayerNorm kernels, the
-    dense layers as oneDNN kernels multiplying in ``dense`` "fp32" / "bf16" (None: MindSpore ops),
-    ``attention`` as one fp32 oneDNN kernel each way, and the ``precision`` that amounts to."""
+    """How the layers compute (same maths and parameters): ``fused`` GELU/LayerNorm, oneDNN ``dense``
+    layers in "fp32" / "bf16" (None: MindSpore ops), a fp32 oneDNN ``attention``, the ``precision``."""
 
     fused: bool = False
     dense: str | None = None
@@ -39,13 +35,9 @@ class KernelPlan:
 
 def plan_kernels(config: ViTConfig, device_target: str) -> KernelPlan:
     """The plan for ``config``'s ``fused_kernels`` and ``precision`` on ``device_target`` (CPU | GPU |
-    Ascend), building each library it picks.
-
-    The dense layers run on the oneDNN kernels with bf16 always (MindSpore's MatMul has no bf16),
-    and in fp32 with the fused kernels on. Attention runs on its fp32 kernel with either (bf16
-    attention cost the default run val accuracy: bench/RESULTS.md); attention dropout keeps the
-    composed attention.
-    """
+    Ascend), building each library it picks. Dense layers run on oneDNN with bf16, or fp32 with the
+    fused kernels; attention then runs on its fp32 kernel (bf16 attention cost val accuracy), unless
+    attention dropout is on."""
     fused = _fused(config.fused_kernels, device_target)
     precision = _precision(config.precision, device_target)
     if precision == "bf16":
@@ -129,5 +121,4 @@ def _available(library: KernelLibrary, fallback: str) -> bool:
 
 @functools.cache
 def warn_once(message: str, reason: str) -> None:
-    """Log ``message % reason`` as a warning, once per process for each message and reason."""
     log.warning(message, reason)

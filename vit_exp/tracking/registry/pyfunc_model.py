@@ -1,15 +1,10 @@
 """The MLflow pyfunc model (models-from-code): a registered ViT checkpoint that classifies images.
 
-MLflow loads this file by path; nothing is unpickled. Artifacts of each model version:
-``checkpoint`` (the MindSpore .ckpt), ``config`` (the composed run config, YAML) and
-``class_names`` (JSON list, index -> name).
-
-Input: a DataFrame with an ``image`` column of encoded image bytes (JPEG/PNG/...; over HTTP the
-bytes are base64 strings). Output: one row per image with ``class_index``, ``class_name``,
-``probability`` (the top-1), ``top_k_indices``, ``top_k_names``, ``top_k_probabilities`` and
-``error`` (null, or why that row's image could not be read: its other fields are then null/empty);
-``k`` is the version's ``top_k`` (its model config, from ``registry.top_k``) unless
-``params.top_k`` is given.
+MLflow loads this file by path (nothing is unpickled). Artifacts: ``checkpoint`` (.ckpt), ``config``
+(run config, YAML), ``class_names`` (JSON list). Input: an ``image`` column of encoded image bytes
+(base64 strings over HTTP). Output per image: ``class_index``, ``class_name``, ``probability`` (top-1),
+``top_k_indices``, ``top_k_names``, ``top_k_probabilities``, and ``error`` (null, or why the image
+could not be read; its other fields are then empty). k: ``params.top_k``, else ``registry.top_k``.
 """
 
 from __future__ import annotations
@@ -53,8 +48,7 @@ class ViTImageClassifier(PythonModel):
         self.top_k = int((getattr(context, "model_config", None) or {}).get("top_k", TOP_K))
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        """One row per input row. A row whose image cannot be read gets ``error`` (the reason) and
-        empty prediction fields; the other rows are predicted as usual."""
+        """One row per input row; an unreadable image's row gets ``error`` and empty predictions."""
         from vit_exp.data.images import decode_rgb
         from vit_exp.errors import DataError
 

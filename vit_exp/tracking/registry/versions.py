@@ -1,5 +1,4 @@
-"""Checkpoints as MLflow model versions: a LoggedModel of the run holding the pyfunc (models-from-code),
-registered from that model and tagged."""
+"""Checkpoints as MLflow model versions: a LoggedModel of the run holding the pyfunc, registered, tagged."""
 
 from __future__ import annotations
 
@@ -29,8 +28,6 @@ EXAMPLE_IMAGE = "input_example.image"  # the encoded bytes of one validation ima
 
 
 def pyfunc_signature(top_k: int):
-    """Input: an ``image`` column of encoded image bytes (or their base64 text); output: top-1, top-k
-    and ``error`` columns; param ``top_k``."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
     from mlflow.types.schema import Array
@@ -70,10 +67,7 @@ def pip_requirements() -> list[str]:
 
 
 def version_config(model_name: str, architecture, data) -> dict:
-    """What a version ships of its run's config: the ViT and how its inputs are normalised.
-
-    No path, URI or other setting of the training machine (the run's params hold those).
-    """
+    """What a version ships of its run's config: the ViT and its input normalisation (no machine paths)."""
     from dataclasses import asdict
 
     return {
@@ -101,12 +95,9 @@ def write_model_inputs(folder: Path, config: dict, class_names: list[str], examp
 
 
 class PyfuncModelWriter:
-    """Writes checkpoints of a run as MLflow pyfunc models (models-from-code), each the artifacts of
-    its own LoggedModel.
-
-    ``mlflow.pyfunc.save_model`` runs once per writer; each checkpoint then gets that directory, its
-    own checkpoint and its own ``MLmodel`` (last): ~30 ms a version instead of ~0.3 s (bench/RESULTS.md).
-    """
+    """Writes a run's checkpoints as MLflow pyfunc models, each the artifacts of its own LoggedModel:
+    ``mlflow.pyfunc.save_model`` (slow) runs once per writer, each version adds its checkpoint and
+    ``MLmodel`` (last) to a copy."""
 
     def __init__(self, shared_artifacts: Mapping[str, Path], example_image: bytes, top_k: int):
         self.shared_artifacts = dict(shared_artifacts)
@@ -117,8 +108,7 @@ class PyfuncModelWriter:
         self._template_bytes = 0
 
     def prepare(self) -> None:
-        """Write the directory every version shares now (else the first ``write`` does it: ~0.5-1 s,
-        most of it MLflow checking the requirements against the installed packages, once a process)."""
+        """Write the directory every version shares now (else the first ``write`` does it: ~0.5-1 s)."""
         if self._model is None:
             self._save_template()
 
@@ -161,13 +151,9 @@ class PyfuncModelWriter:
     def write(
         self, client, model, checkpoint: Path, step: int, run_id: str, network_only: bool = False
     ) -> None:
-        """Store the pyfunc model of ``checkpoint`` as the artifacts of the LoggedModel ``model``.
-
-        A version ships the network only: the checkpoint's own file (its optimizer and loop state
-        stay beside it, in ``.state.ckpt``). On a local artifact store that file is hard linked, not
-        copied: a registered checkpoint is stored once. ``network_only``: ``checkpoint`` is known to
-        be a network file (one held for its version, without its state file beside it).
-        """
+        """Store the pyfunc model of ``checkpoint`` (its network file only, hard linked on a local store)
+        as the artifacts of the LoggedModel ``model``; ``network_only``: ``checkpoint`` is a network
+        file held for its version, without its ``.state.ckpt`` beside it."""
         from vit_exp.train.state import network_file, state_file
 
         checkpoint = network_file(checkpoint)  # named by its state file (a resume=X.state.ckpt): the same
@@ -209,9 +195,8 @@ class PyfuncModelWriter:
 
 
 def upload_files(client, model_id: str, folder: Path) -> None:
-    """Upload ``folder``'s files as the model's artifacts, ``MLmodel`` last (a model directory with
-    MLmodel is whole). Each file is its own upload, retried on its own over a flaky network (an upload
-    of the whole folder would start again from its first file at every failure), ``UPLOADS`` at once."""
+    """Upload ``folder``'s files as the model's artifacts, ``MLmodel`` last (it marks the model whole),
+    each file its own upload (a failure retries that file, not the folder), ``UPLOADS`` at once."""
     from concurrent.futures import ThreadPoolExecutor
 
     def upload(path: Path) -> None:
@@ -228,7 +213,6 @@ UPLOADS = 4  # files uploaded at once (a version is ~70 small files and its chec
 
 
 def copy_inference_code(target: Path) -> None:
-    """Copy the ``INFERENCE_CODE`` of the package into ``target`` (without ``__pycache__``)."""
     for name in INFERENCE_CODE:
         source, copy = PACKAGE_DIR / name, target / name
         copy.parent.mkdir(parents=True, exist_ok=True)
@@ -251,7 +235,6 @@ def local_folder(location: str) -> Path | None:
 
 
 def link_or_copy(source: Path, target: Path) -> None:
-    """Hard link ``source`` at ``target`` (one copy on disk), or copy it across file systems."""
     import os
 
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -272,11 +255,8 @@ def version_record(
     hold_in: Path | None = None,
 ) -> VersionRecord:
     """The outbox record that makes ``checkpoint`` a version of ``name`` (all a later process needs).
-
-    ``hold_in``: a folder where the checkpoint's network file is hard linked until the record is
-    stored (``release``), so pruning the checkpoint meanwhile (a store away for a while) loses no
-    version; the record then names that link (``network_only``: its state file is not beside it).
-    """
+    ``hold_in``: where the network file is hard linked until the record is stored, so pruning the
+    checkpoint meanwhile loses no version (the record then names the link, ``network_only``)."""
     held = None
     if hold_in is not None:
         from vit_exp.train.state import network_file
@@ -309,16 +289,10 @@ def register_version(
 ) -> str:
     """Make a version record's checkpoint a LoggedModel of ``run`` (a RunInfo) and register it.
 
-    The model (named after the checkpoint) is an output of the run at its step, with the run's
-    val metrics of that step linked to it, and the registered version's source is
-    ``models:/<model_id>``. Its files are written directly rather than with ``log_model``, which
-    would load and run every version once to validate its input example.
-
-    Exactly once: a checkpoint's identity is (run, model name) for its LoggedModel and (registered
-    name, run, ``models:/<model_id>``) for its version. Each create is looked up before it is sent
-    again (``create_once``); with ``check_existing`` (a replay after a crash, a resume, a sync) they
-    are looked up first. A model left PENDING (cut short mid-write) is completed, not made twice.
-    """
+    The model is an output of the run at its step, with that step's val metrics; the version's source
+    is ``models:/<model_id>``. Files are written directly (``log_model`` would run every version once).
+    Exactly once: each create is looked up before a resend (``create_once``), with ``check_existing``
+    (a replay, resume or sync) also before it is sent; a PENDING model is completed."""
     from mlflow.entities import LoggedModelStatus
 
     checkpoint = Path(record.checkpoint)
@@ -353,7 +327,6 @@ def register_version(
 
 
 def _create_model(client, run, checkpoint: Path, step: int):
-    """The checkpoint's LoggedModel, made exactly once (looked up by run and name before a resend)."""
     return create_once(
         client,
         lambda: client.create_logged_model(
@@ -379,8 +352,7 @@ def _is_ready(model) -> bool:
 
 
 def _existing_model(client, run, checkpoint: Path):
-    """The LoggedModel of ``checkpoint`` in ``run``: a READY one, else one PENDING (its write was
-    cut short: it is completed); None when there is neither."""
+    """The LoggedModel of ``checkpoint`` in ``run``: READY, else PENDING (to complete), else None."""
     found = client.search_logged_models(
         [run.experiment_id],
         filter_string=f"source_run_id = '{run.run_id}' AND name = '{_model_name(checkpoint)}'",
@@ -401,9 +373,8 @@ def _existing_version(client, name: str, run_id: str, model_id: str):
 def _link_to_run(
     client, run_id: str, model_id: str, step: int, tags: Mapping[str, str], may_exist: bool = False
 ) -> None:
-    """The model is an output of the run at ``step``; the run's val metrics of that step are its
-    metrics (the same points again, so the run's history gains none), on the val dataset.
-    ``may_exist``: the model may be an output already (a write cut short is being completed)."""
+    """Make the model an output of the run at ``step``, with the run's val metrics of that step (the
+    same points: the run's history gains none); ``may_exist``: it may be an output already."""
     from mlflow.entities import LoggedModelOutput, Metric
 
     if not (may_exist and _is_output(client, run_id, model_id)):
