@@ -109,9 +109,8 @@ def log_job(job: TrainJob, data, net, identity) -> None:
 
 
 def check_job(cfg: DictConfig) -> None:
-    """What ``train`` checks first, on a sweep job's composed config (its ``hydra`` node included):
-    every settings group, and ``optimized_metric`` against the sweeper's direction. A sweep runs it
-    before it starts (see ``vit_exp.tracking.sweep``)."""
+    """``train``'s first checks (settings groups, ``optimized_metric`` vs the sweeper's direction) on
+    a sweep job's composed config; the sweep runs them before it starts."""
     from vit_exp.train.parallel import DataParallel
 
     TrainJob(HydraJob.of(cfg), DataParallel(), ConfigSnapshot.of(cfg), **settings_groups(cfg))

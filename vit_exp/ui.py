@@ -1,10 +1,6 @@
 """Start the MLflow UI on the configured store and print the page of the experiment's runs.
 
 python -m vit_exp.ui [port=5000] [host=127.0.0.1] [mlflow.experiment=vit-exp]
-
-MLflow 3.17's UI opens an experiment on its GenAI overview unless the URL says
-``?workflowType=machine_learning``: the printed link does, so it lands on the runs table. With a
-tracking server (``http://...``) nothing is started: the link is the server's own.
 """
 
 from __future__ import annotations

@@ -25,13 +25,10 @@ def class_folders(split_dir: Path) -> list[str]:
 
 @dataclass
 class ImageFolderData:
-    """Describes an image-folder dataset: its splits, label mapping, class names and transforms.
+    """An image-folder dataset: its splits, label mapping, class names and transforms.
 
-    ``class_map="folder"`` numbers the class folders in sorted order (a new head on a subset);
-    ``class_map="imagenet"`` numbers wnid folders by their ImageNet index from ``meta_mat`` (so a
-    5-folder subset keeps the 1000-class pretrained head's indices). Class names come from
-    ``meta_mat`` when it is given, otherwise from the folder names.
-    """
+    ``class_map``: "folder" numbers the class folders in sorted order; "imagenet" uses each wnid's
+    index in ``meta_mat`` (so a subset keeps the pretrained 1000-class head's indices)."""
 
     root: Annotated[str | Path, NOT_COMPARED]
     train_split: str = "train"
@@ -80,7 +77,6 @@ class ImageFolderData:
 
     @cached_property
     def folders(self) -> list[str]:
-        """Class folder names of the train split, sorted."""
         return class_folders(self.root / self.train_split)
 
     @cached_property

@@ -20,12 +20,8 @@ def build_vit(
     checkpoint_cache_dir: Annotated[str | Path, NOT_COMPARED] = "~/.cache/vit_exp/checkpoints",
     **architecture,
 ):
-    """Build a ViT from the ``model`` config keys and, if ``pretrained`` is a path or URL, load its weights.
-
-    ``architecture`` holds the :class:`vit_exp.models.vit.ViTConfig` fields (``image_size``,
-    ``patch_size``, ``embed_dim``, ...). ``name`` is only a label. The kernels are planned for
-    MindSpore's current device target.
-    """
+    """Build a ViT from the ``model`` config keys (``architecture``: the ``ViTConfig`` fields; ``name``
+    only a label), loading ``pretrained`` (a path or URL) when given."""
     from vit_exp.models.kernels.plan import current_device_target, plan_kernels
     from vit_exp.models.vit import ViT, ViTConfig
 

@@ -1,13 +1,6 @@
-"""Resume: the run and checkpoint a ``resume=`` value names, whether they may continue, and what
-the continuing attempt needs (the run's lock, its earlier attempts' records sent, the steps logged).
+"""Resume: the run and checkpoint a ``resume=`` value names, whether they may continue, and from where.
 
-``resume=auto`` continues the newest unfinished run of this experiment whose comparable config has
-the same digest (in a sweep: this job's run under the sweep's parent, skipped when it finished);
-``resume=<run id>`` that run;
-``resume=<checkpoint>`` that checkpoint's run (or a new run when the run is not in this store).
-Every attempt of a run holds ``.run.lock`` in the run's first directory, so a live run is never
-continued twice.
-"""
+Every attempt holds ``.run.lock`` in the run's first directory, so a live run is never continued twice."""
 
 from __future__ import annotations
 
@@ -52,8 +45,7 @@ _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 def comparable_config(flat: dict[str, str], world_size: int = 1) -> dict[str, str]:
-    """The flattened config ``flat`` (as logged in params) without the keys a resume ignores; with
-    msrun data parallelism also the number of workers (it makes the global batch and the data order)."""
+    """The logged params ``flat`` a resume compares, plus the worker count if > 1 (it sets the data order)."""
     comparable = _without_defaults({k: v for k, v in flat.items() if _compared(k)})
     if world_size > 1:
         comparable[WORLD_SIZE] = str(world_size)
@@ -113,12 +105,8 @@ class Attempts:
 
 @dataclass
 class ResumeTarget:
-    """What a continuing attempt starts from.
-
-    ``run_id`` None: a new run (from ``checkpoint`` of a run not in this store). ``checkpoint``
-    None: the run wrote none; it starts again at step 0. ``logged_steps``: per metric, the last
-    step already in the run (the attempt does not log those steps again).
-    """
+    """What a continuing attempt starts from (``run_id`` None: a new run; ``checkpoint`` None: step 0);
+    ``logged_steps``: per metric, the last step already in the run (not logged again)."""
 
     run_id: str | None
     checkpoint: Path | None
@@ -163,8 +151,7 @@ def resolve_resume(job, client=None) -> ResumeTarget | NothingToDo | None:
 
 
 def from_checkpoint(path: Path, job) -> ResumeTarget:
-    """The checkpoint ``path`` as a data-parallel worker that does not record continues from it
-    (the main worker found it, in the store or on the command line)."""
+    """The resume target of a data-parallel worker that does not record: the main worker's ``path``."""
     return _untracked(str(path), job.comparable)
 
 
@@ -333,8 +320,7 @@ def _send_earlier_records(client, run_id: str, run_dir: Path) -> None:
 
 
 def latest_checkpoint(folders: list[Path]) -> tuple[Path | None, dict | None]:
-    """The full-state checkpoint with the highest step in ``folders`` (a later folder wins a tie);
-    an unreadable one is skipped with a warning."""
+    """The readable full-state checkpoint of highest step in ``folders`` and its state, or (None, None)."""
     from vit_exp.train.state import read_training_state
 
     found = []

@@ -18,15 +18,8 @@ DRIVER_PACKAGES = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary", 
 
 
 def use_store(tracking_uri: str):
-    """Point MLflow's tracking and registry at ``tracking_uri`` and check it answers; return a client.
-
-    The first use in a process asks the store: a store that gives no answer for ``DOWN_AFTER_S``
-    is a ConfigError within seconds, naming the URI (masked) and what to do. A tracking server's
-    client retries every call that fails transiently (``retries.RetryingClient``): once it has
-    answered, a server that fails now and then is flaky, not down. Credentials in the URI go to
-    MLflow as ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD`` (see credentials.py).
-    MLflow's INFO lines and urllib3's retry warnings stay off our console.
-    """
+    """Point MLflow at ``tracking_uri``, check it answers, return a client; ConfigError when it gives no
+    answer within ``DOWN_AFTER_S`` on first use (then a server's client retries transient failures)."""
     import mlflow
 
     from vit_exp.tracking.retries import RetryingClient, turn_off_mlflow_retries
@@ -82,9 +75,8 @@ def _open(uri: str) -> None:
 
 
 def _probe(client) -> None:
-    """Ask the server, again every ``PROBE_WAIT_S`` after a transient failure, until it answers or
-    ``DOWN_AFTER_S`` passes: ~15 tries, so a server that fails 6 requests in 10 is not taken for
-    down (0.6^15 < 0.1 %), while one that never answers fails the command within seconds."""
+    """Ask the server, retrying transient failures every ``PROBE_WAIT_S`` for ``DOWN_AFTER_S``: ~15 tries,
+    so a server failing 6 requests in 10 is not taken for down (0.6^15 < 0.1 %)."""
     import time
 
     from vit_exp.tracking.retries import is_transient
@@ -158,10 +150,7 @@ EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def runs_page_url(tracking_uri: str, experiment: str, run_id: str | None = None) -> str:
-    """The MLflow UI page of an experiment's runs (or of one run), in the "Model training" view.
-
-    For a database or file store that is where ``mlflow ui`` serves it (127.0.0.1:5000).
-    """
+    """The MLflow UI page of an experiment's runs (or one run), in the "Model training" view."""
     from urllib.parse import urlparse
 
     parsed = urlparse(tracking_uri)

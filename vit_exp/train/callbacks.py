@@ -1,7 +1,6 @@
 """MindSpore callbacks of the training loop: the history of a run, console progress, checkpoint files.
 
-``TrainHistory`` is the one place that reads loss, timings and validation results out of
-MindSpore's ``cb_params``; the other callbacks (the MLflow ones too) read from it, so it runs first.
+Only ``TrainHistory`` reads MindSpore's ``cb_params``; the other callbacks read it, so it runs first.
 """
 
 from __future__ import annotations
@@ -33,11 +32,8 @@ class EpochRecord:
 
 @dataclass(frozen=True)
 class SavedCheckpoint:
-    """A checkpoint file: why it was written, at which step of which epoch, and that epoch's record.
-
-    ``kind``: "epoch" (after an epoch's validation; ``record`` holds its results), "step" (every
-    ``checkpoint_every_n_steps``) or "preempt" (on SIGTERM/Ctrl-C); those two have no record.
-    """
+    """A checkpoint file, its step and epoch, and ``kind``: "epoch" (after validation, with its
+    ``record``), "step" (every ``checkpoint_every_n_steps``) or "preempt" (on SIGTERM/Ctrl-C)."""
 
     path: Path
     record: EpochRecord | None
@@ -61,10 +57,7 @@ class SavedCheckpoint:
 
 
 class TrainHistory(Callback):
-    """Records per-step loss and timing and per-epoch results.
-
-    ``lr_values`` is the per-step learning rate (index = global step - 1).
-    """
+    """Records per-step loss and timing and per-epoch results; ``lr_values[i]`` is step i + 1's LR."""
 
     def __init__(self, batch_size: int, lr_values: np.ndarray):
         super().__init__()
@@ -221,9 +214,8 @@ class ConsoleProgress(Callback):
 
 
 class CheckpointListener:
-    """What a ``CheckpointSaver`` tells the callbacks it was given: a checkpoint is about to be taken
-    (hand over what is buffered), the part of its state they keep in it, and each checkpoint once its
-    files are whole. Each is a no-op here."""
+    """Hooks of a ``CheckpointSaver``: before a checkpoint (hand over what is buffered), the state to
+    keep in it, and each checkpoint once its files are whole. No-ops here."""
 
     def before_checkpoint(self) -> None:
         return None
@@ -236,24 +228,11 @@ class CheckpointListener:
 
 
 class CheckpointSaver(Callback):
-    """Saves full-state checkpoints (``train.state``): after every ``every_n_epochs`` epochs and the
-    last, every ``every_n_steps`` steps (None: never) and on ``save_now``.
-
-    Files are ``<directory>/<prefix>-e<epoch>-s<step>.ckpt`` (``.preempt.ckpt`` on a signal), each
-    with its ``.state.ckpt``. The
-    newest ``keep`` epoch checkpoints and ``keep_steps`` step/preempt checkpoints are kept.
-    ``written`` lists every checkpoint in order, ``on_disk`` those not pruned: a checkpoint enters
-    them once both its files are whole. ``listeners`` (``CheckpointListener``s: the tracking layer's
-    metric logger and registration) hear of each checkpoint; ``run_state`` (the run id, the compared
-    config) goes into every state beside theirs.
-
-    ``background``: the checkpoints of the step and epoch ends are written by a thread while training
-    goes on (a B/16 checkpoint with Adam is ~1 GB, seconds to write). The training thread copies the
-    parameters into host buffers made when training begins (~0.13 s a GB) and moves on; the files
-    are the ones ``save_now`` writes, byte for byte. One write at a time: the next checkpoint, the end
-    of training and ``save_now`` (a preemption's) wait for the one in progress. A finished write is
-    taken in at the next step end.
-    """
+    """Saves full-state checkpoints (``train.state``) after every ``every_n_epochs`` epochs and the
+    last, every ``every_n_steps`` steps (None: never) and on ``save_now``; keeps the newest ``keep``
+    epoch and ``keep_steps`` step/preempt ones. ``written`` and ``on_disk`` (not pruned) list them once
+    their files are whole. ``background``: a thread writes step and epoch-end checkpoints from host
+    copies (a B/16 one with Adam is ~1 GB), one write at a time."""
 
     def __init__(  # noqa: PLR0913 (the trainer group's checkpoint keys)
         self,
@@ -303,11 +282,8 @@ class CheckpointSaver(Callback):
         }
 
     def save_now(self, run_context, kind: str, epoch_done: bool = False) -> SavedCheckpoint:
-        """Write a checkpoint of the training network as it is now; return once it is on disk.
-
-        A preemption right after a checkpoint whose background write was still running gets that
-        checkpoint: it holds this very state.
-        """
+        """Write a checkpoint of the network as it is now and return once it is on disk (a preemption
+        right after a checkpoint of this very state gets that one)."""
         self.wait_for_write()
         cb = run_context.original_args()
         last = self.written[-1] if self.written else None
@@ -400,8 +376,8 @@ class CheckpointSaver(Callback):
 
 
 class _BackgroundWrite:
-    """``write()`` run by a thread for the checkpoint ``saved``; ``result()`` waits and returns it
-    (or raises what the write raised). Not a daemon: a process that ends lets the write finish."""
+    """``write()`` in a thread; ``result()`` waits and returns ``saved`` or raises the write's error.
+    Not a daemon, so a process that ends lets the write finish."""
 
     def __init__(self, saved: SavedCheckpoint, write: Callable[[], object]):
         import threading
@@ -430,9 +406,8 @@ class _BackgroundWrite:
 
 
 class _ParameterCopy:
-    """Host copies of a training network's parameters, in buffers kept from one checkpoint to the
-    next: new memory costs its page faults (~2.7 s for B/16's 1 GB here), a copy into the same
-    buffers ~0.13 s. ``allocate`` makes them before training starts."""
+    """Host copies of a network's parameters in buffers kept across checkpoints: new memory costs its
+    page faults (~2.7 s a GB), a copy into the same buffers ~0.13 s."""
 
     def __init__(self) -> None:
         self._buffers: dict[str, np.ndarray] = {}
@@ -455,7 +430,6 @@ class _ParameterCopy:
         return data, buffer
 
     def allocate(self, train_network) -> None:
-        """Make the buffers (they are reused by every ``of``)."""
         for param in self._parameters(train_network):
             self._buffer(param)
 

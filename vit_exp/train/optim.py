@@ -28,10 +28,8 @@ def _param_groups(params: Sequence, weight_decay: float) -> list:
 
 @dataclass(frozen=True)
 class OptimizerSettings:
-    """The ``optim`` config group: which optimizer, its peak learning rate ``lr`` and its constants.
-
-    Types only: the values are conf/optim/<name>.yaml's. A constant another optimizer uses is None.
-    """
+    """The ``optim`` config group; types only: the values are conf/optim/<name>.yaml's, and a constant
+    only another optimizer uses is None."""
 
     name: str
     lr: float

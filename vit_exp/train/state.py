@@ -1,15 +1,7 @@
-"""Full-state checkpoints: the network, the optimizer and where training stands, as two files.
-
-``<stem>.ckpt`` holds the ViT's parameters under their reference names: what ``model.pretrained=``
-loads and what a model version ships (on a local store the version's file is this very file, hard
-linked: it is stored once). ``<stem>.state.ckpt`` holds the rest of the training network (the
-optimizer's ``moment1.*``/``moment2.*``/``beta*_power``/``global_step``, the per-step
-``learning_rate``) and one string entry, ``vit_exp.training_state``: JSON with the loop position,
-the seed, the run's history, what the tracking layer keeps (registered checkpoints, run id,
-config, the metric logger's open window) and the name and size of its network file. Each file is
-written under a temporary name with a CRC, fsynced and renamed, the network file first: a state
-file with its final name has a whole network file beside it. Single-file checkpoints of earlier
-versions still load.
+"""Full-state checkpoints as two files: ``<stem>.ckpt``, the ViT's parameters (what ``model.pretrained=``
+loads and a model version ships), and ``<stem>.state.ckpt``, the optimizer and the JSON training state.
+Each is written atomically, the network first: a state file under its final name has a whole network
+file beside it.
 """
 
 from __future__ import annotations
@@ -39,8 +31,7 @@ _NAME = re.compile(r"-s(\d+)(\.preempt)?\.ckpt$")
 
 
 def checkpoint_name(prefix: str, epoch: int, step: int, preempt: bool = False) -> str:
-    """``<prefix>-e<epoch>-s<step>.ckpt``; ``.preempt.ckpt`` for a signal's (a resume may write that
-    step again, validated)."""
+    """``<prefix>-e<epoch>-s<step>.ckpt``; ``.preempt.ckpt`` for a signal's (a resume may redo that step)."""
     return f"{prefix}-e{epoch:03d}-s{step:06d}{'.preempt' if preempt else ''}.ckpt"
 
 
@@ -57,10 +48,8 @@ def checkpoint_files(checkpoint: Path) -> list[Path]:
 
 @dataclass(frozen=True)
 class LoopPosition:
-    """Where training stands: ``global_step`` steps done, ``step_in_epoch`` of them in ``epoch``.
-
-    ``epoch_done``: that epoch's validation and epoch-end callbacks ran too (the next starts fresh).
-    """
+    """Where training stands: ``global_step`` steps done, ``step_in_epoch`` of them in ``epoch``;
+    ``epoch_done``: that epoch's validation and epoch-end callbacks ran too."""
 
     epoch: int = 1
     step_in_epoch: int = 0
@@ -87,8 +76,7 @@ def _write_atomically(path: Path, write) -> None:
 
 
 def save_training_checkpoint(train_network, path: Path, state: dict) -> Path:
-    """Write ``train_network``'s parameters and ``state`` (JSON-able) as the checkpoint ``path``
-    (its network file) and ``state_file(path)``, each atomically, the network first."""
+    """Write ``train_network``'s parameters and ``state`` (JSON-able) as ``path`` and ``state_file(path)``."""
     import mindspore as ms
 
     from vit_exp.models.checkpoint import is_network_entry
@@ -141,10 +129,8 @@ def training_state(entries: dict) -> dict | None:
 
 
 def read_training_state(path: Path, what: str = "resume") -> dict | None:
-    """Only the training state of the checkpoint at ``path`` (None when it holds parameters only).
-
-    A state file whose network file is missing or cut short is a CheckpointError.
-    """
+    """Only the training state of the checkpoint at ``path`` (None when it holds parameters only);
+    CheckpointError when its network file is missing or cut short."""
     import mindspore as ms
 
     source = state_file(path) if state_file(path).is_file() else Path(path)
@@ -178,11 +164,8 @@ def position_state(position: LoopPosition) -> dict:
 
 
 def load_training_network(train_network, entries: dict, path: Path) -> None:
-    """Load a full-state checkpoint's parameters into ``train_network`` (network and optimizer).
-
-    Every parameter of the training network must be in the checkpoint with its shape: a
-    checkpoint of another model or optimizer is a CheckpointError naming what differs.
-    """
+    """Load a full-state checkpoint's parameters into ``train_network`` (network and optimizer);
+    CheckpointError naming what differs when one is missing or of another shape."""
     import mindspore as ms
 
     own = {p.name: p for p in train_network.get_parameters()}

@@ -18,10 +18,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class TrainSettings:
-    """The ``trainer`` config group (checked when it is built).
-
-    Types only: the defaults are conf/trainer/default.yaml's (their one source).
-    """
+    """The ``trainer`` config group, checked when built; types only, defaults in conf/trainer/default.yaml."""
 
     epochs: int
     max_steps: int | None
@@ -91,15 +88,10 @@ def fit(  # noqa: PLR0913 (keyword-only, as MindSpore's Model.fit)
     preemption: Preemption | None = None,
     world_size: int = 1,
 ) -> None:
-    """Train ``net`` by ``plan`` with our loop (``loop.py``) over ``epoch_batches(epoch, skip)``,
-    validating on ``val_ds`` after each of ``plan.validation_epochs`` with ``metrics`` and the mean
-    ``loss_fn``; ``callbacks`` (MindSpore ``Callback``s) see every step and epoch, in their order.
-
-    ``resume`` loads a full-state checkpoint (network and optimizer) and starts at its position;
-    ``preemption`` turns SIGTERM/Ctrl-C into a checkpoint and a ``Preempted`` exit.
-    ``world_size`` > 1 (msrun data parallelism, ``train.parallel``): each step's loss is the mean
-    over the workers, like the gradients.
-    """
+    """Train ``net`` by ``plan`` over ``epoch_batches(epoch, skip)``, validating on ``val_ds`` after each
+    of ``plan.validation_epochs``. ``resume`` starts from a full-state checkpoint; ``preemption`` turns
+    SIGTERM/Ctrl-C into a checkpoint and a ``Preempted`` exit; ``world_size`` > 1 averages the loss
+    over the workers."""
     from mindspore import amp, nn
 
     from vit_exp.data.unreadable import unreadable_image_error

@@ -1,5 +1,4 @@
-"""This machine's CPU, read once from /proc/cpuinfo: ``-march=native`` libraries are only valid on a
-matching CPU, and bf16 is only worth it where the CPU multiplies bfloat16 natively."""
+"""This machine's CPU from /proc/cpuinfo (``-march=native`` builds and native bf16 depend on it)."""
 
 from __future__ import annotations
 

@@ -49,13 +49,8 @@ def is_duplicate_key(exc: BaseException) -> bool:
 
 
 def log_inputs_racing_others(client, run_id: str, inputs: list) -> None:
-    """``log_inputs``, also when other jobs log the same dataset at the same moment.
-
-    MLflow looks a dataset (experiment, name, digest) up and inserts it when missing, in one
-    transaction that is not serialized against other processes: two sweep jobs starting together
-    both miss it and the second insert fails on the unique key, rolling back its whole call. The
-    dataset exists by then, so the next try finds it and links the run to it.
-    """
+    """``log_inputs``, retried when another job inserts the same dataset at the same moment (MLflow's
+    look-up-then-insert is not serialized across processes; on the retry the dataset exists)."""
     for attempt in range(1, INPUT_ATTEMPTS + 1):
         try:
             client.log_inputs(run_id, datasets=inputs)

@@ -1,8 +1,4 @@
-"""A training job's MLflow run: opened (or continued), its outbox, what is known before training
-(params, tags, datasets, artifacts), and its end through the outbox.
-
-``job`` is the command's ``vit_exp.job.TrainJob`` (its settings, config, Hydra directories, workers).
-"""
+"""A ``vit_exp.job.TrainJob``'s MLflow run: opened or continued, its outbox, pre-training records, its end."""
 
 from __future__ import annotations
 
@@ -28,10 +24,7 @@ log = logging.getLogger("vit_exp.tracking")
 
 @dataclass(frozen=True)
 class TrackedRun:
-    """The MLflow run a job records into, and its outbox (everything after the start goes through it).
-
-    ``lock``: the run's lock, held while this process trains it (see ``tracking.resume``).
-    """
+    """The MLflow run a job records into, its outbox, and its lock (held while this process trains it)."""
 
     run_id: str
     tracking_uri: str
@@ -44,10 +37,8 @@ class TrackedRun:
 def training_run(job, resume: ResumeTarget | None = None) -> Iterator[TrackedRun | None]:
     """Open the job's MLflow run (None with ``mlflow.enabled=false``); it ends FINISHED, FAILED or KILLED.
 
-    ``resume`` (with a run id) continues that run as its next attempt. The end goes through the
-    outbox after everything else. When the store does not take it all within
-    ``mlflow.drain_timeout_s``, the journal is kept and the command says how to send it.
-    """
+    ``resume`` with a run id continues that run. Records not stored within ``mlflow.drain_timeout_s``
+    stay in the outbox, and the command says how to send them."""
     if not job.mlflow.enabled:
         yield None
         return
@@ -124,8 +115,7 @@ def _finish(job, opened: list[TrackedRun], run_id: str, status: str, error: str 
 
 
 def log_job_inputs(job, run: TrackedRun, data, net, identity: DataIdentity) -> None:
-    """Params, tags, datasets and artifacts known before training; with msrun data parallelism also
-    how many workers trained the run and the batch per worker (``trainer.batch_size``) and in all."""
+    """Log params, tags, datasets and artifacts known before training, and the workers and global batch."""
     from mlflow.entities import Param
 
     from vit_exp.tracking.record.lifecycle import log_run_inputs

@@ -1,10 +1,6 @@
 """Alias promotion in the MLflow registry: pick a candidate by a metric tag, compare, move the alias.
 
-Only versions trained on the same data are compared: those whose ``data.digest`` tag equals the
-alias holder's, or the one a request names (``data_digest``, a digest or a unique prefix of one).
-With no holder and versions of several datasets, promotion refuses and lists them. Ties on the
-metric are broken by ``tie_breaker`` (default ``val/loss``, lower is better), then by the later
-step, then by the later version.
+Only versions trained on the same data (``data.digest`` tag) compete.
 """
 
 from __future__ import annotations
@@ -222,10 +218,7 @@ def apply_decision(client, request: PromotionRequest, decision: Decision) -> Non
 
 
 def comparison_table(decision: Decision) -> str:
-    """Versions with their data, metric and aliases; the candidate and current holder marked.
-
-    Versions of other data are counted below the table, not listed.
-    """
+    """The compared versions with metric, step and aliases, candidate and holder marked; others counted."""
     header = (
         f"{'version':>7}  {'data':<20} {decision.metric:>12}  {'step':>8}  {'aliases':<20} "
         f"{'run_id':<32}  note"
