@@ -15,10 +15,8 @@ AMP_LEVELS = ("O0", "O1", "O2", "O3", "auto")
 
 @dataclass
 class DeviceSettings:
-    """The ``device`` config group. ``apply()`` sets MindSpore's global context.
-
-    Types only: the defaults are conf/device/cpu.yaml's (their one source).
-    """
+    """The ``device`` config group; ``apply()`` sets MindSpore's global context.
+    Types only: the defaults live in conf/device/cpu.yaml."""
 
     target: str
     device_id: Annotated[int, NOT_COMPARED]
@@ -40,7 +38,6 @@ class DeviceSettings:
 
     @property
     def mindspore_target(self) -> str:
-        """MindSpore's spelling of the target ("CPU", "GPU", "Ascend")."""
         return TARGETS[self.target.lower()]
 
     def apply(self, seed: int | None = None, deterministic: bool = False) -> None:

@@ -84,8 +84,8 @@ def user_message(exc: BaseException) -> str | None:
 
 
 def failure_message(exc: BaseException, traceback_dir: Path | None = None) -> str:
-    """One line for a failure, credentials masked: the user's error as is, an unexpected one summarised
-    with its full traceback written to ``traceback_dir/traceback.txt`` (when given)."""
+    """One masked line for a failure: the user's error as is, else a summary (the full traceback goes
+    to ``traceback_dir/traceback.txt`` when given)."""
     message = user_message(exc)
     if message is None:
         message = f"{type(exc).__name__}: {first_line(str(exc)) or 'no message'}"
@@ -103,8 +103,7 @@ NOT_COMPARED = "vit_exp: not compared by resume"
 
 
 def not_compared(target) -> set[str]:
-    """The settings of a config group's ``target`` (a settings class, or a function building one,
-    whose return type is followed) declared ``NOT_COMPARED``."""
+    """The ``NOT_COMPARED`` settings of ``target``, a settings class or a function returning one."""
     import typing
 
     hints = typing.get_type_hints(target, include_extras=True)
@@ -114,8 +113,7 @@ def not_compared(target) -> set[str]:
 
 
 def check_field_types(settings, group: str) -> None:
-    """ConfigError naming ``<group>.<field>`` for the first dataclass field whose value does not have
-    its annotated type (int, float, bool, str, None, Path, tuples of those, and unions)."""
+    """Raise a ConfigError naming ``<group>.<field>`` for the first field not of its annotated type."""
     import dataclasses
     import typing
 

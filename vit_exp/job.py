@@ -60,8 +60,8 @@ GROUPS = ("trainer", "optim", "device", "mlflow", "registry")
 
 
 def settings_groups(cfg: DictConfig) -> dict[str, object]:
-    """Every settings group of a training config, built by Hydra (so checked), by group name; the
-    ``model`` group is checked too (it is built once the data gives its class count)."""
+    """Every settings group by name, built by Hydra (so checked); ``model`` is only checked (it is
+    built once the data gives its class count)."""
     from hydra.utils import instantiate
 
     from vit_exp.models.config import ViTConfig
@@ -72,8 +72,7 @@ def settings_groups(cfg: DictConfig) -> dict[str, object]:
 
 @dataclass(frozen=True)
 class ConfigSnapshot:
-    """The composed config, resolved once, as the job's run records it (params, YAML) and a resume
-    compares it; Hydra's own node is left out."""
+    """The composed config resolved once, without ``hydra``: what the run records and a resume compares."""
 
     resolved: dict
     yaml: str
@@ -94,12 +93,9 @@ class ConfigSnapshot:
 
 @dataclass
 class TrainJob:
-    """A training job: Hydra's view of it, its place among data-parallel workers, its config and
-    every settings group, built (and so checked) before anything starts.
-
-    ``workers``: only the main worker records (MLflow run, checkpoints, versions), so the others get
-    ``mlflow.enabled=false``. ``objective``: the checked ``optimized_metric``.
-    """
+    """A training job: Hydra's view, its data-parallel ``workers``, config and every settings group,
+    built (so checked) before anything starts. Only the main worker records: the others get
+    ``mlflow.enabled=false``. ``objective``: the checked ``optimized_metric``."""
 
     hydra: HydraJob
     workers: DataParallel

@@ -37,9 +37,8 @@ def hold_if_free(lock_file: Path):
 
 
 def hold_against_other_processes(lock_file: Path, on_wait: Callable[[], None] = lambda: None):
-    """Take an exclusive POSIX lock (``lockf``) on ``lock_file``, waiting for other processes (after
-    ``on_wait()``); return its open handle. The lock is the process's: taking it again in the same
-    process does not wait (closing any handle of the file lets it go)."""
+    """Take an exclusive ``lockf`` lock on ``lock_file`` (``on_wait()`` before waiting); return its handle.
+    The lock is the process's: taking it again does not wait; closing any handle of the file frees it."""
     import fcntl
 
     lock_file.parent.mkdir(parents=True, exist_ok=True)

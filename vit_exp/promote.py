@@ -1,7 +1,5 @@
 """Promote a registered model version to an alias when it beats the current holder on a metric tag.
-
-python -m vit_exp.promote name=NAME [metric=val/top1] [alias=champion] [min_delta=0] [dry_run=true]
-"""
+python -m vit_exp.promote name=NAME [metric=val/top1] [alias=champion] [min_delta=0] [dry_run=true]"""
 
 from __future__ import annotations
 

@@ -1,9 +1,5 @@
-"""The embedded default dataset: scikit-learn's 8x8 digits, written once as an image folder.
-
-The folder has the same layout as an ImageNet-style dataset (``train/<class>/*.png``,
-``val/<class>/*.png``, ``infer/<class>/*.png``) so the default run exercises the real pipeline.
-A marker file records what was written; later runs reuse the folder instead of rewriting it.
-"""
+"""The default dataset: scikit-learn's 8x8 digits, written once as an ImageNet-style image folder
+(``train|val|infer/<class>/*.png``) so the default run exercises the real pipeline."""
 
 from __future__ import annotations
 
@@ -56,10 +52,7 @@ def _is_written(root: Path, expected: dict) -> bool:
 
 
 def ensure_digits_folder(root: str | Path, val_fraction: float = 0.2, seed: int = 0) -> Path:
-    """Write the digits image folder under ``root`` unless an identical one is already there.
-
-    Processes starting together (a parallel sweep on a fresh cache) write it once, in turn.
-    """
+    """Write the digits folder under ``root`` unless an identical one is there (once across processes)."""
     root = Path(root).expanduser()
     expected = _expected_marker(val_fraction, seed)
     if _is_written(root, expected):

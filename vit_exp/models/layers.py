@@ -1,8 +1,5 @@
-"""Layers written for speed on MindSpore's CPU backend: the textbook maths and parameter names, faster.
-
-Each replaces a MindSpore layer whose CPU kernel (or gradient) was the slow part of a ViT step
-(figures in bench/RESULTS.md); checkpoints cannot tell them apart from the originals.
-"""
+"""Faster stand-ins for the MindSpore layers that were slow on CPU in a ViT step: the same maths and
+parameter names, so checkpoints cannot tell them apart."""
 
 from __future__ import annotations
 
@@ -18,10 +15,7 @@ from vit_exp.models.kernels.ops import custom_op
 
 class FusedLayerNorm(nn.Cell):
     """``(x, gamma, beta) -> LayerNorm(x) * gamma + beta`` over the last axis, one kernel each way.
-
-    ``bf16_output``: inference hands the result on as bfloat16 (rounded as the bf16 dense kernel
-    that reads it would round it); training and fp32 keep float32.
-    """
+    ``bf16_output``: inference returns bfloat16 (rounded as the bf16 dense kernel reading it would)."""
 
     def __init__(self, epsilon: float, bf16_output: bool = False):
         super().__init__()
@@ -44,11 +38,8 @@ class FusedLayerNorm(nn.Cell):
 
 class LayerNorm(nn.Cell):
     """LayerNorm over the last axis with ``gamma`` / ``beta`` parameters (the names checkpoints use).
-
-    ``fused``: one kernel each way (:class:`FusedLayerNorm`); ``bf16_output`` with it: inference hands
-    the result to a bf16 dense kernel as bfloat16. Otherwise training composes the normalisation from
-    reductions, whose gradient runs ~3x faster than LayerNormGrad; inference uses ops.LayerNorm.
-    """
+    ``fused``: :class:`FusedLayerNorm`. Otherwise training composes it from reductions (whose gradient
+    runs ~3x faster than LayerNormGrad) and inference uses ops.LayerNorm."""
 
     def __init__(self, dim: int, epsilon: float, fused: bool = False, bf16_output: bool = False):
         super().__init__()
@@ -93,9 +84,8 @@ class Linear(nn.Cell):
 
 
 class LinearResidual(nn.Cell):
-    """``(x, weight, bias, residual) -> residual + x @ weight.T + bias``: a :class:`Linear` with the
-    block's residual add done in its output pass (one memory pass and one kernel fewer). Its
-    backward is :class:`Linear`'s: the residual's gradient is the output's."""
+    """``(x, weight, bias, residual) -> residual + x @ weight.T + bias``: :class:`Linear` with the
+    residual add in its output pass (one kernel fewer); the residual's gradient is the output's."""
 
     def __init__(self, precision: str):
         super().__init__()
@@ -114,9 +104,8 @@ class LinearResidual(nn.Cell):
 
 
 class LinearGELU(nn.Cell):
-    """``(x, weight, bias) -> GELU(x @ weight.T + bias)`` in one kernel, for inference only (no
-    gradient: training keeps GELU a separate kernel, whose backward needs its input). In bf16 the
-    output is bfloat16, exactly what the next dense kernel would have rounded it to."""
+    """``(x, weight, bias) -> GELU(x @ weight.T + bias)`` in one kernel, inference only (GELU's backward
+    needs its input). In bf16 the output is bfloat16, as the next dense kernel would round it."""
 
     def __init__(self, precision: str, approximate: bool):
         super().__init__()
@@ -129,12 +118,8 @@ class LinearGELU(nn.Cell):
 
 
 class FusedAttention(nn.Cell):
-    """``qkv (B, n, 3d) -> (B, n, d)``: per head softmax(q k^T / sqrt(hd)) v, one kernel each way.
-
-    Reads q, k, v of every head straight from the qkv projection and writes tokens in (head, hd)
-    order, so no split, transposes or per-head BatchMatMuls. fp32, also in bf16 mode;
-    ``bf16_output``: inference hands the result to the bf16 out projection as bfloat16.
-    """
+    """``qkv (B, n, 3d) -> (B, n, d)``: per head softmax(q k^T / sqrt(hd)) v, one fp32 kernel each way
+    (no split or transposes). ``bf16_output``: inference returns bfloat16 for the bf16 out projection."""
 
     def __init__(self, num_heads: int, bf16_output: bool = False):
         super().__init__()
@@ -157,12 +142,9 @@ class FusedAttention(nn.Cell):
 
 
 class Dense(nn.Cell):
-    """``x @ weight.T + bias`` with nn.Dense's names and initialisation.
-
-    A broadcast Add instead of BiasAdd: its gradient is a ReduceSum, ~6x faster than BiasAddGrad.
-    ``kernel`` "fp32" / "bf16": one oneDNN kernel each way instead (:class:`Linear`), which can also
-    add a ``residual`` to its output (:class:`LinearResidual`).
-    """
+    """``x @ weight.T + bias`` with nn.Dense's names and initialisation; a broadcast Add, not BiasAdd
+    (its gradient runs ~6x faster than BiasAddGrad). ``kernel`` "fp32" / "bf16": oneDNN kernels
+    instead (:class:`Linear`, or :class:`LinearResidual` with a ``residual``)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel: str | None = None):
         super().__init__()
@@ -185,10 +167,7 @@ class Dense(nn.Cell):
 
 
 class ExactGELU(nn.Cell):
-    """``x * Phi(x)`` (erf form, as ``nn.GELU(approximate=False)``) with a hand-written gradient.
-
-    The gradient ``Phi(x) + x * phi(x)`` avoids the Div and Pow kernels of the automatic one.
-    """
+    """Exact (erf) GELU with a hand-written gradient (autodiff's would add Div and Pow kernels)."""
 
     def construct(self, x: Tensor) -> Tensor:
         return x * (0.5 + 0.5 * ops.erf(x * 0.7071067811865476))
@@ -222,12 +201,8 @@ def gelu(approximate: bool, fused: bool) -> nn.Cell:
 
 
 class PatchEmbedding(nn.Cell):
-    """Cut the image into patches and project them: a Conv2d with kernel = stride = patch.
-
-    The weight always lives in ``conv`` (shape ``(dim, C, p, p)``, as checkpoints store it).
-    ``use_matmul`` computes the same maths as reshape-to-patches and one matrix multiply, which
-    MindSpore's CPU backend runs far faster than its Conv2d.
-    """
+    """Patches projected by a Conv2d with kernel = stride = patch, its weight in ``conv`` as checkpoints
+    store it. ``use_matmul``: the same as a reshape and one matrix multiply, far faster on CPU."""
 
     def __init__(
         self,

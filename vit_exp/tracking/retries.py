@@ -1,18 +1,6 @@
-"""Talking to a tracking server over a network that is flaky: what to retry, and how to create once.
-
-A request can fail three ways that look alike to the client: refused before the server saw it, applied
-but its answer lost, or still running past the client's timeout. Reads and writes that name what they
-change (tags, params, metrics with their timestamp, artifacts, a run's status) are idempotent: they
-are simply sent again. A write that creates something without a key of its own (a run, a LoggedModel,
-a model version, a run's model output) is sent once; when its answer is lost, the thing is looked up
-by its identity before it is created again (``create_once``). MLflow's own HTTP retries would resend
-such a write blindly, so a process that uses a tracking server turns them off
-(``MLFLOW_HTTP_REQUEST_MAX_RETRIES=0``) and retries here instead.
-
-Transient failures are told by type and status, never by message: a connection refused, reset or
-timed out, and HTTP 429 / 5xx (``requests`` raises these as ``RetryError`` once MLflow's retries are
-off, or the store answers ``TEMPORARILY_UNAVAILABLE`` / ``REQUEST_LIMIT_EXCEEDED``).
-"""
+"""Talking to a tracking server over a flaky network: idempotent calls are simply sent again; a create
+with no key of its own is sent once and looked up before it is sent again (``create_once``).
+Transient failures are told by exception type and error code, never by message."""
 
 from __future__ import annotations
 
@@ -98,12 +86,8 @@ def retrying(call: Callable[[], T], what: str, patience: Patience = Patience()) 
 
 
 def create_once(client, create: Callable[[], T], find: Callable[[], T | None], what: str) -> T:
-    """Create something that has no unique key in the store, exactly once over a flaky network.
-
-    ``create()`` is sent once per try; when a try fails transiently the server may have applied it
-    and lost the answer, so every later try first looks it up by its identity (``find()``). It keeps
-    trying as long as ``client``'s patience lasts (none for a local store: it loses no answers).
-    """
+    """``create()`` exactly once over a flaky network: a failed try may have been applied, its answer
+    lost, so each later try first looks with ``find()``; tries as long as ``client``'s patience lasts."""
     sent = False
 
     def attempt() -> T:
@@ -118,10 +102,7 @@ def create_once(client, create: Callable[[], T], find: Callable[[], T | None], w
 
 
 class RetryingClient:
-    """An ``MlflowClient`` whose calls are retried while the server fails transiently.
-
-    The calls in ``CREATES`` pass through once: their callers use ``create_once``.
-    """
+    """An ``MlflowClient`` retrying calls that fail transiently; ``CREATES`` pass through once."""
 
     def __init__(self, client, patience: Patience = Patience()):
         self._client = client
@@ -148,10 +129,8 @@ def with_patience(client, patience: Patience):
 
 
 def turn_off_mlflow_retries() -> None:
-    """MLflow's HTTP client would resend a lost create (a second version); this module retries instead.
-
-    Also a 15 s answer timeout unless the environment sets one (a stalled request is sent again).
-    """
+    """Turn off MLflow's HTTP retries (they would resend a lost create; this module retries instead) and
+    set a 15 s answer timeout unless the environment sets one."""
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
     # Ending a run would also print "View run ..." links (our summary prints them) and ask the server again.

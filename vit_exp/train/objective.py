@@ -1,8 +1,5 @@
-"""The value a training command returns: the best over epochs of one per-epoch metric.
-
-A sweep optimizes it (``optimized_metric`` in ``conf/train.yaml``, as in lightning-hydra-template's
-``hparams_search``). Each metric has its own sense of better; a sweeper's direction must agree.
-"""
+"""The value a training command returns and a sweep optimizes: the best over epochs of the per-epoch
+metric ``optimized_metric``; a sweeper's direction must agree with that metric's sense of better."""
 
 from __future__ import annotations
 

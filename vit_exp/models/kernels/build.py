@@ -1,10 +1,6 @@
 """Compile vit-exp's C++ CPU kernels into shared libraries, once per source, compiler and CPU.
-
-Libraries go to ``$VIT_EXP_KERNEL_CACHE`` (default ``~/.cache/vit_exp/kernels``), named by a hash
-of what went into them, and are written atomically, so concurrent builders (sweeps) never see a
-partial file. Failures are :class:`KernelBuildError` saying why (no compiler, not Linux, ...).
-The sources sit next to this module, so a registered version's copy of the package builds too.
-"""
+Failures are :class:`KernelBuildError` saying why. The sources sit next to this module so that a
+registered version's copy of the package builds them too."""
 
 from __future__ import annotations
 
@@ -74,8 +70,8 @@ def build_library(source: Path, link_args: tuple[str, ...] = ()) -> Path:
 
 
 class KernelLibrary:
-    """One kernel library, built on first use; the outcome (a path or why not) is remembered for
-    the process. ``link_args`` is called at build time (e.g. to find a library to link)."""
+    """One kernel library, built on first use; the outcome (a path or why not) is kept for the process.
+    ``link_args`` is called at build time."""
 
     def __init__(self, source: Path, link_args: Callable[[], tuple[str, ...]] = tuple):
         self.source = source
@@ -96,7 +92,6 @@ class KernelLibrary:
         return outcome
 
     def forget(self) -> None:
-        """Forget this process's outcome (the next :meth:`path` looks again)."""
         self._outcome.cache_clear()
 
 

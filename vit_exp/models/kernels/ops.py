@@ -1,11 +1,6 @@
-"""The kernels' C++ functions, registered as MindSpore ``aot`` Custom ops by :func:`custom_op`.
-
-``cpu_kernels.cc`` (CPU_KERNELS) does GELU and LayerNorm, and their gradients, in one vectorised,
-threaded pass each, where MindSpore's CPU backend chains element-wise kernels. ``onednn_kernels.cc``
-(ONEDNN_KERNELS) calls oneDNN's GEMMs: dense layers (bias folded in; optionally the residual add
-after them, or GELU for inference) multiplying in fp32 or bf16, and fp32 multi-head attention
-straight from the fused qkv projection.
-"""
+"""The kernels' C++ functions as MindSpore ``aot`` Custom ops. ``cpu_kernels.cc``: GELU and LayerNorm
+in one pass each way (MindSpore's CPU backend chains element-wise kernels); ``onednn_kernels.cc``:
+dense layers and attention on oneDNN's GEMMs."""
 
 from __future__ import annotations
 

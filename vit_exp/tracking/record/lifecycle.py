@@ -1,8 +1,5 @@
-"""MLflow run lifecycle: settings, run name, tags, params and artifacts, and a guaranteed end status.
-
-``tracked_run`` opens a run and guarantees it ends: FINISHED, FAILED (with ``traceback.txt`` as an
-artifact) or KILLED on Ctrl-C. In a ``--multirun`` sweep the run is a child of the sweep's parent.
-"""
+"""MLflow run lifecycle: run name, tags, params and artifacts, and a guaranteed end status
+(FINISHED, FAILED with ``traceback.txt``, or KILLED on Ctrl-C)."""
 
 from __future__ import annotations
 
@@ -134,12 +131,9 @@ def tracked_run(
     finish: Callable[[str, str, str | None], None] | None = None,
     reopen_run_id: str | None = None,
 ) -> Iterator[object]:
-    """Create an MLflow run (a child when a sweep parent exists) and always end it with a status.
-
-    ``reopen_run_id``: continue that run instead (status back to RUNNING, ``tags`` added).
-    ``finish(run_id, status, error)`` ends it (default: at once; a training run sends it through its
-    outbox); a failed run carries its one-line error as the tag ``vit_exp.error``.
-    """
+    """Create an MLflow run (a sweep parent's child if there is one), or reopen ``reopen_run_id``, and
+    always end it with a status, by ``finish(run_id, status, error)`` if given (a training run's
+    outbox), else at once."""
     client = use_store(settings.tracking_uri)
     if reopen_run_id is not None:
         client.update_run(reopen_run_id, status="RUNNING")
@@ -200,8 +194,8 @@ RUN_KEY_TAG = "vit_exp.run_key"  # a run's identity, made before it exists: foun
 
 
 def create_run_once(client, experiment: str, run_name: str, tags: Mapping[str, str]):
-    """``client.create_run``, exactly once also when the server's answer is lost (``create_once``):
-    the run is tagged with a new key and looked up by it before it is created again."""
+    """``client.create_run`` exactly once, also when the answer is lost: the run is tagged with a new
+    key and looked up by it before it is created again."""
     import uuid
 
     key = uuid.uuid4().hex
@@ -231,8 +225,7 @@ def _log_traceback(client, run_id: str, run_dir: Path | None) -> None:
 def log_run_inputs(
     client, run_id: str, flat: dict[str, str], yaml: str, hydra_dir: Path | None, class_names: list[str], net
 ) -> None:
-    """Params (the flattened config ``flat`` without locations, + parameter count), location tags and
-    artifacts (Hydra files, the config's ``yaml``, environment, model)."""
+    """Log params (``flat`` without locations, + parameter count), location tags and artifacts."""
     from mlflow.entities import Param, RunTag
 
     from vit_exp.models.vit import count_parameters, model_summary

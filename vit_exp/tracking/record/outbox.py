@@ -1,16 +1,6 @@
-"""The outbox: what a training run sends to MLflow goes through an ordered journal on disk first.
-
-Metric batches, model versions and the run's end status are appended, in the order they happen,
-to ``<run dir>/mlflow_outbox/journal.jsonl`` and sent in that order; ``sent`` counts the records
-stored. So a version is only created after the metrics it is tagged with, and nothing is lost
-while the store is away: a version's checkpoint is held (hard linked) under ``held/`` until its
-record is stored, whatever pruning does to the checkpoint meanwhile. To a local store the records
-are sent in the training thread as they come (its SQL work costs the step no more there:
-bench/RESULTS.md); to a tracking server a background thread sends them, retrying with backoff
-while the server is away, so training never waits on the network. What is still unsent when
-the command ends stays in the journal, and ``python -m vit_exp.sync`` sends it later into the
-same run.
-"""
+"""The outbox: what a training run sends to MLflow goes first to an ordered journal on disk, so a
+version follows the metrics it is tagged with and nothing is lost while the store is away; what a
+command leaves unsent, ``python -m vit_exp.sync`` sends later into the same run."""
 
 from __future__ import annotations
 
@@ -45,14 +35,9 @@ LOCK = "lock"  # held by the one process that sends the journal (training, a res
 
 
 class Outbox:
-    """The journal of one run in ``folder``; ``send(record)`` stores one record (see ``Sender``).
-
-    ``put`` appends a record; in the background mode a thread sends it, otherwise it is sent at
-    once. ``finish(status, wait_s)`` queues the run's end and waits up to ``wait_s`` for everything
-    to be sent; it returns how many records are left in the journal. A record's ``release``
-    files (held for it) are deleted once it is stored or refused. One process at a time sends a
-    journal (it holds ``LOCK``): a second one (two syncs at once) waits, then finds the records sent.
-    """
+    """The journal of one run in ``folder``, each record stored by ``send(record)``: at once, or by a
+    thread retrying while the store is away (``background``: a tracking server, so training never
+    waits on the network). One process at a time sends it (``LOCK``); a second waits."""
 
     def __init__(
         self,
@@ -88,11 +73,8 @@ class Outbox:
         return len(self._records) - self._sent
 
     def put(self, record: Record) -> None:
-        """Append ``record`` to the journal and send it (now, or in the background).
-
-        Written to the file before it is sent: it survives the process being killed (a power cut
-        needs an fsync, which cost ~20 us a step at four points a step: bench/RESULTS.md).
-        """
+        """Append ``record`` to the journal (so it survives a kill; not fsynced: too slow per step) and
+        send it, now or in the background."""
         with self.journal.open("a") as handle:
             handle.write(record.to_json() + "\n")
         with self._changed:
@@ -102,8 +84,8 @@ class Outbox:
             self.send_pending()
 
     def finish(self, status: str, wait_s: float, error: str | None = None) -> int:
-        """Queue the run's end as ``status`` (a failed run's one-line ``error`` with it); wait up to
-        ``wait_s`` for the journal to empty."""
+        """Queue the run's end as ``status`` (with a failed run's ``error``), wait up to ``wait_s`` for
+        the journal to empty; return how many records are left."""
         self.put(EndRecord(status, error or None))
         deadline = time.monotonic() + wait_s
         with self._changed:
@@ -229,8 +211,7 @@ class RunSender:
         self._unconfirmed: Record | None = None  # a record whose sending failed or was cut short
 
     def prepare_versions(self, model_inputs: Path, top_k: int) -> None:
-        """Make the pyfunc writer of the versions of ``model_inputs`` now, with the directory they
-        share: sent in the training thread, the first version then costs what the next ones do."""
+        """Make the pyfunc writer for ``model_inputs`` now, so the first version costs what the next do."""
         from vit_exp.tracking.registry.versions import model_writer
 
         writer = model_writer(model_inputs, top_k)

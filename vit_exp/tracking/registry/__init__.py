@@ -1,7 +1,4 @@
-"""The model registry: checkpoints as versions (pyfunc, lineage), promotion, and resolving a URI.
-
-This module holds the ``registry`` config group's settings (its ``_target_``).
-"""
+"""The model registry (checkpoints as versions, promotion, resolving a URI) and its config's settings."""
 
 from __future__ import annotations
 
@@ -15,9 +12,7 @@ POLICIES = ("every", "best", "last", "none")
 @dataclass
 class RegistrySettings:
     """The ``registry`` config group: which checkpoints become versions of which registered model.
-
-    Types only: the defaults are conf/registry/default.yaml's (their one source).
-    """
+    Types only: the defaults live in conf/registry/default.yaml."""
 
     register: str
     name: str

@@ -1,8 +1,5 @@
-"""The callback that turns saved checkpoints into model versions, by the ``registry.register`` policy.
-
-A checkpoint to register goes into the run's outbox after the metrics logged so far, so its
-version is created only once the metrics it is tagged with are stored in the run.
-"""
+"""The callback that turns saved checkpoints into model versions, by the ``registry.register`` policy,
+through the run's outbox after the metrics logged so far (which the version is tagged with)."""
 
 from __future__ import annotations
 
@@ -19,16 +16,9 @@ from vit_exp.train.callbacks import CheckpointListener, SavedCheckpoint
 
 class CheckpointRegistration(Callback, CheckpointListener):
     """Queues the checkpoints a CheckpointSaver writes as model versions, each once its files are whole.
-
-    ``every``: each checkpoint; ``best``: each whose val/top1 beats every one queued so far;
-    ``last``: the last checkpoint, when training ends. Epoch checkpoints only, unless
-    ``registry.step_checkpoints`` (step checkpoints have no val/top1: never "best").
-    ``queued`` lists the checkpoints (a resumed run starts with its earlier attempts');
-    ``put(record)`` is the outbox's, ``flush_metrics()`` the metrics logger's; ``data_tags``
-    (``data.name``, ``data.digest``, ...) go on every version. ``hold_in``: the folder where a
-    queued checkpoint's network file is held (hard linked) until its version is stored, so pruning
-    cannot take it first.
-    """
+    ``every``: each; ``best``: each whose val/top1 beats all queued so far; ``last``: the last, at the
+    end. Epoch checkpoints only, unless ``registry.step_checkpoints`` (these are never "best").
+    ``hold_in``: where a queued checkpoint is hard linked until its version is stored (safe from pruning)."""
 
     def __init__(
         self,
@@ -70,8 +60,8 @@ class CheckpointRegistration(Callback, CheckpointListener):
         self.queued = [SavedCheckpoint.from_state(c) for c in state.get("registered", [])]
 
     def catch_up(self, resumed_from: SavedCheckpoint) -> None:
-        """Register the checkpoint a resumed run starts from if the policy wanted it: the attempt
-        that wrote it may have been killed before queueing it (a version made already is found)."""
+        """Register the checkpoint a resumed run starts from if the policy wanted it (its attempt may
+        have been killed before queueing it; a version made already is found)."""
         if self.wanted(resumed_from):
             self.register(resumed_from)
 
