@@ -19,8 +19,7 @@ def register_resolvers() -> None:
 
 
 def beside_store(tracking_uri: str, file_name: str, fallback_dir: str) -> str:
-    """An SQLite URI for ``file_name`` in the folder of a SQLite MLflow store; for any other store
-    (a tracking server) in ``fallback_dir``. E.g. the Optuna study of a sweep, next to its runs."""
+    """SQLite URI for ``file_name`` next to a SQLite MLflow store, else in ``fallback_dir``."""
     prefix = "sqlite:///"
     folder = (
         Path(tracking_uri[len(prefix) :]).parent if tracking_uri.startswith(prefix) else Path(fallback_dir)
@@ -29,10 +28,8 @@ def beside_store(tracking_uri: str, file_name: str, fallback_dir: str) -> str:
 
 
 def group_settings(group: str, option: str | None = None, **values):
-    """The settings object of config ``group`` (trainer, optim, device, mlflow, registry) as
-    ``conf/train.yaml`` composes it, ``option`` choosing another file of the group and ``values``
-    replacing keys: the YAML's defaults (their one source) outside a Hydra app (notebooks, tests, bench).
-    """
+    """Settings object of config ``group`` as ``conf/train.yaml`` composes it (the defaults' one source),
+    for use outside a Hydra app; ``option`` picks another file of the group, ``values`` replace keys."""
     from hydra import compose, initialize_config_dir
     from hydra.utils import get_class
 

@@ -1,11 +1,7 @@
 """Credentials never leave the process: URLs with a password or a token are masked before anything sees them.
 
-At start-up the CLI replaces each such URL on the command line and in ``MLFLOW_TRACKING_URI`` by its
-masked form (``http://user:***@host``), so Hydra's files, the config, params, tags and logs only ever
-hold that. The real values stay in this process's environment (``VIT_EXP_SECRETS``, inherited by sweep
-workers, as MLflow keeps ``MLFLOW_TRACKING_PASSWORD``) for the two places that use them: the tracking
-store connection and checkpoint downloads (``reveal``). Whatever else is written goes through ``mask``.
-"""
+The CLI masks argv and ``MLFLOW_TRACKING_URI`` at start-up (``hide``); real values stay in ``VIT_EXP_SECRETS``
+(inherited by sweep workers) for the store connection and checkpoint downloads (``reveal``)."""
 
 from __future__ import annotations
 
@@ -94,10 +90,8 @@ def hide_command_line_secrets() -> None:
 
 
 def split_credentials(uri: str) -> tuple[str, str | None, str | None]:
-    """``(uri without user info, user, password)`` of a real (revealed) http(s) URI.
-
-    Other schemes (``postgresql://user:pw@...``) keep their credentials: the driver reads them there.
-    """
+    """``(uri without user info, user, password)`` of a revealed http(s) URI; other schemes
+    (``postgresql://user:pw@...``) keep their credentials, which the driver reads there."""
     parts = urlsplit(uri)
     if parts.scheme not in ("http", "https") or "@" not in parts.netloc:
         return uri, None, None

@@ -32,10 +32,8 @@ def decode_rgb(data: bytes, source: str = "image") -> np.ndarray:
 def preprocess(
     images: Sequence[np.ndarray], image_size: int, mean: Sequence[float], std: Sequence[float]
 ) -> np.ndarray:
-    """Resize each RGB image to ``image_size`` square, normalise, stack as float32 NCHW.
-
-    Uses MindSpore's own vision ops (eagerly), so results equal the ``infer`` pipeline's.
-    """
+    """Resize each RGB image to ``image_size`` square, normalise, stack as float32 NCHW; uses
+    MindSpore's vision ops eagerly, so results equal the ``infer`` pipeline's."""
     from mindspore.dataset import vision
 
     ops = [

@@ -1,11 +1,7 @@
 """Unreadable images: name the file when the pipeline fails on one, or leave them out of a split.
 
-With ``data.skip_unreadable=true`` each split is checked once (every image opened and verified
-with Pillow; the result cached by the split's file list, sizes and times) and, when some are
-unreadable, read through a mirror of symlinks to the readable ones, so MindSpore's fast
-ImageFolderDataset still reads it. Files Pillow accepts but MindSpore cannot decode still stop
-training, naming the file.
-"""
+``data.skip_unreadable=true``: each split is checked once with Pillow (cached) and, if some fail, read via
+a symlink mirror of the readable ones, so MindSpore's fast ImageFolderDataset still applies."""
 
 from __future__ import annotations
 

@@ -1,11 +1,7 @@
-"""Load published or our own MindSpore checkpoints into a ViT: fetch, rename, check, load.
+"""Load published or our own MindSpore checkpoints into a ViT: fetch, rename (``name_map``), check, load.
 
-The reference checkpoint's names equal our ViT's, so it loads with no renaming. timm-style names
-(``cls_token``, ``pos_embed``, ``blocks.{i}.attn.qkv``, ``head``; used by mindcv) are mapped with
-``name_map="timm"`` (or detected with ``"auto"``). Optimizer state and anything else the network
-does not own is ignored; a head whose class count differs is re-initialised with a warning; every
-other missing or mis-shaped parameter is a CheckpointError listing names and shapes.
-"""
+Entries the network does not own are ignored; a head of another class count is re-initialised (warning);
+any other missing or mis-shaped parameter is a CheckpointError listing names and shapes."""
 
 from __future__ import annotations
 
@@ -54,7 +50,6 @@ class LoadReport:
 
 
 def is_url(source: str) -> bool:
-    """True for http(s)/ftp URLs, false for local paths."""
     return urlparse(str(source)).scheme in ("http", "https", "ftp")
 
 
@@ -196,10 +191,8 @@ def load_into(net, params: dict, path: Path, head_names: tuple[str, ...] = HEAD_
 
 
 def load_pretrained(net, source: str | Path, cache_dir: str | Path, name_map: str = "auto") -> LoadReport:
-    """Fetch ``source`` (path or URL), rename by ``name_map``, check and load it into ``net``.
-
-    The training-state file of a vit-exp checkpoint (``X.state.ckpt``) stands for its network file.
-    """
+    """Fetch ``source`` (path or URL), rename by ``name_map``, check and load it into ``net``;
+    a training-state file (``X.state.ckpt``) stands for its network file."""
     path = fetch_checkpoint(source, cache_dir)
     if path.name.endswith(STATE_SUFFIX):
         network = network_file(path)

@@ -21,13 +21,9 @@ def check_precision(precision: str) -> str:
 
 @dataclass(frozen=True)
 class ViTConfig:
-    """The architecture: the ``model.*`` keys that shape the network (defaults: ViT-B/16 at 224).
-
-    Dropout is given as keep-probabilities (1.0 = off), as in the reference. ``gelu_approximate``
-    picks tanh GELU (the reference's) or exact erf GELU; ``patch_embed`` (matmul | conv) and
-    ``fused_kernels`` (auto | on | off) choose how the same maths is computed. ``precision``
-    (fp32 | bf16 | auto, from ``device.precision``) is what the dense layers multiply in.
-    """
+    """The ``model.*`` keys that shape the network (defaults: ViT-B/16 at 224). Dropout is given as
+    keep-probabilities (1.0 = off); ``patch_embed`` and ``fused_kernels`` change how, not what, is computed;
+    ``precision`` (from ``device.precision``) is what the dense layers multiply in."""
 
     image_size: int = 224
     patch_size: int = 16

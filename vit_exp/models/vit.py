@@ -1,14 +1,7 @@
 """Vision Transformer in MindSpore, laid out so the published ``vit_b_16_224.ckpt`` loads unchanged.
 
-image -> patches -> [class token; patch tokens] + position embedding
-      -> num_layers x (x + Attention(LayerNorm(x)); x + FeedForward(LayerNorm(x)))
-      -> LayerNorm(class token) -> Dense head
-
-Parameter names follow the reference recipe (``shared/RECIPE.md``): ``cls``, ``pos_embedding``,
-``patch_embedding.conv.*``, ``transformer.layers.{i}.0.cell.{0 = LayerNorm, 1 = Attention}.*``,
-``transformer.layers.{i}.1.cell.{0 = LayerNorm, 1 = FeedForward}.*``, ``norm.*``, ``dense.*``.
-The layers rewritten for CPU speed (same maths and names) are in ``layers.py``.
-"""
+Parameter names follow the reference recipe (``shared/RECIPE.md``); the layers rewritten for CPU speed
+(same maths and names) are in ``layers.py``."""
 
 from __future__ import annotations
 
@@ -47,12 +40,8 @@ class Attention(nn.Cell):
         self.softmax = nn.Softmax(axis=-1)
 
     def construct(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
-        """Attention of ``x`` (B, n, d); ``residual`` given: ``residual + attention`` in the ``out``
-        kernel's output pass (only where ``out`` dropout is off).
-
-        The dense kernels take (B, n, d) as it is; tensors that may be bfloat16 (bf16 inference)
-        are never reshaped: MindSpore's CPU Reshape has no bfloat16 kernel.
-        """
+        """Attention of ``x`` (B, n, d); ``residual`` (only with no ``out`` dropout) is added in ``out``'s
+        pass. Tensors that may be bfloat16 are never reshaped: MindSpore's CPU Reshape has no bf16 kernel."""
         b, n, d = x.shape
         if self.fused:
             x = self.attention(self.qkv(x))
@@ -72,10 +61,8 @@ class Attention(nn.Cell):
 
 
 class FeedForward(nn.Cell):
-    """The MLP block: ``dense1`` -> GELU -> ``dense2``, dropout after each.
-
-    With the oneDNN and fused kernels, inference computes GELU in ``dense1``'s output pass.
-    """
+    """The MLP block: ``dense1`` -> GELU -> ``dense2``, dropout after each; with the oneDNN and
+    fused kernels, inference computes GELU in ``dense1``'s output pass."""
 
     def __init__(self, config: ViTConfig, plan: KernelPlan):
         super().__init__()
@@ -89,9 +76,7 @@ class FeedForward(nn.Cell):
             self.dense1_gelu = LinearGELU(plan.dense, config.gelu_approximate)
 
     def construct(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
-        """The MLP of ``x`` (B, n, d); ``residual`` given: ``residual + MLP`` in ``dense2``'s
-        output pass (only where dropout is off). The dense kernels take (B, n, d) as it is
-        (possibly bfloat16, which MindSpore's CPU Reshape refuses); MatMul needs 2-D."""
+        """The MLP of ``x`` (B, n, d); ``residual`` (only with no dropout) is added in ``dense2``'s pass."""
         b, n, d = x.shape
         if not self.dense_kernels:
             x = x.reshape(b * n, d)
@@ -105,11 +90,8 @@ class FeedForward(nn.Cell):
 
 
 class Residual(nn.Cell):
-    """``x + cell(x)``; the wrapped cell is stored as ``cell`` (checkpoint names depend on it).
-
-    ``fuse``: ``cell`` is [LayerNorm, Attention | FeedForward] and its last dense layer adds ``x``
-    itself (no dropout before the add, one memory pass and one kernel fewer).
-    """
+    """``x + cell(x)``, the cell stored as ``cell`` (checkpoint names depend on it). ``fuse``: ``cell``
+    is [LayerNorm, Attention | FeedForward], its last dense layer adds ``x`` (a pass and a kernel fewer)."""
 
     def __init__(self, cell: nn.SequentialCell, fuse: bool = False):
         super().__init__()
@@ -145,9 +127,7 @@ class Encoder(nn.Cell):
 
 class ViT(nn.Cell):
     """Vision Transformer classifier (pre-norm encoder, class token, learned 1-D position embedding).
-
-    ``plan`` (kernels/plan.py) says which kernels the layers run on; building the ViT compiles nothing.
-    """
+    ``plan`` (kernels/plan.py) says which kernels the layers run on; building the ViT compiles nothing."""
 
     def __init__(self, config: ViTConfig, plan: KernelPlan):
         super().__init__()
@@ -184,7 +164,6 @@ class ViT(nn.Cell):
 
 
 def count_parameters(net: nn.Cell) -> int:
-    """Number of scalar parameters the network owns."""
     return int(sum(p.size for p in net.get_parameters()))
 
 

@@ -1,17 +1,7 @@
 """A Hydra callback that gives every ``--multirun`` sweep one MLflow parent run.
 
-``on_multirun_start`` first checks the sweep's jobs as the command checks a job before it starts
-(``vit_exp.cli.job_check``): when no job can pass (a bad value every job receives), the command
-stops with that job's one ``error:`` line before anything is recorded.
-``on_multirun_start`` creates the parent run (tagged with the sweep directory and overrides) and
-writes its id into the sweep directory, where each job's run finds it and becomes its child.
-The parent's params are the sweep's keys (swept choices and fixed overrides).
-``on_multirun_end`` prints a table of the jobs (status, val/top1, a failed job's error), puts the best
-job's val metrics and run id on the parent (so sweeps compare in the runs table), tags it with the
-failed jobs and their errors, and ends it FINISHED, or FAILED when a job failed, which also makes
-the command exit non-zero. A sweep that is interrupted or breaks ends its parent KILLED or FAILED
-(never RUNNING).
-"""
+Jobs are checked before anything is recorded; each job's run is a child of the parent, which gets the best
+job's val metrics and the failed jobs' errors, and ends FINISHED, FAILED (non-zero exit) or KILLED."""
 
 from __future__ import annotations
 
@@ -88,7 +78,6 @@ def sweep_jobs(client, sweep_dir: Path, parent) -> list[SweepJob]:
 
 
 def end_parent_if_running(settings, run_id: str, status: str) -> None:
-    """End the sweep's parent run with ``status`` unless it has ended already."""
     from vit_exp.tracking.store import use_store
 
     client = use_store(settings.tracking_uri)
@@ -182,10 +171,8 @@ class MlflowSweepCallback(Callback):
 
 
 def check_before_start(config: DictConfig) -> None:
-    """Stop the command (``error: ...``, exit 1, no run recorded) when no job of the sweep can pass
-    the command's own first check: a bad value every job receives (a fixed override, the sweep
-    file's value, ``optimized_metric``, an Optuna direction against it), or a swept key none of
-    whose values is good. A value bad for some jobs only is left to those jobs."""
+    """Stop the command (``error: ...``, exit 1, no run recorded) when no job of the sweep can
+    pass its first check; a value bad for some jobs only is left to those jobs."""
     from vit_exp.cli import StopCommand, job_check
 
     check = job_check()
@@ -204,9 +191,8 @@ def check_before_start(config: DictConfig) -> None:
 
 
 def candidate_jobs(config: DictConfig) -> Iterator[list[str]]:
-    """The override lists of jobs the sweep may run, in the basic sweeper's order: every job of a
-    grid; for an ``interval(a, b)`` (an Optuna range) its two ends. No job when the overrides cannot
-    be read here (the sweeper reports them)."""
+    """The override lists of the sweep's jobs in the basic sweeper's order (of an Optuna
+    ``interval``, its two ends); none when the overrides cannot be read here (the sweeper reports them)."""
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
@@ -238,9 +224,8 @@ def _choices(override) -> list[str]:
 
 
 def job_error(config: DictConfig, num: int, overrides: list[str], check: Callable[[Any], None]) -> str | None:
-    """The one-line error of job ``num`` (with ``overrides``) before it starts: its composition or
-    ``check`` failing with an error the user can fix; None when it passes (or fails otherwise,
-    which the job itself reports)."""
+    """Job ``num``'s one-line error before it starts (composition, or ``check`` failing with a user
+    error); None when it passes or fails otherwise (the job reports that)."""
     from vit_exp.cli import composition_error
     from vit_exp.errors import failure_message, user_message
 
@@ -377,8 +362,7 @@ def _new_parent(client, experiment: str, config: DictConfig, sweep_dir: Path, ke
 
 
 def sweep_params(config: DictConfig) -> dict[str, str]:
-    """The sweep's keys as params: each swept key with its choices (``optim.lr`` -> ``1e-3,3e-3``,
-    or an Optuna range), and the fixed overrides of the command line."""
+    """The sweep's keys as params: swept keys with their choices (or range), and fixed overrides."""
     from vit_exp.credentials import mask
     from vit_exp.tracking.record.lifecycle import MAX_PARAM_LENGTH
 
@@ -401,8 +385,7 @@ class BestJob:
 
 
 def best_job(client, jobs: list[SweepJob], metric: str = "val/top1") -> BestJob | None:
-    """The job with the best value of ``metric`` over its epochs (the earlier job on a tie; higher
-    or lower is better as the metric says); None when no job logged it."""
+    """The job with the best ``metric`` value over its epochs (earlier on a tie); None if none logged it."""
     from vit_exp.train.objective import HIGHER_IS_BETTER
 
     sign = 1.0 if HIGHER_IS_BETTER[metric] else -1.0

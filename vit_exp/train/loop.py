@@ -1,9 +1,7 @@
 """The training loop: one train step per batch, MindSpore callbacks around it, validation per epoch.
 
-Callbacks get ``mindspore.train.Model``'s contract (``RunContext`` with ``cb_params``:
-``cur_epoch_num``, ``cur_step_num``, ``net_outputs``, ``eval_results`` with ``eval_loss``;
-``request_stop()``), without Model's per-step bookkeeping (~10 % of a vit_tiny step, bench/RESULTS.md).
-"""
+Callbacks get ``mindspore.train.Model``'s contract (``RunContext``, ``cb_params``, ``request_stop()``)
+without Model's per-step bookkeeping (~10 % of a vit_tiny step)."""
 
 from __future__ import annotations
 
@@ -37,11 +35,7 @@ class CallbackParams(dict):
 
 @contextlib.contextmanager
 def gc_frozen() -> Iterator[None]:
-    """Keep the objects that exist before training out of Python's cyclic GC until the block ends.
-
-    A full collection walks the ~400k objects MindSpore, MLflow and pandas hold (~180 ms); frozen
-    objects are still freed by reference counting.
-    """
+    """Keep pre-training objects out of the cyclic GC in the block (a full pass: ~400k objects, ~180 ms)."""
     gc.collect()
     gc.freeze()
     try:
@@ -51,11 +45,8 @@ def gc_frozen() -> Iterator[None]:
 
 
 def validation_metrics(eval_network: nn.Cell, dataset, metrics: dict) -> dict[str, float]:
-    """``metrics`` of ``eval_network`` (a WithEvalCell: loss, logits, labels) over ``dataset``.
-
-    ``eval_loss`` is the loss over all images (batch means weighted by batch size), not the last
-    batch's as MindSpore 2.10's Model.fit reports it.
-    """
+    """``metrics`` of ``eval_network`` (a WithEvalCell) over ``dataset``; ``eval_loss`` is over all
+    images (batch means weighted by size), not the last batch's as in MindSpore's Model.fit."""
     for metric in metrics.values():
         metric.clear()
     eval_network.set_train(False)
@@ -84,13 +75,9 @@ def run_training(  # noqa: C901 (66 lines: MindSpore's callback contract, step b
 ) -> None:
     """Run ``train_step(images, labels)`` over ``epoch_batches(epoch, skip)`` up to ``plan.total_steps``.
 
-    ``start`` continues a resumed run (its epoch's first ``step_in_epoch`` batches are skipped).
-    ``validate()`` fills ``cb_params.eval_results`` after each epoch in ``plan.validation_epochs``
-    (before the callbacks' ``on_train_epoch_end``, as in Model.fit). A callback's
-    ``run_context.request_stop()`` ends training after the current step; that epoch still validates.
-    ``stop_signal()`` true (a preemption) after a step or an epoch calls
-    ``on_stop_signal(run_context, epoch_done)``, which ends training by raising.
-    """
+    ``start`` resumes mid-epoch; ``validate()`` fills ``cb_params.eval_results`` in ``plan.validation_epochs``
+    before ``on_train_epoch_end``. ``request_stop()`` ends after the step (the epoch still validates); a true
+    ``stop_signal()`` (preemption) calls ``on_stop_signal(run_context, epoch_done)``, which must raise."""
     start = start or LoopPosition()  # the first step
     cb_params = CallbackParams(
         train_network=train_step,

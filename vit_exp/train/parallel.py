@@ -1,11 +1,7 @@
 """Data-parallel training under MindSpore's ``msrun``: which process this is, and the step's loss.
 
-``msrun --worker_num=N ... python -m vit_exp.run ...`` starts a scheduler and N workers running the
-same command, each with ``MS_ROLE`` and ``RANK_ID`` in its environment. The scheduler only serves
-the cluster (``serve_if_scheduler``). Each worker joins the cluster (``start``) with MindSpore's data
-parallel mode, so the train step's gradients are averaged over the workers (AllReduce) before the
-optimizer runs; every worker reads its own shard of each global batch (``data.pipeline``).
-"""
+msrun starts a scheduler (``serve_if_scheduler``) and N workers running the same command; each worker joins
+in data-parallel mode (``start``: gradients averaged) and reads its own shard of each global batch."""
 
 from __future__ import annotations
 
@@ -49,10 +45,7 @@ def from_environment() -> DataParallel:
 
 def serve_if_scheduler() -> None:
     """In msrun's scheduler process: serve the cluster until the workers are done, then exit.
-
-    msrun runs the training command as its scheduler too; it must not compose configs, open
-    run directories or touch the store, so this runs before anything else does.
-    """
+    Call it first: the scheduler runs the same command but must not compose configs or touch the store."""
     if os.environ.get(ROLE) != "MS_SCHED":
         return
     from mindspore.communication import init
@@ -70,11 +63,8 @@ def msrun_prefix() -> str:
 
 
 def worker_overrides() -> list[str]:
-    """Hydra overrides that keep a non-main worker's files apart in the shared run directory.
-
-    Every worker composes the same config, so they share ``hydra.run.dir``; worker N > 0 writes its
-    config copy to ``.hydra-rankN`` and its log to ``<task>-rankN.log`` there (and nothing else).
-    """
+    """Hydra overrides for worker N > 0: its config copy in ``.hydra-rankN`` and its log in
+    ``<task>-rankN.log``, apart from rank 0's in the shared ``hydra.run.dir``."""
     workers = from_environment()
     if workers.is_main:
         return []
@@ -103,9 +93,8 @@ def start(parallel: DataParallel) -> None:
 
 
 def end_with_launcher() -> None:
-    """Get SIGTERM when msrun (our parent) dies, as when it is stopped with SIGTERM itself: msrun
-    then leaves its workers running, and the main worker must still end its run KILLED with a
-    checkpoint. Linux only (elsewhere nothing changes)."""
+    """Get SIGTERM when msrun (our parent) dies: msrun stopped by SIGTERM leaves its workers running,
+    and the main worker must still end its run KILLED with a checkpoint. Linux only (no-op elsewhere)."""
     import ctypes
     import signal
 
@@ -122,11 +111,8 @@ MAX_SHARED_BYTES = 8192
 
 
 def share_from_main(value):
-    """The main worker's ``value`` (JSON-able) on every worker (one AllReduce; the others' is ignored).
-
-    For what only rank 0 can find out (it alone reads the store), e.g. the checkpoint a resume
-    continues from.
-    """
+    """The main worker's ``value`` (JSON-able) on every worker, by one AllReduce: for what only
+    rank 0 can find out (it alone reads the store), e.g. the checkpoint a resume continues from."""
     import json
 
     import numpy as np
@@ -153,10 +139,7 @@ def share_from_main(value):
 
 
 def mean_loss_step(train_step, world_size: int):
-    """``train_step`` whose returned loss is the mean over the workers (the global batch's loss).
-
-    The parameters are ``train_step``'s own, with their names (checkpoints do not change).
-    """
+    """``train_step`` returning the workers' mean loss; same parameters and names (checkpoints unchanged)."""
     if world_size == 1:
         return train_step
     from mindspore import nn, ops

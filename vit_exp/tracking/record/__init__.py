@@ -1,8 +1,5 @@
-"""A run's record in MLflow: its lifecycle, the outbox every write goes through, metrics, datasets,
-and the training and eval runs built on them.
-
-This module holds the ``mlflow`` config group's settings (its ``_target_``).
-"""
+"""A run's record in MLflow (lifecycle, outbox, metrics, datasets, training and eval runs), and the
+``mlflow`` config group's settings."""
 
 from __future__ import annotations
 
@@ -13,10 +10,7 @@ from vit_exp.errors import ConfigError, check_field_types, positive_int
 
 @dataclass
 class MlflowSettings:
-    """The ``mlflow`` config group.
-
-    Types only: the defaults are conf/mlflow/default.yaml's (their one source).
-    """
+    """The ``mlflow`` config group (types only: the defaults are conf/mlflow/default.yaml's)."""
 
     tracking_uri: str
     experiment: str

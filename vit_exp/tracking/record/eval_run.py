@@ -39,10 +39,8 @@ def log_eval_run(
     run_dir: Path | None,
     precision_used: str = "fp32",
 ) -> str | None:
-    """Log eval/* metrics and artifacts in a new run; tag the model version; return the run id.
-
-    ``precision_used``: what the model's dense layers computed in (``device.precision`` resolved).
-    """
+    """Log eval/* metrics and artifacts in a new run and tag the model version; the run id, or None
+    when ``mlflow.enabled`` is false. ``precision_used``: the resolved ``device.precision``."""
     from hydra.utils import instantiate
 
     settings: MlflowSettings = instantiate(cfg.mlflow)

@@ -1,12 +1,7 @@
 """A MindSpore ``Callback`` that logs a run's training metrics to MLflow (step = global optimizer step).
 
-``train/loss`` every ``every_n_steps`` steps; ``train/lr``, ``train/step_time_ms`` and
-``train/throughput_img_s`` every ``details_every_n_steps`` steps and at each epoch's end (the last
-two as means since their previous point); per epoch ``train/epoch_time_s``, ``train/epoch_loss``,
-``epoch`` and, when validation ran, ``val/loss``, ``val/top1``, ``val/top5``.
-Points are buffered and handed to the run's outbox in large batches between steps, the cheapest
-per point (bench/RESULTS.md); the outbox stores them in order, whatever the store's state.
-"""
+``train/loss`` every ``every_n_steps``; ``train/lr``, ``train/step_time_ms``, ``train/throughput_img_s``
+every ``details_every_n_steps`` and at epoch ends; ``train/epoch_*``, ``epoch`` and ``val/*`` per epoch."""
 
 from __future__ import annotations
 
@@ -20,12 +15,8 @@ from vit_exp.train.callbacks import CheckpointListener
 
 
 class MlflowMetricLogger(Callback, CheckpointListener):
-    """Logs ``history`` (a TrainHistory) through ``put`` (the run's outbox: one record per batch).
-
-    Buffered points are handed over every ``flush_interval_s`` seconds or ``max_buffered`` points
-    (whichever comes first), at the end of training, and by ``flush()``: before each checkpoint too,
-    so a resume from it loses none.
-    """
+    """Logs ``history`` (a TrainHistory) via ``put`` (the run's outbox), flushed every ``flush_interval_s``
+    seconds or ``max_buffered`` points, at the end, and before each checkpoint (so a resume loses none)."""
 
     def __init__(
         self,
@@ -51,8 +42,7 @@ class MlflowMetricLogger(Callback, CheckpointListener):
         self.logged_steps = logged_steps or {}  # a resumed run's: points up to these steps are in the run
 
     def checkpoint_state(self) -> dict:
-        """The steps since the last details point: a resumed attempt closes that window (also when it
-        resumes at an epoch's last step and only the epoch's end is left to run)."""
+        """The open details window, for a resumed attempt to close (even if only the epoch end is left)."""
         return {"metric_window": {"window_ms": self._window_ms, "window_steps": self._window_steps}}
 
     def load_state_dict(self, state: dict) -> None:

@@ -9,8 +9,7 @@ from typing import Any, ClassVar, Self
 
 
 class Record:
-    """A journal line ``{"kind": ..., <fields>}``; a field at its default is left out, as the untyped
-    outbox wrote it: journals of either version read the same (``RECORD_TYPES`` by kind)."""
+    """A journal line; fields at their default are left out, so old and new journals read the same."""
 
     kind: ClassVar[str]
 

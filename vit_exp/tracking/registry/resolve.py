@@ -1,5 +1,4 @@
-"""Resolve a model URI (``models:/NAME/V``, ``models:/NAME/latest``, ``models:/NAME@alias``,
-``runs:/ID/path``) with clear errors, and load it as a :class:`~vit_exp.models.inference.Predictor`."""
+"""Resolve ``models:/`` and ``runs:/`` URIs with clear errors, and load them as a ``Predictor``."""
 
 from __future__ import annotations
 
@@ -106,12 +105,8 @@ def _latest(client, uri: str, name: str) -> ModelRef:
 
 
 def load_predictor(uri: str, precision: str = "fp32"):
-    """The Predictor of the model at ``uri``, read from its artifacts with this vit_exp's code.
-
-    The checkpoint, config and class names are all a version needs, so a version loads the same
-    whichever vit_exp wrote it (its bundled code serves it over HTTP, see pyfunc_model.py).
-    ``precision`` is ``device.precision`` (fp32 | bf16 | auto).
-    """
+    """The Predictor of the model at ``uri``, built with this vit_exp's code from its checkpoint, config
+    and class names, so it loads the same whichever vit_exp wrote it. ``precision``: ``device.precision``."""
     import json
 
     import mlflow
