@@ -60,7 +60,6 @@ def evaluate(cfg: DictConfig) -> dict:
     predictor = load_predictor(ref.pinned_uri, device.precision)
     data = instantiate(cfg.data)
     data.mean, data.std = predictor.mean, predictor.std  # normalise as the model was trained
-    num_classes = len(predictor.class_names)
     check_classes_fit(data, predictor.class_names, ref)
     log.info(
         "evaluating %s (%s) on %s/%s",
@@ -70,7 +69,7 @@ def evaluate(cfg: DictConfig) -> dict:
         data.val_split,
     )
     probabilities, labels = predict_dataset(predictor, val_dataset(data, predictor.image_size, batch_size))
-    report = classification_report(probabilities, labels, num_classes)
+    report = classification_report(probabilities, labels, len(predictor.class_names))
     log.info(
         "eval on %d images: top1 %.4f  top5 %.4f  loss %.4f",
         report["count"],

@@ -44,22 +44,11 @@ def decode_images(files: list[Path]) -> tuple[list, list[Path], list[dict]]:
     return images, readable, failures
 
 
-def annotate(rows: list[dict], images: list, base: Path, folder: Path) -> None:
-    """Each image with its top-1 class written on it, as a PNG under ``folder`` (inputs' layout)."""
-    from vit_exp.prediction_files import annotate_image
-
-    for row, image in zip(rows, images, strict=True):
-        best = row["top_k"][0]
-        relative = Path(row["file"]).relative_to(base)
-        label = f"{best['class_index']} {best['class_name']} ({best['probability']:.1%})"
-        annotate_image(image, label, folder / relative.with_suffix(".png"))
-
-
 def predict(cfg: DictConfig) -> list[dict]:
     """Predict ``cfg.inputs`` with ``cfg.model_uri``; write predictions; return them."""
     from hydra.utils import instantiate
 
-    from vit_exp.prediction_files import write_predictions
+    from vit_exp.prediction_files import annotate_images, write_predictions
     from vit_exp.tracking.registry.resolve import load_predictor, resolve
     from vit_exp.tracking.store import use_store
 
@@ -88,7 +77,7 @@ def predict(cfg: DictConfig) -> list[dict]:
     out_dir = Path(cfg.output_dir) if cfg.output_dir else (hydra_run_dir() or Path("predictions"))
     written = write_predictions(rows, failures, ref.uri, out_dir)
     if cfg.annotate:
-        annotate(rows, images, base, out_dir / "annotated")
+        annotate_images(rows, images, base, out_dir / "annotated")
     for row in rows:
         best = row["top_k"][0]
         log.info(

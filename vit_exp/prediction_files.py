@@ -20,33 +20,31 @@ def write_predictions(rows: list[dict], failures: list[dict], model_uri: str, ou
     with csv_path.open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["file", "rank", "class_index", "class_name", "probability"])
-        for row in rows:
-            for item in row["top_k"]:
-                writer.writerow(
-                    [
-                        row["file"],
-                        item["rank"],
-                        item["class_index"],
-                        item["class_name"],
-                        f"{item['probability']:.6f}",
-                    ]
-                )
+        writer.writerows(
+            [row["file"], item["rank"], item["class_index"], item["class_name"], f"{item['probability']:.6f}"]
+            for row in rows
+            for item in row["top_k"]
+        )
     return [json_path, csv_path]
 
 
-def annotate_image(image: np.ndarray, label: str, path: Path) -> Path:
-    """Save ``image`` (HWC uint8 RGB) with ``label`` written in a band across its top."""
+def annotate_images(rows: list[dict], images: list[np.ndarray], base: Path, folder: Path) -> None:
+    """Save each image (HWC uint8 RGB) with its top-1 class written in a band across its top, as a PNG
+    under ``folder`` (the layout of the inputs under ``base``)."""
     from PIL import Image, ImageDraw, ImageFont
 
-    picture = Image.fromarray(image)
-    if picture.width < 224:  # tiny inputs (e.g. 8x8 digits) are enlarged so the text is legible
-        scale = 224 / picture.width
-        picture = picture.resize((224, max(1, round(picture.height * scale))), Image.NEAREST)
-    draw = ImageDraw.Draw(picture)
-    font = ImageFont.load_default(size=max(12, picture.width // 16))
-    box = draw.textbbox((0, 0), label, font=font)
-    draw.rectangle((0, 0, box[2] + 8, box[3] + 8), fill=(0, 0, 0))
-    draw.text((4, 4), label, fill=(255, 255, 0), font=font)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    picture.save(path)
-    return path
+    for row, image in zip(rows, images, strict=True):
+        best = row["top_k"][0]
+        label = f"{best['class_index']} {best['class_name']} ({best['probability']:.1%})"
+        picture = Image.fromarray(image)
+        if picture.width < 224:  # tiny inputs (e.g. 8x8 digits) are enlarged so the text is legible
+            scale = 224 / picture.width
+            picture = picture.resize((224, max(1, round(picture.height * scale))), Image.NEAREST)
+        draw = ImageDraw.Draw(picture)
+        font = ImageFont.load_default(size=max(12, picture.width // 16))
+        box = draw.textbbox((0, 0), label, font=font)
+        draw.rectangle((0, 0, box[2] + 8, box[3] + 8), fill=(0, 0, 0))
+        draw.text((4, 4), label, fill=(255, 255, 0), font=font)
+        path = folder / Path(row["file"]).relative_to(base).with_suffix(".png")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        picture.save(path)

@@ -14,23 +14,17 @@ log = logging.getLogger("vit_exp.promote")
 
 def promote(cfg: DictConfig) -> dict:
     """Choose a version by ``cfg.metric``, move ``cfg.alias`` to it if it wins, record why."""
+    from dataclasses import fields
+
     from vit_exp.tracking.registry.promotion import PromotionRequest, apply_decision, comparison_table, decide
     from vit_exp.tracking.store import use_store
 
     client = use_store(cfg.mlflow.tracking_uri)
-    request = PromotionRequest(
-        name=cfg.name,
-        metric=cfg.metric,
-        higher_is_better=cfg.higher_is_better,
-        alias=cfg.alias,
-        previous_alias=cfg.previous_alias,
-        min_delta=float(cfg.min_delta),
-        version=None if cfg.version is None else str(cfg.version),
-        reason=cfg.reason,
-        data_digest=None if cfg.data_digest is None else str(cfg.data_digest),
-        tie_breaker=cfg.tie_breaker,
-        tie_breaker_higher_is_better=cfg.tie_breaker_higher_is_better,
-    )
+    values = {f.name: getattr(cfg, f.name) for f in fields(PromotionRequest)}  # the keys of the same name
+    values["min_delta"] = float(values["min_delta"])
+    for key in ("version", "data_digest"):  # names, even when given as numbers
+        values[key] = None if values[key] is None else str(values[key])
+    request = PromotionRequest(**values)
     decision = decide(client, request)
     print(comparison_table(decision), flush=True)
     log.info("%s%s", "[dry run] " if cfg.dry_run else "", decision.summary)

@@ -49,8 +49,7 @@ class Predictor:
         report = load_into(net, ms.load_checkpoint(str(checkpoint)), Path(checkpoint), head_names=())
         if report.reinitialised:
             raise CheckpointError(f"checkpoint {checkpoint} has no usable classification head")
-        data = config["data"]
-        return cls(net, class_names, net.image_size, data["mean"], data["std"])
+        return cls(net, class_names, net.image_size, config["data"]["mean"], config["data"]["std"])
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
         """Softmax class probabilities (N, num_classes) for a preprocessed float32 NCHW batch."""

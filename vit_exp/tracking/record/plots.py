@@ -8,9 +8,7 @@ from pathlib import Path
 import numpy as np
 
 
-def confusion_matrix_png(
-    confusion: np.ndarray, class_names: Sequence[str], path: Path, max_labels: int = 40
-) -> Path:
+def confusion_matrix_png(confusion: np.ndarray, class_names: Sequence[str], path: Path) -> Path:
     """Save a confusion-matrix heat map restricted to the classes that occur (rows: true, cols: predicted)."""
     import matplotlib
 
@@ -24,23 +22,14 @@ def confusion_matrix_png(
     fig, ax = plt.subplots(figsize=(size, size))
     image = ax.imshow(matrix, cmap="Blues")
     fig.colorbar(image, ax=ax, fraction=0.046)
-    if len(present) <= max_labels:
+    if len(present) <= 40:
         ax.set_xticks(range(len(present)), names, rotation=90)
         ax.set_yticks(range(len(present)), names)
         if len(present) <= 20:
             for (i, j), value in np.ndenumerate(matrix):
-                ax.text(
-                    j,
-                    i,
-                    str(value),
-                    ha="center",
-                    va="center",
-                    fontsize=8,
-                    color="white" if value > matrix.max() / 2 else "black",
-                )
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title("confusion matrix")
+                color = "white" if value > matrix.max() / 2 else "black"
+                ax.text(j, i, str(value), ha="center", va="center", fontsize=8, color=color)
+    ax.set(xlabel="predicted", ylabel="true", title="confusion matrix")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)

@@ -83,11 +83,8 @@ def decide(client, request: PromotionRequest) -> Decision:
         raise ConfigError(f"min_delta must be >= 0, got {request.min_delta}")
     require_registered_model(client, request.name)
     registered = client.get_registered_model(request.name)
-    aliases_by_version: dict[str, list[str]] = {}
-    for alias, version in registered.aliases.items():
-        aliases_by_version.setdefault(str(version), []).append(alias)
     versions = sorted(client.search_model_versions(f"name='{request.name}'"), key=lambda v: int(v.version))
-    rows = [_version_score(v, request, aliases_by_version.get(str(v.version), [])) for v in versions]
+    rows = [_version_score(v, request, registered.aliases) for v in versions]
     decision = Decision(versions=rows, metric=request.metric, alias=request.alias)
     holder = registered.aliases.get(request.alias)
     holder_row = next((r for r in rows if holder is not None and r.version == str(holder)), None)
@@ -96,7 +93,7 @@ def decide(client, request: PromotionRequest) -> Decision:
     decision.candidate, decision.candidate_score = best.version, best.score
     if holder is not None:
         decision.current = str(holder)
-        decision.current_score = next((r.score for r in rows if r.version == decision.current), math.nan)
+        decision.current_score = holder_row.score if holder_row else math.nan
     _judge(decision, request, best, holder_row)
     return decision
 
@@ -156,13 +153,13 @@ def _judge(decision: Decision, request: PromotionRequest, best: VersionScore, ho
             )
 
 
-def _version_score(version, request: PromotionRequest, aliases: list[str]) -> VersionScore:
+def _version_score(version, request: PromotionRequest, aliases: dict) -> VersionScore:
     tags = version.tags
     step = _score(tags, "global_step")
     return VersionScore(
         str(version.version),
         _score(tags, request.metric),
-        aliases,
+        [alias for alias, held in aliases.items() if str(held) == str(version.version)],
         version.run_id,
         data_name=tags.get("data.name", UNKNOWN_DATA),
         data_digest=tags.get("data.digest", UNKNOWN_DATA),
@@ -203,11 +200,10 @@ def apply_decision(client, request: PromotionRequest, decision: Decision) -> Non
     if decision.current is not None and request.previous_alias:
         client.set_registered_model_alias(request.name, request.previous_alias, decision.current)
     client.set_registered_model_alias(request.name, request.alias, decision.candidate)
-    when = datetime.now(UTC).isoformat(timespec="seconds")
     tags = {
         "promotion.alias": request.alias,
         "promotion.by": f"{getpass.getuser()}@{socket.gethostname()}",
-        "promotion.at": when,
+        "promotion.at": datetime.now(UTC).isoformat(timespec="seconds"),
         "promotion.metric": f"{request.metric}={decision.candidate_score:.6g}",
         "promotion.data_digest": decision.data_digest or UNKNOWN_DATA,
         "promotion.replaced_version": decision.current or "none",

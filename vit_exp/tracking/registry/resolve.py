@@ -29,10 +29,6 @@ class ModelRef:
         return f"models:/{self.name}/{self.version}" if self.name and self.version else self.uri
 
 
-def _registered_names(client) -> list[str]:
-    return sorted(m.name for m in client.search_registered_models(max_results=1000))
-
-
 def require_registered_model(client, name: str) -> None:
     """RegistryError listing the registered models when ``name`` is not one of them."""
     from mlflow.exceptions import MlflowException
@@ -40,7 +36,7 @@ def require_registered_model(client, name: str) -> None:
     try:
         client.get_registered_model(name)
     except MlflowException:
-        names = _registered_names(client)
+        names = sorted(m.name for m in client.search_registered_models(max_results=1000))
         if not names:
             raise RegistryError(
                 "the model registry is empty: train and register a model first (python -m vit_exp.run)"

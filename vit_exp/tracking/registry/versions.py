@@ -87,10 +87,8 @@ def write_model_inputs(folder: Path, config: dict, class_names: list[str], examp
 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / EXAMPLE_IMAGE).write_bytes(example)
-    config_path = folder / "config.yaml"
-    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-    names_path = folder / "class_names.json"
-    names_path.write_text(json.dumps(class_names, indent=1))
+    (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    (folder / "class_names.json").write_text(json.dumps(class_names, indent=1))
     return folder
 
 
@@ -128,10 +126,7 @@ class PyfuncModelWriter:
         mlflow.pyfunc.save_model(
             path=str(template),
             python_model=str(PYFUNC_MODEL_FILE),
-            artifacts={
-                "checkpoint": str(placeholder),
-                **{k: str(v) for k, v in self.shared_artifacts.items()},
-            },
+            artifacts={k: str(v) for k, v in {"checkpoint": placeholder, **self.shared_artifacts}.items()},
             code_paths=[str(code)],
             signature=pyfunc_signature(self.top_k),
             input_example=pd.DataFrame({"image": [self.example_image]}),
@@ -154,6 +149,9 @@ class PyfuncModelWriter:
         """Store the pyfunc model of ``checkpoint`` (its network file only, hard linked on a local store)
         as the artifacts of the LoggedModel ``model``; ``network_only``: ``checkpoint`` is a network
         file held for its version, without its ``.state.ckpt`` beside it."""
+        import copy
+        import datetime
+
         from vit_exp.train.state import network_file, state_file
 
         checkpoint = network_file(checkpoint)  # named by its state file (a resume=X.state.ckpt): the same
@@ -163,35 +161,24 @@ class PyfuncModelWriter:
                 from vit_exp.models.checkpoint import write_network_checkpoint
 
                 checkpoint = write_network_checkpoint(checkpoint, Path(folder) / checkpoint.name)
-            self._write(client, model, checkpoint, step, run_id)
-
-    def _write(self, client, model, checkpoint: Path, step: int, run_id: str) -> None:
-        import copy
-        import datetime
-
-        self.prepare()
-        work = Path(self._workdir.name)
-        mlmodel = copy.deepcopy(self._model)
-        mlmodel.flavors["python_function"]["artifacts"]["checkpoint"] = {
-            "path": f"artifacts/{checkpoint.name}"
-        }
-        mlmodel.metadata = {"global_step": step, "checkpoint": checkpoint.name}
-        mlmodel.model_uuid = model.model_id
-        mlmodel.model_id, mlmodel.run_id = model.model_id, run_id
-        mlmodel.utc_time_created = str(datetime.datetime.now(datetime.UTC).replace(tzinfo=None))
-        mlmodel.model_size_bytes = checkpoint.stat().st_size + self._template_bytes
-        target = local_folder(model.artifact_location)
-        if target is not None:  # the files go straight into place, the checkpoint as a hard link
-            shutil.copytree(work / "model", target, dirs_exist_ok=True)
-            link_or_copy(checkpoint, target / "artifacts" / checkpoint.name)
-            mlmodel.save(str(target / "MLmodel"))  # last: a model directory with MLmodel is whole
-            return
-        with tempfile.TemporaryDirectory(prefix="vit_exp_model_") as staging:
-            staged = Path(staging) / "model"
-            shutil.copytree(work / "model", staged)
+            self.prepare()
+            mlmodel = copy.deepcopy(self._model)
+            mlmodel.flavors["python_function"]["artifacts"]["checkpoint"] = {
+                "path": f"artifacts/{checkpoint.name}"
+            }
+            mlmodel.metadata = {"global_step": step, "checkpoint": checkpoint.name}
+            mlmodel.model_uuid = model.model_id
+            mlmodel.model_id, mlmodel.run_id = model.model_id, run_id
+            mlmodel.utc_time_created = str(datetime.datetime.now(datetime.UTC).replace(tzinfo=None))
+            mlmodel.model_size_bytes = checkpoint.stat().st_size + self._template_bytes
+            # A local store gets the files straight into place (the checkpoint as a hard link).
+            target = local_folder(model.artifact_location)
+            staged = target or Path(folder) / "model"
+            shutil.copytree(Path(self._workdir.name) / "model", staged, dirs_exist_ok=True)
             link_or_copy(checkpoint, staged / "artifacts" / checkpoint.name)
-            mlmodel.save(str(staged / "MLmodel"))
-            upload_files(client, model.model_id, staged)
+            mlmodel.save(str(staged / "MLmodel"))  # last: a model directory with MLmodel is whole
+            if target is None:
+                upload_files(client, model.model_id, staged)
 
 
 def upload_files(client, model_id: str, folder: Path) -> None:
