@@ -11,6 +11,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from vit_exp.cli import make_main
+from vit_exp.credentials import mask
 from vit_exp.errors import DataError, RegistryError
 
 log = logging.getLogger("vit_exp.sync")
@@ -18,7 +19,6 @@ log = logging.getLogger("vit_exp.sync")
 
 def sync(cfg: DictConfig) -> int:
     """Send the unsent records of ``cfg.outbox``; return how many were sent."""
-    from vit_exp.credentials import mask
     from vit_exp.tracking.record.outbox import Outbox, RunRecord, RunSender, load_records
     from vit_exp.tracking.store import use_store
 

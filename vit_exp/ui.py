@@ -10,11 +10,11 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from urllib.parse import urlparse
 
 from omegaconf import DictConfig
 
 from vit_exp.cli import make_main
+from vit_exp.credentials import reveal
 from vit_exp.errors import ConfigError, positive_int
 
 log = logging.getLogger("vit_exp.ui")
@@ -22,14 +22,13 @@ log = logging.getLogger("vit_exp.ui")
 
 def ui(cfg: DictConfig) -> str:
     """Print the runs page of ``cfg.mlflow.experiment``; serve the store there unless it is a server."""
-    from vit_exp.credentials import reveal
-    from vit_exp.tracking.store import runs_page_url, use_store
+    from vit_exp.tracking.store import is_server, runs_page_url, use_store
 
     port = positive_int("port", cfg.port)
     uri = str(cfg.mlflow.tracking_uri)
     client = use_store(uri)
     experiment = client.get_experiment_by_name(cfg.mlflow.experiment)
-    remote = urlparse(reveal(uri)).scheme in ("http", "https")
+    remote = is_server(reveal(uri))
     base = uri if remote else f"http://{cfg.host}:{port}"
     if experiment is None:
         names = ", ".join(e.name for e in client.search_experiments()) or "none"

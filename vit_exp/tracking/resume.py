@@ -11,8 +11,11 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vit_exp.credentials import mask
 from vit_exp.errors import CheckpointError, ConfigError, RegistryError
-from vit_exp.train.state import network_file, parse_checkpoint_name
+from vit_exp.locking import hold_if_free
+from vit_exp.train.objective import best_value
+from vit_exp.train.state import network_file, parse_checkpoint_name, read_training_state
 
 log = logging.getLogger("vit_exp.tracking")
 
@@ -42,24 +45,18 @@ TAG_RESUMES = "vit_exp.resume.count"
 RUN_LOCK = ".run.lock"
 UNFINISHED = ("RUNNING", "KILLED", "FAILED")
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
-
-
-def comparable_config(flat: dict[str, str], world_size: int = 1) -> dict[str, str]:
-    """The logged params ``flat`` a resume compares, plus the worker count if > 1 (it sets the data order)."""
-    comparable = _without_defaults({k: v for k, v in flat.items() if _compared(k)})
-    if world_size > 1:
-        comparable[WORLD_SIZE] = str(world_size)
-    return comparable
-
-
 WORLD_SIZE = "parallel.world_size"
 # Keys added after runs were already recorded, compared only when not at the value that means "as
 # before", so the config digests (and resume=auto / resume=<run id>) of earlier runs still match.
 AS_BEFORE = {WORLD_SIZE: "1", "device.precision": "fp32"}
 
 
-def _without_defaults(flat: dict[str, str]) -> dict[str, str]:
-    return {k: v for k, v in flat.items() if AS_BEFORE.get(k) != v}
+def comparable_config(flat: dict[str, str], world_size: int = 1) -> dict[str, str]:
+    """The logged params ``flat`` a resume compares, plus the worker count if > 1 (it sets the data order)."""
+    comparable = {k: v for k, v in flat.items() if _compared(k) and AS_BEFORE.get(k) != v}
+    if world_size > 1:
+        comparable[WORLD_SIZE] = str(world_size)
+    return comparable
 
 
 def _compared(key: str) -> bool:
@@ -134,9 +131,9 @@ def resolve_resume(job, client=None) -> ResumeTarget | NothingToDo | None:
     if job.resume is None:
         return None
     value = job.resume
-    now = job.comparable
     if client is None:
-        return _untracked(value, now)
+        return from_checkpoint(value, job)
+    now = job.comparable
     if value == "auto":
         return _auto(job, client, now)
     path = Path(value).expanduser()
@@ -150,34 +147,27 @@ def resolve_resume(job, client=None) -> ResumeTarget | NothingToDo | None:
     )
 
 
-def from_checkpoint(path: Path, job) -> ResumeTarget:
-    """The resume target of a data-parallel worker that does not record: the main worker's ``path``."""
-    return _untracked(str(path), job.comparable)
-
-
-def _untracked(value: str, now: dict) -> ResumeTarget:
+def from_checkpoint(value: str | Path, job) -> ResumeTarget:
+    """The resume target of a run not recorded (``mlflow.enabled=false``), and of a data-parallel worker
+    that does not record: the main worker's checkpoint ``value``."""
     path = Path(value).expanduser()
-    if value == "auto" or not path.is_file():
+    if str(value) == "auto" or not path.is_file():
         raise ConfigError(
             f"resume={value}: runs are found in the MLflow store; with mlflow.enabled=false "
             "pass resume=<checkpoint path>"
         )
-    state = _checked_state(path, now)
-    return ResumeTarget(None, network_file(path), state, attempt=1)
+    return ResumeTarget(None, network_file(path), _checked_state(path, job.comparable), attempt=1)
 
 
 def _checked_state(path: Path, now: dict) -> dict:
     """The training state of the checkpoint ``path`` names (by either file), checked against ``now``."""
-    from vit_exp.train.state import read_training_state
-
     state = read_training_state(path, what=f"resume={path}")
     if state is None:
         raise CheckpointError(
             f"resume={path}: this checkpoint holds network parameters only (no training state); "
             f"start a new run from its weights with model.pretrained={path}"
         )
-    differences = config_differences(state.get("config", {}), now)
-    if differences:
+    if differences := config_differences(state.get("config", {}), now):
         raise ConfigError(
             f"resume={path}: the checkpoint was trained with another config: {_listed(differences)}"
         )
@@ -199,13 +189,11 @@ def _auto(job, client, now: dict) -> ResumeTarget | NothingToDo | None:
     if parent:
         query += f" and tags.`mlflow.parentRunId` = '{parent}'"
     experiment = client.get_experiment_by_name(job.mlflow.experiment)
-    runs = (
-        client.search_runs(
+    runs = []
+    if experiment is not None:
+        runs = client.search_runs(
             [experiment.experiment_id], query, order_by=["attributes.start_time DESC"], max_results=100
         )
-        if experiment is not None
-        else []
-    )
     if parent:
         if runs:
             return _continue(job, client, runs[0], "resume=auto")
@@ -231,9 +219,7 @@ def _from_run_id(job, client, run_id: str, now: dict) -> ResumeTarget | NothingT
         run = client.get_run(run_id)
     except MlflowException:
         raise ConfigError(f"resume={run_id}: no such run in {_store(job)}") from None
-    params = _without_defaults({k: v for k, v in run.data.params.items() if _compared(k)})
-    differences = config_differences(params, now)
-    if differences:
+    if differences := config_differences(comparable_config(run.data.params), now):
         raise ConfigError(
             f"resume={run_id}: run '{run.info.run_name}' was trained with another config: "
             f"{_listed(differences)}; rerun with its values, or leave out resume= for a new run"
@@ -263,22 +249,19 @@ def _from_checkpoint(job, client, path: Path, now: dict) -> ResumeTarget | Nothi
 
 
 def _store(job) -> str:
-    from vit_exp.credentials import mask
-
     return mask(job.mlflow.tracking_uri)
 
 
 def _continue(job, client, run, how: str, checkpoint: Path | None = None, state: dict | None = None):
     """Check that ``run`` may continue here, send its earlier attempts' records, find its checkpoint."""
-    from vit_exp.locking import hold_if_free
-
     run_id, status = run.info.run_id, run.info.status
     if status not in UNFINISHED:
+        history = client.get_metric_history(run_id, job.objective)
         return NothingToDo(
             run_id,
             f"{how}: run {run_id} ('{run.info.run_name}') already {status}; nothing to do "
             "(leave out resume= for a new run)",
-            _best(client, run_id, job.objective),
+            best_value(job.objective, [m.value for m in history]),
         )
     tags = run.data.tags
     attempts = Attempts.of(tags)
@@ -321,8 +304,6 @@ def _send_earlier_records(client, run_id: str, run_dir: Path) -> None:
 
 def latest_checkpoint(folders: list[Path]) -> tuple[Path | None, dict | None]:
     """The readable full-state checkpoint of highest step in ``folders`` and its state, or (None, None)."""
-    from vit_exp.train.state import read_training_state
-
     found = []
     for order, folder in enumerate(folders):
         for path in folder.glob("*.ckpt") if folder.is_dir() else ():
@@ -342,9 +323,3 @@ def latest_checkpoint(folders: list[Path]) -> tuple[Path | None, dict | None]:
 def logged_steps(client, run_id: str) -> dict[str, int]:
     """Per metric key, the last step stored in the run (the run's latest metrics, with their steps)."""
     return {m.key: int(m.step) for m in client.get_run(run_id).data.to_proto().metrics}
-
-
-def _best(client, run_id: str, metric: str) -> float | None:
-    from vit_exp.train.objective import best_value
-
-    return best_value(metric, [m.value for m in client.get_metric_history(run_id, metric)])

@@ -36,12 +36,10 @@ def is_transient(exc: BaseException) -> bool:
         from requests import exceptions as http
 
         network += (http.ConnectionError, http.Timeout, http.RetryError, http.ChunkedEncodingError)
-    for inner in error_chain(exc):
-        if isinstance(inner, network):
-            return True
-        if getattr(inner, "error_code", None) in TRANSIENT_CODES:  # an MlflowException's code name
-            return True
-    return False
+    return any(  # by type, or by an MlflowException's code name
+        isinstance(inner, network) or getattr(inner, "error_code", None) in TRANSIENT_CODES
+        for inner in error_chain(exc)
+    )
 
 
 @dataclass(frozen=True)
@@ -76,10 +74,7 @@ def retrying(call: Callable[[], T], what: str, patience: Patience = Patience()) 
         try:
             return call()
         except Exception as exc:
-            if not is_transient(exc):
-                raise
-            wait = next(waits, None)
-            if wait is None:
+            if not is_transient(exc) or (wait := next(waits, None)) is None:
                 raise
             log.debug("mlflow: %s failed transiently (%s); again in %.2fs", what, type(exc).__name__, wait)
             patience.sleep(wait)
@@ -118,14 +113,10 @@ class RetryingClient:
 
         return call
 
-    def with_patience(self, patience: Patience) -> RetryingClient:
-        """The same client, trying as long as ``patience`` says."""
-        return RetryingClient(self._client, patience)
-
 
 def with_patience(client, patience: Patience):
     """``client`` trying as long as ``patience`` says (a local store's plain client as it is)."""
-    return client.with_patience(patience) if isinstance(client, RetryingClient) else client
+    return RetryingClient(client._client, patience) if isinstance(client, RetryingClient) else client
 
 
 def turn_off_mlflow_retries() -> None:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlparse
 
 from vit_exp.credentials import MASK, mask, reveal, split_credentials
 from vit_exp.errors import ConfigError, error_chain, first_line
 from vit_exp.locking import exclusive
+from vit_exp.tracking.retries import RetryingClient, is_transient, turn_off_mlflow_retries
 
 SQLITE_PREFIX = "sqlite:///"
 DENIED = ("UNAUTHENTICATED", "PERMISSION_DENIED")  # MLflow's codes of an HTTP 401 / 403
@@ -22,15 +25,12 @@ def use_store(tracking_uri: str):
     answer within ``DOWN_AFTER_S`` on first use (then a server's client retries transient failures)."""
     import mlflow
 
-    from vit_exp.tracking.retries import RetryingClient, turn_off_mlflow_retries
-
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # importing mlflow sets it to INFO
     logging.getLogger("urllib3").setLevel(logging.ERROR)
     uri, user, password = split_credentials(reveal(tracking_uri))
-    if user and user != MASK:  # a masked one (a URI from a record) leaves the environment's in place
-        os.environ["MLFLOW_TRACKING_USERNAME"] = user
-    if password and password != MASK:
-        os.environ["MLFLOW_TRACKING_PASSWORD"] = password
+    for name, value in (("MLFLOW_TRACKING_USERNAME", user), ("MLFLOW_TRACKING_PASSWORD", password)):
+        if value and value != MASK:  # a masked one (a URI from a record) leaves the environment's in place
+            os.environ[name] = value
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     remote = is_server(uri)
@@ -48,8 +48,6 @@ def use_store(tracking_uri: str):
 
 def is_server(uri: str) -> bool:
     """Whether ``uri`` is a tracking server (reached over the network) rather than a local store."""
-    from urllib.parse import urlparse
-
     return urlparse(uri).scheme in ("http", "https")
 
 
@@ -77,10 +75,6 @@ def _open(uri: str) -> None:
 def _probe(client) -> None:
     """Ask the server, retrying transient failures every ``PROBE_WAIT_S`` for ``DOWN_AFTER_S``: ~15 tries,
     so a server failing 6 requests in 10 is not taken for down (0.6^15 < 0.1 %)."""
-    import time
-
-    from vit_exp.tracking.retries import is_transient
-
     deadline = time.monotonic() + DOWN_AFTER_S
     while True:
         left = deadline - time.monotonic()
@@ -140,8 +134,7 @@ def default_artifact_location(tracking_uri: str, experiment: str) -> str | None:
     """For a local SQLite store, artifacts live next to the database file; servers decide themselves."""
     if not tracking_uri.startswith(SQLITE_PREFIX):
         return None
-    db_path = Path(tracking_uri[len(SQLITE_PREFIX) :])
-    return (db_path.parent / "artifacts" / experiment).resolve().as_uri()
+    return (Path(tracking_uri[len(SQLITE_PREFIX) :]).parent / "artifacts" / experiment).resolve().as_uri()
 
 
 # What the experiment holds: model training runs, not GenAI traces (the tag MLflow's UI defines for it;
@@ -151,8 +144,6 @@ EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 def runs_page_url(tracking_uri: str, experiment: str, run_id: str | None = None) -> str:
     """The MLflow UI page of an experiment's runs (or one run), in the "Model training" view."""
-    from urllib.parse import urlparse
-
     parsed = urlparse(tracking_uri)
     base = "http://127.0.0.1:5000"
     if parsed.scheme in ("http", "https"):  # without any user:password@

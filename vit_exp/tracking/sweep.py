@@ -5,10 +5,11 @@ job's val metrics and the failed jobs' errors, and ends FINISHED, FAILED (non-ze
 
 from __future__ import annotations
 
-import contextlib
+import hashlib
 import itertools
 import logging
 import math
+import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -17,10 +18,19 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from vit_exp.tracking.record.lifecycle import PARENT_RUN_FILE, create_run_once
+from vit_exp.cli import JOB_ERROR_FILE, StopCommand, call_on_abort, composition_error, fail_at_exit, job_check
+from vit_exp.credentials import mask
+from vit_exp.errors import failure_message, first_line, user_message
+from vit_exp.tracking.record.lifecycle import MAX_PARAM_LENGTH, PARENT_RUN_FILE, create_run_once
+from vit_exp.tracking.store import experiment_id, use_store
 
 log = logging.getLogger("vit_exp.tracking")
 
@@ -29,8 +39,6 @@ MAX_ERROR_TAG_LENGTH = 500
 
 
 def _settings(config: DictConfig):
-    from hydra.utils import instantiate
-
     if "mlflow" not in config or not config.mlflow.get("enabled", True):
         return None
     return instantiate(config.mlflow)
@@ -54,22 +62,18 @@ class SweepJob:
 
 def sweep_jobs(client, sweep_dir: Path, parent) -> list[SweepJob]:
     """The jobs Hydra started in ``sweep_dir`` (job directories named by number), in order."""
-    from vit_exp.cli import JOB_ERROR_FILE
-
     children = client.search_runs(
         [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
     )
     runs = {int(r.data.tags["hydra.job.num"]): r for r in children if "hydra.job.num" in r.data.tags}
     jobs = []
     for folder in sorted((p for p in sweep_dir.iterdir() if p.name.isdigit()), key=lambda p: int(p.name)):
-        overrides = folder / ".hydra" / "overrides.yaml"
+        listed = folder / ".hydra" / "overrides.yaml"
         error = folder / JOB_ERROR_FILE
         jobs.append(
             SweepJob(
                 num=int(folder.name),
-                overrides=" ".join(yaml.safe_load(overrides.read_text()) or [])
-                if overrides.is_file()
-                else "",
+                overrides=" ".join(yaml.safe_load(listed.read_text()) or []) if listed.is_file() else "",
                 error=error.read_text().strip() if error.is_file() else None,
                 run=runs.get(int(folder.name)),
             )
@@ -78,8 +82,6 @@ def sweep_jobs(client, sweep_dir: Path, parent) -> list[SweepJob]:
 
 
 def end_parent_if_running(settings, run_id: str, status: str) -> None:
-    from vit_exp.tracking.store import use_store
-
     client = use_store(settings.tracking_uri)
     if client.get_run(run_id).info.status == "RUNNING":
         client.set_terminated(run_id, status=status)
@@ -94,17 +96,12 @@ class MlflowSweepCallback(Callback):
         settings = _settings(config)
         if settings is None:
             return
-        from vit_exp.cli import call_on_abort
-        from vit_exp.tracking.store import experiment_id, use_store
-
         sweep_dir = Path(str(config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         client = use_store(settings.tracking_uri)
         experiment = experiment_id(settings)
         key = sweep_key(config)
-        run_id = None
-        if str(config.get("resume")) == "auto":
-            run_id = _earlier_sweep(client, experiment, key)
+        run_id = _earlier_sweep(client, experiment, key) if str(config.get("resume")) == "auto" else None
         if run_id is None:
             run_id = _new_parent(client, experiment, config, sweep_dir, key)
         (sweep_dir / PARENT_RUN_FILE).write_text(run_id)
@@ -112,10 +109,6 @@ class MlflowSweepCallback(Callback):
 
     def on_job_end(self, config: DictConfig, job_return: Any = None, **kwargs: Any) -> None:
         """A failed sweep job's error on the parent run at once (``sweep.failed_jobs`` comes at the end)."""
-        from hydra.types import RunMode
-
-        from vit_exp.cli import JOB_ERROR_FILE
-
         error = Path(str(config.hydra.runtime.output_dir)) / JOB_ERROR_FILE
         parent = Path(str(config.hydra.sweep.dir)) / PARENT_RUN_FILE
         if config.hydra.mode != RunMode.MULTIRUN or not error.is_file() or not parent.is_file():
@@ -123,10 +116,9 @@ class MlflowSweepCallback(Callback):
         try:
             settings = _settings(config)
             if settings is not None:
-                tag_job_error(settings, parent.read_text().strip(), config.hydra.job.num, error.read_text())
+                tag = job_error_tag(config.hydra.job.num, error.read_text())
+                use_store(settings.tracking_uri).set_tag(parent.read_text().strip(), *tag)
         except Exception as exc:  # on_multirun_end tags it again
-            from vit_exp.credentials import mask
-
             log.warning(
                 "mlflow: cannot put job %s's error on the sweep's parent run: %s",
                 config.hydra.job.num,
@@ -139,8 +131,6 @@ class MlflowSweepCallback(Callback):
         path = sweep_dir / PARENT_RUN_FILE
         if settings is None or not path.is_file():
             return
-        from vit_exp.tracking.store import use_store
-
         client = use_store(settings.tracking_uri)
         parent = client.get_run(path.read_text().strip())
         jobs = sweep_jobs(client, sweep_dir, parent)
@@ -161,8 +151,6 @@ class MlflowSweepCallback(Callback):
         record_failed_jobs(client, parent, failed)
         end_parent_if_running(settings, parent.info.run_id, "FAILED" if failed else "FINISHED")
         if failed:
-            from vit_exp.cli import fail_at_exit
-
             first = failed[0]
             fail_at_exit(
                 f"{len(failed)} of {len(jobs)} sweep job(s) did not finish; job {first.num} "
@@ -173,8 +161,6 @@ class MlflowSweepCallback(Callback):
 def check_before_start(config: DictConfig) -> None:
     """Stop the command (``error: ...``, exit 1, no run recorded) when no job of the sweep can
     pass its first check; a value bad for some jobs only is left to those jobs."""
-    from vit_exp.cli import StopCommand, job_check
-
     check = job_check()
     if check is None:
         return
@@ -193,10 +179,6 @@ def check_before_start(config: DictConfig) -> None:
 def candidate_jobs(config: DictConfig) -> Iterator[list[str]]:
     """The override lists of the sweep's jobs in the basic sweeper's order (of an Optuna
     ``interval``, its two ends); none when the overrides cannot be read here (the sweeper reports them)."""
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from omegaconf import OmegaConf
-
     params = config.hydra.sweeper.get("params")
     params = OmegaConf.to_container(params, resolve=False) if params else {}
     lines = [f"{k}={v}" for k, v in params.items()]  # as written: ${...} is the job's to resolve
@@ -226,48 +208,30 @@ def _choices(override) -> list[str]:
 def job_error(config: DictConfig, num: int, overrides: list[str], check: Callable[[Any], None]) -> str | None:
     """Job ``num``'s one-line error before it starts (composition, or ``check`` failing with a user
     error); None when it passes or fails otherwise (the job reports that)."""
-    from vit_exp.cli import composition_error
-    from vit_exp.errors import failure_message, user_message
-
     try:
         job = job_config(config, num, overrides)
     except Exception as exc:
         return composition_error(exc)
+    hydra = HydraConfig.instance()
+    previous = hydra.cfg
+    hydra.set_config(job)  # ${hydra:...} resolves as in the job, then as it was
     try:
-        with as_hydra_config(job):  # ${hydra:...} resolves as in the job
-            check(job)
+        check(job)
     except Exception as exc:
         return failure_message(exc) if user_message(exc) is not None else None
+    finally:
+        hydra.cfg = previous
     return None
 
 
 def job_config(config: DictConfig, num: int, overrides: list[str]) -> DictConfig:
     """Job ``num``'s config as Hydra's launcher makes it: composed, numbered, its directory set."""
-    import os
-
-    from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import open_dict
-
     job = GlobalHydra.instance().config_loader().load_sweep_config(config, overrides)
     with open_dict(job):
         job.hydra.job.id = job.hydra.job.num = num
         folder = os.path.join(str(job.hydra.sweep.dir), str(job.hydra.sweep.subdir))
         job.hydra.runtime.output_dir = os.path.abspath(folder)
     return job
-
-
-@contextlib.contextmanager
-def as_hydra_config(job: DictConfig) -> Iterator[None]:
-    """Hydra's global config is ``job``'s meanwhile (as while the job runs), then as it was."""
-    from hydra.core.hydra_config import HydraConfig
-
-    instance = HydraConfig.instance()
-    previous = instance.cfg
-    instance.set_config(job)
-    try:
-        yield
-    finally:
-        instance.cfg = previous
 
 
 def record_failed_jobs(client, parent, failed: list[SweepJob]) -> None:
@@ -291,23 +255,11 @@ def _is_job_error_tag(key: str) -> bool:
 
 def job_error_tag(num: int, error: str) -> tuple[str, str]:
     """The parent run's tag for job ``num``'s error: its first line, credentials masked, shortened."""
-    from vit_exp.credentials import mask
-    from vit_exp.errors import first_line
-
     return f"sweep.job.{num}.error", mask(first_line(error))[:MAX_ERROR_TAG_LENGTH]
-
-
-def tag_job_error(settings, parent_id: str, num: int, error: str) -> None:
-    """Put job ``num``'s error on the sweep's parent run as soon as the job has ended."""
-    from vit_exp.tracking.store import use_store
-
-    use_store(settings.tracking_uri).set_tag(parent_id, *job_error_tag(num, error))
 
 
 def sweep_key(config: DictConfig) -> str:
     """What makes two sweep commands the same sweep: task, sweeper, overrides (``resume=`` aside)."""
-    import hashlib
-
     overrides = [o for o in config.hydra.overrides.task if not o.startswith("resume=")]
     sweeper = str(config.hydra.sweeper.get("_target_", ""))
     params = {str(k): str(v) for k, v in (config.hydra.sweeper.get("params") or {}).items()}
@@ -363,16 +315,12 @@ def _new_parent(client, experiment: str, config: DictConfig, sweep_dir: Path, ke
 
 def sweep_params(config: DictConfig) -> dict[str, str]:
     """The sweep's keys as params: swept keys with their choices (or range), and fixed overrides."""
-    from vit_exp.credentials import mask
-    from vit_exp.tracking.record.lifecycle import MAX_PARAM_LENGTH
-
     params = {}
     for override in config.hydra.overrides.task:
         key, _, value = override.partition("=")
-        if key.lstrip("+~") != "resume":
-            params[key.lstrip("+~")] = value
-    for key, value in (config.hydra.sweeper.get("params") or {}).items():
-        params[str(key)] = str(value)
+        params[key.lstrip("+~")] = value
+    params.pop("resume", None)
+    params |= {str(k): str(v) for k, v in (config.hydra.sweeper.get("params") or {}).items()}
     return {k: mask(v)[:MAX_PARAM_LENGTH] for k, v in params.items()}
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import platform
 import subprocess
@@ -57,26 +58,18 @@ def readable_run_name(config: Mapping, overrides: list[str]) -> str:
         o for o in overrides if not o.lstrip("+~").startswith(("paths.", "hydra.", "mlflow.", "registry."))
     ]
     keep = [o for o in keep if not o.startswith(("model=", "data="))]
-    name = f"{config['model']['name']}-{config['data']['name']}"
-    if keep:
-        name += " " + " ".join(keep)
+    name = " ".join([f"{config['model']['name']}-{config['data']['name']}", *keep])
     return mask(name)[:250]
 
 
 def git_state(folder: Path = PROJECT_ROOT) -> dict[str, str]:
     """``git.commit`` and ``git.dirty`` of the project's checkout (empty when not a git tree)."""
+    git = functools.partial(
+        subprocess.run, cwd=folder, capture_output=True, text=True, timeout=10, check=True
+    )
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-        status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=folder,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout
+        commit = git(["git", "rev-parse", "HEAD"]).stdout.strip()
+        status = git(["git", "status", "--porcelain", "--untracked-files=no"]).stdout
     except (OSError, subprocess.SubprocessError):
         return {}
     return {"git.commit": commit, "git.dirty": str(bool(status.strip())).lower()}
@@ -112,8 +105,7 @@ def sweep_parent_run_id(sweep_dir: Path | None, run_dir: Path | None) -> str | N
     """The sweep's parent run id, written by the sweep callback into the sweep directory."""
     if sweep_dir is None:
         return None
-    candidates = [sweep_dir, *(list(run_dir.parents)[:3] if run_dir else [])]
-    for folder in candidates:
+    for folder in [sweep_dir, *(list(run_dir.parents)[:3] if run_dir else [])]:
         path = folder / PARENT_RUN_FILE
         if path.is_file():
             return path.read_text().strip()

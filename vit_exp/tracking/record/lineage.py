@@ -43,11 +43,6 @@ def log_datasets(client, run_id: str, identity: DataIdentity) -> None:
     client.log_batch(run_id, tags=[RunTag(k, v) for k, v in identity.tags().items()])
 
 
-def is_duplicate_key(exc: BaseException) -> bool:
-    """Whether the store refused an insert because the row already exists."""
-    return any(marker in str(exc) for marker in DUPLICATE_KEY)
-
-
 def log_inputs_racing_others(client, run_id: str, inputs: list) -> None:
     """``log_inputs``, retried when another job inserts the same dataset at the same moment (MLflow's
     look-up-then-insert is not serialized across processes; on the retry the dataset exists)."""
@@ -56,6 +51,6 @@ def log_inputs_racing_others(client, run_id: str, inputs: list) -> None:
             client.log_inputs(run_id, datasets=inputs)
             return
         except Exception as exc:
-            if attempt == INPUT_ATTEMPTS or not is_duplicate_key(exc):
+            if attempt == INPUT_ATTEMPTS or not any(marker in str(exc) for marker in DUPLICATE_KEY):
                 raise
             time.sleep(0.05 * attempt)

@@ -15,6 +15,7 @@ from pathlib import Path
 from vit_exp import stop
 from vit_exp.errors import DataError, error_line
 from vit_exp.locking import hold_against_other_processes
+from vit_exp.tracking.record.lifecycle import end_run
 from vit_exp.tracking.record.records import (
     RECORD_TYPES,
     EndRecord,
@@ -23,7 +24,7 @@ from vit_exp.tracking.record.records import (
     RunRecord,
     VersionRecord,
 )
-from vit_exp.tracking.retries import is_transient
+from vit_exp.tracking.retries import Patience, is_transient, with_patience
 
 log = logging.getLogger("vit_exp.tracking")
 
@@ -103,13 +104,9 @@ class Outbox:
         """Let another process send this journal (the lock is also let go when the process ends)."""
         self._lock.close()
 
-    def send_pending(self) -> int:
-        """Send the records not sent yet, in order, now; return how many are left."""
-        self._send_pending(retry=False)
-        return self.unsent
-
-    def _send_pending(self, retry: bool) -> None:
-        """Send the records not sent yet, in order; with ``retry``, wait out a store that is away."""
+    def send_pending(self, retry: bool = False) -> int:
+        """Send the records not sent yet, in order (with ``retry``, waiting out a store that is away);
+        return how many are left."""
         backoff = 1.0
         while self._sent < len(self._records) and not (self.stopping.is_set() and retry and backoff > 1.0):
             record = self._records[self._sent]
@@ -125,7 +122,7 @@ class Outbox:
                         error_line(exc)[:160],
                         self.folder,
                     )
-                    return
+                    break
                 else:
                     with self._changed:
                         self._changed.wait(timeout=backoff)
@@ -134,6 +131,7 @@ class Outbox:
             self._mark_sent()
             release(record)
             backoff = 1.0
+        return self.unsent
 
     def _skip(self, record: Record, exc: Exception) -> None:
         if not self._warned_permanent:
@@ -158,7 +156,7 @@ class Outbox:
                     self._changed.wait()
                 if self.stopping.is_set() and not self.unsent:
                     return
-            self._send_pending(retry=True)
+            self.send_pending(retry=True)
             if self.stopping.is_set():
                 return
 
@@ -200,8 +198,6 @@ class RunSender:
     """Sends one run's outbox records to the store: metric batches, model versions, the end status."""
 
     def __init__(self, client, run_id: str, stopping: threading.Event | None = None):
-        from vit_exp.tracking.retries import Patience, with_patience
-
         # A flaky server's calls are retried until the outbox stops waiting (``stopping``).
         self.client = with_patience(client, Patience(stop=stopping))
         self.run_id = run_id
@@ -261,8 +257,6 @@ class RunSender:
                     version,
                 )
             case EndRecord():
-                from vit_exp.tracking.record.lifecycle import end_run
-
                 end_run(self.client, self.run_id, record.status, record.error)
             case _:
                 raise TypeError(f"not an outbox record: {record!r}")
