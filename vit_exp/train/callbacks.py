@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from mindspore import Tensor
 from mindspore.train import Callback
 
 log = logging.getLogger("vit_exp.train")
@@ -42,13 +44,7 @@ class SavedCheckpoint:
     epoch: int = 0
 
     def state_dict(self) -> dict:
-        return {
-            "path": str(self.path),
-            "record": asdict(self.record) if self.record else None,
-            "kind": self.kind,
-            "step": self.step,
-            "epoch": self.epoch,
-        }
+        return {**asdict(self), "path": str(self.path)}
 
     @classmethod
     def from_state(cls, state: dict) -> SavedCheckpoint:
@@ -262,42 +258,21 @@ class CheckpointSaver(Callback):
         self.run_state = dict(run_state or {})
         self.written: list[SavedCheckpoint] = []
         self.on_disk: list[SavedCheckpoint] = []
-        self.steps_per_epoch = 0
         self._writing: _BackgroundWrite | None = None
         self._copy = _ParameterCopy()
-
-    def _state(self, cb, kind: str, epoch_done: bool) -> dict:
-        from vit_exp.train.state import LoopPosition, position_state
-
-        step = int(cb.cur_step_num)
-        in_epoch = step - (int(cb.cur_epoch_num) - 1) * int(cb.batch_num)
-        position = LoopPosition(int(cb.cur_epoch_num), in_epoch, step, epoch_done)
-        return {
-            "position": position_state(position),
-            "kind": kind,
-            "seed": self.seed,
-            "history": self.history.state_dict(),
-            **self.run_state,
-            **{k: v for listener in self.listeners for k, v in listener.checkpoint_state().items()},
-        }
 
     def save_now(self, run_context, kind: str, epoch_done: bool = False) -> SavedCheckpoint:
         """Write a checkpoint of the network as it is now and return once it is on disk (a preemption
         right after a checkpoint of this very state gets that one)."""
         self.wait_for_write()
-        cb = run_context.original_args()
         last = self.written[-1] if self.written else None
-        if (
-            kind == "preempt"
-            and last
-            and last.step == int(cb.cur_step_num)
-            and (last.kind == "epoch") == epoch_done
-        ):
+        step = int(run_context.original_args().cur_step_num)
+        if kind == "preempt" and last and last.step == step and (last.kind == "epoch") == epoch_done:
             return last
         return self._save(run_context, kind, epoch_done, wait=True)
 
     def _save(self, run_context, kind: str, epoch_done: bool, wait: bool) -> SavedCheckpoint:
-        from vit_exp.train.state import checkpoint_name, save_training_checkpoint
+        from vit_exp.train.state import LoopPosition, checkpoint_name, save_training_checkpoint
 
         self.wait_for_write()  # one write at a time (and the host buffers are free again)
         cb = run_context.original_args()
@@ -305,7 +280,15 @@ class CheckpointSaver(Callback):
         for listener in self.listeners:
             listener.before_checkpoint()
         path = self.directory / checkpoint_name(self.prefix, epoch, step, kind == "preempt")
-        state = self._state(cb, kind, epoch_done)
+        position = LoopPosition(epoch, step - (epoch - 1) * int(cb.batch_num), step, epoch_done)
+        state = {
+            "position": asdict(position),
+            "kind": kind,
+            "seed": self.seed,
+            "history": self.history.state_dict(),
+            **self.run_state,
+            **{k: v for listener in self.listeners for k, v in listener.checkpoint_state().items()},
+        }
         record = self.history.last_epoch if kind == "epoch" else None
         saved = SavedCheckpoint(path, record, kind, step, epoch)
         if wait or not self.background:
@@ -344,9 +327,6 @@ class CheckpointSaver(Callback):
                 for path in checkpoint_files(old.path):  # a model version's hard link stays
                     path.unlink(missing_ok=True)
 
-    def latest_step(self) -> int:
-        return self.written[-1].step if self.written else -1
-
     def on_train_begin(self, run_context) -> None:
         if self.background:  # the host buffers' page faults now, not at the first checkpoint
             self._copy.allocate(run_context.original_args().train_network)
@@ -380,8 +360,6 @@ class _BackgroundWrite:
     Not a daemon, so a process that ends lets the write finish."""
 
     def __init__(self, saved: SavedCheckpoint, write: Callable[[], object]):
-        import threading
-
         self.saved = saved
         self._error: BaseException | None = None
 
@@ -414,9 +392,8 @@ class _ParameterCopy:
 
     @staticmethod
     def _parameters(train_network) -> list:
-        named = {}
-        for _, param in train_network.parameters_and_names():  # as MindSpore: a name's last parameter
-            named[param.name] = param
+        # as MindSpore: a name's last parameter
+        named = {param.name: param for _, param in train_network.parameters_and_names()}
         for param in named.values():
             if param.has_init:
                 param.init_data()
@@ -435,8 +412,6 @@ class _ParameterCopy:
 
     def of(self, train_network) -> list[dict]:
         """``[{"name", "data"}]`` in the order ``mindspore.save_checkpoint`` takes from the network."""
-        from mindspore import Tensor
-
         entries = []
         for param in self._parameters(train_network):
             data, buffer = self._buffer(param)

@@ -55,6 +55,4 @@ def constant_schedule(
     warmup_start_factor: float = 0.0,
 ) -> np.ndarray:
     """Optional linear warm-up, then the peak LR for every remaining step."""
-    warm = _check(total_steps, steps_per_epoch, warmup_epochs, warmup_start_factor=warmup_start_factor)
-    rest = np.ones(total_steps - warm)
-    return np.concatenate([_warmup(warm, warmup_start_factor), rest]).astype(np.float32)
+    return cosine_schedule(total_steps, steps_per_epoch, warmup_epochs, warmup_start_factor, end_factor=1.0)

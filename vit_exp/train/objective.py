@@ -19,18 +19,14 @@ def check_optimized_metric(name: str, direction: str | None = None) -> str:
             f"optimized_metric={name} is not a per-epoch metric the run logs; use one of "
             f"{', '.join(HIGHER_IS_BETTER)}"
         )
-    if direction is not None and direction != best_direction(name):
+    best = "maximize" if HIGHER_IS_BETTER[name] else "minimize"  # the direction that improves it
+    if direction is not None and direction != best:
         better = "higher" if HIGHER_IS_BETTER[name] else "lower"
         raise ConfigError(
             f"hydra.sweeper.direction={direction} disagrees with optimized_metric={name}, where "
-            f"{better} is better: use direction={best_direction(name)}"
+            f"{better} is better: use direction={best}"
         )
     return name
-
-
-def best_direction(name: str) -> str:
-    """``maximize`` or ``minimize``: the direction that improves metric ``name``."""
-    return "maximize" if HIGHER_IS_BETTER[name] else "minimize"
 
 
 def best_value(name: str, values: Iterable[float]) -> float | None:

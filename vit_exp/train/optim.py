@@ -48,9 +48,9 @@ class OptimizerSettings:
                 raise ConfigError(f"optim.{key} is required with optim.name={self.name}")
         if self.name not in OPTIMIZERS:
             raise ConfigError(f"optim.name must be one of {OPTIMIZERS}, got {self.name!r}")
-        if not isinstance(self.lr, (int, float)) or not self.lr > 0:
+        if not self.lr > 0:
             raise ConfigError(f"optim.lr must be a number > 0, got {self.lr!r}")
-        if not isinstance(self.weight_decay, (int, float)) or self.weight_decay < 0:
+        if self.weight_decay < 0:
             raise ConfigError(f"optim.weight_decay must be a number >= 0, got {self.weight_decay!r}")
 
     def learning_rates(self, schedule: np.ndarray) -> np.ndarray:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from vit_exp.errors import CheckpointError, first_line
@@ -21,10 +21,8 @@ STATE_VERSION = 1
 
 def state_file(checkpoint: Path) -> Path:
     """The training-state file of the checkpoint ``<stem>.ckpt``: ``<stem>.state.ckpt``."""
-    checkpoint = Path(checkpoint)
-    if checkpoint.name.endswith(STATE_SUFFIX):
-        return checkpoint
-    return checkpoint.with_name(checkpoint.name[: -len(".ckpt")] + STATE_SUFFIX)
+    network = network_file(checkpoint)
+    return network.with_name(network.name[: -len(".ckpt")] + STATE_SUFFIX)
 
 
 _NAME = re.compile(r"-s(\d+)(\.preempt)?\.ckpt$")
@@ -159,10 +157,6 @@ def position_of(state: dict) -> LoopPosition:
     return LoopPosition(**state["position"])
 
 
-def position_state(position: LoopPosition) -> dict:
-    return asdict(position)
-
-
 def load_training_network(train_network, entries: dict, path: Path) -> None:
     """Load a full-state checkpoint's parameters into ``train_network`` (network and optimizer);
     CheckpointError naming what differs when one is missing or of another shape."""
@@ -175,17 +169,14 @@ def load_training_network(train_network, entries: dict, path: Path) -> None:
         for name, param in own.items()
         if name in entries and tuple(entries[name].shape) != tuple(param.shape)
     ]
-    if missing or mismatched:
-        what = "; ".join(
-            part
-            for part in (
-                f"missing: {', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}" if missing else "",
-                f"shape mismatch: {', '.join(mismatched[:4])}" if mismatched else "",
-            )
-            if part
-        )
+    parts = []
+    if missing:
+        parts.append(f"missing: {', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}")
+    if mismatched:
+        parts.append(f"shape mismatch: {', '.join(mismatched[:4])}")
+    if parts:
         raise CheckpointError(
-            f"resume: checkpoint {path} does not fit this model and optimizer ({what}); "
+            f"resume: checkpoint {path} does not fit this model and optimizer ({'; '.join(parts)}); "
             "it was written with another model.* or optim.name"
         )
     ms.load_param_into_net(train_network, {name: entries[name] for name in own}, strict_load=True)

@@ -6,6 +6,7 @@ import contextlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Annotated
 
 from vit_exp.errors import NOT_COMPARED, ConfigError, check_field_types, positive_int
@@ -68,8 +69,7 @@ class TrainSettings:
         total = self.epochs * steps_per_epoch
         total = min(total, self.max_steps) if self.max_steps else total
         epochs = math.ceil(total / steps_per_epoch)
-        every = self.val_every_n_epochs
-        validation = sorted({e for e in range(1, epochs + 1) if e % every == 0} | {epochs})
+        validation = sorted({e for e in range(1, epochs + 1) if e % self.val_every_n_epochs == 0} | {epochs})
         return TrainPlan(epochs, steps_per_epoch, total, tuple(validation))
 
 
@@ -102,16 +102,12 @@ def fit(  # noqa: PLR0913 (keyword-only, as MindSpore's Model.fit)
     validate = None
     if val_ds is not None:
         eval_network = nn.WithEvalCell(net, loss_fn, add_cast_fp32=amp_level in ("O2", "O3", "auto"))
-
-        def validate() -> dict:
-            return validation_metrics(eval_network, val_ds, metrics)
-
+        validate = partial(validation_metrics, eval_network, val_ds, metrics)
     train_step = amp.build_train_network(net, optimizer, loss_fn, level=amp_level)
     if resume is not None:
         load_training_network(train_step, resume.entries, resume.path)
     train_step = mean_loss_step(train_step, world_size)
-    signals = preemption or contextlib.nullcontext()
-    with gc_frozen(), signals:
+    with gc_frozen(), preemption or contextlib.nullcontext():
         try:
             run_training(
                 train_step,

@@ -80,8 +80,7 @@ class CheckpointRegistration(Callback, CheckpointListener):
     def register(self, checkpoint: SavedCheckpoint) -> None:
         """Queue ``checkpoint`` as a version of ``settings.name``, after the metrics logged so far."""
         tags = {"epoch": checkpoint.epoch, "global_step": checkpoint.step, "source_run_id": self.run_id}
-        tags["checkpoint_kind"] = checkpoint.kind
-        tags |= self.data_tags
+        tags |= {"checkpoint_kind": checkpoint.kind, **self.data_tags}
         if checkpoint.record is not None:
             val = checkpoint.record.val
             tags |= {f"val/{k}": f"{v:.6g}" for k, v in val.items() if k in ("top1", "top5", "loss")}
