@@ -9,7 +9,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import MissingConfigException, OverrideParseException
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 
 from vit_exp.config import CONFIG_DIR, register_resolvers
 from vit_exp.credentials import hide_command_line_secrets, mask
@@ -26,8 +30,6 @@ RETIRED_KEYS = {
 
 def composition_error(exc: BaseException) -> str:
     """One line saying what to fix in the command line Hydra could not compose."""
-    from hydra.errors import MissingConfigException, OverrideParseException
-
     if isinstance(exc, MissingConfigException) and getattr(exc, "options", None):
         group, _, wanted = (exc.missing_cfg_file or "").rpartition("/")
         return f"{group}={wanted}: no such option in '{group}'; choose one of: {', '.join(exc.options)}"
@@ -58,11 +60,9 @@ def _origin(exc: BaseException) -> str:
     if tb is None:
         return "an unknown place"
     path = Path(tb.tb_frame.f_code.co_filename)
-    parts = (
-        path.parts[path.parts.index("site-packages") + 1 :]
-        if "site-packages" in path.parts
-        else path.parts[-3:]
-    )
+    parts = path.parts[-3:]
+    if "site-packages" in path.parts:
+        parts = path.parts[path.parts.index("site-packages") + 1 :]
     return f"{'/'.join(parts)}:{tb.tb_lineno}"
 
 
@@ -121,15 +121,10 @@ def _run_abort_hooks(status: str) -> None:
 
 def hydra_run_dir() -> Path | None:
     """The current Hydra job's output directory (None outside a Hydra app)."""
-    from hydra.core.hydra_config import HydraConfig
-
     return Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
 
 
 def _in_multirun() -> bool:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
@@ -178,8 +173,6 @@ def make_main(  # 64 lines: main() is the CLI's whole start-up and exit-code con
     first (``job_check``) and stops when none passes. Errors in ``task`` or the composition (Hydra is
     made to raise) become one ``error:`` line and exit 1, unless the user set ``HYDRA_FULL_ERROR=1``.
     """
-    import hydra
-
     register_resolvers()
 
     @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)

@@ -21,9 +21,8 @@ def register_resolvers() -> None:
 def beside_store(tracking_uri: str, file_name: str, fallback_dir: str) -> str:
     """SQLite URI for ``file_name`` next to a SQLite MLflow store, else in ``fallback_dir``."""
     prefix = "sqlite:///"
-    folder = (
-        Path(tracking_uri[len(prefix) :]).parent if tracking_uri.startswith(prefix) else Path(fallback_dir)
-    )
+    sqlite = tracking_uri.startswith(prefix)
+    folder = Path(tracking_uri.removeprefix(prefix)).parent if sqlite else Path(fallback_dir)
     return f"{prefix}{folder / file_name}"
 
 

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import tempfile
 import traceback
+import types
+import typing
+from collections.abc import Sequence
 from pathlib import Path
 
 from vit_exp.credentials import mask
@@ -41,10 +46,7 @@ def positive_int(key: str, value: object) -> int:
 
 def first_line(message: str) -> str:
     """Return the first non-empty line of ``message`` (MindSpore errors span many lines)."""
-    for line in str(message).splitlines():
-        if line.strip():
-            return line.strip()
-    return ""
+    return next((line.strip() for line in str(message).splitlines() if line.strip()), "")
 
 
 def error_line(exc: BaseException, last: bool = False) -> str:
@@ -104,8 +106,6 @@ NOT_COMPARED = "vit_exp: not compared by resume"
 
 def not_compared(target) -> set[str]:
     """The ``NOT_COMPARED`` settings of ``target``, a settings class or a function returning one."""
-    import typing
-
     hints = typing.get_type_hints(target, include_extras=True)
     names = {name for name, hint in hints.items() if NOT_COMPARED in getattr(hint, "__metadata__", ())}
     built = hints.get("return")
@@ -114,9 +114,6 @@ def not_compared(target) -> set[str]:
 
 def check_field_types(settings, group: str) -> None:
     """Raise a ConfigError naming ``<group>.<field>`` for the first field not of its annotated type."""
-    import dataclasses
-    import typing
-
     hints = typing.get_type_hints(type(settings))
     for field in dataclasses.fields(settings):
         value, hint = getattr(settings, field.name), hints[field.name]
@@ -125,10 +122,6 @@ def check_field_types(settings, group: str) -> None:
 
 
 def _fits(value, hint) -> bool:
-    import types
-    import typing
-    from collections.abc import Sequence
-
     args = typing.get_args(hint)
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         return any(_fits(value, arg) for arg in args)
@@ -148,9 +141,6 @@ def _fits(value, hint) -> bool:
 
 
 def _describe(hint) -> str:
-    import types
-    import typing
-
     args = typing.get_args(hint)
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         return " or ".join(dict.fromkeys(_describe(arg) for arg in args))
@@ -162,8 +152,6 @@ def _describe(hint) -> str:
 
 def writable_directory(key: str, path: str | Path) -> Path:
     """``path`` as a directory this process can write into (created if needed); ConfigError naming ``key``."""
-    import tempfile
-
     folder = Path(path).expanduser()
     try:
         folder.mkdir(parents=True, exist_ok=True)

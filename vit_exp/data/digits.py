@@ -18,10 +18,6 @@ LAYOUT_VERSION = 1
 MARKER = "vit_exp_digits.json"
 
 
-def _expected_marker(val_fraction: float, seed: int) -> dict:
-    return {"layout_version": LAYOUT_VERSION, "val_fraction": val_fraction, "seed": seed}
-
-
 def _split_indices(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Stratified split: the same fraction of every class goes to val."""
     rng = np.random.default_rng(seed)
@@ -54,7 +50,7 @@ def _is_written(root: Path, expected: dict) -> bool:
 def ensure_digits_folder(root: str | Path, val_fraction: float = 0.2, seed: int = 0) -> Path:
     """Write the digits folder under ``root`` unless an identical one is there (once across processes)."""
     root = Path(root).expanduser()
-    expected = _expected_marker(val_fraction, seed)
+    expected = {"layout_version": LAYOUT_VERSION, "val_fraction": val_fraction, "seed": seed}
     if _is_written(root, expected):
         return root
     with exclusive(root.with_name(root.name + ".lock")):
@@ -70,11 +66,10 @@ def _write_digits_folder(root: Path, val_fraction: float, seed: int, expected: d
     train_idx, val_idx = _split_indices(digits.target, val_fraction, seed)
     staging = root.with_name(root.name + ".writing")
     shutil.rmtree(staging, ignore_errors=True)
-    _write_split(staging / "train", digits.images, digits.target, train_idx)
-    _write_split(staging / "val", digits.images, digits.target, val_idx)
-    # One image per class for the predict demo, as in the reference layout.
+    # "infer": one image per class for the predict demo, as in the reference layout.
     first_per_class = [int(val_idx[digits.target[val_idx] == c][0]) for c in np.unique(digits.target)]
-    _write_split(staging / "infer", digits.images, digits.target, np.array(first_per_class))
+    for split, indices in (("train", train_idx), ("val", val_idx), ("infer", np.array(first_per_class))):
+        _write_split(staging / split, digits.images, digits.target, indices)
     counts = {"train": len(train_idx), "val": len(val_idx), "classes": len(np.unique(digits.target))}
     (staging / MARKER).write_text(json.dumps({"spec": expected, "counts": counts}, indent=2))
     if root.exists():

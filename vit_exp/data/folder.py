@@ -85,8 +85,7 @@ class ImageFolderData:
         if self.class_map == "folder":
             return {name: i for i, name in enumerate(self.folders)}
         index = {wnid: i for i, (wnid, _) in enumerate(self._imagenet_classes)}
-        unknown = [f for f in self.folders if f not in index]
-        if unknown:
+        if unknown := [f for f in self.folders if f not in index]:
             raise DataError(
                 f"data.class_map=imagenet: folders {unknown[:5]} under {self.root / self.train_split} "
                 f"are not ImageNet wnids in {self.meta_mat}; use data.class_map=folder"
@@ -96,13 +95,11 @@ class ImageFolderData:
     @cached_property
     def class_names(self) -> list[str]:
         """Human-readable name of each label index (length = ``num_classes``)."""
-        imagenet = self._imagenet_classes
+        imagenet = self._imagenet_classes or []
         if self.class_map == "imagenet":
             return [name for _, name in imagenet]
-        if imagenet:
-            names = dict(imagenet)
-            return [names.get(folder, folder) for folder in self.folders]
-        return list(self.folders)
+        names = dict(imagenet)
+        return [names.get(folder, folder) for folder in self.folders]
 
     @property
     def num_classes(self) -> int:
@@ -124,7 +121,6 @@ class ImageFolderData:
     def check_split_classes(self, split: str, key: str) -> Path:
         """Validate a non-train split: it exists and its class folders are known to the train split."""
         path = self.split_dir(split, key=key)
-        unknown = sorted(set(class_folders(path)) - set(self.class_indexing))
-        if unknown:
+        if unknown := sorted(set(class_folders(path)) - set(self.class_indexing)):
             raise DataError(f"{key}: class folders {unknown[:5]} in {path} do not exist in the train split")
         return path

@@ -13,14 +13,9 @@ from vit_exp.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
-def _vision():
+def train_transforms(data: ImageFolderData, image_size: int) -> list:
     from mindspore.dataset import vision
 
-    return vision
-
-
-def train_transforms(data: ImageFolderData, image_size: int) -> list:
-    vision = _vision()
     ops = [
         vision.RandomCropDecodeResize(
             image_size, scale=tuple(data.train_crop_scale), ratio=tuple(data.train_crop_ratio)
@@ -33,7 +28,8 @@ def train_transforms(data: ImageFolderData, image_size: int) -> list:
 
 
 def val_transforms(data: ImageFolderData, image_size: int) -> list:
-    vision = _vision()
+    from mindspore.dataset import vision
+
     return [
         vision.Decode(),
         vision.Resize(image_size + data.val_resize_margin),
@@ -135,8 +131,7 @@ class TrainBatches:
 
     def epoch(self, epoch: int, skip: int = 0):
         """An iterator over epoch ``epoch``'s ``(images, labels)`` batches, from batch ``skip``."""
-        fast_skip = skip and not self.exact_skip
-        dataset = self._dataset(epoch, skip * self.batch_size if fast_skip else 0)
+        dataset = self._dataset(epoch, 0 if self.exact_skip else skip * self.batch_size)
         batches = dataset.create_tuple_iterator(num_epochs=1)
         if self.exact_skip:
             for _ in range(skip):

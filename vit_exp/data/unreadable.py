@@ -46,11 +46,6 @@ def is_readable(path: Path) -> bool:
         return False
 
 
-def split_listing(split_dir: Path) -> list[Path]:
-    """Every image of the split's class folders, in order."""
-    return [image for name in class_folders(split_dir) for image in list_images(split_dir / name)]
-
-
 def listing_digest(split_dir: Path, images: list[Path]) -> str:
     """A digest of the split's file list with each file's size and modification time."""
     digest = hashlib.sha256(str(split_dir.resolve()).encode())
@@ -62,7 +57,7 @@ def listing_digest(split_dir: Path, images: list[Path]) -> str:
 
 def readable_split(split_dir: Path, cache_dir: Path, key: str) -> Path:
     """``split_dir`` itself when all its images are readable; else a cached mirror without the others."""
-    images = split_listing(split_dir)
+    images = [image for name in class_folders(split_dir) for image in list_images(split_dir / name)]
     digest = listing_digest(split_dir, images)
     record = cache_dir / f"{digest}.json"
     with exclusive(cache_dir / f"{digest}.lock"):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -44,24 +44,21 @@ class LoadReport:
     """What ``load_pretrained`` did: loaded names, ignored checkpoint entries, re-initialised head."""
 
     path: Path
-    loaded: list[str] = field(default_factory=list)
-    ignored: list[str] = field(default_factory=list)
-    reinitialised: list[str] = field(default_factory=list)
-
-
-def is_url(source: str) -> bool:
-    return urlparse(str(source)).scheme in ("http", "https", "ftp")
+    loaded: list[str]
+    ignored: list[str]
+    reinitialised: list[str]
 
 
 def fetch_checkpoint(source: str | Path, cache_dir: str | Path) -> Path:
     """Return a local path for ``source``: a file path as is, a URL downloaded once into ``cache_dir``."""
     source = str(source)
-    if not is_url(source):
+    url = urlparse(source)
+    if url.scheme not in ("http", "https", "ftp"):
         path = Path(source).expanduser()
         if not path.is_file():
             raise CheckpointError(f"model.pretrained: checkpoint file not found: {path}")
         return path
-    name = Path(urlparse(source).path).name or "checkpoint.ckpt"
+    name = Path(url.path).name or "checkpoint.ckpt"
     target = Path(cache_dir).expanduser() / name
     if target.is_file() and target.stat().st_size > 0:
         return target
@@ -108,8 +105,7 @@ def rename_timm(name: str) -> str:
     """Map one timm/mindcv-style parameter name to our reference name (unknown names unchanged)."""
     for pattern, repl in _TIMM_RULES:
         name = re.sub(pattern, repl, name)
-    match = _NORM_PARAM.match(name)
-    if match:
+    if match := _NORM_PARAM.match(name):
         name = f"{match.group(1)}.{'gamma' if match.group(2) == 'weight' else 'beta'}"
     return name
 
@@ -126,16 +122,6 @@ def apply_name_map(params: dict, name_map: str) -> dict:
     return {rename_timm(k): v for k, v in params.items()}
 
 
-def _read_checkpoint(path: Path) -> dict:
-    import mindspore as ms
-
-    try:
-        return ms.load_checkpoint(str(path))
-    except Exception as exc:
-        first = first_line(str(exc)) or type(exc).__name__
-        raise CheckpointError(f"model.pretrained: cannot read checkpoint {path}: {first}") from None
-
-
 def _listing(items: list[str]) -> str:
     shown = ", ".join(items[:_MAX_LISTED])
     more = len(items) - _MAX_LISTED
@@ -146,37 +132,27 @@ def load_into(net, params: dict, path: Path, head_names: tuple[str, ...] = HEAD_
     """Check ``params`` against ``net`` and load them; see the module docstring for the rules."""
     import mindspore as ms
 
-    report = LoadReport(path=path)
     own = {p.name: p for p in net.get_parameters()}
-    missing, mismatched, to_load = [], [], {}
+    missing, mismatched, reinitialised, to_load = [], [], [], {}
     for name, param in own.items():
-        if name not in params:
-            if name in head_names:
-                report.reinitialised.append(name)
-            else:
-                missing.append(f"{name} {tuple(param.shape)}")
-            continue
-        value = params[name]
-        if tuple(value.shape) != tuple(param.shape):
-            if name in head_names:
-                report.reinitialised.append(name)
-            else:
-                mismatched.append(f"{name} checkpoint {tuple(value.shape)} vs model {tuple(param.shape)}")
-            continue
-        to_load[name] = value
+        shape = tuple(param.shape)
+        if name in params and tuple(params[name].shape) == shape:
+            to_load[name] = params[name]
+        elif name in head_names:
+            reinitialised.append(name)
+        elif name not in params:
+            missing.append(f"{name} {shape}")
+        else:
+            mismatched.append(f"{name} checkpoint {tuple(params[name].shape)} vs model {shape}")
     if missing or mismatched:
-        parts = []
-        if mismatched:
-            parts.append(f"shape mismatch: {_listing(mismatched)}")
-        if missing:
-            parts.append(f"missing from checkpoint: {_listing(missing)}")
+        found = {"shape mismatch": mismatched, "missing from checkpoint": missing}
+        parts = "; ".join(f"{what}: {_listing(names)}" for what, names in found.items() if names)
         raise CheckpointError(
-            f"checkpoint {path} does not fit the model ({'; '.join(parts)}); "
+            f"checkpoint {path} does not fit the model ({parts}); "
             "check the model.* sizes or model.pretrained_name_map"
         )
-    report.ignored = sorted(set(params) - set(own))
     ms.load_param_into_net(net, to_load, strict_load=True)
-    report.loaded = sorted(to_load)
+    report = LoadReport(path, sorted(to_load), sorted(set(params) - set(own)), reinitialised)
     if report.reinitialised:
         log.warning(
             "checkpoint %s: classification head (%s) does not match model.num_classes=%s; "
@@ -193,6 +169,8 @@ def load_into(net, params: dict, path: Path, head_names: tuple[str, ...] = HEAD_
 def load_pretrained(net, source: str | Path, cache_dir: str | Path, name_map: str = "auto") -> LoadReport:
     """Fetch ``source`` (path or URL), rename by ``name_map``, check and load it into ``net``;
     a training-state file (``X.state.ckpt``) stands for its network file."""
+    import mindspore as ms
+
     path = fetch_checkpoint(source, cache_dir)
     if path.name.endswith(STATE_SUFFIX):
         network = network_file(path)
@@ -202,8 +180,12 @@ def load_pretrained(net, source: str | Path, cache_dir: str | Path, name_map: st
             )
         log.info("model.pretrained: %s is a training state; loading its network file %s", path, network)
         path = network
-    params = apply_name_map(_read_checkpoint(path), name_map)
-    return load_into(net, params, path)
+    try:
+        params = ms.load_checkpoint(str(path))
+    except Exception as exc:
+        first = first_line(str(exc)) or type(exc).__name__
+        raise CheckpointError(f"model.pretrained: cannot read checkpoint {path}: {first}") from None
+    return load_into(net, apply_name_map(params, name_map), path)
 
 
 # A vit-exp training checkpoint is <stem>.ckpt (the network) and <stem>.state.ckpt (the rest: train/state.py).
@@ -232,9 +214,7 @@ def write_network_checkpoint(source: Path, target: Path) -> Path:
     import mindspore as ms
 
     params = ms.load_checkpoint(str(source), choice_func=is_network_entry)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    ms.save_checkpoint([{"name": name, "data": value} for name, value in params.items()], str(target))
-    return target
+    return save_checkpoint([{"name": name, "data": value} for name, value in params.items()], target)
 
 
 def save_checkpoint(net, path: str | Path) -> Path:

@@ -46,19 +46,14 @@ class ViTConfig:
         for key in ("image_size", "patch_size", "embed_dim", "num_heads", "num_layers", "mlp_dim"):
             positive_int(f"model.{key}", getattr(self, key))
         positive_int("model.num_classes", self.num_classes)
-        if self.image_size % self.patch_size:
-            raise ConfigError(
-                f"model.image_size={self.image_size} is not divisible by model.patch_size={self.patch_size}"
-            )
-        if self.embed_dim % self.num_heads:
-            raise ConfigError(
-                f"model.embed_dim={self.embed_dim} is not divisible by model.num_heads={self.num_heads}"
-            )
+        for key, divisor in (("image_size", "patch_size"), ("embed_dim", "num_heads")):
+            value, by = getattr(self, key), getattr(self, divisor)
+            if value % by:
+                raise ConfigError(f"model.{key}={value} is not divisible by model.{divisor}={by}")
         for key in ("keep_prob", "attention_keep_prob"):
-            if not 0.0 < getattr(self, key) <= 1.0:
-                raise ConfigError(
-                    f"model.{key} must be in (0, 1] (1.0 = no dropout), got {getattr(self, key)}"
-                )
+            value = getattr(self, key)
+            if not 0.0 < value <= 1.0:
+                raise ConfigError(f"model.{key} must be in (0, 1] (1.0 = no dropout), got {value}")
         check_precision(self.precision)
         if self.patch_embed not in PATCH_EMBED_IMPLS:
             raise ConfigError(

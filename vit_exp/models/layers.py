@@ -8,6 +8,7 @@ import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import initializer
 
+from vit_exp.models.config import ViTConfig
 from vit_exp.models.kernels import ops as aot
 from vit_exp.models.kernels.build import CPU_KERNELS, ONEDNN_KERNELS
 from vit_exp.models.kernels.ops import custom_op
@@ -69,12 +70,9 @@ class Linear(nn.Cell):
 
     def __init__(self, precision: str):
         super().__init__()
-        self.forward = custom_op(
-            ONEDNN_KERNELS, aot.DENSE_FORWARD[precision], aot.dense_shape, aot.weight_dtype
-        )
-        self.backward = custom_op(
-            ONEDNN_KERNELS, aot.DENSE_BACKWARD[precision], aot.dense_grad_shapes, aot.same3
-        )
+        forward, backward = aot.DENSE_FORWARD[precision], aot.DENSE_BACKWARD[precision]
+        self.forward = custom_op(ONEDNN_KERNELS, forward, aot.dense_shape, aot.weight_dtype)
+        self.backward = custom_op(ONEDNN_KERNELS, backward, aot.dense_grad_shapes, aot.same3)
 
     def construct(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
         return self.forward(x, weight, bias)
@@ -89,11 +87,9 @@ class LinearResidual(nn.Cell):
 
     def __init__(self, precision: str):
         super().__init__()
-        forward = aot.DENSE_RESIDUAL_FORWARD[precision]
+        forward, backward = aot.DENSE_RESIDUAL_FORWARD[precision], aot.DENSE_BACKWARD[precision]
         self.forward = custom_op(ONEDNN_KERNELS, forward, aot.dense_shape, aot.weight_dtype)
-        self.backward = custom_op(
-            ONEDNN_KERNELS, aot.DENSE_BACKWARD[precision], aot.dense_grad_shapes, aot.same3
-        )
+        self.backward = custom_op(ONEDNN_KERNELS, backward, aot.dense_grad_shapes, aot.same3)
 
     def construct(self, x: Tensor, weight: Tensor, bias: Tensor, residual: Tensor) -> Tensor:
         return self.forward(x, weight, bias, residual)
@@ -202,27 +198,20 @@ def gelu(approximate: bool, fused: bool) -> nn.Cell:
 
 class PatchEmbedding(nn.Cell):
     """Patches projected by a Conv2d with kernel = stride = patch, its weight in ``conv`` as checkpoints
-    store it. ``use_matmul``: the same as a reshape and one matrix multiply, far faster on CPU."""
+    store it. ``patch_embed`` "matmul": the same as a reshape and one matrix multiply, far faster on CPU."""
 
-    def __init__(
-        self,
-        image_size: int,
-        patch_size: int,
-        embed_dim: int,
-        channels: int,
-        use_matmul: bool,
-        kernel: str | None = None,
-    ):
+    def __init__(self, config: ViTConfig, kernel: str | None = None):
         super().__init__()
-        self.patch_size = patch_size
-        self.grid = image_size // patch_size
-        self.embed_dim = embed_dim
-        self.use_matmul = use_matmul
+        patch, dim = config.patch_size, config.embed_dim
+        self.patch_size = patch
+        self.grid = config.image_size // patch
+        self.embed_dim = dim
+        self.use_matmul = config.patch_embed == "matmul"
         self.conv = nn.Conv2d(
-            channels, embed_dim, kernel_size=patch_size, stride=patch_size, has_bias=True, pad_mode="valid"
+            config.input_channels, dim, kernel_size=patch, stride=patch, has_bias=True, pad_mode="valid"
         )
         self.matmul = ops.MatMul(transpose_b=True)
-        self.use_kernel = kernel is not None and use_matmul
+        self.use_kernel = kernel is not None and self.use_matmul
         if self.use_kernel:
             self.linear = Linear(kernel)
 

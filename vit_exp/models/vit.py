@@ -138,14 +138,7 @@ class ViT(nn.Cell):
         self.uses_fused_kernels = plan.fused
         self.precision = plan.precision  # what the dense layers compute in (run logs record it)
         dim = config.embed_dim
-        self.patch_embedding = PatchEmbedding(
-            config.image_size,
-            config.patch_size,
-            dim,
-            config.input_channels,
-            config.patch_embed == "matmul",
-            plan.dense,
-        )
+        self.patch_embedding = PatchEmbedding(config, plan.dense)
         self.cls = Parameter(initializer(Normal(sigma=1.0), (1, 1, dim), ms.float32), name="cls")
         self.pos_embedding = Parameter(
             initializer(Normal(sigma=1.0), (1, config.num_patches + 1, dim), ms.float32), name="pos_embedding"

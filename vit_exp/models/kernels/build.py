@@ -95,22 +95,15 @@ class KernelLibrary:
         self._outcome.cache_clear()
 
 
-def onednn_library() -> Path:
-    """The oneDNN library inside the MindSpore wheel (``mindspore/lib/libdnnl.so.3``)."""
+def _link_onednn() -> tuple[str, ...]:
+    """Link args for the oneDNN library inside the MindSpore wheel (``mindspore/lib/libdnnl.so.3``)."""
     import mindspore
 
-    path = Path(mindspore.__file__).parent / "lib" / "libdnnl.so.3"
-    if not path.exists():
-        raise KernelBuildError(f"this MindSpore has no oneDNN library ({path} is missing)")
-    return path
-
-
-def _link_onednn() -> tuple[str, ...]:
-    onednn = onednn_library()
+    onednn = Path(mindspore.__file__).parent / "lib" / "libdnnl.so.3"
+    if not onednn.exists():
+        raise KernelBuildError(f"this MindSpore has no oneDNN library ({onednn} is missing)")
     return (str(onednn), f"-Wl,-rpath,{onednn.parent}")
 
 
 CPU_KERNELS = KernelLibrary(Path(__file__).with_name("cpu_kernels.cc"))  # fused GELU, LayerNorm
-ONEDNN_KERNELS = KernelLibrary(
-    Path(__file__).with_name("onednn_kernels.cc"), _link_onednn
-)  # dense, attention
+ONEDNN_KERNELS = KernelLibrary(Path(__file__).with_name("onednn_kernels.cc"), _link_onednn)  # dense/attention

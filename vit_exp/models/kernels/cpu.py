@@ -25,12 +25,7 @@ def cpu_signature() -> str:
     return "\n".join(dict.fromkeys(line for line in lines if line.startswith(("model name", "flags"))))
 
 
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags (empty where /proc/cpuinfo cannot be read)."""
-    flags = next((line for line in _cpuinfo() or () if line.startswith("flags")), "")
-    return frozenset(flags.partition(":")[2].split())
-
-
 def cpu_has_bf16() -> bool:
     """Whether the CPU multiplies bfloat16 natively (AVX-512 BF16 or AMX)."""
-    return not cpu_flags().isdisjoint(BF16_CPU_FLAGS)
+    flags = next((line for line in _cpuinfo() or () if line.startswith("flags")), "")
+    return not set(flags.partition(":")[2].split()).isdisjoint(BF16_CPU_FLAGS)

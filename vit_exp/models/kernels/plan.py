@@ -62,13 +62,9 @@ def _fused(mode: str, device_target: str) -> bool:
     mode = str(mode).lower()
     if mode not in FUSED_KERNEL_MODES:
         raise ConfigError(f"model.fused_kernels must be one of {FUSED_KERNEL_MODES}, got {mode!r}")
-    if mode == "off":
-        return False
-    if device_target != "CPU":
-        if mode == "on":
-            raise ConfigError(
-                f"model.fused_kernels=on needs device CPU; this run's device is {device_target}"
-            )
+    if mode == "on" and device_target != "CPU":
+        raise ConfigError(f"model.fused_kernels=on needs device CPU; this run's device is {device_target}")
+    if mode == "off" or device_target != "CPU":
         return False
     if mode == "on":
         error = _build_error(CPU_KERNELS)
@@ -82,13 +78,11 @@ def _fused(mode: str, device_target: str) -> bool:
 
 def _precision(precision: str, device_target: str) -> str:
     requested = check_precision(precision)
-    if requested == "fp32":
-        return "fp32"
-    if device_target != "CPU":
-        if requested == "bf16":
-            raise ConfigError(
-                f"device.precision=bf16 is for the CPU; on {device_target} use device.amp_level (e.g. O2)"
-            )
+    if requested == "bf16" and device_target != "CPU":
+        raise ConfigError(
+            f"device.precision=bf16 is for the CPU; on {device_target} use device.amp_level (e.g. O2)"
+        )
+    if requested == "fp32" or device_target != "CPU":
         return "fp32"
     if not cpu_has_bf16():
         reason = f"this CPU has none of {', '.join(BF16_CPU_FLAGS)}"
