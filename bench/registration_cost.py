@@ -129,9 +129,9 @@ def instrument(timeline: Timeline) -> None:
     this checkout has of them: the background checkpoint writer's parts are new)."""
     from mlflow.tracking import MlflowClient
 
-    from vit_exp.tracking import registry
     from vit_exp.tracking.record.metrics import MlflowMetricLogger
     from vit_exp.tracking.record.outbox import Outbox, RunSender
+    from vit_exp.tracking.registry import versions
     from vit_exp.tracking.registry.checkpoints import CheckpointRegistration
     from vit_exp.train import callbacks, loop, state
 
@@ -164,7 +164,7 @@ def instrument(timeline: Timeline) -> None:
     timeline.wrap(Outbox, "finish", "outbox:finish")
     sent = lambda self, record: {"kind": record.kind, "ckpt": getattr(record, "step", None)}  # noqa: E731
     timeline.wrap(RunSender, "__call__", "sender:send", sent)
-    timeline.wrap(registry.PyfuncModelWriter, "_save_template", "pyfunc:template")
+    timeline.wrap(versions.PyfuncModelWriter, "_save_template", "pyfunc:template")
     timeline.wrap(MlflowClient, "log_model_artifacts", "mlflow:log_model_artifacts")
 
 
