@@ -61,22 +61,12 @@ def evaluate(cfg: DictConfig) -> dict:
     data = instantiate(cfg.data)
     data.mean, data.std = predictor.mean, predictor.std  # normalise as the model was trained
     check_classes_fit(data, predictor.class_names, ref)
-    log.info(
-        "evaluating %s (%s) on %s/%s",
-        ref.uri,
-        f"version {ref.version}" if ref.version else "run",
-        data.root,
-        data.val_split,
-    )
+    source = f"version {ref.version}" if ref.version else "run"
+    log.info(f"evaluating {ref.uri} ({source}) on {data.root}/{data.val_split}")
     probabilities, labels = predict_dataset(predictor, val_dataset(data, predictor.image_size, batch_size))
     report = classification_report(probabilities, labels, len(predictor.class_names))
-    log.info(
-        "eval on %d images: top1 %.4f  top5 %.4f  loss %.4f",
-        report["count"],
-        report["top1"],
-        report["top5"],
-        report["loss"],
-    )
+    scores = f"top1 {report['top1']:.4f}  top5 {report['top5']:.4f}  loss {report['loss']:.4f}"
+    log.info(f"eval on {report['count']} images: {scores}")
     log_eval_run(
         cfg, client, ref, data.name, predictor.class_names, report, hydra_run_dir(), predictor.net.precision
     )

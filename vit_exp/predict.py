@@ -83,12 +83,9 @@ def predict(cfg: DictConfig) -> list[dict]:
         log.info(
             "%s: %s %s (%.4f)", row["file"], best["class_index"], best["class_name"], best["probability"]
         )
+    unreadable = f", {len(failures)} unreadable" if failures else ""
     log.info(
-        "predicted %d image(s)%s with %s; wrote %s",
-        len(rows),
-        f", {len(failures)} unreadable" if failures else "",
-        ref.uri,
-        ", ".join(str(p) for p in written),
+        f"predicted {len(rows)} image(s){unreadable} with {ref.uri}; wrote {', '.join(map(str, written))}"
     )
     return rows
 

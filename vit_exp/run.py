@@ -90,21 +90,11 @@ def log_job(job: TrainJob, data, net, identity) -> None:
         if workers.world_size > 1
         else ""
     )
+    images = f"{identity.train.num_images} train / {identity.val.num_images} val images"
     log.info(
-        "model %s: %s parameters, %d classes | data %s: %s (%d train / %d val images, digest %s) | "
-        "device %s (%s mode, %s)%s",
-        job.model_name,
-        f"{count_parameters(net):,}",
-        net.num_classes,
-        data.name,
-        data.root,
-        identity.train.num_images,
-        identity.val.num_images,
-        identity.digest,
-        job.device.target,
-        job.device.mode,
-        net.precision,
-        parallel,
+        f"model {job.model_name}: {count_parameters(net):,} parameters, {net.num_classes} classes | "
+        f"data {data.name}: {data.root} ({images}, digest {identity.digest}) | "
+        f"device {job.device.target} ({job.device.mode} mode, {net.precision}){parallel}"
     )
 
 

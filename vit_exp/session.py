@@ -203,11 +203,8 @@ def _log_summary(callbacks: TrainingCallbacks, plan: TrainPlan, run: TrackedRun 
     if last and last.val:
         val = last.val
         log.info(
-            "last epoch %d: val top1 %.4f  top5 %.4f  loss %.4f",
-            last.epoch,
-            val["top1"],
-            val["top5"],
-            val["loss"],
+            f"last epoch {last.epoch}: val top1 {val['top1']:.4f}  top5 {val['top5']:.4f}  "
+            f"loss {val['loss']:.4f}"
         )
     if best:
         log.info("best epoch %d: val top1 %.4f  top5 %.4f", best.epoch, best.val["top1"], best.val["top5"])

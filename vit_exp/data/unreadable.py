@@ -74,12 +74,8 @@ def readable_split(split_dir: Path, cache_dir: Path, key: str) -> Path:
     listing = cache_dir / f"{digest}.unreadable.txt"
     listing.write_text("".join(f"{split_dir / name}\n" for name in unreadable))
     log.warning(
-        "%s: %d of %d images in %s are unreadable and left out (list: %s)",
-        key,
-        len(unreadable),
-        len(images),
-        split_dir,
-        listing,
+        f"{key}: {len(unreadable)} of {len(images)} images in {split_dir} are unreadable and left out "
+        f"(list: {listing})"
     )
     return cache_dir / digest
 

@@ -154,12 +154,10 @@ def load_into(net, params: dict, path: Path, head_names: tuple[str, ...] = HEAD_
     ms.load_param_into_net(net, to_load, strict_load=True)
     report = LoadReport(path, sorted(to_load), sorted(set(params) - set(own)), reinitialised)
     if report.reinitialised:
+        head, classes = ", ".join(report.reinitialised), getattr(net, "num_classes", "?")
         log.warning(
-            "checkpoint %s: classification head (%s) does not match model.num_classes=%s; "
-            "it was re-initialised and must be trained",
-            path,
-            ", ".join(report.reinitialised),
-            getattr(net, "num_classes", "?"),
+            f"checkpoint {path}: classification head ({head}) does not match model.num_classes={classes}; "
+            "it was re-initialised and must be trained"
         )
     if report.ignored:
         log.info("checkpoint %s: ignored %d entries the network does not own", path, len(report.ignored))

@@ -204,11 +204,8 @@ def _auto(job, client, now: dict) -> ResumeTarget | NothingToDo | None:
     if unfinished:
         return _continue(job, client, unfinished[0], "resume=auto")
     finished = f" ({len(alone)} finished)" if alone else ""
-    log.info(
-        "resume=auto: no unfinished run of this config in experiment '%s'%s; starting a new run",
-        job.mlflow.experiment,
-        finished,
-    )
+    where = f"experiment '{job.mlflow.experiment}'{finished}"
+    log.info(f"resume=auto: no unfinished run of this config in {where}; starting a new run")
     return None
 
 
@@ -218,7 +215,7 @@ def _from_run_id(job, client, run_id: str, now: dict) -> ResumeTarget | NothingT
     try:
         run = client.get_run(run_id)
     except MlflowException:
-        raise ConfigError(f"resume={run_id}: no such run in {_store(job)}") from None
+        raise ConfigError(f"resume={run_id}: no such run in {mask(job.mlflow.tracking_uri)}") from None
     if differences := config_differences(comparable_config(run.data.params), now):
         raise ConfigError(
             f"resume={run_id}: run '{run.info.run_name}' was trained with another config: "
@@ -239,17 +236,11 @@ def _from_checkpoint(job, client, path: Path, now: dict) -> ResumeTarget | Nothi
         run = None
     if run is None:
         log.info(
-            "resume=%s: its run %s is not in %s; a new run continues from this checkpoint",
-            path,
-            run_id,
-            _store(job),
+            f"resume={path}: its run {run_id} is not in {mask(job.mlflow.tracking_uri)}; "
+            "a new run continues from this checkpoint"
         )
         return ResumeTarget(None, path.resolve(), state, attempt=1)
     return _continue(job, client, run, f"resume={path}", checkpoint=path.resolve(), state=state)
-
-
-def _store(job) -> str:
-    return mask(job.mlflow.tracking_uri)
 
 
 def _continue(job, client, run, how: str, checkpoint: Path | None = None, state: dict | None = None):

@@ -119,11 +119,8 @@ class MlflowSweepCallback(Callback):
                 tag = job_error_tag(config.hydra.job.num, error.read_text())
                 use_store(settings.tracking_uri).set_tag(parent.read_text().strip(), *tag)
         except Exception as exc:  # on_multirun_end tags it again
-            log.warning(
-                "mlflow: cannot put job %s's error on the sweep's parent run: %s",
-                config.hydra.job.num,
-                mask(str(exc)),
-            )
+            num = config.hydra.job.num
+            log.warning(f"mlflow: cannot put job {num}'s error on the sweep's parent run: {mask(str(exc))}")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         settings = _settings(config)
@@ -139,13 +136,10 @@ class MlflowSweepCallback(Callback):
         best = best_job(client, jobs, metric)
         if best is not None:
             record_best_job(client, parent.info.run_id, best)
+            job, value = best.job, best.metrics[metric]
             log.info(
-                "mlflow: best job %d (%s): %s %.4f, run %s",
-                best.job.num,
-                best.job.overrides,
-                metric,
-                best.metrics[metric],
-                best.job.run.info.run_id,
+                f"mlflow: best job {job.num} ({job.overrides}): {metric} {value:.4f}, "
+                f"run {job.run.info.run_id}"
             )
         failed = [job for job in jobs if job.status != "FINISHED"]
         record_failed_jobs(client, parent, failed)
@@ -282,11 +276,10 @@ def _earlier_sweep(client, experiment: str, key: str) -> str | None:
     count = int(parent.data.tags.get("vit_exp.resume.count", "0")) + 1
     client.update_run(parent.info.run_id, status="RUNNING")
     client.set_tag(parent.info.run_id, "vit_exp.resume.count", str(count))
+    info = parent.info
     log.info(
-        "resume=auto: continuing sweep parent run %s ('%s', was %s): finished jobs are skipped",
-        parent.info.run_id,
-        parent.info.run_name,
-        parent.info.status,
+        f"resume=auto: continuing sweep parent run {info.run_id} ('{info.run_name}', was {info.status}): "
+        "finished jobs are skipped"
     )
     return parent.info.run_id
 

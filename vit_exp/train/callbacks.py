@@ -169,12 +169,10 @@ class ConsoleProgress(Callback):
 
     def on_train_begin(self, run_context) -> None:
         plan = self.plan
+        batch = self.history.batch_size
         log.info(
-            "training %d epoch(s) x %d steps (batch %d) = %d steps",
-            plan.epochs,
-            plan.steps_per_epoch,
-            self.history.batch_size,
-            plan.total_steps,
+            f"training {plan.epochs} epoch(s) x {plan.steps_per_epoch} steps (batch {batch}) "
+            f"= {plan.total_steps} steps"
         )
         done = int(run_context.original_args().cur_step_num)
         if done:
@@ -184,15 +182,10 @@ class ConsoleProgress(Callback):
         h, steps = self.history, self.plan.steps_per_epoch
         step_in_epoch = (h.global_step - 1) % steps + 1
         if step_in_epoch % self.every == 0 or step_in_epoch == steps:
+            epoch = f"epoch {run_context.original_args().cur_epoch_num}/{self.plan.epochs}"
             log.info(
-                "epoch %d/%d step %d/%d  loss %.4f  lr %.3e  %.0f img/s",
-                run_context.original_args().cur_epoch_num,
-                self.plan.epochs,
-                step_in_epoch,
-                steps,
-                h.last_loss,
-                h.lr,
-                h.throughput,
+                f"{epoch} step {step_in_epoch}/{steps}  loss {h.last_loss:.4f}  lr {h.lr:.3e}  "
+                f"{h.throughput:.0f} img/s"
             )
 
     def on_train_epoch_end(self, run_context) -> None:

@@ -135,13 +135,8 @@ def tracked_run(
     else:
         run = _create_run(client, settings, run_name, tags, sweep_dir, run_dir)
     run_id = run.info.run_id
-    log.info(
-        "mlflow: run %s (%s) in experiment '%s' at %s",
-        run_id,
-        run.info.run_name,
-        settings.experiment,
-        mask(settings.tracking_uri),
-    )
+    where = f"experiment '{settings.experiment}' at {mask(settings.tracking_uri)}"
+    log.info(f"mlflow: run {run_id} ({run.info.run_name}) in {where}")
     status, error = "FINISHED", None
     try:
         yield run

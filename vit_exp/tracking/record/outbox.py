@@ -117,11 +117,8 @@ class Outbox:
                 if not is_transient(exc):
                     self._skip(record, exc)
                 elif not retry:
-                    log.warning(
-                        "mlflow: store not answering (%s); records kept in %s",
-                        error_line(exc)[:160],
-                        self.folder,
-                    )
+                    why = error_line(exc)[:160]
+                    log.warning(f"mlflow: store not answering ({why}); records kept in {self.folder}")
                     break
                 else:
                     with self._changed:
@@ -137,9 +134,7 @@ class Outbox:
         if not self._warned_permanent:
             self._warned_permanent = True
             log.warning(
-                "mlflow: the store refused a %s record (%s); it is skipped",
-                record.kind,
-                error_line(exc)[:160],
+                f"mlflow: the store refused a {record.kind} record ({error_line(exc)[:160]}); it is skipped"
             )
 
     def _mark_sent(self) -> None:
@@ -251,10 +246,7 @@ class RunSender:
                 )
                 self._models_made.add(record.name)
                 log.info(
-                    "mlflow: registered %s as models:/%s/%s",
-                    Path(record.checkpoint).name,
-                    record.name,
-                    version,
+                    f"mlflow: registered {Path(record.checkpoint).name} as models:/{record.name}/{version}"
                 )
             case EndRecord():
                 end_run(self.client, self.run_id, record.status, record.error)

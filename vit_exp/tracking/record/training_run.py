@@ -124,15 +124,8 @@ def log_job_inputs(job, run: TrackedRun, data, net, identity: DataIdentity) -> N
 
     hydra_dir = job.hydra.run_dir / ".hydra" if job.hydra.run_dir else None
     client = use_store(run.tracking_uri)
-    log_run_inputs(
-        client,
-        run.run_id,
-        job.config.flat,
-        job.config.yaml,
-        hydra_dir,
-        data.class_names_for(net.num_classes),
-        net,
-    )
+    names = data.class_names_for(net.num_classes)
+    log_run_inputs(client, run.run_id, job.config.flat, job.config.yaml, hydra_dir, names, net)
     log_datasets(client, run.run_id, identity)
     workers, batch = job.workers, job.trainer.batch_size
     parallel = {
