@@ -127,7 +127,7 @@ def _why_unusable(exc: Exception) -> str:
 
 def already_exists(exc: Exception) -> bool:
     """Whether an MLflow error says the thing to create exists (e.g. made by a parallel sweep job)."""
-    return getattr(exc, "error_code", "") == "RESOURCE_ALREADY_EXISTS" or "already exists" in str(exc)
+    return getattr(exc, "error_code", "") == "RESOURCE_ALREADY_EXISTS"
 
 
 def default_artifact_location(tracking_uri: str, experiment: str) -> str | None:
