@@ -18,6 +18,7 @@ from hydra.types import RunMode
 from vit_exp.config import CONFIG_DIR, register_resolvers
 from vit_exp.credentials import hide_command_line_secrets, mask
 from vit_exp.errors import failure_message, first_line, user_message
+from vit_exp.help import did_you_mean, not_a_group
 from vit_exp.stop import install as install_signal_handlers
 
 # Keys that existed once: an old command line gets told what replaced them.
@@ -28,8 +29,9 @@ RETIRED_KEYS = {
 }
 
 
-def composition_error(exc: BaseException) -> str:
-    """One line saying what to fix in the command line Hydra could not compose."""
+def composition_error(exc: BaseException, config_name: str | None = None) -> str:
+    """One line saying what to fix in the command line Hydra could not compose (of the command whose
+    config is ``config_name``: a mistyped name gets the closest real one)."""
     if isinstance(exc, MissingConfigException) and getattr(exc, "options", None):
         group, _, wanted = (exc.missing_cfg_file or "").rpartition("/")
         return f"{group}={wanted}: no such option in '{group}'; choose one of: {', '.join(exc.options)}"
@@ -40,16 +42,27 @@ def composition_error(exc: BaseException) -> str:
         return f"cannot create {exc.filename} ({exc.strerror}): check hydra.run.dir / hydra.sweep.dir"
     message = first_line(str(exc))
     cause = exc.__cause__ or exc.__context__
-    if "Could not override" in message and cause is not None and "not in struct" in str(cause):
-        key = message.split("'")[1] if "'" in message else message
-        if key in RETIRED_KEYS:
-            return f"config key '{key}' was {RETIRED_KEYS[key]}"
-        return f"unknown config key '{key}' (check the spelling, or add a new key with +{key}=...)"
+    if unknown := _unknown_name(message, cause, config_name):
+        return unknown
     if known := user_message(exc):
         return known
     if cause is not None and first_line(str(cause)):
         return f"{message} {first_line(str(cause))}"
     return message or f"{type(exc).__name__} raised in {_origin(exc)}"
+
+
+def _unknown_name(message: str, cause: BaseException | None, config_name: str | None) -> str | None:
+    """The line for a key or group the command does not have (with the closest real name)."""
+    name = message.split("'")[1] if "'" in message else message
+    if "No match in the defaults list" in message:
+        return not_a_group(name, config_name)
+    if "Could not override" not in message or cause is None or "not in struct" not in str(cause):
+        return None
+    if name in RETIRED_KEYS:
+        return f"config key '{name}' was {RETIRED_KEYS[name]}"
+    if hint := did_you_mean(name, config_name):
+        return f"unknown config key '{name}'{hint} (a new key is added with +{name}=...)"
+    return f"unknown config key '{name}' (check the spelling, or add a new key with +{name}=...)"
 
 
 def _origin(exc: BaseException) -> str:
@@ -219,7 +232,7 @@ def make_main(  # 64 lines: main() is the CLI's whole start-up and exit-code con
             _run_abort_hooks("FAILED")
             if show_traceback:
                 raise
-            print(f"error: {mask(composition_error(exc))}", file=sys.stderr, flush=True)
+            print(f"error: {mask(composition_error(exc, config_name))}", file=sys.stderr, flush=True)
             sys.exit(1)
 
     return main

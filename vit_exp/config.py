@@ -16,6 +16,14 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("vit_exp.project_root", lambda: str(PROJECT_ROOT))
     if not OmegaConf.has_resolver("vit_exp.beside_store"):
         OmegaConf.register_new_resolver("vit_exp.beside_store", beside_store)
+    if not OmegaConf.has_resolver("vit_exp.help"):
+        OmegaConf.register_new_resolver("vit_exp.help", _help_template)
+
+
+def _help_template() -> str:
+    from vit_exp.help import help_template
+
+    return help_template()
 
 
 def beside_store(tracking_uri: str, file_name: str, fallback_dir: str) -> str:

@@ -52,7 +52,8 @@ def resolve(client, uri: str) -> ModelRef:
 
     if not uri or uri == "???":
         raise ConfigError(
-            "model_uri is required, e.g. model_uri=models:/vit_tiny/1 or models:/vit_tiny@champion"
+            "model_uri is required, e.g. model_uri=models:/vit_tiny-digits/1 "
+            "or models:/vit_tiny-digits@champion"
         )
     if match := _MODELS_VERSION.match(uri):
         name, version = match["name"], match["version"]
