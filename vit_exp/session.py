@@ -70,7 +70,7 @@ class Session:
         """Log the end-of-run summary; return the best value of the job's ``optimized_metric``."""
         from vit_exp.train.objective import best_value, epoch_values
 
-        _log_summary(self.callbacks, plan, self.run)
+        _log_summary(self.callbacks, plan, self.run, self.job.mlflow.ui_url)
         return best_value(self.job.objective, epoch_values(self.job.objective, self.callbacks.history.epochs))
 
 
@@ -194,7 +194,9 @@ def preemption(job: TrainJob, callbacks: TrainingCallbacks, run: TrackedRun | No
     return Preemption(grace_s, save, on_timeout)
 
 
-def _log_summary(callbacks: TrainingCallbacks, plan: TrainPlan, run: TrackedRun | None) -> None:
+def _log_summary(
+    callbacks: TrainingCallbacks, plan: TrainPlan, run: TrackedRun | None, ui_url: str | None
+) -> None:
     history = callbacks.history
     best, last = history.best("top1"), history.last_epoch
     log.info("=" * 72)
@@ -217,4 +219,4 @@ def _log_summary(callbacks: TrainingCallbacks, plan: TrainPlan, run: TrackedRun 
         from vit_exp.tracking.store import runs_page_url
 
         log.info("mlflow run: %s (%s)", run.run_id, run.tracking_uri)
-        log.info("mlflow ui: %s", runs_page_url(run.tracking_uri, run.experiment_id, run.run_id))
+        log.info("mlflow ui: %s", runs_page_url(run.tracking_uri, run.experiment_id, run.run_id, ui_url))

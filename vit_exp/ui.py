@@ -37,8 +37,8 @@ def ui(cfg: DictConfig) -> str:
             f"(experiments: {names}); train first (python -m vit_exp.run)"
         )
     url = runs_page_url(base, experiment.experiment_id)
-    print(f"MLflow UI, runs of '{experiment.name}': {url}", flush=True)
     if remote:
+        print(f"MLflow UI, runs of '{experiment.name}': {url}", flush=True)
         return url
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", reveal(uri)]
@@ -46,10 +46,31 @@ def ui(cfg: DictConfig) -> str:
     log.info("starting the MLflow UI (Ctrl-C stops it)")
     server = subprocess.Popen(command, env=env, start_new_session=True)  # its workers in its own group
     try:
+        _wait_until_it_answers(server, port, str(cfg.host))
+        print(f"MLflow UI, runs of '{experiment.name}': {url}", flush=True)  # once it answers
         server.wait()
     finally:  # Ctrl-C or SIGTERM: the server and its workers go too
         _stop_group(server)
     return url
+
+
+def _wait_until_it_answers(server: subprocess.Popen, port: int, host: str, timeout_s: float = 180) -> None:
+    import time
+    import urllib.request
+
+    address = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    deadline = time.monotonic() + timeout_s
+    while server.poll() is None and time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"http://{address}:{port}/", timeout=2)
+            return
+        except OSError:
+            time.sleep(0.5)
+    if server.poll() is not None:
+        raise ConfigError(
+            f"port={port}: the MLflow UI did not start (exit code {server.returncode}); is the port free?"
+        )
+    log.warning("the MLflow UI has not answered on port %d after %.0f s; still waiting", port, timeout_s)
 
 
 def _stop_group(server: subprocess.Popen) -> None:

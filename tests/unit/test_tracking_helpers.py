@@ -137,3 +137,14 @@ def test_step_checkpoints_are_queued_as_versions_while_their_files_are_there(bac
             getattr(callback, hook)(context)
     assert present == [(1, True), (2, True), (3, True), (4, True)]
     assert [c.kind for c in saver.on_disk] == ["step", "epoch"]  # steps 1 and 2 pruned after queueing
+
+
+def test_run_links_point_at_the_configured_ui():
+    from vit_exp.tracking.store import runs_page_url
+
+    local = "sqlite:////tmp/mlruns/mlflow.db"
+    assert runs_page_url(local, "3", "abc").startswith("http://127.0.0.1:5000/#/experiments/3/runs/abc?")
+    on_5001 = runs_page_url(local, "3", "abc", ui_url="http://10.0.0.2:5001/")
+    assert on_5001 == "http://10.0.0.2:5001/#/experiments/3/runs/abc?workflowType=machine_learning"
+    server = runs_page_url("http://ann:secret@10.0.0.5:5000", "3")
+    assert server == "http://10.0.0.5:5000/#/experiments/3/runs?workflowType=machine_learning"

@@ -142,9 +142,12 @@ def default_artifact_location(tracking_uri: str, experiment: str) -> str | None:
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 
-def runs_page_url(tracking_uri: str, experiment: str, run_id: str | None = None) -> str:
-    """The MLflow UI page of an experiment's runs (or one run), in the "Model training" view."""
-    parsed = urlparse(tracking_uri)
+def runs_page_url(
+    tracking_uri: str, experiment: str, run_id: str | None = None, ui_url: str | None = None
+) -> str:
+    """The MLflow UI page of an experiment's runs (or one run), in the "Model training" view: on
+    ``ui_url``, else the tracking server, else the UI ``make ui`` starts."""
+    parsed = urlparse(ui_url or tracking_uri)
     base = "http://127.0.0.1:5000"
     if parsed.scheme in ("http", "https"):  # without any user:password@
         base = parsed._replace(netloc=parsed.netloc.rpartition("@")[2], query="", fragment="").geturl()

@@ -15,6 +15,7 @@ class MlflowSettings:
     tracking_uri: str
     experiment: str
     run_name: str | None
+    ui_url: str | None
     artifact_location: str | None
     enabled: bool
     log_every_n_steps: int
