@@ -144,6 +144,7 @@ def _metric_logger(job: TrainJob, run: TrackedRun, history: TrainHistory, logged
         details_every_n_steps=job.mlflow.log_details_every_n_steps,
         flush_interval_s=float(job.mlflow.flush_interval_s),
         logged_steps=logged,
+        objective=job.objective,
     )
 
 

@@ -220,3 +220,28 @@ def test_loss_every_step_and_lr_speed_as_means_every_n_steps_and_at_epoch_end(tr
         (s, pytest.approx(8000.0 / ms)) for s, ms in [(4, 2.5), (8, 6.5), (10, 9.5)]
     ]
     assert series("train/lr") == [(s, pytest.approx(float(lrs[s - 1]))) for s in (4, 8, 10)]
+
+
+@pytest.mark.parametrize(("objective", "best_epoch"), [("val/top1", 2), ("val/loss", 3)])
+def test_the_best_epoch_by_the_optimized_metric_gets_keys_of_its_own_at_the_end(objective, best_epoch):
+    """The run page shows a metric's last value: best/val_* and best/epoch show the best epoch's."""
+    from mindspore.train import RunContext
+
+    from vit_exp.tracking.record.metrics import MlflowMetricLogger
+    from vit_exp.train.callbacks import EpochRecord, TrainHistory
+    from vit_exp.train.loop import CallbackParams
+
+    history = TrainHistory(8, [])
+    vals = [{"top1": 0.5, "loss": 0.9}, {"top1": 0.8, "loss": 0.7}, {"top1": 0.7, "loss": 0.6}, {}]
+    history.epochs = [EpochRecord(i + 1, (i + 1) * 10, 1.0, 1.0, 1.0, val) for i, val in enumerate(vals)]
+    history.global_step = 40
+    points = []
+    logger = MlflowMetricLogger(lambda r: points.extend(r.metrics), history, objective=objective)
+    logger.on_train_end(RunContext(CallbackParams()))
+    best = {key: (value, step) for key, value, _, step in points}
+    expected = vals[best_epoch - 1]
+    assert best == {
+        "best/val_top1": (expected["top1"], 40),
+        "best/val_loss": (expected["loss"], 40),
+        "best/epoch": (best_epoch, 40),
+    }

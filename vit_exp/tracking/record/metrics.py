@@ -27,6 +27,7 @@ class MlflowMetricLogger(Callback, CheckpointListener):
         flush_interval_s: float = 10.0,
         max_buffered: int = 1000,
         logged_steps: dict[str, int] | None = None,
+        objective: str = "val/top1",
     ):
         super().__init__()
         self.put = put
@@ -39,6 +40,7 @@ class MlflowMetricLogger(Callback, CheckpointListener):
         self._window_steps = 0
         self._buffer: list[list] = []
         self._last_flush = time.monotonic()
+        self.objective = objective  # the optimized_metric that picks the best epoch (best/*)
         self.logged_steps = logged_steps or {}  # a resumed run's: points up to these steps are in the run
 
     def checkpoint_state(self) -> dict:
@@ -103,4 +105,20 @@ class MlflowMetricLogger(Callback, CheckpointListener):
         self._flush_if_due()
 
     def on_train_end(self, run_context) -> None:
+        self._add_best()
         self.flush()
+
+    def _add_best(self) -> None:
+        """``best/val_top1``, ``best/val_top5``, ``best/val_loss`` and ``best/epoch`` of the epoch best by
+        ``objective`` (a run page shows each metric's last value: the best epoch gets keys of its own)."""
+        from vit_exp.train.objective import best_value, epoch_values
+
+        scored = [(e, epoch_values(self.objective, [e])) for e in self.history.epochs]
+        best = best_value(self.objective, [values[0] for _, values in scored if values])
+        record = next((e for e, values in scored if values and values[0] == best), None)
+        if record is None:
+            return
+        step = self.history.global_step
+        for key, value in record.val.items():
+            self._add(f"best/val_{key}", value, step)
+        self._add("best/epoch", record.epoch, step)
