@@ -27,6 +27,7 @@ class HydraJob:
     sweep_dir: Path | None = None
     job_num: int | None = None
     direction: str | None = None  # the sweeper's optimization direction (None outside one, or a grid)
+    log_file: Path | None = None  # the command's log (<run dir>/<task_name>.log)
 
     @classmethod
     def current(cls) -> HydraJob:
@@ -44,6 +45,7 @@ class HydraJob:
             sweep_dir=Path(hc.sweep.dir) if multirun else None,
             job_num=hc.job.num if multirun else None,
             direction=_direction(hc.sweeper.get("direction")),
+            log_file=Path(hc.runtime.output_dir) / f"{hc.job.name}.log",
         )
 
     @classmethod

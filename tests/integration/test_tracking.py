@@ -76,6 +76,7 @@ def test_artifacts(tiny_run):
         "environment.txt",
         "model_summary.txt",
         "class_names.json",
+        "train.log",
     } <= top
     hydra_files = {a.path for a in client.list_artifacts(run_id, "hydra")}
     assert {"hydra/config.yaml", "hydra/overrides.yaml", "hydra/hydra.yaml"} <= hydra_files
@@ -83,6 +84,8 @@ def test_artifacts(tiny_run):
     assert json.loads(local.read_text())["class_names"] == ["ant", "bee", "cat"]
     env = Path(client.download_artifacts(run_id, "environment.txt")).read_text()
     assert "mindspore==2.10.0" in env
+    log = Path(client.download_artifacts(run_id, "train.log")).read_text()
+    assert "epoch 2/2 done" in log and "best epoch" in log  # the console's lines, to the summary
 
 
 def test_every_checkpoint_is_a_tagged_model_version(tiny_run, monkeypatch):

@@ -18,6 +18,7 @@ from vit_exp.locking import hold_against_other_processes
 from vit_exp.tracking.record.lifecycle import end_run
 from vit_exp.tracking.record.records import (
     RECORD_TYPES,
+    ArtifactRecord,
     EndRecord,
     MetricsRecord,
     Record,
@@ -248,6 +249,9 @@ class RunSender:
                 log.info(
                     f"mlflow: registered {Path(record.checkpoint).name} as models:/{record.name}/{version}"
                 )
+            case ArtifactRecord():
+                if Path(record.path).is_file():  # gone (a sync long after): nothing to store
+                    self.client.log_artifact(self.run_id, record.path, record.artifact_path)
             case EndRecord():
                 end_run(self.client, self.run_id, record.status, record.error)
             case _:

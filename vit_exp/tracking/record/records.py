@@ -56,6 +56,15 @@ class VersionRecord(Record):
 
 
 @dataclass(frozen=True)
+class ArtifactRecord(Record):
+    """A file to store as an artifact of the run (the command's log), read when it is sent."""
+
+    kind: ClassVar[str] = "artifact"
+    path: str
+    artifact_path: str | None = None
+
+
+@dataclass(frozen=True)
 class EndRecord(Record):
     """The run's end status, with a failed run's one-line error."""
 
@@ -65,5 +74,5 @@ class EndRecord(Record):
 
 
 RECORD_TYPES: dict[str, type[Record]] = {
-    t.kind: t for t in (RunRecord, MetricsRecord, VersionRecord, EndRecord)
+    t.kind: t for t in (RunRecord, MetricsRecord, VersionRecord, ArtifactRecord, EndRecord)
 }

@@ -93,6 +93,8 @@ def _with_outbox(job, run_id: str, lock, experiment: str) -> TrackedRun:
 
 
 def _finish(job, opened: list[TrackedRun], run_id: str, status: str, error: str | None) -> None:
+    from vit_exp.tracking.record.records import ArtifactRecord
+
     if not opened:  # the run was created but its outbox was not: end it directly
         from vit_exp.tracking.record.lifecycle import end_run
         from vit_exp.tracking.store import use_store
@@ -100,6 +102,10 @@ def _finish(job, opened: list[TrackedRun], run_id: str, status: str, error: str 
         end_run(use_store(job.mlflow.tracking_uri), run_id, status, error)
         return
     run = opened[0]
+    if (
+        job.hydra.log_file is not None and job.hydra.log_file.is_file()
+    ):  # the console's story, as far as it got
+        run.outbox.put(ArtifactRecord(str(job.hydra.log_file)))
     left = run.outbox.finish(status, wait_s=job.mlflow.drain_timeout_s, error=error)
     if not left:
         return
