@@ -158,7 +158,7 @@ def test_a_journal_of_the_untyped_outbox_replays_with_sync_and_reads_back_byte_f
 
 
 @pytest.mark.parametrize(
-    "line", [{"kind": "artifact", "path": "x"}, {"kind": "end", "status": "FINISHED", "when": 1}, ["end"]]
+    "line", [{"kind": "dataset", "path": "x"}, {"kind": "end", "status": "FINISHED", "when": 1}, ["end"]]
 )
 def test_a_journal_line_of_an_unknown_kind_is_one_line_naming_the_journal(tracking_store, tmp_path, line):
     from omegaconf import OmegaConf
