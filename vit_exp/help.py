@@ -74,7 +74,9 @@ def help_template() -> str:
 
 def _options(group: str, chosen: str | None) -> str:
     """The options of ``group``, the chosen one in brackets (``data: [digits], image_folder, imagenet``)."""
-    options = sorted(path.stem for path in (CONFIG_DIR / group).glob("*.yaml"))
+    from hydra.core.global_hydra import GlobalHydra
+
+    options = sorted(GlobalHydra.instance().config_loader().get_group_options(group))  # the search path's
     return ", ".join(f"[{o}]" if o == chosen else o for o in options)
 
 
