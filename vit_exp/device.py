@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated
 
-from vit_exp.errors import NOT_COMPARED, ConfigError, check_field_types, first_line
+from vit_exp.errors import NOT_COMPARED, SETUP, ConfigError, check_field_types, first_line
 from vit_exp.models.config import check_precision
 
 TARGETS = {"cpu": "CPU", "gpu": "GPU", "ascend": "Ascend"}
@@ -18,11 +18,11 @@ class DeviceSettings:
     """The ``device`` config group; ``apply()`` sets MindSpore's global context.
     Types only: the defaults live in conf/device/cpu.yaml."""
 
-    target: str
+    target: Annotated[str, SETUP]
     device_id: Annotated[int, NOT_COMPARED]
-    mode: str
+    mode: Annotated[str, SETUP]
     amp_level: str
-    jit_level: str | None
+    jit_level: Annotated[str | None, SETUP]
     max_device_memory: Annotated[str | None, NOT_COMPARED]
     precision: str
 

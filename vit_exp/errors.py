@@ -102,14 +102,22 @@ def failure_message(exc: BaseException, traceback_dir: Path | None = None) -> st
 # A setting that does not change what a run computes (where things are, how often it prints or saves):
 # a resume does not compare it. Declared with the setting: ``keep_checkpoints: Annotated[int, NOT_COMPARED]``.
 NOT_COMPARED = "vit_exp: not compared by resume"
+# A setting a resume compares that is still not a hyperparameter (where the splits are, how the data is
+# read, which kernels compute the same maths): kept in the run's config artifact, not logged as a param.
+SETUP = "vit_exp: setup, not a hyperparameter"
 
 
 def not_compared(target) -> set[str]:
     """The ``NOT_COMPARED`` settings of ``target``, a settings class or a function returning one."""
+    return declared(target, NOT_COMPARED)
+
+
+def declared(target, marker: str) -> set[str]:
+    """The settings of ``target`` (a settings class, or a function returning one) marked ``marker``."""
     hints = typing.get_type_hints(target, include_extras=True)
-    names = {name for name, hint in hints.items() if NOT_COMPARED in getattr(hint, "__metadata__", ())}
+    names = {name for name, hint in hints.items() if marker in getattr(hint, "__metadata__", ())}
     built = hints.get("return")
-    return names | (not_compared(built) if isinstance(built, type) else set())
+    return names | (declared(built, marker) if isinstance(built, type) else set())
 
 
 def check_field_types(settings, group: str) -> None:

@@ -105,7 +105,9 @@ def test_secrets_are_used_but_never_written(auth_server, checkpoint_url, tmp_pat
     runs = client.search_runs([client.get_experiment_by_name("vit-exp").experiment_id])
     assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
     first = next(r for r in runs if r.data.params.get("model.pretrained", "None") != "None")
-    assert first.data.params["mlflow.tracking_uri"] == f"http://alice:***@127.0.0.1:{auth_server.port}"
+    assert "mlflow.tracking_uri" not in first.data.params  # not a hyperparameter: the config artifact has it
+    config = client.download_artifacts(first.info.run_id, "config_resolved.yaml", str(tmp_path))
+    assert f"tracking_uri: http://alice:***@127.0.0.1:{auth_server.port}" in Path(config).read_text()
     assert first.data.params["model.pretrained"] == checkpoint_url.replace(CKPT_PASSWORD, "***").replace(
         TOKEN, "***"
     )

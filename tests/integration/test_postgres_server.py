@@ -131,8 +131,7 @@ def test_a_parallel_sweep_and_a_2_worker_training_record_completely_into_postgre
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "train/loss")]
         assert sorted(steps) == list(range(1, MAX_STEPS + 1))  # one point per step, none twice
 
-    name = children[0].data.params["registry.name"]
-    assert name == "vit_tiny-digits"  # ${model.name}-${data.name}
+    name = "vit_tiny-digits"  # registry.name: ${model.name}-${data.name}
     versions = client.search_model_versions(f"name='{name}'")
     assert sorted(int(v.version) for v in versions) == list(range(1, len(versions) + 1))
     assert {v.run_id for v in versions} == {c.info.run_id for c in children}  # each child registered

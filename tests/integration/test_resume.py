@@ -211,11 +211,15 @@ def test_bad_resume_input_gets_one_line(store, tmp_path):
     assert "already FINISHED; nothing to do" in finished.stdout
     assert resolve("auto") is None  # auto continues unfinished runs: a finished one starts a new run
 
-    differs = resume(reference.info.run_id, "optim.lr=0.004", "trainer.label_smoothing=0.2")
+    differs = resume(
+        reference.info.run_id, "optim.lr=0.004", "trainer.label_smoothing=0.2", "trainer.deterministic=false"
+    )
     assert differs.returncode == 1
+    assert len(differs.stderr.strip().splitlines()) == 1, differs.stderr
     (line,) = differs.stderr.strip().splitlines()
     assert line.startswith(f"error: resume={reference.info.run_id}: run ") and "another config" in line
     assert "optim.lr: 0.002 -> 0.004" in line and "trainer.label_smoothing: 0.1 -> 0.2" in line
+    assert "trainer.deterministic: True -> False" in line  # compared, though not a param (config artifact)
 
     with pytest.raises(ConfigError, match=f"resume=0123456789abcdef0123456789abcdef: no such run in {uri}"):
         resolve("0123456789abcdef0123456789abcdef")

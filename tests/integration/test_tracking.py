@@ -35,6 +35,11 @@ def test_params_tags_and_run_name(tiny_run):
     assert not any(k.startswith("hydra.") for k in params)
     # where the job kept its files is a tag, not a param (compare plots show hyperparameters)
     assert not [k for k in params if k.startswith("paths.") or k.endswith("cache_dir")]
+    # params are hyperparameters: no class paths, no record or registry settings, no setup or locations
+    assert not [k for k in params if k.endswith(("._target_", "._partial_"))]
+    assert not [k for k in params if k.startswith(("mlflow.", "registry.")) or k == "data.root"]
+    assert "data.num_workers" not in params and "trainer.print_every_n_steps" not in params
+    assert run.data.tags["data.root"] == str(tiny_run["root"])
     tags = run.data.tags
     assert tags["paths.output_dir"] == str(tiny_run["tmp"] / "run")
     assert tags["paths.checkpoint_dir"] == str(tiny_run["tmp"] / "run" / "checkpoints")

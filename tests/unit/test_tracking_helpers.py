@@ -148,3 +148,34 @@ def test_run_links_point_at_the_configured_ui():
     assert on_5001 == "http://10.0.0.2:5001/#/experiments/3/runs/abc?workflowType=machine_learning"
     server = runs_page_url("http://ann:secret@10.0.0.5:5000", "3")
     assert server == "http://10.0.0.5:5000/#/experiments/3/runs?workflowType=machine_learning"
+
+
+def test_params_of_the_default_run_are_its_hyperparameters(compose):
+    from vit_exp.job import ConfigSnapshot
+    from vit_exp.tracking.resume import comparable_config, hyperparameters
+
+    flat = ConfigSnapshot.of(compose()).flat
+    params = hyperparameters(flat)
+    assert {
+        "optim.lr",
+        "trainer.batch_size",
+        "model.embed_dim",
+        "data.hflip_prob",
+        "sched.warmup_epochs",
+    } <= set(params)
+    assert "device.precision" in params  # a hyperparameter, though a resume compares it only when not fp32
+    left_out = [
+        k for k in params if k.endswith(("_target_", "_partial_")) or k.startswith(("mlflow.", "paths."))
+    ]
+    left_out += [k for k in params if k.startswith("registry.") or k in ("data.root", "resume", "task_name")]
+    assert left_out == []
+    # setup keys (splits, kernels, device mode, workers) are compared by a resume, yet not params
+    setup = {
+        "data.val_split",
+        "data.num_workers",
+        "model.fused_kernels",
+        "device.mode",
+        "trainer.deterministic",
+    }
+    assert setup <= set(comparable_config(flat)) and not setup & set(params)
+    assert len(params) + 4 <= 45  # + model.num_parameters, device.precision_used, parallel.* (issue 26)

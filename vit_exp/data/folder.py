@@ -7,7 +7,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated
 
-from vit_exp.errors import NOT_COMPARED, ConfigError, DataError, check_field_types
+from vit_exp.errors import NOT_COMPARED, SETUP, ConfigError, DataError, check_field_types
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 CLASS_MAPS = ("folder", "imagenet")
@@ -31,19 +31,19 @@ class ImageFolderData:
     index in ``meta_mat`` (so a subset keeps the pretrained 1000-class head's indices)."""
 
     root: Annotated[str | Path, NOT_COMPARED]
-    train_split: str = "train"
-    val_split: str = "val"
-    class_map: str = "folder"
-    meta_mat: str | Path | None = None
+    train_split: Annotated[str, SETUP] = "train"
+    val_split: Annotated[str, SETUP] = "val"
+    class_map: Annotated[str, SETUP] = "folder"
+    meta_mat: Annotated[str | Path | None, SETUP] = None
     mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
     std: tuple[float, float, float] = (58.395, 57.12, 57.375)
     train_crop_scale: tuple[float, float] = (0.08, 1.0)
     train_crop_ratio: tuple[float, float] = (0.75, 1.333)
     hflip_prob: float = 0.5
     val_resize_margin: int = 32
-    num_workers: int = 2
+    num_workers: Annotated[int, SETUP] = 2
     prefetch_size: Annotated[int, NOT_COMPARED] = 8
-    skip_unreadable: bool = False
+    skip_unreadable: Annotated[bool, SETUP] = False
     check_cache_dir: Annotated[str | Path, NOT_COMPARED] = "~/.cache/vit_exp/image_checks"
     name: str = "image_folder"
 

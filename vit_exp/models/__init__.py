@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import Annotated
 
-from vit_exp.errors import NOT_COMPARED
+from vit_exp.errors import NOT_COMPARED, SETUP
 
 log = logging.getLogger(__name__)
 
@@ -16,7 +16,7 @@ def build_vit(
     name: str = "vit",
     num_classes: int,
     pretrained: str | None = None,
-    pretrained_name_map: str = "auto",
+    pretrained_name_map: Annotated[str, SETUP] = "auto",
     checkpoint_cache_dir: Annotated[str | Path, NOT_COMPARED] = "~/.cache/vit_exp/checkpoints",
     **architecture,
 ):

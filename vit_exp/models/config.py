@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from typing import Annotated
 
-from vit_exp.errors import ConfigError, check_field_types, positive_int
+from vit_exp.errors import SETUP, ConfigError, check_field_types, positive_int
 
 PATCH_EMBED_IMPLS = ("matmul", "conv")
 PRECISIONS = ("fp32", "bf16", "auto")
@@ -37,8 +38,8 @@ class ViTConfig:
     attention_keep_prob: float = 1.0
     gelu_approximate: bool = True
     layer_norm_eps: float = 1e-7
-    patch_embed: str = "matmul"
-    fused_kernels: str = "auto"
+    patch_embed: Annotated[str, SETUP] = "matmul"
+    fused_kernels: Annotated[str, SETUP] = "auto"
     precision: str = "fp32"
 
     def __post_init__(self) -> None:

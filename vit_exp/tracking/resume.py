@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vit_exp.credentials import mask
-from vit_exp.errors import CheckpointError, ConfigError, RegistryError
+from vit_exp.errors import NOT_COMPARED, SETUP, CheckpointError, ConfigError, RegistryError
 from vit_exp.locking import hold_if_free
 from vit_exp.train.objective import best_value
 from vit_exp.train.state import network_file, parse_checkpoint_name, read_training_state
@@ -25,18 +25,31 @@ IGNORED_PREFIXES = ("paths.", "mlflow.", "registry.")
 COMMAND_KEYS = frozenset({"resume", "task_name"})
 
 
-def _declared() -> frozenset[str]:
+def _declared(marker: str) -> frozenset[str]:
+    """``group.key`` of each setting of the training groups declared with ``marker``."""
     from vit_exp.data.folder import ImageFolderData
     from vit_exp.device import DeviceSettings
-    from vit_exp.errors import not_compared
+    from vit_exp.errors import declared
     from vit_exp.models import build_vit
+    from vit_exp.models.config import ViTConfig
     from vit_exp.train.trainer import TrainSettings
 
-    groups = {"trainer": TrainSettings, "device": DeviceSettings, "data": ImageFolderData, "model": build_vit}
-    return frozenset(f"{group}.{name}" for group, target in groups.items() for name in not_compared(target))
+    groups = {
+        "trainer": [TrainSettings],
+        "device": [DeviceSettings],
+        "data": [ImageFolderData],
+        "model": [build_vit, ViTConfig],
+    }
+    return frozenset(
+        f"{group}.{name}"
+        for group, targets in groups.items()
+        for t in targets
+        for name in declared(t, marker)
+    )
 
 
-IGNORED_KEYS = COMMAND_KEYS | _declared()
+IGNORED_KEYS = COMMAND_KEYS | _declared(NOT_COMPARED)
+SETUP_KEYS = _declared(SETUP)  # compared, yet not hyperparameters: the config artifact has them
 NOT_CONFIG_PARAMS = frozenset({"model.num_parameters", "parallel.global_batch_size", "device.precision_used"})
 
 TAG_DIGEST = "vit_exp.config_digest"
@@ -61,6 +74,15 @@ def comparable_config(flat: dict[str, str], world_size: int = 1) -> dict[str, st
 
 def _compared(key: str) -> bool:
     return not key.startswith(IGNORED_PREFIXES) and key not in IGNORED_KEYS and key not in NOT_CONFIG_PARAMS
+
+
+def hyperparameters(flat: dict[str, str]) -> dict[str, str]:
+    """The run's params: the compared keys that choose what is learned (no class paths, no setup)."""
+    return {
+        k: v
+        for k, v in flat.items()
+        if _compared(k) and k not in SETUP_KEYS and k.rpartition(".")[2] not in ("_target_", "_partial_")
+    }
 
 
 def config_digest(comparable: dict[str, str]) -> str:
@@ -216,12 +238,35 @@ def _from_run_id(job, client, run_id: str, now: dict) -> ResumeTarget | NothingT
         run = client.get_run(run_id)
     except MlflowException:
         raise ConfigError(f"resume={run_id}: no such run in {mask(job.mlflow.tracking_uri)}") from None
-    if differences := config_differences(comparable_config(run.data.params), now):
+    if differences := config_differences(comparable_config(recorded_config(client, run)), now):
         raise ConfigError(
             f"resume={run_id}: run '{run.info.run_name}' was trained with another config: "
             f"{_listed(differences)}; rerun with its values, or leave out resume= for a new run"
         )
     return _continue(job, client, run, f"resume={run_id}")
+
+
+def recorded_config(client, run) -> dict[str, str]:
+    """The flat config a run recorded: its ``config_resolved.yaml`` over its params (which alone hold
+    ``parallel.world_size``; a run of an older vit-exp logged every key as a param)."""
+    import tempfile
+
+    import yaml
+    from mlflow.exceptions import MlflowException
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    from vit_exp.tracking.record.lifecycle import flatten
+
+    repo = get_artifact_repository(run.info.artifact_uri, tracking_uri=client.tracking_uri)
+    with tempfile.TemporaryDirectory(prefix="vit_exp_config_") as folder:
+        try:
+            path = repo.download_artifacts("config_resolved.yaml", folder)
+        except (MlflowException, OSError):
+            return dict(run.data.params)
+        finally:
+            repo.thread_pool.shutdown(wait=True)  # its download threads would keep the command alive
+        config = yaml.safe_load(Path(path).read_text()) or {}
+    return {**run.data.params, **flatten(config)}
 
 
 def _from_checkpoint(job, client, path: Path, now: dict) -> ResumeTarget | NothingToDo:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Annotated
 
-from vit_exp.errors import NOT_COMPARED, ConfigError, check_field_types, positive_int
+from vit_exp.errors import NOT_COMPARED, SETUP, ConfigError, check_field_types, positive_int
 from vit_exp.train.plan import TrainPlan
 
 if TYPE_CHECKING:
@@ -26,13 +26,13 @@ class TrainSettings:
     batch_size: int
     seed: int
     label_smoothing: float
-    val_every_n_epochs: int
+    val_every_n_epochs: Annotated[int, SETUP]
     print_every_n_steps: Annotated[int, NOT_COMPARED]
     checkpoint_every_n_epochs: Annotated[int, NOT_COMPARED]
     keep_checkpoints: Annotated[int, NOT_COMPARED]
     checkpoint_every_n_steps: Annotated[int | None, NOT_COMPARED]
     keep_step_checkpoints: Annotated[int, NOT_COMPARED]
-    deterministic: bool
+    deterministic: Annotated[bool, SETUP]
     resume_fast_skip: Annotated[bool, NOT_COMPARED]
     preempt_grace_s: Annotated[float, NOT_COMPARED]
     checkpoint_in_background: Annotated[bool, NOT_COMPARED]

@@ -43,7 +43,7 @@ def flatten(config: Mapping | DictConfig, prefix: str = "") -> dict[str, str]:
     return flat
 
 
-LOCATION_KEYS = ("data.check_cache_dir", "model.checkpoint_cache_dir")
+LOCATION_KEYS = ("data.root", "data.check_cache_dir", "model.checkpoint_cache_dir")
 
 
 def is_location_key(key: str) -> bool:
@@ -212,12 +212,13 @@ def _log_traceback(client, run_id: str, run_dir: Path | None) -> None:
 def log_run_inputs(
     client, run_id: str, flat: dict[str, str], yaml: str, hydra_dir: Path | None, class_names: list[str], net
 ) -> None:
-    """Log params (``flat`` without locations, + parameter count), location tags and artifacts."""
+    """Log params (the hyperparameters of ``flat``, + parameter count), location tags and artifacts."""
     from mlflow.entities import Param, RunTag
 
     from vit_exp.models.vit import count_parameters, model_summary
+    from vit_exp.tracking.resume import hyperparameters
 
-    params = {k: v for k, v in flat.items() if not is_location_key(k)}
+    params = hyperparameters(flat)  # the rest is in config_resolved.yaml (locations also as tags)
     params["model.num_parameters"] = str(count_parameters(net))
     params["device.precision_used"] = getattr(net, "precision", "fp32")  # what auto/bf16 resolved to
     locations = [RunTag(k, v) for k, v in flat.items() if is_location_key(k)]
