@@ -62,6 +62,7 @@ def trained_store(tmp_path_factory: pytest.TempPathFactory) -> dict:
         "optim.lr=3e-3",
         "sched=cosine",  # no warm-up: the LR falls from the first step (test_tracking.py checks it)
         "registry.name=tiny-vit",
+        "registry.register=every",  # a version per epoch, whatever val/top1 does
         "registry.top_k=2",
         f"mlflow.tracking_uri={uri}",
         "mlflow.experiment=tracked-test",

@@ -21,21 +21,24 @@ COMMANDS: dict[str, tuple[str, str, list[str]]] = {
         "evaluate a registered model on a dataset's val split",
         "python -m vit_exp.eval model_uri=URI [group=option ...] [key=value ...]",
         [
-            "python -m vit_exp.eval model_uri=models:/vit_tiny-digits/1",
+            "python -m vit_exp.eval model_uri=models:/vit_tiny-digits@best",
             "python -m vit_exp.eval model_uri=models:/vit_tiny-digits@champion   # after promote",
         ],
     ),
     "predict": (
         "predict images with a registered model",
         "python -m vit_exp.predict model_uri=URI inputs=IMAGE_OR_FOLDER [key=value ...]",
-        ["python -m vit_exp.predict model_uri=models:/vit_tiny-digits/1 inputs=.cache/datasets/digits/infer"],
+        [
+            "python -m vit_exp.predict model_uri=models:/vit_tiny-digits@last "
+            "inputs=.cache/datasets/digits/infer"
+        ],
     ),
     "promote": (
         "move an alias (default champion) to the best version of a registered model",
         "python -m vit_exp.promote name=NAME [key=value ...]",
         [
             "python -m vit_exp.promote name=vit_tiny-digits",
-            "python -m vit_exp.promote name=vit_tiny-digits metric=val/top5 dry_run=true",
+            "python -m vit_exp.promote name=vit_tiny-digits alias=stable min_delta=0.01 dry_run=true",
         ],
     ),
     "sync": (

@@ -154,6 +154,7 @@ def _registration(
     """Checkpoints as model versions, each once its files are whole (also one written in the
     background), before the next checkpoint's state records what is registered."""
     from vit_exp.tracking.record.outbox import HELD_DIR
+    from vit_exp.tracking.registry import registration_rule
     from vit_exp.tracking.registry.checkpoints import CheckpointRegistration
     from vit_exp.tracking.registry.versions import version_config, write_model_inputs
 
@@ -168,6 +169,12 @@ def _registration(
         flush_metrics=metric_logger.flush,
         data_tags=identity.tags(),
         hold_in=run.outbox.folder / HELD_DIR,
+        rule=registration_rule(
+            job.registry.register,
+            smoke_run=job.trainer.max_steps is not None,
+            sweep_job=job.hydra.sweep_dir is not None,
+            objective=job.objective,
+        ),
     )
     if not run.outbox.background:  # versions are made in the training thread: the one-off part now
         run.outbox.send.prepare_versions(inputs, job.registry.top_k)
@@ -213,9 +220,10 @@ def _log_summary(
         log.info("best epoch %d: val top1 %.4f  top5 %.4f", best.epoch, best.val["top1"], best.val["top5"])
     if kept := callbacks.checkpoints.on_disk:
         log.info("checkpoints: %d in %s (last: %s)", len(kept), kept[-1].path.parent, kept[-1].path.name)
-    if callbacks.registration and callbacks.registration.queued:
-        count, name = len(callbacks.registration.queued), callbacks.registration.settings.name
-        log.info("model versions: %d checkpoint(s) registered as versions of '%s'", count, name)
+    if registration := callbacks.registration:
+        count, name = len(registration.queued), registration.settings.name
+        rule = f"registry.register={registration.rule.tag()}"
+        log.info("model versions: %d of '%s' (%s; @best, @last follow)", count, name, rule)
     if run is not None:
         from vit_exp.tracking.store import runs_page_url
 

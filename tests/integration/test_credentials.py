@@ -77,7 +77,13 @@ def files_holding(folder: Path, secret: str) -> list[str]:
 
 def test_secrets_are_used_but_never_written(auth_server, checkpoint_url, tmp_path, monkeypatch):
     url = auth_server.url.replace("http://", f"http://alice:{PASSWORD}@")
-    common = [*TINY_MODEL, "trainer.max_steps=2", "trainer.batch_size=64", "registry.name=secret-vit"]
+    common = [
+        *TINY_MODEL,
+        "trainer.max_steps=2",
+        "trainer.batch_size=64",
+        "registry.name=secret-vit",
+        "registry.register=every",
+    ]
     common += [f"paths.cache_dir={tmp_path / 'cache'}"]
     on_command_line = run_cli(
         "vit_exp.run",

@@ -76,6 +76,7 @@ def train_args(
         f"trainer.epochs={EPOCHS}",
         "trainer.print_every_n_steps=1",
         f"registry.name={experiment}-vit",
+        "registry.register=every",
         "mlflow.flush_interval_s=1",
         f"mlflow.experiment={experiment}",
         f"mlflow.tracking_uri={proxy.url}",

@@ -27,6 +27,7 @@ def train_then_signal(tmp_path, store: str, sig: int, seed: int) -> str:
         "model.num_layers=1",
         "trainer.epochs=200",
         "registry.name=killed-vit",
+        "registry.register=every",
         f"mlflow.tracking_uri={store}",
         f"paths.cache_dir={tmp_path / 'cache'}",
         f"hydra.run.dir={tmp_path / 'run'}",

@@ -32,6 +32,7 @@ def train_args(store: str, cache: Path, experiment: str, run_dir: Path, *extra: 
         "trainer.checkpoint_every_n_steps=3",
         "trainer.deterministic=true",
         "registry.name=resumed-vit",
+        "registry.register=every",
         f"mlflow.tracking_uri={store}",
         f"mlflow.experiment={experiment}",
         f"paths.cache_dir={cache}",

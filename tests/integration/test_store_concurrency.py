@@ -8,7 +8,14 @@ from tests.helpers.inprocess import run_main
 from tests.helpers.models import TINY_MODEL
 from tests.helpers.processes import run_cli, start_cli
 
-SMOKE_RUN = [*TINY_MODEL, "model.num_layers=1", "trainer.max_steps=2", "trainer.batch_size=64"]
+# registry.register=every: each smoke run registers its checkpoint (auto would register none)
+SMOKE_RUN = [
+    *TINY_MODEL,
+    "model.num_layers=1",
+    "trainer.max_steps=2",
+    "trainer.batch_size=64",
+    "registry.register=every",
+]
 
 
 def start_together(store: str, tmp_path, count: int) -> list[str]:

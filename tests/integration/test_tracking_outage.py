@@ -41,6 +41,7 @@ def training(server, tmp_path, *extra: str):
         "model.num_layers=1",
         f"trainer.epochs={EPOCHS}",
         "registry.name=outage-vit",
+        "registry.register=every",
         "mlflow.flush_interval_s=1",
         f"mlflow.tracking_uri={server.url}",
         f"paths.cache_dir={tmp_path / 'cache'}",

@@ -84,10 +84,15 @@ def test_registration_policy(policy, expected, tmp_path):
     for callback in (saver, registration):
         callback.on_train_end(context)
     assert [c.record.epoch for c in saver.written] == [2, 4, 5]
-    versions = [item for item in queue if item != "metrics flushed"]
+    records = [item for item in queue if item != "metrics flushed"]
+    versions = [r for r in records if r.register]
     assert [int(v.tags["epoch"]) for v in versions] == expected
-    assert queue == [entry for v in versions for entry in ("metrics flushed", v)]  # metrics first
+    # every epoch checkpoint is a LoggedModel of the run, once ("last" registers one of them at the end)
+    assert [int(r.tags["epoch"]) for r in records if not r.model_logged] == [2, 4, 5]
+    assert queue == [entry for r in records for entry in ("metrics flushed", r)]  # metrics first
     assert all(v.kind == "version" and v.name == "m" and v.tags["val/top1"] for v in versions)
+    assert all(v.tags["registered_by"] == f"{policy} (set by registry.register)" for v in versions)
+    assert all(len(v.tags) <= 6 and f"{policy}: " in v.description for v in versions)
     assert [c.record.epoch for c in saver.on_disk] == [4, 5] and not saver.written[0].path.exists()
 
 
@@ -179,3 +184,15 @@ def test_params_of_the_default_run_are_its_hyperparameters(compose):
     }
     assert setup <= set(comparable_config(flat)) and not setup & set(params)
     assert len(params) + 4 <= 45  # + model.num_parameters, device.precision_used, parallel.* (issue 26)
+
+
+def test_auto_registers_less_for_smoke_runs_and_sweep_jobs():
+    from vit_exp.tracking.registry import registration_rule
+
+    assert registration_rule("auto", smoke_run=False, sweep_job=False).policy == "best"
+    assert registration_rule("auto", smoke_run=False, sweep_job=True).policy == "last"
+    assert registration_rule("auto", smoke_run=True, sweep_job=True).policy == "none"
+    chosen = registration_rule("every", smoke_run=True, sweep_job=True, objective="val/loss")
+    assert chosen.policy == "every" and chosen.tag() == "every (set by registry.register)"
+    best = registration_rule("auto", smoke_run=False, sweep_job=False, objective="val/loss")
+    assert best.tag() == "best (auto: a training run)" and "new best val/loss" in best.describe()

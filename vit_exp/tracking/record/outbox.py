@@ -199,6 +199,7 @@ class RunSender:
         self.run_id = run_id
         self._writers: dict[str, object] = {}  # a pyfunc writer per model-inputs folder
         self._models_made: set[str] = set()  # registered models known to exist
+        self._versions_sent = False  # a version record was sent by this process
         self._run_info = None
         self._unconfirmed: Record | None = None  # a record whose sending failed or was cut short
 
@@ -213,7 +214,7 @@ class RunSender:
     def __call__(self, record: Record) -> None:
         # The first record of a process may have been sent by the one before it (killed mid-send),
         # as may a record that failed: only those need a check for what is already stored.
-        may_exist = record is self._unconfirmed or not self._models_made
+        may_exist = record is self._unconfirmed or not self._versions_sent
         self._unconfirmed = record
         self._send(record, may_exist)
         self._unconfirmed = None
@@ -245,10 +246,19 @@ class RunSender:
                     ensure_model=record.name not in self._models_made,
                     check_existing=may_exist,
                 )
-                self._models_made.add(record.name)
-                log.info(
-                    f"mlflow: registered {Path(record.checkpoint).name} as models:/{record.name}/{version}"
-                )
+                self._versions_sent = True
+                if record.register:
+                    self._models_made.add(record.name)
+                checkpoint = Path(record.checkpoint).name
+                if version is None:
+                    log.info(f"mlflow: recorded {checkpoint} as a LoggedModel of run {self.run_id}")
+                    return
+                log.info(f"mlflow: registered {checkpoint} as models:/{record.name}/{version}")
+                if record.objective:
+                    from vit_exp.tracking.registry.aliases import follow_new_version
+
+                    digest = record.tags.get("data.digest")
+                    follow_new_version(self.client, record.name, version, record.objective, digest)
             case ArtifactRecord():
                 if Path(record.path).is_file():  # gone (a sync long after): nothing to store
                     self.client.log_artifact(self.run_id, record.path, record.artifact_path)

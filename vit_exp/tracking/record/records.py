@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, Field, dataclass, field, fields
 from typing import Any, ClassVar, Self
 
 
@@ -14,12 +14,16 @@ class Record:
     kind: ClassVar[str]
 
     def to_json(self) -> str:
-        kept = {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != f.default}
+        kept = {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != _default(f)}
         return json.dumps({"kind": self.kind} | kept)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Self:
         return cls(**{k: v for k, v in data.items() if k != "kind"})
+
+
+def _default(f: Field) -> Any:
+    return f.default_factory() if f.default_factory is not MISSING else f.default
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,13 @@ class VersionRecord(Record):
     top_k: int
     network_only: bool = False
     release: Sequence[str] = ()
+    register: bool = True  # False: a LoggedModel of the run only, no version
+    model_logged: bool = False  # its LoggedModel was queued by an earlier record: look it up
+    objective: str = ""  # the metric @best follows ("": no @best/@last update, an older journal)
+    description: str = ""  # the version's markdown description
+    dataset: dict[str, str] = field(
+        default_factory=dict
+    )  # data.name, data.val_digest: the val metrics' dataset
 
 
 @dataclass(frozen=True)

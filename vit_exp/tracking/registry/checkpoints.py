@@ -1,24 +1,31 @@
-"""The callback that turns saved checkpoints into model versions, by the ``registry.register`` policy,
-through the run's outbox after the metrics logged so far (which the version is tagged with)."""
+"""The callback that records each saved checkpoint as a LoggedModel of its run and makes the ones its
+rule picks model versions, through the run's outbox after the metrics logged so far."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 
 from mindspore.train import Callback
 
 from vit_exp.tracking.record.records import VersionRecord
-from vit_exp.tracking.registry import RegistrySettings
+from vit_exp.tracking.registry import RegistrationRule, RegistrySettings, registration_rule
 from vit_exp.tracking.registry.versions import version_record
 from vit_exp.train.callbacks import CheckpointListener, SavedCheckpoint
+from vit_exp.train.objective import HIGHER_IS_BETTER, epoch_values
+
+# The data facts a version keeps as tags (the rest of its data identity is in its description).
+DATA_TAGS = ("data.name", "data.digest")
 
 
 class CheckpointRegistration(Callback, CheckpointListener):
-    """Queues the checkpoints a CheckpointSaver writes as model versions, each once its files are whole.
-    ``every``: each; ``best``: each whose val/top1 beats all queued so far; ``last``: the last, at the
-    end. Epoch checkpoints only, unless ``registry.step_checkpoints`` (these are never "best").
-    ``hold_in``: where a queued checkpoint is hard linked until its version is stored (safe from pruning)."""
+    """Queues each epoch checkpoint a CheckpointSaver writes, once its files are whole, as a LoggedModel
+    of the run, and as a version of ``settings.name`` when the run's rule wants it: ``every``: each;
+    ``best``: each that beats the versions queued so far on the rule's objective; ``last``: the last, at the
+    end; ``none``: none. Step checkpoints only with ``registry.step_checkpoints`` (never "best").
+    ``hold_in``: where a queued checkpoint is hard linked until its record is stored (safe from pruning)."""
 
     def __init__(
         self,
@@ -27,8 +34,9 @@ class CheckpointRegistration(Callback, CheckpointListener):
         model_inputs: Path,
         put: Callable[[VersionRecord], None],
         flush_metrics: Callable[[], None] = lambda: None,
-        data_tags: dict[str, str] | None = None,
+        data_tags: Mapping[str, str] | None = None,
         hold_in: Path | None = None,
+        rule: RegistrationRule | None = None,
     ):
         super().__init__()
         self.settings = settings
@@ -38,20 +46,33 @@ class CheckpointRegistration(Callback, CheckpointListener):
         self.flush_metrics = flush_metrics
         self.data_tags = dict(data_tags or {})
         self.hold_in = hold_in
-        self.queued: list[SavedCheckpoint] = []
+        self.rule = rule or registration_rule(settings.register, smoke_run=False, sweep_job=False)
+        self.objective = self.rule.objective
+        self.queued: list[SavedCheckpoint] = []  # the checkpoints queued as versions
         self._last_epoch: SavedCheckpoint | None = None  # the newest epoch checkpoint written
 
+    def score(self, checkpoint: SavedCheckpoint) -> float:
+        """``checkpoint``'s ``objective`` (NaN when its epoch did not measure it)."""
+        values = epoch_values(self.objective, [checkpoint.record] if checkpoint.record else [])
+        return values[0] if values else math.nan
+
     def improves(self, checkpoint: SavedCheckpoint) -> bool:
-        """Whether ``checkpoint``'s val/top1 beats every checkpoint queued so far (or there is none)."""
-        score = _top1(checkpoint)
-        return score > float("-inf") and all(score > _top1(c) for c in self.queued)
+        """Whether ``checkpoint`` beats every version queued so far on ``objective`` (or there is none)."""
+        score, sign = self.score(checkpoint), 1.0 if HIGHER_IS_BETTER[self.objective] else -1.0
+        return not math.isnan(score) and all(sign * score > sign * self.score(c) for c in self.queued)
+
+    def recorded(self, checkpoint: SavedCheckpoint) -> bool:
+        """Whether ``checkpoint`` becomes a LoggedModel (epoch ones; step ones when asked)."""
+        return checkpoint.kind == "epoch" or (checkpoint.kind == "step" and self.settings.step_checkpoints)
 
     def wanted(self, checkpoint: SavedCheckpoint) -> bool:
-        """Whether the policy makes ``checkpoint`` a version when it is written."""
-        if checkpoint.kind != "epoch" and not self.settings.step_checkpoints:
+        """Whether the rule makes ``checkpoint`` a version when it is written."""
+        if not self.recorded(checkpoint):
             return False
-        policy = self.settings.register
-        return policy == "every" or (policy == "best" and self.improves(checkpoint))
+        policy = self.rule.policy
+        return policy == "every" or (
+            policy == "best" and checkpoint.kind == "epoch" and self.improves(checkpoint)
+        )
 
     def checkpoint_state(self) -> dict:
         return {"registered": [c.state_dict() for c in self.queued]}
@@ -60,44 +81,84 @@ class CheckpointRegistration(Callback, CheckpointListener):
         self.queued = [SavedCheckpoint.from_state(c) for c in state.get("registered", [])]
 
     def catch_up(self, resumed_from: SavedCheckpoint) -> None:
-        """Register the checkpoint a resumed run starts from if the policy wanted it (its attempt may
-        have been killed before queueing it; a version made already is found)."""
-        if self.wanted(resumed_from):
-            self.register(resumed_from)
+        """Record the checkpoint a resumed run starts from (its attempt may have been killed before
+        queueing it; what was stored already is found), as a version if the rule wanted it."""
+        if self.recorded(resumed_from):
+            self.record(resumed_from, register=self.wanted(resumed_from))
 
     def checkpoint_written(self, saved: SavedCheckpoint) -> None:
-        """Queue ``saved`` if the policy wants it (a checkpoint written in the background: once whole)."""
+        """Queue ``saved`` (a checkpoint written in the background: once whole)."""
         if saved.kind == "epoch":
             self._last_epoch = saved
-        if self.wanted(saved):
-            self.register(saved)
+        if self.recorded(saved):
+            self.record(saved, register=self.wanted(saved))
 
     def on_train_end(self, run_context) -> None:
         last = self._last_epoch
-        if self.settings.register == "last" and last is not None and last not in self.queued:
-            self.register(last)
+        if self.rule.policy == "last" and last is not None and last not in self.queued:
+            self.record(last, register=True, model_logged=True)
 
-    def register(self, checkpoint: SavedCheckpoint) -> None:
-        """Queue ``checkpoint`` as a version of ``settings.name``, after the metrics logged so far."""
-        tags = {"epoch": checkpoint.epoch, "global_step": checkpoint.step, "source_run_id": self.run_id}
-        tags |= {"checkpoint_kind": checkpoint.kind, **self.data_tags}
-        if checkpoint.record is not None:
-            val = checkpoint.record.val
-            tags |= {f"val/{k}": f"{v:.6g}" for k, v in val.items() if k in ("top1", "top5", "loss")}
+    def record(self, checkpoint: SavedCheckpoint, register: bool, model_logged: bool = False) -> None:
+        """Queue ``checkpoint`` as a LoggedModel (and a version of ``settings.name`` if ``register``),
+        after the metrics logged so far; ``model_logged``: its LoggedModel was queued before."""
         self.flush_metrics()
-        self.queued.append(checkpoint)
+        if register:
+            self.queued.append(checkpoint)
+        record = version_record(
+            checkpoint.path,
+            checkpoint.step,
+            self.settings.name,
+            self.tags(checkpoint),
+            self.model_inputs,
+            self.settings.top_k,
+            self.hold_in,
+        )
         self.put(
-            version_record(
-                checkpoint.path,
-                checkpoint.step,
-                self.settings.name,
-                tags,
-                self.model_inputs,
-                self.settings.top_k,
-                self.hold_in,
+            replace(
+                record,
+                register=register,
+                model_logged=model_logged,
+                objective=self.objective,
+                description=self.description(checkpoint),
+                dataset={
+                    k: self.data_tags[k] for k in ("data.name", "data.val_digest") if k in self.data_tags
+                },
             )
         )
 
+    def tags(self, checkpoint: SavedCheckpoint) -> dict[str, object]:
+        """At most six: the rule, the epoch, the data, and the objective with its tie-breaker."""
+        tags: dict[str, object] = {
+            "registered_by": self.rule.tag(),
+            "epoch": checkpoint.epoch,
+        }
+        tags |= {k: self.data_tags[k] for k in DATA_TAGS if k in self.data_tags}
+        val = checkpoint.record.val if checkpoint.record else {}
+        tie_breaker = "val/top1" if self.objective == "val/loss" else "val/loss"
+        for metric in (self.objective, tie_breaker):
+            value = (
+                self.score(checkpoint) if metric == self.objective else val.get(metric.removeprefix("val/"))
+            )
+            if value is not None and not math.isnan(value):
+                tags[metric] = f"{value:.6g}"
+        return tags
 
-def _top1(checkpoint: SavedCheckpoint) -> float:
-    return checkpoint.record.val.get("top1", float("-inf")) if checkpoint.record else float("-inf")
+    def description(self, checkpoint: SavedCheckpoint) -> str:
+        """The version's story in markdown: its checkpoint and run, val metrics, data, the rule."""
+        lines = [
+            f"**{checkpoint.path.name}**: epoch {checkpoint.epoch}, step {checkpoint.step} of run "
+            f"`{self.run_id}` ({checkpoint.kind} checkpoint).",
+        ]
+        if checkpoint.record is not None and checkpoint.record.val:
+            val = checkpoint.record.val
+            lines += [
+                "",
+                "| " + " | ".join(f"val/{k}" for k in val) + " |",
+                "|" + "---|" * len(val),
+                "| " + " | ".join(f"{v:.6g}" for v in val.values()) + " |",
+            ]
+        if self.data_tags:
+            data = ", ".join(f"{k.removeprefix('data.')} `{v}`" for k, v in self.data_tags.items())
+            lines += ["", f"Data: {data}."]
+        lines += ["", f"Registered by the rule {self.rule.describe()}; @best and @last follow by themselves."]
+        return "\n".join(lines)

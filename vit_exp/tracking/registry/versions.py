@@ -273,8 +273,9 @@ def register_version(
     writer: PyfuncModelWriter,
     ensure_model: bool = True,
     check_existing: bool = True,
-) -> str:
-    """Make a version record's checkpoint a LoggedModel of ``run`` (a RunInfo) and register it.
+) -> str | None:
+    """Make a version record's checkpoint a LoggedModel of ``run`` (a RunInfo) and register it
+    (``record.register``; else None: a LoggedModel only).
 
     The model is an output of the run at its step, with that step's val metrics; the version's source
     is ``models:/<model_id>``. Files are written directly (``log_model`` would run every version once).
@@ -286,15 +287,18 @@ def register_version(
     if not checkpoint.is_file():
         raise FileNotFoundError(f"checkpoint {checkpoint} is gone; it cannot become a model version")
     name, step = record.name, int(record.step)
-    if ensure_model:
+    if ensure_model and record.register:
         ensure_registered_model(client, name)
-    model = _existing_model(client, run, checkpoint) if check_existing else None
+    model = _existing_model(client, run, checkpoint) if check_existing or record.model_logged else None
     completing = model is not None  # a PENDING one may be an output of the run already
     model = model or _create_model(client, run, checkpoint, step)
     if not _is_ready(model):
         writer.write(client, model, checkpoint, step, run.run_id, record.network_only)
-        _link_to_run(client, run.run_id, model.model_id, step, record.tags, completing)
+        dataset = record.dataset or record.tags  # an older journal's record: its tags have the data
+        _link_to_run(client, run.run_id, model.model_id, step, dataset, completing)
         client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)  # READY: whole and linked
+    if not record.register:
+        return None
     version = _existing_version(client, name, run.run_id, model.model_id) if check_existing else None
     if version is None:
         version = create_once(
@@ -304,6 +308,7 @@ def register_version(
                 source=f"models:/{model.model_id}",
                 run_id=run.run_id,
                 tags=record.tags,
+                description=record.description or None,
                 model_id=model.model_id,
             ),
             lambda: _existing_version(client, name, run.run_id, model.model_id),
@@ -358,10 +363,11 @@ def _existing_version(client, name: str, run_id: str, model_id: str):
 
 
 def _link_to_run(
-    client, run_id: str, model_id: str, step: int, tags: Mapping[str, str], may_exist: bool = False
+    client, run_id: str, model_id: str, step: int, data: Mapping[str, str], may_exist: bool = False
 ) -> None:
     """Make the model an output of the run at ``step``, with the run's val metrics of that step (the
-    same points: the run's history gains none); ``may_exist``: it may be an output already."""
+    same points: the run's history gains none) on the val split of ``data`` (``data.name``,
+    ``data.val_digest``); ``may_exist``: it may be an output already."""
     from mlflow.entities import LoggedModelOutput, Metric
 
     if not (may_exist and _is_output(client, run_id, model_id)):
@@ -372,8 +378,8 @@ def _link_to_run(
             f"the output {model_id} of run {run_id}",
         )
     dataset = {}
-    if tags.get("data.name") and tags.get("data.val_digest"):
-        dataset = {"dataset_name": tags["data.name"], "dataset_digest": tags["data.val_digest"]}
+    if data.get("data.name") and data.get("data.val_digest"):
+        dataset = {"dataset_name": data["data.name"], "dataset_digest": data["data.val_digest"]}
     metrics = [
         Metric(m.key, m.value, m.timestamp, m.step, model_id=model_id, **dataset)
         for key in VAL_METRICS
