@@ -11,19 +11,36 @@ CONFIG_DIR = PROJECT_ROOT / "conf"
 
 
 def register_resolvers() -> None:
-    """Register ``${vit_exp.project_root:}`` and ``${vit_exp.beside_store:...}`` (idempotent)."""
+    """Register ``${vit_exp.project_root:}``, ``${vit_exp.beside_store:...}``, ``${vit_exp.help:}`` and
+    the console's ``${vit_exp.rank_label:}`` and ``${vit_exp.console_level:}`` (idempotent)."""
     if not OmegaConf.has_resolver("vit_exp.project_root"):
         OmegaConf.register_new_resolver("vit_exp.project_root", lambda: str(PROJECT_ROOT))
     if not OmegaConf.has_resolver("vit_exp.beside_store"):
         OmegaConf.register_new_resolver("vit_exp.beside_store", beside_store)
     if not OmegaConf.has_resolver("vit_exp.help"):
         OmegaConf.register_new_resolver("vit_exp.help", _help_template)
+    if not OmegaConf.has_resolver("vit_exp.rank_label"):
+        OmegaConf.register_new_resolver("vit_exp.rank_label", _rank_label)
+    if not OmegaConf.has_resolver("vit_exp.console_level"):
+        OmegaConf.register_new_resolver("vit_exp.console_level", _console_level)
 
 
 def _help_template() -> str:
     from vit_exp.help import help_template
 
     return help_template()
+
+
+def _rank_label() -> str:
+    from vit_exp.train.parallel import console_rank_label
+
+    return console_rank_label()
+
+
+def _console_level() -> str:
+    from vit_exp.train.parallel import console_level
+
+    return console_level()
 
 
 def beside_store(tracking_uri: str, file_name: str, fallback_dir: str) -> str:

@@ -91,6 +91,7 @@ def training_session(
                 callbacks.load_state(resume.state, resume.checkpoint)
             yield Session(job, run, callbacks, preemption(job, callbacks, run))
         finally:  # the metrics still buffered are sent, also when training failed or was interrupted
+            callbacks.console.close()  # the progress bar off the console before the last lines
             if callbacks.metric_logger is not None:
                 callbacks.metric_logger.flush()
 
@@ -108,6 +109,7 @@ def assemble_callbacks(
     """Every callback of a training job (the MLflow ones only with a run); ``logged``: per metric,
     the last step a resumed run already holds (not logged again)."""
     from vit_exp.train.callbacks import CheckpointSaver, ConsoleProgress, TrainHistory
+    from vit_exp.train.progress import ProgressBar, wants_bar
 
     trainer = job.trainer
     history = TrainHistory(job.workers.global_batch(trainer.batch_size), lr_values)  # images/s of all
@@ -128,7 +130,8 @@ def assemble_callbacks(
         listeners=[c for c in (metric_logger, registration) if c is not None],
         run_state={"run_id": run.run_id if run else None, "config": job.comparable},
     )
-    console = ConsoleProgress(history, plan, trainer.print_every_n_steps)
+    bar = ProgressBar(plan.total_steps) if wants_bar(trainer.progress_bar, job.workers.is_main) else None
+    console = ConsoleProgress(history, plan, trainer.print_every_n_steps, bar)
     return TrainingCallbacks(
         history, console, checkpoints, metric_logger, registration, writes_checkpoints=job.workers.is_main
     )

@@ -84,6 +84,10 @@ def test_two_workers_at_batch_32_train_like_one_process_at_batch_64(tmp_path):
     assert [v.run_id for v in versions] == [run.info.run_id]  # one checkpoint, one version, rank 0's
     rank1_log = (tmp_path / "two" / "train-rank1.log").read_text()
     assert "worker 1 of 2" in rank1_log and "mlflow" not in rank1_log
+    # msrun shows the workers' consoles in one stream: each line names its rank, rank 1 only warns
+    rank0_console, rank1_console = logs["worker_0.log"], logs["worker_1.log"]
+    assert "][rank 0] model vit_tiny" in rank0_console and "][rank 0] epoch 1/1 step" in rank0_console
+    assert "worker 1 of 2" not in rank1_console and "epoch 1/1 step" not in rank1_console
     assert (tmp_path / "two" / ".hydra-rank1" / "config.yaml").is_file()
     checkpoints = sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir())
     assert checkpoints == [f"vit_tiny-e001-s{STEPS:06d}.ckpt", f"vit_tiny-e001-s{STEPS:06d}.state.ckpt"]

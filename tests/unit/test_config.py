@@ -160,6 +160,7 @@ def test_recipe_experiment_composes(compose):
         ("mlflow.log_details_every_n_steps=0", "mlflow.log_details_every_n_steps"),
         ("mlflow.log_details_every_n_steps=2.5", "mlflow.log_details_every_n_steps"),
         ("trainer.print_every_n_steps=0", "trainer.print_every_n_steps"),
+        ("trainer.progress_bar=sometimes", "trainer.progress_bar"),
         ("trainer.max_steps=-3", "trainer.max_steps"),
         ("optim.lr=-1", "optim.lr"),
         ("optim.name=lamb", "optim.name"),

@@ -12,10 +12,14 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from mindspore import Tensor
 from mindspore.train import Callback
+
+if TYPE_CHECKING:
+    from vit_exp.train.progress import ProgressBar
 
 log = logging.getLogger("vit_exp.train")
 
@@ -159,13 +163,15 @@ class TrainHistory(Callback):
 
 
 class ConsoleProgress(Callback):
-    """Logs the plan, a line every ``every_n_steps`` steps, and one per epoch with its validation."""
+    """Logs the plan, a line every ``every_n_steps`` steps, and one per epoch with its validation.
+    With a ``bar`` (a terminal), the bar shows every step instead of the step lines."""
 
-    def __init__(self, history: TrainHistory, plan, every_n_steps: int):
+    def __init__(self, history: TrainHistory, plan, every_n_steps: int, bar: ProgressBar | None = None):
         super().__init__()
         self.history = history
         self.plan = plan
         self.every = every_n_steps
+        self.bar = bar
 
     def on_train_begin(self, run_context) -> None:
         plan = self.plan
@@ -177,12 +183,18 @@ class ConsoleProgress(Callback):
         done = int(run_context.original_args().cur_step_num)
         if done:
             log.info("continuing after step %d (%d step(s) to go)", done, plan.total_steps - done)
+        if self.bar is not None:
+            self.bar.open(done)
 
     def on_train_step_end(self, run_context) -> None:
         h, steps = self.history, self.plan.steps_per_epoch
         step_in_epoch = (h.global_step - 1) % steps + 1
-        if step_in_epoch % self.every == 0 or step_in_epoch == steps:
-            epoch = f"epoch {run_context.original_args().cur_epoch_num}/{self.plan.epochs}"
+        if self.bar is None and step_in_epoch % self.every and step_in_epoch != steps:
+            return
+        epoch = f"epoch {run_context.original_args().cur_epoch_num}/{self.plan.epochs}"
+        if self.bar is not None:  # every step: TrainHistory has read the loss already (no extra sync)
+            self.bar.show(f"{epoch} step {step_in_epoch}/{steps}", h.last_loss, h.lr, h.throughput)
+        else:
             log.info(
                 f"{epoch} step {step_in_epoch}/{steps}  loss {h.last_loss:.4f}  lr {h.lr:.3e}  "
                 f"{h.throughput:.0f} img/s"
@@ -200,6 +212,14 @@ class ConsoleProgress(Callback):
                 f"top1 {record.val.get('top1', math.nan):.4f}  top5 {record.val.get('top5', math.nan):.4f}"
             )
         log.info(line)
+
+    def on_train_end(self, run_context) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Remove the bar, if any (also when training ends by an error or a preemption)."""
+        if self.bar is not None:
+            self.bar.close()
 
 
 class CheckpointListener:

@@ -62,6 +62,19 @@ def msrun_prefix() -> str:
     return f"msrun --worker_num={workers} ... "
 
 
+def console_rank_label() -> str:
+    """``[rank N]`` in a worker of a multi-worker msrun job ("" otherwise): on each console line, as
+    msrun shows all workers' output in one stream."""
+    workers = from_environment()
+    return f"[rank {workers.rank}]" if workers.world_size > 1 else ""
+
+
+def console_level() -> str:
+    """The console's log level: WARNING in a worker other than rank 0 (its INFO lines repeat rank 0's),
+    else NOTSET (the loggers' own levels)."""
+    return "NOTSET" if from_environment().is_main else "WARNING"
+
+
 def worker_overrides() -> list[str]:
     """Hydra overrides for worker N > 0: its config copy in ``.hydra-rankN`` and its log in
     ``<task>-rankN.log``, apart from rank 0's in the shared ``hydra.run.dir``."""

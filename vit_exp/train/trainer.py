@@ -28,6 +28,7 @@ class TrainSettings:
     label_smoothing: float
     val_every_n_epochs: Annotated[int, SETUP]
     print_every_n_steps: Annotated[int, NOT_COMPARED]
+    progress_bar: Annotated[bool | str, NOT_COMPARED]
     checkpoint_every_n_epochs: Annotated[int, NOT_COMPARED]
     keep_checkpoints: Annotated[int, NOT_COMPARED]
     checkpoint_every_n_steps: Annotated[int | None, NOT_COMPARED]
@@ -52,6 +53,8 @@ class TrainSettings:
         for key in ("max_steps", "checkpoint_every_n_steps"):
             if getattr(self, key) is not None:
                 positive_int(f"trainer.{key}", getattr(self, key))
+        if self.progress_bar not in (True, False, "auto"):
+            raise ConfigError(f"trainer.progress_bar must be auto, true or false, got {self.progress_bar!r}")
         if self.deterministic and self.resume_fast_skip:
             raise ConfigError(
                 "trainer.resume_fast_skip=true makes a resumed epoch's random crops differ; "
