@@ -93,7 +93,7 @@ def log_job(job: TrainJob, data, net, identity) -> None:
     images = f"{identity.train.num_images} train / {identity.val.num_images} val images"
     log.info(
         f"model {job.model_name}: {count_parameters(net):,} parameters, {net.num_classes} classes | "
-        f"data {data.name}: {data.root} ({images}, digest {identity.digest}) | "
+        f"data {identity.label} in {data.root} ({images}) | "
         f"device {job.device.target} ({job.device.mode} mode, {net.precision}){parallel}"
     )
 

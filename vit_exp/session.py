@@ -86,14 +86,47 @@ def training_session(
             log_job_inputs(job, run, data, net, identity)
         logged = resume.logged_steps if resume is not None else {}
         callbacks = assemble_callbacks(job, run, net, data, identity, plan, lr_values, logged)
+        stop = preemption(job, callbacks, run)
         try:
             if resume is not None and resume.checkpoint is not None:
                 callbacks.load_state(resume.state, resume.checkpoint)
-            yield Session(job, run, callbacks, preemption(job, callbacks, run))
+            if run is not None:
+                _tell_start(job, run, net, identity, plan, callbacks.history, resume)
+            yield Session(job, run, callbacks, stop)
+        except KeyboardInterrupt as exc:  # the run's description says what stopped it
+            if run is not None:
+                run.story.interrupted(exc, stop.received)
+            raise
         finally:  # the metrics still buffered are sent, also when training failed or was interrupted
             callbacks.console.close()  # the progress bar off the console before the last lines
             if callbacks.metric_logger is not None:
                 callbacks.metric_logger.flush()
+
+
+def _tell_start(
+    job: TrainJob,
+    run: TrackedRun,
+    net,
+    identity: DataIdentity,
+    plan: TrainPlan,
+    history: TrainHistory,
+    resume: ResumeTarget | None,
+) -> None:
+    """The description of the running run (a resumed attempt's replaces the one before)."""
+    from vit_exp.models.vit import count_parameters
+
+    attempt, from_step = (resume.attempt, resume.from_step) if resume is not None else (1, 0)
+    model = f"{job.model_name}, {count_parameters(net):,} parameters, {net.num_classes} classes"
+    run.story.begin(
+        model,
+        identity,
+        plan,
+        history,
+        job.objective,
+        attempt,
+        from_step,
+    )
+    run.outbox.put(run.story.record())
 
 
 def assemble_callbacks(
@@ -200,9 +233,15 @@ def preemption(job: TrainJob, callbacks: TrainingCallbacks, run: TrackedRun | No
         if callbacks.metric_logger is not None:
             callbacks.metric_logger.flush()
         if run is not None:
+            from vit_exp.tracking.record.story import signal_name
+
+            name = signal_name(stop.received) if stop.received else "a signal"
+            run.story.stopped_by = f"{name}; no checkpoint within trainer.preempt_grace_s"
+            run.outbox.put(run.story.record("KILLED"))
             run.outbox.finish("KILLED", wait_s=min(5.0, job.mlflow.drain_timeout_s))
 
-    return Preemption(grace_s, save, on_timeout)
+    stop = Preemption(grace_s, save, on_timeout)
+    return stop
 
 
 def _log_summary(

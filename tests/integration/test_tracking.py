@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -91,6 +92,58 @@ def test_artifacts(tiny_run):
     assert "mindspore==2.10.0" in env
     log = Path(client.download_artifacts(run_id, "train.log")).read_text()
     assert "epoch 2/2 done" in log and "best epoch" in log  # the console's lines, to the summary
+
+
+def test_the_run_page_tells_the_runs_story(tiny_run):
+    """The run's Description (``mlflow.note.content``): how it ended, model, data, progress, best
+    epoch with its val metrics, time, the versions the store holds of it, the software."""
+    run = tiny_run["run"]
+    tags = run.data.tags
+    ending, blank, *facts = tags["mlflow.note.content"].splitlines()
+    assert ending == "**FINISHED**" and blank == ""
+    facts = dict(line.removeprefix("- ").split(": ", 1) for line in facts)
+    params = run.data.params["model.num_parameters"]
+    assert facts["model"] == f"vit_tiny, {int(params):,} parameters, 3 classes"
+    assert facts["data"] == f"image_folder:{tags['data.digest'][:8]} (36 train / 36 val images)"
+    assert facts["progress"] == "epoch 2 of 2 done, step 8 of 8"
+    best = run.data.metrics  # each metric's last value: best/* is the best epoch's
+    assert facts["best"] == (
+        f"epoch {int(best['best/epoch'])} by val/top1: top1 {best['best/val_top1']:.4f}, "
+        f"top5 {best['best/val_top5']:.4f}, loss {best['best/val_loss']:.4f}"
+    )
+    assert facts["time"].endswith(" s")
+    links = [f"[models:/tiny-vit/{v}](#/models/tiny-vit/versions/{v})" for v in (1, 2)]
+    assert facts["model versions"] == ", ".join(links)  # what the store holds of the run
+    assert f"mindspore {tags['mindspore.version']}" in facts["software"]
+
+
+def test_one_data_digest_in_console_tags_datasets_versions_and_promote(tiny_run):
+    """The console's ``image_folder:<8 hex>`` is the data digest's start, as promote shows it; each
+    split's MLflow dataset digest (the UI's) begins with it and is the run's and versions' tag."""
+    from vit_exp.data.digest import data_identity
+    from vit_exp.data.folder import ImageFolderData
+    from vit_exp.tracking.registry.promotion import VersionScore
+
+    client, run = tiny_run["client"], tiny_run["run"]
+    tags = run.data.tags
+    label = f"image_folder:{tags['data.digest'][:8]}"
+    assert f"data {label} in {tiny_run['root']} (36 train / 36 val images)" in tiny_run["stdout"]
+    inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
+    assert {split: d.digest for split, d in inputs.items()} == {
+        "train": tags["data.train_digest"],
+        "val": tags["data.val_digest"],
+    }
+    assert all(d.digest.startswith(tags["data.digest"][:8]) and len(d.digest) == 16 for d in inputs.values())
+    identity = data_identity(ImageFolderData(root=tiny_run["root"]), cache_dir=None)
+    assert tags["data.digest"] == identity.digest and tags["data.val_digest"] == identity.dataset_digest(
+        identity.val
+    )
+    for version in client.search_model_versions("name='tiny-vit'"):
+        assert {key: version.tags[key] for key in identity.tags()} == identity.tags()
+        score = VersionScore(
+            version.version, 0.0, [], run.info.run_id, "image_folder", version.tags["data.digest"]
+        )
+        assert score.data == label
 
 
 def test_every_checkpoint_is_a_tagged_model_version(tiny_run, monkeypatch):
@@ -264,6 +317,9 @@ def test_an_unreadable_image_is_named_and_can_be_left_out(tmp_path, tracking_sto
     (run,) = client.search_runs([client.get_experiment_by_name("vit-exp").experiment_id])
     assert run.info.status == "FAILED"
     assert "Traceback" in Path(client.download_artifacts(run.info.run_id, "traceback.txt")).read_text()
+    story = run.data.tags["mlflow.note.content"].splitlines()  # the console's one line, in the description
+    assert story[0] == f"**FAILED**: `{run.data.tags['vit_exp.error']}`" and str(broken) in story[0]
+    assert any(line.startswith("- progress: epoch 0 of 1 done, step ") for line in story), story
 
     for attempt in ("first", "second"):
         skip = run_cli(
@@ -308,6 +364,12 @@ def test_ctrl_c_ends_the_run_killed_and_keeps_buffered_metrics(tmp_path, trackin
     (run,) = client.search_runs([client.get_experiment_by_name("vit-exp").experiment_id])
     assert run.info.status == "KILLED", stderr[-2000:]
     assert len(client.get_metric_history(run.info.run_id, "val/top1")) >= 2, stderr[-2000:]
+    story = run.data.tags["mlflow.note.content"]
+    # MindSpore's runtime may answer Ctrl-C with a SIGTERM of its own (vit_exp/cli.py)
+    stopped = re.match(
+        r"\*\*KILLED\*\* by (SIGINT \(Ctrl-C\)|SIGTERM) at step (\d+); checkpoint saved", story
+    )
+    assert stopped and f"step {stopped.group(2)} of " in story, story
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
     epoch_ends = [m.step for m in client.get_metric_history(run.info.run_id, "epoch")]
     assert steps == list(range(1, len(steps) + 1)) and len(steps) >= epoch_ends[1], stderr[-2000:]

@@ -2,6 +2,10 @@
 
 A split's digest covers each image's relative path, size and label, not the folder's location. Cached
 under ``cache_dir`` by folder mtimes, it misses a file rewritten in place until the entry is removed.
+
+One digest names the data everywhere (console, run tags, MLflow datasets, version tags, promote): the
+data digest, read as ``digits:289287cc`` (its first ``SHORT_LENGTH`` characters); a split's MLflow
+dataset digest begins with those same characters (``289287cc`` + the split's own ``acc8f497``).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from vit_exp.data.folder import IMAGE_EXTENSIONS
 from vit_exp.locking import exclusive
 
 DIGEST_LENGTH = 16
+SHORT_LENGTH = 8  # what people read and type: ``digits:289287cc``
 CACHE_VERSION = 1
 
 
@@ -42,16 +47,31 @@ class DataIdentity:
     train: SplitDigest
     val: SplitDigest
 
+    @property
+    def label(self) -> str:
+        """``digits:289287cc``: how the console, the run description and promote name this data."""
+        return data_label(self.name, self.digest)
+
+    def dataset_digest(self, split: SplitDigest) -> str:
+        """``split``'s digest as an MLflow dataset (and ``data.<split>_digest`` tag): the data digest's
+        short form, then the split's own, ``DIGEST_LENGTH`` characters in all."""
+        return self.digest[:SHORT_LENGTH] + split.digest[: DIGEST_LENGTH - SHORT_LENGTH]
+
     def tags(self) -> dict[str, str]:
         """Tags for a model version (and a run): ``data.name``, ``data.digest``, ..."""
         return {
             "data.name": self.name,
             "data.digest": self.digest,
-            "data.train_digest": self.train.digest,
-            "data.val_digest": self.val.digest,
+            "data.train_digest": self.dataset_digest(self.train),
+            "data.val_digest": self.dataset_digest(self.val),
             "data.num_classes": str(self.num_classes),
             "data.class_names_digest": self.class_names_digest,
         }
+
+
+def data_label(name: str, digest: str) -> str:
+    """``digits:289287cc``: a data name and the start of its digest (also of a version's tags)."""
+    return f"{name}:{digest[:SHORT_LENGTH]}"
 
 
 def class_names_digest(class_names: list[str]) -> str:

@@ -43,6 +43,7 @@ class Preemption:
         self.save = save
         self.on_timeout = on_timeout
         self._timer: threading.Timer | None = None
+        self.received: int | None = None  # the signal that asked to stop (kept after the loop ends)
 
     @property
     def requested(self) -> bool:
@@ -58,6 +59,7 @@ class Preemption:
             self._timer.cancel()
 
     def _start_grace(self, signum: int) -> None:
+        self.received = signum
         name = signal.Signals(signum).name
         log.warning("%s: saving a checkpoint after the current step (within %g s)", name, self.grace_s)
         self._timer = threading.Timer(self.grace_s, self._give_up)

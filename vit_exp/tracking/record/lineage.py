@@ -15,14 +15,15 @@ IMAGE_FOLDER_SCHEMA = {
 }
 
 
-def dataset_entity(name: str, split: SplitDigest):
-    """An MLflow Dataset for one split: name, digest, local source, schema and a profile of counts."""
+def dataset_entity(identity: DataIdentity, split: SplitDigest):
+    """An MLflow Dataset for one split: name, digest (``DataIdentity.dataset_digest``: MLflow computes
+    none), local source, schema and a profile of counts."""
     from mlflow.entities import Dataset
 
     profile = {"num_images": split.num_images, "num_bytes": split.num_bytes, "num_classes": split.num_classes}
     return Dataset(
-        name=name,
-        digest=split.digest,
+        name=identity.name,
+        digest=identity.dataset_digest(split),
         source_type="local",
         source=json.dumps({"uri": split.path}),
         schema=json.dumps(IMAGE_FOLDER_SCHEMA),
@@ -36,7 +37,7 @@ def log_datasets(client, run_id: str, identity: DataIdentity) -> None:
     from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
     inputs = [
-        DatasetInput(dataset_entity(identity.name, split), [InputTag(MLFLOW_DATASET_CONTEXT, context)])
+        DatasetInput(dataset_entity(identity, split), [InputTag(MLFLOW_DATASET_CONTEXT, context)])
         for context, split in (("train", identity.train), ("val", identity.val))
     ]
     log_inputs_racing_others(client, run_id, inputs)

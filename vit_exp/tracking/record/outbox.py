@@ -23,6 +23,7 @@ from vit_exp.tracking.record.records import (
     MetricsRecord,
     Record,
     RunRecord,
+    StoryRecord,
     VersionRecord,
 )
 from vit_exp.tracking.retries import Patience, is_transient, with_patience
@@ -191,7 +192,8 @@ def sent_count(folder: Path) -> int:
 
 
 class RunSender:
-    """Sends one run's outbox records to the store: metric batches, model versions, the end status."""
+    """Sends one run's outbox records to the store: metric batches, model versions, artifacts, the
+    description, the end status."""
 
     def __init__(self, client, run_id: str, stopping: threading.Event | None = None):
         # A flaky server's calls are retried until the outbox stops waiting (``stopping``).
@@ -262,6 +264,10 @@ class RunSender:
             case ArtifactRecord():
                 if Path(record.path).is_file():  # gone (a sync long after): nothing to store
                     self.client.log_artifact(self.run_id, record.path, record.artifact_path)
+            case StoryRecord():
+                from vit_exp.tracking.record.story import write_description
+
+                write_description(self.client, self.run_id, record)
             case EndRecord():
                 end_run(self.client, self.run_id, record.status, record.error)
             case _:

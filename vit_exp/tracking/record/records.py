@@ -76,6 +76,15 @@ class ArtifactRecord(Record):
 
 
 @dataclass(frozen=True)
+class StoryRecord(Record):
+    """The run's markdown description as the training process knows it (``record.story``); the sender
+    adds the model versions the store holds of the run and the software the run's tags name."""
+
+    kind: ClassVar[str] = "story"
+    lines: list[str]
+
+
+@dataclass(frozen=True)
 class EndRecord(Record):
     """The run's end status, with a failed run's one-line error."""
 
@@ -85,5 +94,5 @@ class EndRecord(Record):
 
 
 RECORD_TYPES: dict[str, type[Record]] = {
-    t.kind: t for t in (RunRecord, MetricsRecord, VersionRecord, ArtifactRecord, EndRecord)
+    t.kind: t for t in (RunRecord, MetricsRecord, VersionRecord, ArtifactRecord, StoryRecord, EndRecord)
 }

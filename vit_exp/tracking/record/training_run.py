@@ -7,12 +7,13 @@ import logging
 import tempfile
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vit_exp.credentials import mask, reveal
 from vit_exp.errors import RegistryError
+from vit_exp.tracking.record.story import RunStory
 
 if TYPE_CHECKING:
     from vit_exp.data.digest import DataIdentity
@@ -24,13 +25,15 @@ log = logging.getLogger("vit_exp.tracking")
 
 @dataclass(frozen=True)
 class TrackedRun:
-    """The MLflow run a job records into, its outbox, and its lock (held while this process trains it)."""
+    """The MLflow run a job records into, its outbox, its lock (held while this process trains it) and
+    its story (the description written at its start and end)."""
 
     run_id: str
     tracking_uri: str
     outbox: Outbox
     lock: object | None = None
     experiment_id: str = ""
+    story: RunStory = field(default_factory=RunStory)
 
 
 @contextlib.contextmanager
@@ -106,6 +109,7 @@ def _finish(job, opened: list[TrackedRun], run_id: str, status: str, error: str 
         job.hydra.log_file is not None and job.hydra.log_file.is_file()
     ):  # the console's story, as far as it got
         run.outbox.put(ArtifactRecord(str(job.hydra.log_file)))
+    run.outbox.put(run.story.record(status, error))  # after the versions: it lists them
     left = run.outbox.finish(status, wait_s=job.mlflow.drain_timeout_s, error=error)
     if not left:
         return

@@ -11,6 +11,7 @@ import socket
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from vit_exp.data.digest import data_label
 from vit_exp.errors import ConfigError, RegistryError
 from vit_exp.tracking.registry.resolve import require_registered_model
 
@@ -50,8 +51,8 @@ class VersionScore:
 
     @property
     def data(self) -> str:
-        """``digits:289287cc`` (name and the start of the digest)."""
-        return f"{self.data_name}:{self.data_digest[:8]}"
+        """``digits:289287cc`` (name and the start of the digest), as the training console shows it."""
+        return data_label(self.data_name, self.data_digest)
 
 
 @dataclass
