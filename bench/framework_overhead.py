@@ -113,7 +113,7 @@ def full(data, epochs: int, store: Path, net, every_epoch: bool) -> tuple[float,
     listeners = [logger]
     if every_epoch:  # registry.register=every (the default)
         classes = [str(i) for i in range(10)]
-        inputs = write_model_inputs(store / "model_inputs", {"model": {}}, classes, data.example_image())
+        inputs = write_model_inputs(store / "model_inputs", {"model": {}}, classes)
         settings = group_settings("registry", register="every", name="bench")
         listeners.append(
             CheckpointRegistration(settings, run_id, inputs, put=outbox.put, flush_metrics=logger.flush)

@@ -80,15 +80,14 @@ def _store(folder: Path):
 
 
 def _writer(folder: Path, net):
-    from vit_exp.tracking.registry.versions import PyfuncModelWriter, version_config, write_model_inputs
+    from vit_exp.tracking.registry.versions import model_writer, version_config, write_model_inputs
 
     class Data:
         name, class_map, mean, std = "bench", "folder", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
 
     config = version_config("bench", net.config, Data())
-    inputs = write_model_inputs(folder / "inputs", config, [str(i) for i in range(10)], b"\x89PNG")
-    shared = {"config": inputs / "config.yaml", "class_names": inputs / "class_names.json"}
-    return PyfuncModelWriter(shared, b"\x89PNG", 5), inputs
+    inputs = write_model_inputs(folder / "inputs", config, [str(i) for i in range(10)])
+    return model_writer(inputs, 5), inputs
 
 
 def version_seconds(versions: int, folder: Path) -> dict:

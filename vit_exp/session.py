@@ -196,7 +196,7 @@ def _registration(
 
     config = version_config(job.model_name, net.config, data)
     folder = run.outbox.folder.parent / "model_inputs"
-    inputs = write_model_inputs(folder, config, data.class_names_for(net.num_classes), data.example_image())
+    inputs = write_model_inputs(folder, config, data.class_names_for(net.num_classes))
     registration = CheckpointRegistration(
         job.registry,
         run.run_id,

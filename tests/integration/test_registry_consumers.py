@@ -269,8 +269,6 @@ def post(url: str, payload: dict) -> dict:
 
 @pytest.mark.integration  # `mlflow models serve`: a server process
 def test_serve_champion_over_http(registry, champion, tmp_path):
-    client = client_for(registry)
-    version = client.get_model_version_by_alias("consumer-vit", "champion")
     port = free_port()
     env = dict(
         os.environ,
@@ -301,14 +299,6 @@ def test_serve_champion_over_http(registry, champion, tmp_path):
     )
     try:
         wait_for_http(f"http://127.0.0.1:{port}/ping", server, tmp_path / "serve.log")
-        import mlflow
-
-        mlflow.set_tracking_uri(registry["uri"])  # the version's source, models:/<model_id>, resolves from it
-        example_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=version.source))
-        example = json.loads((example_dir / "serving_input_example.json").read_text())
-        answer = post(f"http://127.0.0.1:{port}/invocations", example)
-        assert answer["predictions"][0]["class_name"] in CLASSES
-
         images = [sorted((registry["root"] / "val" / c).glob("*.png"))[0].read_bytes() for c in CLASSES]
         request = {
             "dataframe_split": {
@@ -318,6 +308,7 @@ def test_serve_champion_over_http(registry, champion, tmp_path):
         }
         served = post(f"http://127.0.0.1:{port}/invocations", request)["predictions"]
 
+        import mlflow
         import pandas as pd
 
         mlflow.set_tracking_uri(registry["uri"])

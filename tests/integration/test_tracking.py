@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from tests.helpers.data import write_image_folder
-from tests.helpers.models import TINY_MODEL, tiny_vit
+from tests.helpers.models import TINY_MODEL, requires_fused_kernels, tiny_vit
 from tests.helpers.processes import run_cli
 
 
@@ -212,7 +212,8 @@ import mlflow, pandas as pd
 model = mlflow.pyfunc.load_model(model_uri)
 out = model.predict(pd.DataFrame({"image": [open(p, "rb").read() for p in paths]}))
 print(json.dumps({"idx": out["top_k_indices"].tolist(), "p": out["top_k_probabilities"].tolist(),
-                  "names": out["class_name"].tolist(), "code": sys.modules["vit_exp"].__file__}))
+                  "names": out["class_name"].tolist(), "code": sys.modules["vit_exp"].__file__,
+                  "fused": model.unwrap_python_model().predictor.net.uses_fused_kernels}))
 """
 
 
@@ -269,7 +270,14 @@ def test_a_downloaded_version_needs_neither_the_checkout_nor_the_run_dir(tiny_ru
     mlflow.set_tracking_uri(tiny_run["uri"])
     mlflow.set_registry_uri(tiny_run["uri"])
     copy = Path(mlflow.artifacts.download_artifacts("models:/tiny-vit/2", dst_path=str(tmp_path / "copy")))
-    for path in (p for p in copy.rglob("*") if p.is_file()):
+    files = sorted(p.relative_to(copy).as_posix() for p in copy.rglob("*") if p.is_file())
+    stored = [f for f in files if f != "registered_model_meta"]  # written by the download (name, version)
+    checkpoints = [f for f in stored if f.startswith("artifacts/") and f.endswith(".ckpt")]
+    assert len(checkpoints) == 1 and len(stored) - 1 <= 5, stored  # small: vit_exp is one archive
+    requirements = (copy / "requirements.txt").read_text().splitlines()
+    assert {"numpy<2", "pandas<3", "mindspore==2.10.0"} <= set(requirements), requirements
+    assert any(r.startswith("mlflow==3.") for r in requirements), requirements
+    for path in (copy / f for f in files):
         text = path.read_bytes()
         for private in (str(tiny_run["tmp"]), str(PROJECT_ROOT), str(tiny_run["root"])):
             assert private.encode() not in text, f"{path.relative_to(copy)} holds {private}"
@@ -285,7 +293,9 @@ def test_a_downloaded_version_needs_neither_the_checkout_nor_the_run_dir(tiny_ru
         served = predict_in_a_fresh_process(str(copy), staged, tmp_path, env, hide_checkout=True)
     finally:
         moved.rename(run_dir)
-    assert Path(served["code"]).is_relative_to(copy)  # the version's own copy of vit_exp
+    assert Path(served["code"]).is_relative_to(copy / "code" / "vit_exp.zip")  # the version's own vit_exp
+    no_compiler = requires_fused_kernels.args[0]  # else the kernels build from the archive's sources
+    assert served["fused"] is not no_compiler
     assert_equals_direct_inference(served, next((copy / "artifacts").glob("*.ckpt")), staged)
 
 

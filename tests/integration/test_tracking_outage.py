@@ -93,7 +93,7 @@ def test_server_away_during_training_loses_nothing(server, tmp_path):
     assert str(model.status).endswith("READY")
     assert model.source_run_id == run.info.run_id
     model_files = {a.path.rsplit("/", 1)[-1] for a in client.list_logged_model_artifacts(model.model_id)}
-    assert {"MLmodel", "serving_input_example.json", "artifacts", "code"} <= model_files
+    assert {"MLmodel", "requirements.txt", "artifacts", "code"} <= model_files
 
 
 @pytest.mark.slow

@@ -196,3 +196,35 @@ def test_auto_registers_less_for_smoke_runs_and_sweep_jobs():
     assert chosen.policy == "every" and chosen.tag() == "every (set by registry.register)"
     best = registration_rule("auto", smoke_run=False, sweep_job=False, objective="val/loss")
     assert best.tag() == "best (auto: a training run)" and "new best val/loss" in best.describe()
+
+
+@pytest.mark.parametrize("layout", ["model_config", "artifacts"])
+def test_a_version_loads_its_config_from_its_mlmodel_or_as_written_before(layout, tmp_path):
+    """A version's config and class names are in its MLmodel's model config; a version written before
+    has them as ``config`` and ``class_names`` artifacts: both load."""
+    import json
+
+    import mindspore as ms
+    import yaml
+    from mlflow.models import Model
+
+    from tests.helpers.models import TINY_VIT_ARGS, tiny_vit
+    from vit_exp.tracking.registry.resolve import load_predictor
+
+    config = {"model": {"name": "vit_tiny", **TINY_VIT_ARGS}, "data": {"mean": [1.0] * 3, "std": [2.0] * 3}}
+    names = ["ant", "bee", "cat"]
+    version = tmp_path / "version"
+    (version / "artifacts").mkdir(parents=True)
+    ms.save_checkpoint(tiny_vit(num_classes=3), str(version / "artifacts" / "net.ckpt"))
+    flavor = {"artifacts": {"checkpoint": {"path": "artifacts/net.ckpt"}}}
+    if layout == "model_config":
+        flavor["config"] = {"top_k": 2, **config, "class_names": names}
+    else:
+        (version / "artifacts" / "config.yaml").write_text(yaml.safe_dump(config))
+        (version / "artifacts" / "class_names.json").write_text(json.dumps(names))
+        flavor["artifacts"] |= {"config": {"path": "artifacts/config.yaml"}}
+        flavor["artifacts"] |= {"class_names": {"path": "artifacts/class_names.json"}}
+    Model(flavors={"python_function": flavor}).save(str(version / "MLmodel"))
+    predictor = load_predictor(str(version))
+    assert predictor.class_names == names and predictor.mean == [1.0] * 3 and predictor.std == [2.0] * 3
+    assert predictor.image_size == 32 and predictor.net.num_classes == 3

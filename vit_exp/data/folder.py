@@ -110,14 +110,6 @@ class ImageFolderData:
         """The class names, padded to a head of ``num_classes`` (e.g. model.num_classes=1000 on a subset)."""
         return self.class_names + [f"class_{i}" for i in range(len(self.class_names), num_classes)]
 
-    def example_image(self) -> bytes:
-        """Bytes of the first validation image (a registered model's input example)."""
-        split = self.root / self.val_split
-        for folder in sorted(p for p in split.iterdir() if p.is_dir()):
-            if images := list_images(folder):
-                return images[0].read_bytes()
-        raise FileNotFoundError(f"no image under {split}")
-
     def check_split_classes(self, split: str, key: str) -> Path:
         """Validate a non-train split: it exists and its class folders are known to the train split."""
         path = self.split_dir(split, key=key)

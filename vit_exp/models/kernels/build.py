@@ -1,6 +1,6 @@
 """Compile vit-exp's C++ CPU kernels into shared libraries, once per source, compiler and CPU.
 Failures are :class:`KernelBuildError` saying why. The sources sit next to this module so that a
-registered version's copy of the package builds them too."""
+registered version's copy of the package builds them too (from its zip archive: through the cache)."""
 
 from __future__ import annotations
 
@@ -44,6 +44,7 @@ def build_library(source: Path, link_args: tuple[str, ...] = ()) -> Path:
     compiler = shutil.which(os.environ.get("CXX", "g++"))
     if compiler is None:
         raise KernelBuildError("no C++ compiler found (install g++ or set CXX)")
+    source = readable_source(source)
     recipe = " ".join((*COMPILE_FLAGS, *link_args, compiler, cpu_signature()))
     headers = b"".join(h.read_bytes() for h in sorted(source.parent.glob("*.h")))  # its #includes
     key = hashlib.sha256(source.read_bytes() + headers + recipe.encode()).hexdigest()[:16]
@@ -67,6 +68,30 @@ def build_library(source: Path, link_args: tuple[str, ...] = ()) -> Path:
         raise KernelBuildError(f"cannot write the kernel cache {kernel_cache_dir()}: {exc}") from exc
     log.info("built CPU kernels: %s", target)
     return target
+
+
+def readable_source(source: Path) -> Path:
+    """``source`` as a file a compiler can open: this package imported from a zip (a registered
+    version's code archive) has its C++ sources written to the kernel cache once, headers beside."""
+    if source.is_file():
+        return source
+    from importlib.resources import files
+
+    texts = {f.name: f.read_bytes() for f in files(__package__).iterdir() if f.name.endswith((".cc", ".h"))}
+    if source.name not in texts:
+        raise KernelBuildError(f"the kernel source {source.name} is missing from this vit_exp")
+    digest = hashlib.sha256(b"".join(n.encode() + texts[n] for n in sorted(texts))).hexdigest()[:16]
+    folder = kernel_cache_dir() / f"sources_{digest}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, text in texts.items():
+            if not (folder / name).is_file():
+                partial = folder / f".{name}.{os.getpid()}"
+                partial.write_bytes(text)
+                os.replace(partial, folder / name)  # atomic, as the libraries
+    except OSError as exc:
+        raise KernelBuildError(f"cannot write the kernel cache {kernel_cache_dir()}: {exc}") from exc
+    return folder / source.name
 
 
 class KernelLibrary:

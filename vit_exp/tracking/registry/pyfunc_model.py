@@ -1,7 +1,8 @@
 """The MLflow pyfunc model (models-from-code): a registered ViT checkpoint that classifies images.
 
-MLflow loads this file by path (nothing is unpickled). Artifacts: ``checkpoint`` (.ckpt), ``config``
-(run config, YAML), ``class_names`` (JSON list). Input: an ``image`` column of encoded image bytes
+MLflow loads this file by path (nothing is unpickled); vit_exp comes from the version's code archive.
+Artifact: ``checkpoint`` (.ckpt). Model config (in the MLmodel): ``model`` and ``data`` (the run's ViT
+and input normalisation), ``class_names``, ``top_k``. Input: an ``image`` column of encoded image bytes
 (base64 strings over HTTP). Output per image: ``class_index``, ``class_name``, ``probability`` (top-1),
 ``top_k_indices``, ``top_k_names``, ``top_k_probabilities``, and ``error`` (null, or why the image
 could not be read; its other fields are then empty). k: ``params.top_k``, else ``registry.top_k``.
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 
 import mlflow
 import pandas as pd
@@ -36,16 +36,13 @@ class ViTImageClassifier(PythonModel):
     """Loads the checkpoint into our ViT on first use and returns top-k classes per image."""
 
     def load_context(self, context) -> None:
-        import yaml
-
         from vit_exp.models.inference import Predictor
 
-        with open(context.artifacts["config"]) as fh:
-            config = yaml.safe_load(fh)
-        with open(context.artifacts["class_names"]) as fh:
-            class_names = json.load(fh)
-        self.predictor = Predictor.from_checkpoint(context.artifacts["checkpoint"], config, class_names)
-        self.top_k = int((getattr(context, "model_config", None) or {}).get("top_k", TOP_K))
+        config = context.model_config
+        self.predictor = Predictor.from_checkpoint(
+            context.artifacts["checkpoint"], config, config["class_names"]
+        )
+        self.top_k = int(config.get("top_k", TOP_K))
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         """One row per input row; an unreadable image's row gets ``error`` and empty predictions."""

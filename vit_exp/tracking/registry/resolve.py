@@ -104,23 +104,33 @@ def _latest(client, uri: str, name: str) -> ModelRef:
 def load_predictor(uri: str, precision: str = "fp32"):
     """The Predictor of the model at ``uri``, built with this vit_exp's code from its checkpoint, config
     and class names, so it loads the same whichever vit_exp wrote it. ``precision``: ``device.precision``."""
-    import json
-
     import mlflow
-    import yaml
     from mlflow.models import Model
 
     from vit_exp.models.inference import Predictor
 
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
-        artifacts = Model.load(str(local / "MLmodel")).flavors["python_function"].get("artifacts", {})
-        files = {name: local / artifacts[name]["path"] for name in ("checkpoint", "config", "class_names")}
+        flavor = Model.load(str(local / "MLmodel")).flavors["python_function"]
+        checkpoint = local / flavor["artifacts"]["checkpoint"]["path"]
+        config, class_names = _version_config(local, flavor)
     except KeyError:
         raise RegistryError(f"model_uri={uri} is not a vit-exp ViT model") from None
     except Exception as exc:
         first = first_line(str(exc)) or type(exc).__name__
         raise RegistryError(f"model_uri={uri}: cannot load the model ({first[:300]})") from None
-    config = yaml.safe_load(files["config"].read_text())
-    class_names = json.loads(files["class_names"].read_text())
-    return Predictor.from_checkpoint(files["checkpoint"], config, class_names, precision)
+    return Predictor.from_checkpoint(checkpoint, config, class_names, precision)
+
+
+def _version_config(local: Path, flavor: dict) -> tuple[dict, list[str]]:
+    """A version's config (``model``, ``data``) and class names: its model config, or (a version
+    written before they moved there) its ``config`` and ``class_names`` artifacts."""
+    import json
+
+    import yaml
+
+    config = flavor.get("config") or {}
+    if "class_names" in config:
+        return config, config["class_names"]
+    files = {name: local / flavor["artifacts"][name]["path"] for name in ("config", "class_names")}
+    return yaml.safe_load(files["config"].read_text()), json.loads(files["class_names"].read_text())

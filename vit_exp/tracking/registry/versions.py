@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -14,8 +15,9 @@ from vit_exp.tracking.store import already_exists
 
 PYFUNC_MODEL_FILE = Path(__file__).with_name("pyfunc_model.py")
 PACKAGE_DIR = Path(__file__).resolve().parents[2]
-# What pyfunc_model.py imports of vit_exp, and what that imports: all a version ships of the package
-# (20 files instead of its 65: each is one upload per version to a tracking server).
+# What pyfunc_model.py imports of vit_exp, and what that imports: all a version ships of the package,
+# as one zip archive (imported from there: zipimport; the kernels' C++ sources are read through
+# importlib.resources), so a version is 5 files and its checkpoint, each one upload to a server.
 INFERENCE_CODE = (
     "__init__.py",
     "errors.py",
@@ -24,7 +26,11 @@ INFERENCE_CODE = (
     "data/images.py",
     "models",
 )
-EXAMPLE_IMAGE = "input_example.image"  # the encoded bytes of one validation image
+CODE_ARCHIVE = f"{PACKAGE_DIR.name}.zip"
+CODE_SUFFIXES = (".py", ".cc", ".h")
+# What save_model writes that loading and serving do not need: python_env.yaml (the virtualenv / uv env
+# managers then read conda.yaml and requirements.txt; the conda one needs conda.yaml).
+UNSHIPPED = ("python_env.yaml",)
 
 
 def pyfunc_signature(top_k: int):
@@ -81,12 +87,11 @@ def version_config(model_name: str, architecture, data) -> dict:
     }
 
 
-def write_model_inputs(folder: Path, config: dict, class_names: list[str], example: bytes) -> Path:
-    """Write what all versions of one run share: config, class names and the input example."""
+def write_model_inputs(folder: Path, config: dict, class_names: list[str]) -> Path:
+    """Write what all versions of one run share: the version config and the class names."""
     import yaml
 
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / EXAMPLE_IMAGE).write_bytes(example)
     (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     (folder / "class_names.json").write_text(json.dumps(class_names, indent=1))
     return folder
@@ -95,12 +100,11 @@ def write_model_inputs(folder: Path, config: dict, class_names: list[str], examp
 class PyfuncModelWriter:
     """Writes a run's checkpoints as MLflow pyfunc models, each the artifacts of its own LoggedModel:
     ``mlflow.pyfunc.save_model`` (slow) runs once per writer, each version adds its checkpoint and
-    ``MLmodel`` (last) to a copy."""
+    ``MLmodel`` (last) to a copy. ``model_config`` (the MLmodel's, read by pyfunc_model.py): ``top_k``,
+    the version config's ``model`` and ``data``, and ``class_names``."""
 
-    def __init__(self, shared_artifacts: Mapping[str, Path], example_image: bytes, top_k: int):
-        self.shared_artifacts = dict(shared_artifacts)
-        self.example_image = example_image
-        self.top_k = top_k
+    def __init__(self, model_config: Mapping):
+        self.model_config = dict(model_config)
         self._workdir: tempfile.TemporaryDirectory | None = None
         self._model = None
         self._template_bytes = 0
@@ -112,34 +116,35 @@ class PyfuncModelWriter:
 
     def _save_template(self) -> None:
         import mlflow
-        import pandas as pd
         from mlflow.models import Model
 
         self._workdir = tempfile.TemporaryDirectory(prefix="vit_exp_pyfunc_")  # removed with the writer
         work = Path(self._workdir.name)
-        code = work / "code" / PACKAGE_DIR.name
-        copy_inference_code(code)
+        archive = write_code_archive(work / "code" / CODE_ARCHIVE)
         template = work / "model"
         placeholder = work / "placeholder" / "checkpoint.ckpt"  # each version adds its own checkpoint
         placeholder.parent.mkdir()
         placeholder.touch()
-        mlflow.pyfunc.save_model(
-            path=str(template),
-            python_model=str(PYFUNC_MODEL_FILE),
-            artifacts={k: str(v) for k, v in {"checkpoint": placeholder, **self.shared_artifacts}.items()},
-            code_paths=[str(code)],
-            signature=pyfunc_signature(self.top_k),
-            input_example=pd.DataFrame({"image": [self.example_image]}),
-            pip_requirements=pip_requirements(),
-            model_config={"top_k": self.top_k},
-        )
+        with warnings.catch_warnings():  # the signature says the input: no example is shipped
+            warnings.filterwarnings("ignore", message=".*An input example was not provided")
+            mlflow.pyfunc.save_model(
+                path=str(template),
+                python_model=str(PYFUNC_MODEL_FILE),
+                artifacts={"checkpoint": str(placeholder)},
+                code_paths=[str(archive)],
+                signature=pyfunc_signature(int(self.model_config["top_k"])),
+                pip_requirements=pip_requirements(),
+                model_config=self.model_config,
+            )
         self._model = Model.load(str(template / "MLmodel"))
         # Loading needs only paths inside the model directory: drop the training machine's paths.
         flavor = self._model.flavors["python_function"]
         flavor["model_code_path"] = Path(flavor["model_code_path"]).name
+        flavor["code"] = f"{flavor['code']}/{CODE_ARCHIVE}"  # the archive itself goes on sys.path
         for artifact in flavor["artifacts"].values():
             artifact.pop("uri", None)
-        (template / "MLmodel").unlink()
+        for name in ("MLmodel", *UNSHIPPED):
+            (template / name).unlink(missing_ok=True)
         (template / "artifacts" / placeholder.name).unlink()
         self._template_bytes = sum(f.stat().st_size for f in template.rglob("*") if f.is_file())
 
@@ -196,17 +201,26 @@ def upload_files(client, model_id: str, folder: Path) -> None:
     upload(folder / "MLmodel")
 
 
-UPLOADS = 4  # files uploaded at once (a version is ~70 small files and its checkpoint)
+UPLOADS = 4  # files uploaded at once (a version is 5 small files and its checkpoint)
 
 
-def copy_inference_code(target: Path) -> None:
+def write_code_archive(target: Path) -> Path:
+    """Zip ``INFERENCE_CODE`` (sources only) into ``target``, its files under ``vit_exp/``; the same
+    code gives the same bytes."""
+    import zipfile
+
+    files = []
     for name in INFERENCE_CODE:
-        source, copy = PACKAGE_DIR / name, target / name
-        copy.parent.mkdir(parents=True, exist_ok=True)
-        if source.is_dir():
-            shutil.copytree(source, copy, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        else:
-            shutil.copy2(source, copy)
+        source = PACKAGE_DIR / name
+        found = source.rglob("*") if source.is_dir() else [source]
+        files += [f for f in found if f.is_file() and f.suffix in CODE_SUFFIXES]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(files):
+            entry = zipfile.ZipInfo(f"{PACKAGE_DIR.name}/{path.relative_to(PACKAGE_DIR).as_posix()}")
+            entry.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(entry, path.read_bytes())
+    return target
 
 
 def local_folder(location: str) -> Path | None:
@@ -405,9 +419,12 @@ def _list_version_on_model(client, model_id: str, name: str, version: str) -> No
 
 
 def model_writer(inputs: Path, top_k: int) -> PyfuncModelWriter:
-    """The writer for the versions of a run's model ``inputs`` (config, class names, input example)."""
-    shared = {"config": inputs / "config.yaml", "class_names": inputs / "class_names.json"}
-    return PyfuncModelWriter(shared, (inputs / EXAMPLE_IMAGE).read_bytes(), int(top_k))
+    """The writer for the versions of a run's model ``inputs`` (config and class names)."""
+    import yaml
+
+    config = yaml.safe_load((inputs / "config.yaml").read_text())
+    class_names = json.loads((inputs / "class_names.json").read_text())
+    return PyfuncModelWriter({"top_k": int(top_k), **config, "class_names": class_names})
 
 
 def ensure_registered_model(client, name: str) -> None:
