@@ -3,9 +3,10 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DOCS_STAMP := $(VENV)/.installed-docs
 ARGS ?=
 
-.PHONY: install run ui test test-integration test-slow test-all lint format clean
+.PHONY: install run ui test test-integration test-slow test-all docs lint format clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"vit-exp needs Python 3.11, {sys.executable} is {sys.version.split()[0]} (set PYTHON=...)"'
@@ -36,6 +37,13 @@ test-slow: $(STAMP) ## the fault tier alone: only the tests marked slow
 test-all: $(STAMP)  ## every test: the default, integration and fault tiers
 	$(BIN)/python -m pytest -m "" $(ARGS)
 
+$(DOCS_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[docs]"
+	@touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP) ## build the docs site into site/ (mkdocs, material theme); any warning fails it
+	$(BIN)/python -m mkdocs build --strict
+
 lint: $(STAMP)
 	$(BIN)/python -m ruff format --check .
 	$(BIN)/python -m ruff check .
@@ -45,4 +53,4 @@ format: $(STAMP)
 	$(BIN)/python -m ruff check --fix .
 
 clean:
-	rm -rf $(VENV) .cache outputs .pytest_cache .ruff_cache
+	rm -rf $(VENV) .cache outputs .pytest_cache .ruff_cache site
