@@ -191,6 +191,7 @@ def record_counts(server: MlflowServer, experiment: str) -> dict:
 
     models = client.search_logged_models([experiment_id], filter_string=f"source_run_id = '{run_id}'")
     versions = client.search_model_versions(f"name='{experiment}-vit'")
+    steps_of = {m.model_id: m.tags.get("global_step") for m in models}  # each LoggedModel's step
     contexts = [
         tag.value
         for dataset_input in run.inputs.dataset_inputs
@@ -213,10 +214,10 @@ def record_counts(server: MlflowServer, experiment: str) -> dict:
         "model outputs per LoggedModel": dict(Counter(Counter(o.model_id for o in outputs).values())),
         "versions per epoch": dict(Counter(int(v.tags.get("epoch", -1)) for v in versions)),
         "versions with other tags": [
-            (v.version, {k: v.tags.get(k) for k in ("epoch", "global_step", "source_run_id")})
+            (v.version, v.run_id, v.tags.get("epoch"), steps_of.get(v.model_id))
             for v in versions
-            if v.tags.get("source_run_id") != run_id
-            or v.tags.get("global_step") != str(STEPS_PER_EPOCH * int(v.tags.get("epoch", -1)))
+            if v.run_id != run_id
+            or steps_of.get(v.model_id) != str(STEPS_PER_EPOCH * int(v.tags.get("epoch", -1)))
         ],
         "version sources": sorted(v.source for v in versions),
         "dataset inputs per context": dict(Counter(contexts)),

@@ -68,11 +68,11 @@ def champion(registry) -> str:
 
 
 def promote_choice(versions) -> str:
-    """The version promote picks: best val/top1, then lowest val/loss, then later step and version."""
+    """The version promote picks: best val/top1, then lowest val/loss, then later epoch and version."""
 
     def key(v):
         tags = v.tags
-        return (float(tags["val/top1"]), -float(tags["val/loss"]), int(tags["global_step"]), int(v.version))
+        return (float(tags["val/top1"]), -float(tags["val/loss"]), int(tags["epoch"]), int(v.version))
 
     return str(max(versions, key=key).version)
 
@@ -183,7 +183,7 @@ def test_eval_by_alias_matches_mindspore_metrics(registry, champion):
     mlflow.set_registry_uri(registry["uri"])
     source = Path(mlflow.artifacts.download_artifacts(f"models:/consumer-vit/{version.version}"))
     (ckpt,) = (source / "artifacts").glob("*.ckpt")
-    assert f"-s{int(version.tags['global_step']):06d}" in ckpt.name
+    assert f"-e{int(version.tags['epoch']):03d}-" in ckpt.name
     net = tiny_vit(num_classes=3)
     ms.load_param_into_net(net, ms.load_checkpoint(str(ckpt)), strict_load=True)
     data = ImageFolderData(root=registry["root"])

@@ -152,11 +152,29 @@ def test_every_checkpoint_is_a_tagged_model_version(tiny_run, monkeypatch):
     versions = sorted(client.search_model_versions("name='tiny-vit'"), key=lambda v: int(v.version))
     assert [str(v.version) for v in versions] == ["1", "2"]
     assert [v.tags["epoch"] for v in versions] == ["1", "2"]
-    assert [v.tags["global_step"] for v in versions] == ["4", "8"]
+    assert [client.get_logged_model(v.model_id).tags["global_step"] for v in versions] == ["4", "8"]
     history = client.get_metric_history(run.info.run_id, "val/top1")
     assert float(versions[-1].tags["val/top1"]) == pytest.approx(history[-1].value, abs=1e-5)
-    assert "val/top5" in versions[0].tags
-    assert all(v.tags["source_run_id"] == run.info.run_id == v.run_id for v in versions)
+    assert all(v.run_id == run.info.run_id for v in versions)
+    # six tags: the rule, the epoch, the data, the objective and its tie-breaker; the rest described
+    assert set(versions[0].tags) == {
+        "registered_by",
+        "epoch",
+        "data.name",
+        "data.digest",
+        "val/top1",
+        "val/loss",
+    }
+    assert versions[0].tags["registered_by"] == "every (set by registry.register)"
+    assert "val/top5" in versions[0].description and run.info.run_id in versions[0].description
+    aliases = client.get_registered_model("tiny-vit").aliases
+    assert (
+        aliases["last"] == "2"
+        and aliases["best"]
+        == max(
+            versions, key=lambda v: (float(v.tags["val/top1"]), -float(v.tags["val/loss"]), int(v.version))
+        ).version
+    )
 
     # Each version's MLmodel names its own checkpoint (the pyfunc directory is written once and
     # reused with the next checkpoint), and the file is in the version's artifacts.

@@ -1,4 +1,4 @@
-"""Promotion compares versions of the same data; ties go by val/loss, then step (real SQLite store)."""
+"""Promotion compares versions of the same data; ties go by val/loss, then epoch (real SQLite store)."""
 
 from __future__ import annotations
 
@@ -32,13 +32,13 @@ def client(empty_store, tmp_path):
 
 
 def add_versions(client, name: str, rows: list[dict]) -> None:
-    """Versions of ``name`` with the tags a training run gives them (data identity, val metrics, step)."""
+    """Versions of ``name`` with the tags a training run gives them (data identity, val metrics, epoch)."""
     experiment = client.create_experiment("promo")
     run = client.create_run(experiment)
     client.create_registered_model(name)
     for i, row in enumerate(rows):
         data_name, digest = row.get("data", ("digits", DIGITS))
-        tags = {"data.name": data_name, "data.digest": digest, "global_step": str(row.get("step", i * 10))}
+        tags = {"data.name": data_name, "data.digest": digest, "epoch": str(row.get("epoch", i * 10))}
         tags |= {k: str(v) for k, v in row.items() if k.startswith("val/")}
         client.create_model_version(
             name, source=f"runs:/{run.info.run_id}/m{i}", run_id=run.info.run_id, tags=tags
@@ -79,18 +79,18 @@ def test_explicit_data_digest_prefix_picks_the_data(client):
         decide(client, PromotionRequest(name="m", data_digest="ffff"))
 
 
-def test_ties_go_to_the_lower_val_loss_then_the_later_step(client):
+def test_ties_go_to_the_lower_val_loss_then_the_later_epoch(client):
     add_versions(
         client,
         "m",
         [
-            {"val/top1": 1.0, "val/loss": 2.2, "step": 80},  # earliest tied version, worst loss
-            {"val/top1": 1.0, "val/loss": 1.3, "step": 300},
-            {"val/top1": 1.0, "val/loss": 1.3, "step": 290},
-            {"val/top1": 0.5, "val/loss": 0.1, "step": 400},
+            {"val/top1": 1.0, "val/loss": 2.2, "epoch": 80},  # earliest tied version, worst loss
+            {"val/top1": 1.0, "val/loss": 1.3, "epoch": 300},
+            {"val/top1": 1.0, "val/loss": 1.3, "epoch": 290},
+            {"val/top1": 0.5, "val/loss": 0.1, "epoch": 400},
         ],
     )
-    assert decide(client, PromotionRequest(name="m")).candidate == "2"  # equal loss: the later step
+    assert decide(client, PromotionRequest(name="m")).candidate == "2"  # equal loss: the later epoch
     flipped = PromotionRequest(name="m", tie_breaker="val/loss", tie_breaker_higher_is_better=True)
     assert decide(client, flipped).candidate == "1"
-    assert decide(client, PromotionRequest(name="m", tie_breaker=None)).candidate == "2"  # later step
+    assert decide(client, PromotionRequest(name="m", tie_breaker=None)).candidate == "2"  # later epoch

@@ -47,7 +47,7 @@ class VersionScore:
     data_name: str = UNKNOWN_DATA
     data_digest: str = UNKNOWN_DATA
     tie_score: float = math.nan
-    step: int = -1
+    epoch: int = -1
 
     @property
     def data(self) -> str:
@@ -116,7 +116,7 @@ def _candidate(request: PromotionRequest, rows: list[VersionScore], data_digest:
 
     def rank(r: VersionScore) -> tuple:
         tie = -math.inf if math.isnan(r.tie_score) else tie_sign * r.tie_score
-        return (sign * r.score, tie, r.step, int(r.version))
+        return (sign * r.score, tie, r.epoch, int(r.version))
 
     return max(scored, key=rank)
 
@@ -156,7 +156,7 @@ def _judge(decision: Decision, request: PromotionRequest, best: VersionScore, ho
 
 def _version_score(version, request: PromotionRequest, aliases: dict) -> VersionScore:
     tags = version.tags
-    step = _score(tags, "global_step")
+    epoch = _score(tags, "epoch")
     return VersionScore(
         str(version.version),
         _score(tags, request.metric),
@@ -165,7 +165,7 @@ def _version_score(version, request: PromotionRequest, aliases: dict) -> Version
         data_name=tags.get("data.name", UNKNOWN_DATA),
         data_digest=tags.get("data.digest", UNKNOWN_DATA),
         tie_score=_score(tags, request.tie_breaker) if request.tie_breaker else math.nan,
-        step=-1 if math.isnan(step) else int(step),
+        epoch=-1 if math.isnan(epoch) else int(epoch),
     )
 
 
@@ -215,9 +215,9 @@ def apply_decision(client, request: PromotionRequest, decision: Decision) -> Non
 
 
 def comparison_table(decision: Decision) -> str:
-    """The compared versions with metric, step and aliases, candidate and holder marked; others counted."""
+    """The compared versions with metric, epoch and aliases, candidate and holder marked; others counted."""
     header = (
-        f"{'version':>7}  {'data':<20} {decision.metric:>12}  {'step':>8}  {'aliases':<20} "
+        f"{'version':>7}  {'data':<20} {decision.metric:>12}  {'epoch':>6}  {'aliases':<20} "
         f"{'run_id':<32}  note"
     )
     lines = [header, "-" * len(header)]
@@ -230,9 +230,9 @@ def comparison_table(decision: Decision) -> str:
             note.append(f"current @{decision.alias}")
         shown = "-" if math.isnan(row.score) else f"{row.score:.6g}"
         aliases, run_id = ",".join(row.aliases) or "-", row.run_id or "-"
-        step = "-" if row.step < 0 else str(row.step)
+        epoch = "-" if row.epoch < 0 else str(row.epoch)
         lines.append(
-            f"{row.version:>7}  {row.data:<20} {shown:>12}  {step:>8}  {aliases:<20} {run_id:<32}  "
+            f"{row.version:>7}  {row.data:<20} {shown:>12}  {epoch:>6}  {aliases:<20} {run_id:<32}  "
             f"{' '.join(note)}".rstrip()
         )
     others = len(decision.versions) - len(compared)
