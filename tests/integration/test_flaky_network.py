@@ -214,10 +214,11 @@ def record_counts(server: MlflowServer, experiment: str) -> dict:
         "model outputs per LoggedModel": dict(Counter(Counter(o.model_id for o in outputs).values())),
         "versions per epoch": dict(Counter(int(v.tags.get("epoch", -1)) for v in versions)),
         "versions with other tags": [
-            (v.version, v.run_id, v.tags.get("epoch"), steps_of.get(v.model_id))
+            (v.version, v.run_id, v.tags.get("epoch"), steps_of.get(v.source.removeprefix("models:/")))
             for v in versions
             if v.run_id != run_id
-            or steps_of.get(v.model_id) != str(STEPS_PER_EPOCH * int(v.tags.get("epoch", -1)))
+            or steps_of.get(v.source.removeprefix("models:/"))
+            != str(STEPS_PER_EPOCH * int(v.tags.get("epoch", -1)))
         ],
         "version sources": sorted(v.source for v in versions),
         "dataset inputs per context": dict(Counter(contexts)),

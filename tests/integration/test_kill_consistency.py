@@ -51,7 +51,7 @@ def assert_versions_have_their_metrics(store: str) -> tuple[object, list]:
     versions = client.search_model_versions("name='killed-vit'")
     assert versions, "no version was made before the signal"
     for version in versions:
-        step = int(client.get_logged_model(version.model_id).tags["global_step"])
+        step = int(client.get_logged_model(version.source.removeprefix("models:/")).tags["global_step"])
         assert step in top1, f"version {version.version} (step {step}) has no val/top1 in its run"
         assert float(version.tags["val/top1"]) == pytest.approx(top1[step], abs=1e-5)
     return run, versions
