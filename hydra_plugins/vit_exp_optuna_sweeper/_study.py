@@ -25,7 +25,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -297,6 +297,7 @@ class StudySweep:
         self,
         config: DictConfig,
         launcher: Any,
+        notify: Callable[..., None] | None = None,
         *,
         direction: str,
         study_name: str | None,
@@ -310,6 +311,8 @@ class StudySweep:
         max_failure_rate: float,
     ) -> None:
         self.config, self.launcher = config, launcher
+        self.notify = notify or (lambda hook, **kwargs: None)  # the Hydra callbacks' hooks
+        self.launched = False
         if str(direction) not in ("maximize", "minimize"):
             raise SweeperConfigError(
                 f"hydra.sweeper.direction must be maximize or minimize, got {direction!r}"
@@ -501,6 +504,9 @@ class StudySweep:
                 tuple(_as_override(k, v) for k, v in t.params.items()) + tuple(fixed.values()) for t in group
             ]
             try:
+                if not self.launched:  # the sweep's parent run is made now: none when nothing runs
+                    self.launched = True
+                    self.notify("on_first_launch", tags=self.study_tags())
                 returns = self.launcher.launch(overrides, initial_job_idx=group[0].number)
             except BaseException:
                 self._interrupted(study, pending)
@@ -534,22 +540,17 @@ class StudySweep:
         study = self._open(space)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         held = len(study.get_trials(deepcopy=False))
-        log.info(
-            "Optuna %s study '%s' in %s: %d trial(s) held, %d counted toward n_trials=%d; sampler %s, %s",
-            optuna.__version__,
-            self.study_name,
-            mask(str(self.storage_url)) if self.storage_url else "memory (not kept)",
-            held,
-            self.counted(study),
-            self.n_trials,
-            type(study.sampler).__name__,
-            self.direction,
-        )
-        if self.counted(study) >= self.n_trials and not study.get_trials(states=(TrialState.WAITING,)):
+        if self.counted(study) < self.n_trials or study.get_trials(states=(TrialState.WAITING,)):
             log.info(
-                "Optuna: study '%s' holds n_trials=%d trials already: nothing to run",
+                "Optuna %s study '%s' in %s: %d trial(s) held, %d counted toward n_trials=%d; sampler %s, %s",
+                optuna.__version__,
                 self.study_name,
+                self._storage_name(),
+                held,
+                self.counted(study),
                 self.n_trials,
+                type(study.sampler).__name__,
+                self.direction,
             )
         heartbeat = Heartbeat(self.heartbeat_interval)
         ran = 0
@@ -557,9 +558,36 @@ class StudySweep:
             while trials := self._ask(study, space, heartbeat):
                 self._launch(study, trials, fixed, heartbeat)
                 ran += len(trials)
+        except BaseException:
+            with contextlib.suppress(Exception):  # the study's best on the parent all the same
+                self._report(study, sweep_dir, ran)
+            raise
         finally:
             heartbeat.close()
+        if not ran:
+            log.info(self._nothing_to_run(study))
         self._report(study, sweep_dir, ran)
+
+    def _storage_name(self) -> str:
+        return mask(str(self.storage_url)) if self.storage_url else "memory (not kept)"
+
+    def study_tags(self) -> dict[str, str]:
+        """What names the study on each parent run of its sweeps (storage credentials masked)."""
+        return {"optuna.study_name": self.study_name, "optuna.storage": self._storage_name()}
+
+    def _nothing_to_run(self, study: optuna.Study) -> str:
+        """The one line of a command whose study holds n_trials trials: complete, and its best."""
+        running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+        state = f"{running} still running in another sweep" if running else "complete"
+        try:
+            trial = study.best_trial
+            best = f"best value {trial.value} (trial {trial.number})"
+        except ValueError:
+            best = "no trial completed"
+        return (
+            f"Optuna: study '{self.study_name}' holds n_trials={self.n_trials} trials ({state}): {best}; "
+            "nothing to run"
+        )
 
     def _report(self, study: optuna.Study, sweep_dir: Path, ran: int) -> None:
         trials = study.get_trials(deepcopy=False)
@@ -577,14 +605,21 @@ class StudySweep:
             "trials_run_by_this_sweep": ran,
             "trial_states": states,
         }
+        n_complete = states.get(TrialState.COMPLETE.name, 0)
+        tags, metrics = self.study_tags(), {"study/n_complete": float(n_complete)}
         try:
             best = study.best_trial
         except ValueError:
-            log.warning("Optuna: no trial of study '%s' completed", self.study_name)
+            if ran:
+                log.warning("Optuna: no trial of study '%s' completed", self.study_name)
             results.update(best_trial=None, best_params=None, best_value=None)
         else:
-            log.info("Best parameters: %s", best.params)
-            log.info("Best value: %s (trial %d)", best.value, best.number)
+            if ran:
+                log.info("Best parameters: %s", best.params)
+                log.info("Best value: %s (trial %d)", best.value, best.number)
             results.update(best_trial=best.number, best_params=best.params, best_value=best.value)
+            tags["optuna.best_params"] = " ".join(_as_override(k, v) for k, v in best.params.items())
+            metrics |= {"study/best_value": float(best.value), "study/best_trial": float(best.number)}
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")
+        self.notify("on_sweep_result", tags=tags, metrics=metrics, step=n_complete)

@@ -14,6 +14,7 @@ Optuna is imported only when a sweep runs (``_study.py``), so Hydra's plugin sca
 
 # No ``from __future__ import annotations``: Hydra's plugin scan runs this module before it is in
 # sys.modules, where dataclasses would look the string annotations up.
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,8 @@ from hydra.core.config_store import ConfigStore
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
 
 # Beside a SQLite MLflow store (vit-exp's resolver); with a tracking server, <root>/mlruns/optuna.db.
 DEFAULT_STORAGE = "${vit_exp.beside_store:${mlflow.tracking_uri},optuna.db,${paths.root_dir}/mlruns}"
@@ -61,21 +64,42 @@ ConfigStore.instance().store(
 class OptunaStudySweeper(Sweeper):
     """Hydra's side of the sweeper; the Optuna work is in ``_study.StudySweep``."""
 
+    # Before its first job the sweeper calls the Hydra callbacks' ``on_first_launch(config, tags)``
+    # (vit-exp's sweep callback makes the parent run then: none when the study has nothing to run),
+    # and as it ends ``on_sweep_result(config, tags, metrics, step)`` (the study's best so far).
+    calls_on_first_launch = True
+
     def __init__(self, **settings: Any) -> None:
         self.settings = settings
         self.config: DictConfig | None = None
         self.launcher = None
+        self.callbacks: list[Any] = []
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         from hydra.core.plugins import Plugins
 
         self.config = config
+        self.callbacks = list(getattr(hydra_context.callbacks, "callbacks", []))
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config
         )
+
+    def notify(self, hook: str, **kwargs: Any) -> None:
+        """Call ``hook(config=..., **kwargs)`` of the callbacks that have it; an Exception is a warning
+        (the log's handlers mask credentials) and the sweep goes on, as with Hydra's own hooks."""
+        for callback in self.callbacks:
+            function = getattr(callback, hook, None)
+            if function is None:
+                continue
+            try:
+                function(config=self.config, **kwargs)
+            except Exception as exc:
+                log.warning(
+                    "Callback %s.%s raised %s: %s", type(callback).__name__, hook, type(exc).__name__, exc
+                )
 
     def sweep(self, arguments: list[str]) -> None:
         from ._study import StudySweep
 
         assert self.config is not None and self.launcher is not None
-        StudySweep(self.config, self.launcher, **self.settings).run(list(arguments))
+        StudySweep(self.config, self.launcher, self.notify, **self.settings).run(list(arguments))

@@ -134,3 +134,55 @@ def test_a_failed_trial_keeps_its_reason_in_the_study(tmp_path, tracking_store):
     client = mlflow.MlflowClient(tracking_store)
     (parent,) = client.search_runs([client.get_experiment_by_name("vit-exp").experiment_id])
     assert parent.data.tags["sweep.failed_jobs"] == "0" and parent.data.tags["sweep.job.0.error"] == line
+
+
+def sweep_parents(store: str) -> list:
+    """The sweep parent runs of the store, oldest first."""
+    import mlflow
+
+    client = mlflow.MlflowClient(store)
+    experiment = client.get_experiment_by_name("vit-exp").experiment_id
+    runs = client.search_runs([experiment], order_by=["attributes.start_time ASC"])
+    return [r for r in runs if r.data.tags.get("vit_exp.role") == "sweep"]
+
+
+def test_each_parent_names_the_study_and_its_best_and_a_complete_study_makes_no_parent(
+    tmp_path, tracking_store
+):
+    """A study by val/loss: one trial of 4 steps, then continued by a command with one trial of 1 step
+    (a worse loss), then once more with nothing left. The continuing parent keeps its own best (trial
+    1) and carries the study's (trial 0, of the first command); the last command prints one line,
+    exits 0 and makes no run."""
+    storage = tracking_store.replace("mlflow.db", "optuna.db")
+    by_loss = ["hydra.sweeper.direction=minimize", "optimized_metric=val/loss"]
+    first = run_main("vit_exp.run", *sweep_args(tmp_path, "grown", 1, "first", steps=4), *by_loss)
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = run_main("vit_exp.run", *sweep_args(tmp_path, "grown", 2, "second", steps=1), *by_loss)
+    assert second.returncode == 0, second.stderr[-3000:]
+    trials = study(storage, "grown").trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
+    assert trials[0].value < trials[1].value  # 4 steps beat 1 step: the study's best is not the 2nd's
+    parents = sweep_parents(tracking_store)
+    assert len(parents) == 2
+    for parent, complete in zip(parents, (1, 2), strict=True):
+        assert parent.data.tags["optuna.study_name"] == "grown"
+        assert parent.data.tags["optuna.storage"] == storage
+        assert parent.data.metrics["study/n_complete"] == complete
+    continuing = parents[1].data
+    assert continuing.metrics["study/best_value"] == trials[0].value
+    assert continuing.metrics["study/best_trial"] == 0
+    assert continuing.tags["optuna.best_params"] == f"optim.lr={trials[0].params['optim.lr']!r}"
+    assert continuing.tags["sweep.best_job"] == "1"  # its own best: its one job, as before
+    assert continuing.metrics["val/loss"] == trials[1].value
+
+    again = run_main("vit_exp.run", *sweep_args(tmp_path, "grown", 2, "third"), *by_loss)
+    assert again.returncode == 0, again.stderr[-3000:]
+    lines = [line for line in again.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1, again.stdout[-3000:]
+    assert lines[0].endswith(
+        f"Optuna: study 'grown' holds n_trials=2 trials (complete): best value {trials[0].value} "
+        "(trial 0); nothing to run"
+    )
+    assert [p.info.run_id for p in sweep_parents(tracking_store)] == [p.info.run_id for p in parents]
+    assert len(study(storage, "grown").trials) == 2
+    assert not any(p.is_dir() for p in (tmp_path / "third").iterdir())  # no job

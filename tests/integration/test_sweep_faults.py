@@ -161,12 +161,24 @@ def test_ctrl_c_in_a_sweep_ends_the_parent_and_the_job_killed(tmp_path, tracking
     assert [c.info.status for c in children] == ["KILLED"]  # job 1 never started
 
 
-def test_a_sweeper_that_breaks_ends_the_parent_failed_in_one_line(tmp_path, tracking_store):
-    """Optuna rejects the search space after the parent run was created (as a storage error would)."""
+@pytest.mark.parametrize(
+    "space, words, parent",
+    [
+        ("optim.lr: interval(1e-2, 1e-4)", ["low"], None),  # rejected before a trial: nothing recorded
+        ("data: choice(digits, nope)", ["data=nope: no such option"], "FAILED"),  # trial 0 draws nope
+    ],
+    ids=["before-the-first-trial", "at-the-first-launch"],
+)
+def test_a_sweeper_that_breaks_ends_the_parent_failed_in_one_line(
+    tmp_path, tracking_store, space, words, parent
+):
+    """The Optuna sweeper makes the parent run at its first launch: broken before it (a search space
+    Optuna rejects), nothing is recorded; broken at it (trial 0's config cannot be composed, as a
+    storage error would break it), the parent ends FAILED. One error line either way."""
     (tmp_path / "broken.yaml").write_text(
         "defaults:\n  - train\n  - override hydra/sweeper: optuna_study\n  - _self_\n"
         "hydra:\n  sweeper:\n    direction: maximize\n    study_name: broken\n    n_trials: 1\n"
-        "    params:\n      optim.lr: interval(1e-2, 1e-4)\n"
+        f"    sampler:\n      seed: 0\n    params:\n      {space}\n"
     )
     proc = run_main(
         "vit_exp.run",
@@ -182,6 +194,10 @@ def test_a_sweeper_that_breaks_ends_the_parent_failed_in_one_line(tmp_path, trac
     )
     errors = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 1 and len(errors) == 1, proc.stderr[-2000:]
-    assert errors[0].startswith("error: ") and "low" in errors[0]
-    parent, children = runs_by_role(tracking_store)
-    assert parent.info.status == "FAILED" and children == []
+    assert errors[0].startswith("error: ") and all(w in errors[0] for w in words), errors[0]
+    if parent is None:
+        assert stored_runs(tracking_store) == []
+    else:
+        parent_run, children = runs_by_role(tracking_store)
+        assert parent_run.info.status == parent and children == []
+        assert parent_run.data.tags["optuna.study_name"] == "broken"

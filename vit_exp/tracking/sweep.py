@@ -1,7 +1,11 @@
 """A Hydra callback that gives every ``--multirun`` sweep one MLflow parent run.
 
 Jobs are checked before anything is recorded; each job's run is a child of the parent, which gets the best
-job's val metrics and the failed jobs' errors, and ends FINISHED, FAILED (non-zero exit) or KILLED."""
+job's val metrics and the failed jobs' errors, and ends FINISHED, FAILED (non-zero exit) or KILLED.
+
+A sweeper whose class sets ``calls_on_first_launch`` (``optuna_study``) calls the callback's
+``on_first_launch`` before its first job, so a sweep with nothing to run makes no parent; it may also
+call ``on_sweep_result`` with tags and metrics for the parent (an Optuna study's best so far)."""
 
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vit_exp.cli import JOB_ERROR_FILE, StopCommand, call_on_abort, composition_error, fail_at_exit, job_check
@@ -91,10 +95,22 @@ def end_parent_if_running(settings, run_id: str, status: str) -> None:
 class MlflowSweepCallback(Callback):
     """Parent MLflow run per sweep; a summary table of its jobs at the end."""
 
+    def __init__(self) -> None:
+        self.parent_id: str | None = None  # this command's parent run, once made (or reopened)
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         check_before_start(config)
+        if not sweeper_calls_on_first_launch(config):
+            self.start_parent(config)
+
+    def on_first_launch(self, config: DictConfig, tags: dict[str, str] | None = None, **kwargs: Any) -> None:
+        """Called by the sweeper before its first job: the parent run, with the sweeper's ``tags``."""
+        self.start_parent(config, tags or {})
+
+    def start_parent(self, config: DictConfig, tags: dict[str, str] | None = None) -> None:
+        """Make the sweep's parent run (or reopen the earlier one with ``resume=auto``), once."""
         settings = _settings(config)
-        if settings is None:
+        if settings is None or self.parent_id is not None:
             return
         sweep_dir = Path(str(config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -104,8 +120,26 @@ class MlflowSweepCallback(Callback):
         run_id = _earlier_sweep(client, experiment, key) if str(config.get("resume")) == "auto" else None
         if run_id is None:
             run_id = _new_parent(client, experiment, config, sweep_dir, key)
+        if tags:
+            record_sweeper_result(client, run_id, tags, {})
         (sweep_dir / PARENT_RUN_FILE).write_text(run_id)
+        self.parent_id = run_id
         call_on_abort(lambda status: end_parent_if_running(settings, run_id, status))
+
+    def on_sweep_result(
+        self,
+        config: DictConfig,
+        tags: dict[str, str],
+        metrics: dict[str, float],
+        step: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        """Called by the sweeper as it ends: its ``tags`` and ``metrics`` (at ``step``) on the parent,
+        if one was made."""
+        settings = _settings(config)
+        if settings is not None and self.parent_id is not None:
+            client = use_store(settings.tracking_uri)
+            record_sweeper_result(client, self.parent_id, tags, metrics, step)
 
     def on_job_end(self, config: DictConfig, job_return: Any = None, **kwargs: Any) -> None:
         """A failed sweep job's error on the parent run at once (``sweep.failed_jobs`` comes at the end)."""
@@ -125,11 +159,10 @@ class MlflowSweepCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         settings = _settings(config)
         sweep_dir = Path(str(config.hydra.sweep.dir))
-        path = sweep_dir / PARENT_RUN_FILE
-        if settings is None or not path.is_file():
+        if settings is None or self.parent_id is None:  # none made: nothing ran, or MLflow is off
             return
         client = use_store(settings.tracking_uri)
-        parent = client.get_run(path.read_text().strip())
+        parent = client.get_run(self.parent_id)
         jobs = sweep_jobs(client, sweep_dir, parent)
         print(sweep_table(client, jobs), flush=True)
         metric = str(config.get("optimized_metric", "val/top1"))
@@ -150,6 +183,30 @@ class MlflowSweepCallback(Callback):
                 f"{len(failed)} of {len(jobs)} sweep job(s) did not finish; job {first.num} "
                 f"({first.overrides}): {first.error or first.status}"
             )
+
+
+def sweeper_calls_on_first_launch(config: DictConfig) -> bool:
+    """Whether the configured sweeper calls ``on_first_launch`` before its first job (then the parent
+    waits for it)."""
+    try:
+        sweeper = get_class(str(config.hydra.sweeper._target_))
+    except Exception:  # Hydra reports a sweeper it cannot load
+        return False
+    return bool(getattr(sweeper, "calls_on_first_launch", False))
+
+
+def record_sweeper_result(
+    client, run_id: str, tags: dict[str, str], metrics: dict[str, float], step: int = 0
+) -> None:
+    """The sweeper's ``tags`` (masked) and ``metrics`` (at ``step``, e.g. its trial count) on the parent."""
+    from mlflow.entities import Metric, RunTag
+
+    now = int(time.time() * 1000)
+    client.log_batch(
+        run_id,
+        metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()],
+        tags=[RunTag(k, mask(str(v))[:MAX_PARAM_LENGTH]) for k, v in tags.items()],
+    )
 
 
 def check_before_start(config: DictConfig) -> None:
