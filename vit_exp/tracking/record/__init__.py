@@ -22,6 +22,8 @@ class MlflowSettings:
     log_details_every_n_steps: int
     flush_interval_s: float
     drain_timeout_s: float
+    system_metrics: bool
+    system_metrics_interval_s: float
 
     def __post_init__(self) -> None:
         check_field_types(self, "mlflow")
@@ -34,3 +36,5 @@ class MlflowSettings:
         for key in ("flush_interval_s", "drain_timeout_s"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"mlflow.{key} must be a number >= 0, got {getattr(self, key)!r}")
+        if (interval := self.system_metrics_interval_s) <= 0:
+            raise ConfigError(f"mlflow.system_metrics_interval_s must be a number > 0, got {interval!r}")

@@ -18,6 +18,7 @@ from vit_exp.tracking.record.story import RunStory
 if TYPE_CHECKING:
     from vit_exp.data.digest import DataIdentity
     from vit_exp.tracking.record.outbox import Outbox
+    from vit_exp.tracking.record.system_metrics import SystemMetrics
     from vit_exp.tracking.resume import ResumeTarget
 
 log = logging.getLogger("vit_exp.tracking")
@@ -26,7 +27,8 @@ log = logging.getLogger("vit_exp.tracking")
 @dataclass(frozen=True)
 class TrackedRun:
     """The MLflow run a job records into, its outbox, its lock (held while this process trains it) and
-    its story (the description written at its start and end)."""
+    its story (the description written at its start and end) and its system-metrics monitor (None with
+    ``mlflow.system_metrics=false``)."""
 
     run_id: str
     tracking_uri: str
@@ -34,6 +36,7 @@ class TrackedRun:
     lock: object | None = None
     experiment_id: str = ""
     story: RunStory = field(default_factory=RunStory)
+    system_metrics: SystemMetrics | None = None
 
 
 @contextlib.contextmanager
@@ -59,7 +62,7 @@ def training_run(job, resume: ResumeTarget | None = None) -> Iterator[TrackedRun
         finish=lambda run_id, status, error: _finish(job, opened, run_id, status, error),
         reopen_run_id=reopen,
     ) as run:
-        opened.append(_with_outbox(job, run.info.run_id, lock, run.info.experiment_id))
+        opened.append(_with_outbox(job, run.info.run_id, lock, run.info.experiment_id, reopen is not None))
         yield opened[0]
 
 
@@ -82,8 +85,9 @@ def _start_tags(job, resume: ResumeTarget | None) -> tuple[dict[str, str], objec
     return tags, hold_if_free(job.hydra.run_dir / RUN_LOCK) if job.hydra.run_dir else None
 
 
-def _with_outbox(job, run_id: str, lock, experiment: str) -> TrackedRun:
+def _with_outbox(job, run_id: str, lock, experiment: str, reopened: bool) -> TrackedRun:
     from vit_exp.tracking.record.outbox import OUTBOX_DIR, Outbox, RunRecord, RunSender
+    from vit_exp.tracking.record.system_metrics import SystemMetrics
     from vit_exp.tracking.store import is_server, use_store
 
     uri = job.mlflow.tracking_uri
@@ -92,7 +96,13 @@ def _with_outbox(job, run_id: str, lock, experiment: str) -> TrackedRun:
     stopping = threading.Event()  # the command stops waiting for the store: so do the sender's retries
     outbox = Outbox(folder, RunSender(use_store(uri), run_id, stopping), background, stopping)
     outbox.put(RunRecord(run_id, mask(uri)))
-    return TrackedRun(run_id, uri, outbox, lock, experiment)
+    settings = job.mlflow
+    monitor = (
+        SystemMetrics(run_id, uri, settings.system_metrics_interval_s, reopened)
+        if settings.system_metrics
+        else None
+    )
+    return TrackedRun(run_id, uri, outbox, lock, experiment, system_metrics=monitor)
 
 
 def _finish(job, opened: list[TrackedRun], run_id: str, status: str, error: str | None) -> None:
@@ -105,6 +115,8 @@ def _finish(job, opened: list[TrackedRun], run_id: str, status: str, error: str 
         end_run(use_store(job.mlflow.tracking_uri), run_id, status, error)
         return
     run = opened[0]
+    if run.system_metrics is not None:  # before the end record: no system/* point after it
+        run.system_metrics.stop()
     if (
         job.hydra.log_file is not None and job.hydra.log_file.is_file()
     ):  # the console's story, as far as it got
