@@ -120,9 +120,13 @@ def assert_same_record(uri: str, resumed, reference) -> None:
         assert steps == [s for s, _ in want], f"{key}: steps differ"
         worst = max(abs(a - b) for (_, a), (_, b) in zip(got, want, strict=True))
         assert worst <= 1e-6, f"{key}: differs from the uninterrupted run by {worst}"
-    versions = client_of(uri).search_model_versions(f"run_id='{resumed.info.run_id}'")
-    steps = sorted(int(v.tags["global_step"]) for v in versions)
+    client = client_of(uri)
+    versions = client.search_model_versions(f"run_id='{resumed.info.run_id}'")
+    steps = sorted(
+        int(client.get_logged_model(v.source.removeprefix("models:/")).tags["global_step"]) for v in versions
+    )
     assert steps == [STEPS_PER_EPOCH * e for e in range(1, EPOCHS + 1)], "one version per epoch checkpoint"
+    assert sorted(int(v.tags["epoch"]) for v in versions) == list(range(1, EPOCHS + 1))
 
 
 def test_kill_9_mid_epoch_then_resume_auto_is_exact_and_lands_in_the_same_run(store, tmp_path):
