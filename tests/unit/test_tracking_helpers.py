@@ -93,6 +93,9 @@ def test_registration_policy(policy, expected, tmp_path):
     assert all(v.kind == "version" and v.name == "m" and v.tags["val/top1"] for v in versions)
     assert all(v.tags["registered_by"] == f"{policy} (set by registry.register)" for v in versions)
     assert all(len(v.tags) <= 6 and f"{policy}: " in v.description for v in versions)
+    # the versions table shows a description's first line raw: plain text, the score first
+    firsts = [v.description.splitlines()[0] for v in versions]
+    assert all(f.startswith("val/top1 0.") and not set("*`|") & set(f) for f in firsts)
     assert [c.record.epoch for c in saver.on_disk] == [4, 5] and not saver.written[0].path.exists()
 
 

@@ -144,13 +144,17 @@ class CheckpointRegistration(Callback, CheckpointListener):
         return tags
 
     def description(self, checkpoint: SavedCheckpoint) -> str:
-        """The version's story in markdown: its checkpoint and run, val metrics, data, the rule."""
+        """The version's story in markdown: its checkpoint and run, val metrics, data, the rule. The
+        first line is plain text: the registry's versions table shows it raw."""
+        val = checkpoint.record.val if checkpoint.record is not None else {}
+        where = f"epoch {checkpoint.epoch}, step {checkpoint.step} of run {self.run_id}"
+        score = self.score(checkpoint)
         lines = [
-            f"**{checkpoint.path.name}**: epoch {checkpoint.epoch}, step {checkpoint.step} of run "
-            f"`{self.run_id}` ({checkpoint.kind} checkpoint).",
+            f"{self.objective} {score:.4f} at {where}." if not math.isnan(score) else f"At {where}.",
+            "",
+            f"Checkpoint `{checkpoint.path.name}` ({checkpoint.kind} checkpoint).",
         ]
-        if checkpoint.record is not None and checkpoint.record.val:
-            val = checkpoint.record.val
+        if val:
             lines += [
                 "",
                 "| " + " | ".join(f"val/{k}" for k in val) + " |",
@@ -160,5 +164,8 @@ class CheckpointRegistration(Callback, CheckpointListener):
         if self.data_tags:
             data = ", ".join(f"{k.removeprefix('data.')} `{v}`" for k, v in self.data_tags.items())
             lines += ["", f"Data: {data}."]
-        lines += ["", f"Registered by the rule {self.rule.describe()}; @best and @last follow by themselves."]
+        lines += [
+            "",
+            f"Registered by the rule {self.rule.describe()}; `@best` and `@last` follow by themselves.",
+        ]
         return "\n".join(lines)
