@@ -146,6 +146,7 @@ def sweep_parents(store: str) -> list:
     return [r for r in runs if r.data.tags.get("vit_exp.role") == "sweep"]
 
 
+@pytest.mark.integration
 def test_each_parent_names_the_study_and_its_best_and_a_complete_study_makes_no_parent(
     tmp_path, tracking_store
 ):

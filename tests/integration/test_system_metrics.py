@@ -74,6 +74,7 @@ def test_a_training_run_records_system_metrics_until_it_ends(tmp_path, tracking_
     assert not monitors_alive()
 
 
+@pytest.mark.integration  # the default tier keeps the first run's check (make test stays ~5 min)
 def test_system_metrics_false_records_none_and_starts_no_monitor(tmp_path, tracking_store, monkeypatch):
     import vit_exp.train.trainer
 
@@ -90,6 +91,7 @@ def test_system_metrics_false_records_none_and_starts_no_monitor(tmp_path, track
     assert "train/loss" in run.data.metrics  # the run's own metrics are still there
 
 
+@pytest.mark.integration  # the default tier keeps the first run's check (make test stays ~5 min)
 def test_the_monitor_ends_with_a_failed_run(tmp_path, tracking_store, monkeypatch):
     """A failure inside training (here our fit, after a second of work) ends the run FAILED; its
     system metrics were recorded up to then, and its monitor stops."""
@@ -108,6 +110,7 @@ def test_the_monitor_ends_with_a_failed_run(tmp_path, tracking_store, monkeypatc
     assert not monitors_alive()
 
 
+@pytest.mark.integration  # the default tier keeps the first run's check (make test stays ~5 min)
 def test_the_monitor_goes_on_after_a_store_error(tmp_path):
     """MLflow's own monitor loop ends at the first store error; ours starts it again. The error here is
     real: the SQLite store's metrics table is away for a second (renamed by another connection)."""
@@ -136,6 +139,7 @@ def test_the_monitor_goes_on_after_a_store_error(tmp_path):
     assert not monitors_alive()
 
 
+@pytest.mark.integration  # the default tier keeps the first run's check (make test stays ~5 min)
 def test_a_continued_run_goes_on_from_its_last_system_step(tmp_path):
     from vit_exp.tracking.record.system_metrics import SystemMetrics
     from vit_exp.tracking.store import use_store
