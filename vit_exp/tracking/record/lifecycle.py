@@ -210,15 +210,22 @@ def _log_traceback(client, run_id: str, run_dir: Path | None) -> None:
 
 
 def log_run_inputs(
-    client, run_id: str, flat: dict[str, str], yaml: str, hydra_dir: Path | None, class_names: list[str], net
+    client,
+    run_id: str,
+    params: dict[str, str],
+    flat: dict[str, str],
+    yaml: str,
+    hydra_dir: Path | None,
+    class_names: list[str],
+    net,
 ) -> None:
-    """Log params (the hyperparameters of ``flat``, + parameter count), location tags and artifacts."""
+    """Log ``params`` (the hyperparameters, + parameter count), the location tags of ``flat`` and the
+    artifacts (the whole config is ``config_resolved.yaml``)."""
     from mlflow.entities import Param, RunTag
 
     from vit_exp.models.vit import count_parameters, model_summary
-    from vit_exp.tracking.resume import hyperparameters
 
-    params = hyperparameters(flat)  # the rest is in config_resolved.yaml (locations also as tags)
+    params = dict(params)
     params["model.num_parameters"] = str(count_parameters(net))
     params["device.precision_used"] = getattr(net, "precision", "fp32")  # what auto/bf16 resolved to
     locations = [RunTag(k, v) for k, v in flat.items() if is_location_key(k)]

@@ -142,12 +142,14 @@ def log_job_inputs(job, run: TrackedRun, data, net, identity: DataIdentity) -> N
 
     from vit_exp.tracking.record.lifecycle import log_run_inputs
     from vit_exp.tracking.record.lineage import log_datasets
+    from vit_exp.tracking.resume import hyperparameters
     from vit_exp.tracking.store import use_store
 
     hydra_dir = job.hydra.run_dir / ".hydra" if job.hydra.run_dir else None
     client = use_store(run.tracking_uri)
     names = data.class_names_for(net.num_classes)
-    log_run_inputs(client, run.run_id, job.config.flat, job.config.yaml, hydra_dir, names, net)
+    params = hyperparameters(job.config.flat)
+    log_run_inputs(client, run.run_id, params, job.config.flat, job.config.yaml, hydra_dir, names, net)
     log_datasets(client, run.run_id, identity)
     workers, batch = job.workers, job.trainer.batch_size
     parallel = {
