@@ -39,7 +39,8 @@ def start_job(job: TrainJob) -> Start:
         client = use_store(job.mlflow.tracking_uri)  # a store that does not answer fails now
     if workers.world_size > 1:  # the workers meet first: a resume is found by rank 0 alone
         job.device.apply(seed=job.trainer.seed, deterministic=job.trainer.deterministic)
-        parallel.start(workers)
+        exit_log = job.hydra.run_dir / f"mindspore-exit-rank{workers.rank}.log" if job.hydra.run_dir else None
+        parallel.start(workers, exit_log)
     resume = resolve_resume(job, client) if workers.is_main else None
     if workers.world_size > 1 and job.resume is not None:
         resume = _same_on_every_worker(job, resume)

@@ -5,9 +5,11 @@ in data-parallel mode (``start``: gradients averaged) and reads its own shard of
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from vit_exp.errors import ConfigError
 
@@ -88,8 +90,9 @@ def worker_overrides() -> list[str]:
     ]
 
 
-def start(parallel: DataParallel) -> None:
-    """Join the msrun cluster in data-parallel mode (gradients averaged). After ``device.apply``."""
+def start(parallel: DataParallel, exit_log: Path | None = None) -> None:
+    """Join the msrun cluster in data-parallel mode (gradients averaged). After ``device.apply``.
+    ``exit_log``: where what MindSpore prints while the worker exits goes (see ``quiet_exit``)."""
     if parallel.world_size == 1 and os.environ.get(ROLE) != "MS_WORKER":
         return
     import mindspore as ms
@@ -103,6 +106,23 @@ def start(parallel: DataParallel) -> None:
             f"says {parallel.rank} of {parallel.world_size}"
         )
     ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True)
+    if exit_log is not None:
+        atexit.register(quiet_exit, exit_log)
+
+
+def quiet_exit(exit_log: Path) -> None:
+    """At exit, send stderr (fd 2) to ``exit_log``: MindSpore's cluster threads log two INFO lines
+    each as they stop, past every log level setting (GLOG_v, MS_SUBMODULE_LOG_v). Registered after
+    MindSpore's own exit hooks, so it runs before them; our console is stdout, and the exit code,
+    which msrun watches, is untouched. A crash while exiting is kept in ``exit_log``."""
+    try:
+        sys.stderr.flush()
+        exit_log.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(exit_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    except OSError:
+        return
+    os.dup2(fd, 2)
+    os.close(fd)
 
 
 def end_with_launcher() -> None:
