@@ -222,6 +222,11 @@ def test_each_version_is_a_logged_model_of_its_run_stored_once(tiny_run):
         checkpoint = tiny_run["tmp"] / "run" / "checkpoints" / f"{model.name}.ckpt"
         stored = Path(model.artifact_location.removeprefix("file://")) / "artifacts" / checkpoint.name
         assert stored.stat().st_ino == checkpoint.stat().st_ino  # the same file, stored once
+    # The code and environment every version shares are stored once per run (hard links on a local store)
+    first, second = (Path(m.artifact_location.removeprefix("file://")) for m in models)
+    for shared in ("code/vit_exp.zip", "requirements.txt", "conda.yaml", "pyfunc_model.py"):
+        assert (first / shared).stat().st_ino == (second / shared).stat().st_ino, shared
+    assert (first / "MLmodel").stat().st_ino != (second / "MLmodel").stat().st_ino
     assert not list(Path(run.info.artifact_uri.removeprefix("file://")).glob("models"))
 
 

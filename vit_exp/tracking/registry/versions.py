@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 import warnings
@@ -108,6 +109,7 @@ class PyfuncModelWriter:
         self._workdir: tempfile.TemporaryDirectory | None = None
         self._model = None
         self._template_bytes = 0
+        self._stored_once: Path | None = None  # the first local model's folder: later ones link to it
 
     def prepare(self) -> None:
         """Write the directory every version shares now (else the first ``write`` does it: ~0.5-1 s)."""
@@ -179,11 +181,30 @@ class PyfuncModelWriter:
             # A local store gets the files straight into place (the checkpoint as a hard link).
             target = local_folder(model.artifact_location)
             staged = target or Path(folder) / "model"
-            shutil.copytree(Path(self._workdir.name) / "model", staged, dirs_exist_ok=True)
+            self._place_shared_files(staged, local=target is not None)
             link_or_copy(checkpoint, staged / "artifacts" / checkpoint.name)
             mlmodel.save(str(staged / "MLmodel"))  # last: a model directory with MLmodel is whole
             if target is None:
                 upload_files(client, model.model_id, staged)
+            elif self._stored_once is None:
+                self._stored_once = target
+
+    def _place_shared_files(self, staged: Path, local: bool) -> None:
+        """Put the files every version shares (code zip, environment, pyfunc_model.py) into ``staged``:
+        on a local store, hard links of the run's first stored model's files (the code is stored once
+        per run), else, or if those are gone, copies."""
+        template = Path(self._workdir.name) / "model"
+        shared = [f.relative_to(template) for f in template.rglob("*") if f.is_file()]
+        if local and self._stored_once is not None:
+            try:
+                for relative in shared:
+                    os.link(self._stored_once / relative, _fresh(staged / relative))
+                return
+            except OSError:  # moved, deleted or another file system: copy instead
+                self._stored_once = None
+                for relative in shared:  # unlinked first: a copy must not write through a link
+                    (staged / relative).unlink(missing_ok=True)
+        shutil.copytree(template, staged, dirs_exist_ok=True)
 
 
 def upload_files(client, model_id: str, folder: Path) -> None:
@@ -235,11 +256,15 @@ def local_folder(location: str) -> Path | None:
     return None
 
 
-def link_or_copy(source: Path, target: Path) -> None:
-    import os
-
+def _fresh(target: Path) -> Path:
+    """``target``, its folder made and any file there removed (to be written anew)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     target.unlink(missing_ok=True)
+    return target
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    _fresh(target)
     try:
         os.link(source, target)
     except OSError:  # another file system, or links not allowed
