@@ -231,3 +231,15 @@ def test_a_version_loads_its_config_from_its_mlmodel_or_as_written_before(layout
     predictor = load_predictor(str(version))
     assert predictor.class_names == names and predictor.mean == [1.0] * 3 and predictor.std == [2.0] * 3
     assert predictor.image_size == 32 and predictor.net.num_classes == 3
+
+
+def test_a_recipe_setting_that_is_off_is_neither_compared_nor_a_param():
+    from vit_exp.tracking.resume import OFF, comparable_config, config_digest, hyperparameters
+
+    prefix, (switch, off) = next(iter(OFF.items()))
+    before = {"optim.lr": "0.001"}  # a run recorded before the setting existed
+    now_off = before | {switch: off, f"{prefix}other": "9"}
+    assert config_digest(comparable_config(now_off)) == config_digest(comparable_config(before))
+    assert hyperparameters(now_off) == before
+    now_on = before | {switch: "7", f"{prefix}other": "9"}
+    assert {switch, f"{prefix}other"} <= set(hyperparameters(now_on)) & set(comparable_config(now_on))

@@ -62,10 +62,24 @@ WORLD_SIZE = "parallel.world_size"
 # Keys added after runs were already recorded, compared only when not at the value that means "as
 # before", so the config digests (and resume=auto / resume=<run id>) of earlier runs still match.
 AS_BEFORE = {WORLD_SIZE: "1", "device.precision": "fp32"}
+# The fine-tuning recipe's settings (augmentation, regularisation, EMA, early stopping), each turned off
+# by one key: ``{group prefix: (switch key, off value)}``. While off, the group's keys are neither
+# compared (runs recorded before the recipe still resume) nor params (a run's params show what it
+# turned on); on, they are both.
+OFF = {
+    "augment.randaug.": ("augment.randaug.num_ops", "0"),
+}
+
+
+def recipe_settings_off(flat: dict[str, str]) -> dict[str, str]:
+    """``flat`` without the keys of the recipe settings that are off (``OFF``)."""
+    off = tuple(prefix for prefix, (switch, value) in OFF.items() if flat.get(switch, value) == value)
+    return {k: v for k, v in flat.items() if not k.startswith(off)}
 
 
 def comparable_config(flat: dict[str, str], world_size: int = 1) -> dict[str, str]:
     """The logged params ``flat`` a resume compares, plus the worker count if > 1 (it sets the data order)."""
+    flat = recipe_settings_off(flat)
     comparable = {k: v for k, v in flat.items() if _compared(k) and AS_BEFORE.get(k) != v}
     if world_size > 1:
         comparable[WORLD_SIZE] = str(world_size)
@@ -80,7 +94,7 @@ def hyperparameters(flat: dict[str, str]) -> dict[str, str]:
     """The run's params: the compared keys that choose what is learned (no class paths, no setup)."""
     return {
         k: v
-        for k, v in flat.items()
+        for k, v in recipe_settings_off(flat).items()
         if _compared(k) and k not in SETUP_KEYS and k.rpartition(".")[2] not in ("_target_", "_partial_")
     }
 
