@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from omegaconf import DictConfig, OmegaConf
 
 if TYPE_CHECKING:
+    from vit_exp.data.augment import AugmentSettings
     from vit_exp.device import DeviceSettings
     from vit_exp.tracking.record import MlflowSettings
     from vit_exp.tracking.registry import RegistrySettings
@@ -58,7 +59,7 @@ def _direction(value) -> str | None:
     return str(value) if isinstance(value, str) else None
 
 
-GROUPS = ("trainer", "optim", "device", "mlflow", "registry")
+GROUPS = ("trainer", "optim", "augment", "device", "mlflow", "registry")
 
 
 def settings_groups(cfg: DictConfig) -> dict[str, object]:
@@ -104,6 +105,7 @@ class TrainJob:
     config: ConfigSnapshot
     trainer: TrainSettings
     optim: OptimizerSettings
+    augment: AugmentSettings
     device: DeviceSettings
     mlflow: MlflowSettings
     registry: RegistrySettings

@@ -34,11 +34,12 @@ def train(cfg: DictConfig) -> float | None:
     """Run one training job from a composed config; return the best value of ``optimized_metric``."""
     from hydra.utils import instantiate
 
+    from vit_exp.data.augment import Augmentation
     from vit_exp.data.digest import data_identity
     from vit_exp.data.pipeline import TrainBatches, val_dataset
     from vit_exp.session import training_session
     from vit_exp.start import start_job
-    from vit_exp.train.losses import CrossEntropySmooth
+    from vit_exp.train.losses import CrossEntropySmooth, SoftTargetCrossEntropy
     from vit_exp.train.metrics import classification_metrics
     from vit_exp.train.parallel import from_environment
     from vit_exp.train.trainer import fit
@@ -57,17 +58,19 @@ def train(cfg: DictConfig) -> float | None:
     log_job(job, data, net, identity)
     shard = (workers.world_size, workers.rank)
     exact_skip = not trainer.resume_fast_skip
-    batches = TrainBatches(data, net.image_size, trainer.batch_size, trainer.seed, exact_skip, shard)
+    augment = Augmentation(job.augment, num_classes, trainer.label_smoothing)
+    batches = TrainBatches(data, net.image_size, trainer.batch_size, trainer.seed, exact_skip, shard, augment)
     plan = trainer.plan(batches.steps_per_epoch)
     schedule = instantiate(cfg.sched)(total_steps=plan.total_steps, steps_per_epoch=plan.steps_per_epoch)
     lr_values = job.optim.learning_rates(schedule)
+    hard_loss = CrossEntropySmooth(num_classes, trainer.label_smoothing)
     with training_session(job, start.resume, data, net, identity, plan, lr_values) as session:
         fit(
             net,
             batches.epoch,
             val_ds,
             optimizer=job.optim.build(net.trainable_params(), lr_values),
-            loss_fn=CrossEntropySmooth(num_classes, trainer.label_smoothing),
+            loss_fn=SoftTargetCrossEntropy() if job.augment.mixes else hard_loss,
             metrics=classification_metrics(num_classes),
             plan=plan,
             callbacks=session.callbacks.ordered,
@@ -75,6 +78,7 @@ def train(cfg: DictConfig) -> float | None:
             resume=start.point,
             preemption=session.preemption,
             world_size=workers.world_size,
+            eval_loss_fn=hard_loss,  # validation stays on hard labels
         )
         return session.report(plan)
 

@@ -69,6 +69,10 @@ RUN_LITERALLY: dict[str, Literal] = {
 
 # (c) run by an existing test: its node id and the distinctive parts of the command in its source
 RUN_BY: dict[str, tuple[str, tuple[str, ...]]] = {
+    "python -m vit_exp.run augment=deit augment.randaug.magnitude=7 data.train_fraction=0.1": (
+        "tests/integration/test_augment_train.py::test_deit_trains_on_soft_targets_and_validates_on_hard_labels",
+        ('"augment=deit"', '"augment.randaug.magnitude=7"', '"data.train_fraction='),
+    ),
     "python -m vit_exp.ui": (
         "tests/integration/test_ui.py::test_ui_prints_the_runs_page_and_serves_it",
         ('"vit_exp.ui"',),

@@ -18,6 +18,7 @@ MODULES = {
 }
 GROUPS = {  # what each command's config composes (conf/<command>.yaml's defaults)
     "train": [
+        "augment",
         "data",
         "device",
         "experiment",

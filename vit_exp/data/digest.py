@@ -19,6 +19,8 @@ from pathlib import Path
 from vit_exp.data.folder import IMAGE_EXTENSIONS
 from vit_exp.locking import exclusive
 
+Kept = dict[str, set[str]] | None  # class folder -> the image names a training subset keeps
+
 DIGEST_LENGTH = 16
 SHORT_LENGTH = 8  # what people read and type: ``digits:289287cc``
 CACHE_VERSION = 1
@@ -89,8 +91,10 @@ def _images(folder: str) -> list[tuple[str, int]]:
     return sorted(found)
 
 
-def _cache_key(split_dir: Path, class_indexing: dict[str, int]) -> str:
+def _cache_key(split_dir: Path, class_indexing: dict[str, int], keep: Kept = None) -> str:
     key = hashlib.sha256(f"{CACHE_VERSION}\t{split_dir.resolve()}\n".encode())
+    if keep is not None:
+        key.update(json.dumps({k: sorted(v) for k, v in keep.items()}, sort_keys=True).encode())
     key.update(f"{split_dir.stat().st_mtime_ns}\n".encode())
     for folder, label in sorted(class_indexing.items()):
         path = split_dir / folder
@@ -99,8 +103,11 @@ def _cache_key(split_dir: Path, class_indexing: dict[str, int]) -> str:
     return key.hexdigest()[:32]
 
 
-def compute_split_digest(split: str, split_dir: Path, class_indexing: dict[str, int]) -> SplitDigest:
-    """List the split (uncached): every image of every mapped class folder, its size and label."""
+def compute_split_digest(
+    split: str, split_dir: Path, class_indexing: dict[str, int], keep: Kept = None
+) -> SplitDigest:
+    """List the split (uncached): every image of every mapped class folder, its size and label; with
+    ``keep`` (class folder -> image names), only those images."""
     digest = hashlib.sha256()
     images = size = classes = 0
     for folder, label in sorted(class_indexing.items()):
@@ -108,6 +115,8 @@ def compute_split_digest(split: str, split_dir: Path, class_indexing: dict[str, 
         if not path.is_dir():
             continue
         files = _images(str(path))
+        if keep is not None:
+            files = [(name, nbytes) for name, nbytes in files if name in keep.get(folder, ())]
         classes += bool(files)
         for name, nbytes in files:
             digest.update(f"{folder}/{name}\t{nbytes}\t{label}\n".encode())
@@ -118,20 +127,20 @@ def compute_split_digest(split: str, split_dir: Path, class_indexing: dict[str, 
 
 
 def split_digest(
-    split: str, split_dir: Path, class_indexing: dict[str, int], cache_dir: Path | None
+    split: str, split_dir: Path, class_indexing: dict[str, int], cache_dir: Path | None, keep: Kept = None
 ) -> SplitDigest:
-    """The split's digest, from the cache when its folders are unchanged."""
+    """The split's digest (of the images in ``keep`` if given), cached while its folders are unchanged."""
     split_dir = Path(split_dir)
     if cache_dir is None:
-        return compute_split_digest(split, split_dir, class_indexing)
+        return compute_split_digest(split, split_dir, class_indexing, keep)
     cache_dir = Path(cache_dir).expanduser()
-    record = cache_dir / f"{_cache_key(split_dir, class_indexing)}.json"
+    record = cache_dir / f"{_cache_key(split_dir, class_indexing, keep)}.json"
     try:
         return SplitDigest(**json.loads(record.read_text()))
     except (OSError, ValueError, TypeError):
         pass
     with exclusive(cache_dir / ".lock"):
-        result = compute_split_digest(split, split_dir, class_indexing)
+        result = compute_split_digest(split, split_dir, class_indexing, keep)
         partial = record.with_suffix(".partial")
         partial.write_text(json.dumps(asdict(result)))
         os.replace(partial, record)
@@ -140,9 +149,11 @@ def split_digest(
 
 def data_identity(data, cache_dir: Path | None, class_names: list[str] | None = None) -> DataIdentity:
     """The identity of an ImageFolderData's train and val splits; ``class_names``: the model's
-    (default: the data's), e.g. padded to a larger head."""
+    (default: the data's), e.g. padded to a larger head. A training subset (``data.train_fraction``,
+    ``data.per_class_limit``) is other data: the train digest covers only its images."""
     indexing = dict(data.class_indexing)
-    train = split_digest(data.train_split, data.root / data.train_split, indexing, cache_dir)
+    keep = getattr(data, "train_subset", None)
+    train = split_digest(data.train_split, data.root / data.train_split, indexing, cache_dir, keep)
     val = split_digest(data.val_split, data.root / data.val_split, indexing, cache_dir)
     both = hashlib.sha256(f"{train.digest}\t{val.digest}".encode()).hexdigest()[:DIGEST_LENGTH]
     names = list(class_names if class_names is not None else data.class_names)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import math
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -21,6 +23,10 @@ def list_images(folder: Path) -> list[Path]:
 def class_folders(split_dir: Path) -> list[str]:
     """Sorted names of the class folders in a split that hold at least one image."""
     return sorted(d.name for d in split_dir.iterdir() if d.is_dir() and list_images(d))
+
+
+def _name_hash(name: str) -> str:
+    return hashlib.sha256(name.encode()).hexdigest()
 
 
 @dataclass
@@ -45,6 +51,8 @@ class ImageFolderData:
     prefetch_size: Annotated[int, NOT_COMPARED] = 8
     skip_unreadable: Annotated[bool, SETUP] = False
     check_cache_dir: Annotated[str | Path, NOT_COMPARED] = "~/.cache/vit_exp/image_checks"
+    train_fraction: float = 1.0
+    per_class_limit: int | None = None
     name: str = "image_folder"
 
     def __post_init__(self) -> None:
@@ -54,6 +62,10 @@ class ImageFolderData:
             raise ConfigError(f"data.class_map must be one of {CLASS_MAPS}, got {self.class_map!r}")
         if self.class_map == "imagenet" and not self.meta_mat:
             raise ConfigError("data.class_map=imagenet needs data.meta_mat (the devkit's meta.mat)")
+        if not 0 < self.train_fraction <= 1:
+            raise ConfigError(f"data.train_fraction must be in (0, 1], got {self.train_fraction}")
+        if self.per_class_limit is not None and self.per_class_limit < 1:
+            raise ConfigError(f"data.per_class_limit must be >= 1 or null, got {self.per_class_limit}")
         if not self.root.is_dir():
             raise DataError(f"data.root: folder not found: {self.root}")
         self.split_dir(self.train_split, key="data.train_split")
@@ -74,6 +86,26 @@ class ImageFolderData:
         from vit_exp.data.imagenet import load_imagenet_classes
 
         return load_imagenet_classes(self.meta_mat)
+
+    @property
+    def subset(self) -> bool:
+        """Whether training uses a part of the train split (``train_fraction``, ``per_class_limit``)."""
+        return self.train_fraction < 1 or self.per_class_limit is not None
+
+    @cached_property
+    def train_subset(self) -> dict[str, set[str]] | None:
+        """Per class folder, the image names training uses, or None (all of them): of each class,
+        ``train_fraction`` of its images (at least 1), at most ``per_class_limit``; the same ones on
+        every run: those first in the order of a hash of their names (a smaller subset is in a larger)."""
+        if not self.subset:
+            return None
+        kept = {}
+        for folder in self.class_indexing:
+            names = [p.name for p in list_images(self.root / self.train_split / folder)]
+            count = max(1, math.floor(self.train_fraction * len(names) + 0.5))
+            count = min(count, self.per_class_limit or count)
+            kept[folder] = set(sorted(names, key=_name_hash)[:count])
+        return kept
 
     @cached_property
     def folders(self) -> list[str]:

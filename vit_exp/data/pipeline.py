@@ -7,22 +7,27 @@ import logging
 import os
 from pathlib import Path
 
+from vit_exp.data.augment import Augmentation
 from vit_exp.data.folder import ImageFolderData
 from vit_exp.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 
-def train_transforms(data: ImageFolderData, image_size: int) -> list:
+def train_transforms(data: ImageFolderData, image_size: int, augment: Augmentation | None = None) -> list:
+    """The per-image ops on a training image (augment=basic: the reference recipe's)."""
     from mindspore.dataset import vision
 
-    ops = [
-        vision.RandomCropDecodeResize(
-            image_size, scale=tuple(data.train_crop_scale), ratio=tuple(data.train_crop_ratio)
-        )
-    ]
-    if data.hflip_prob > 0:
+    augment = augment or Augmentation()
+    settings = augment.settings
+    if settings.random_crop:
+        scale, ratio = tuple(data.train_crop_scale), tuple(data.train_crop_ratio)
+        ops = [vision.RandomCropDecodeResize(image_size, scale=scale, ratio=ratio)]
+    else:
+        ops = val_transforms(data, image_size)[:3]  # decode, resize, center crop
+    if settings.hflip and data.hflip_prob > 0:
         ops.append(vision.RandomHorizontalFlip(prob=data.hflip_prob))
+    ops += augment.randaug_ops(data.mean)
     ops += [vision.Normalize(mean=list(data.mean), std=list(data.std)), vision.HWC2CHW()]
     return ops
 
@@ -59,13 +64,34 @@ def _folder_dataset(data: ImageFolderData, split_dir: Path, shuffle: bool, key: 
 
     ds.config.set_prefetch_size(max(1, int(data.prefetch_size)))
     shards = {"num_shards": shard[0], "shard_id": shard[1]} if shuffle else {}
+    if shuffle and data.train_subset is not None:
+        shards = {"sampler": _subset_sampler(data, split_dir, shard)}
     return ds.ImageFolderDataset(
         str(split_dir),
-        shuffle=shuffle,
+        shuffle=None if "sampler" in shards else shuffle,
         class_indexing=data.class_indexing,
         num_parallel_workers=worker_count(data),
         **shards,
     )
+
+
+def _subset_sampler(data: ImageFolderData, split_dir: Path, shard):
+    """Shuffled (and sharded) indices of ``data.train_subset`` in ``ImageFolderDataset``'s file order
+    (class folders, then file names, each sorted)."""
+    import mindspore.dataset as ds
+
+    from vit_exp.data.folder import list_images
+
+    indices, index = [], 0
+    for folder in sorted(data.class_indexing):
+        keep = data.train_subset.get(folder, set())
+        for image in list_images(split_dir / folder) if (split_dir / folder).is_dir() else ():
+            if image.name in keep:
+                indices.append(index)
+            index += 1
+    sampler = ds.DistributedSampler(shard[0], shard[1], shuffle=True)
+    sampler.add_child(ds.SubsetSampler(indices))
+    return sampler
 
 
 def _batched(dataset, transforms: list, data: ImageFolderData, batch_size: int, drop_remainder: bool):
@@ -77,11 +103,18 @@ def _batched(dataset, transforms: list, data: ImageFolderData, batch_size: int, 
 
 
 def train_dataset(
-    data: ImageFolderData, image_size: int, batch_size: int, skip_images: int = 0, shard=(1, 0)
+    data: ImageFolderData,
+    image_size: int,
+    batch_size: int,
+    skip_images: int = 0,
+    shard=(1, 0),
+    augment: Augmentation | None = None,
 ):
     """Shuffled, augmented, batched training data (last partial batch dropped). ``shard`` = (n, i):
     every n-th image of one shuffle from the i-th, so batch k of the n shards together is batch k of
-    one process at n times the batch size. ``skip_images``: left out undecoded."""
+    one process at n times the batch size. ``skip_images``: left out undecoded. With mixing on
+    (``augment``), labels are soft targets [B, classes]."""
+    augment = augment or Augmentation()
     split = data.split_dir(data.train_split, key="data.train_split")
     dataset = _folder_dataset(data, split, shuffle=True, key="data.train_split", shard=shard)
     if dataset.get_dataset_size() < batch_size:
@@ -92,7 +125,21 @@ def train_dataset(
         )
     if skip_images:
         dataset = dataset.skip(skip_images)
-    return _batched(dataset, train_transforms(data, image_size), data, batch_size, drop_remainder=True)
+    dataset = dataset.map(
+        operations=train_transforms(data, image_size, augment),
+        input_columns="image",
+        num_parallel_workers=worker_count(data),
+    )
+    if erasing := augment.erasing_op():
+        # A Python op drawing from Python's random (seeded by ds.config.set_seed): one worker thread
+        # takes the images in order, so the draws are the same on every pass of the epoch.
+        dataset = dataset.map([erasing], "image", num_parallel_workers=1, python_multiprocessing=False)
+    if label_ops := augment.label_ops():
+        dataset = dataset.map(label_ops, "label", num_parallel_workers=worker_count(data))
+    dataset = dataset.batch(batch_size, drop_remainder=True)
+    if mix := augment.batch_op():
+        dataset = dataset.map([mix], ["image", "label"], num_parallel_workers=worker_count(data))
+    return dataset
 
 
 class TrainBatches:
@@ -109,6 +156,7 @@ class TrainBatches:
         seed: int,
         exact_skip: bool,
         shard=(1, 0),
+        augment: Augmentation | None = None,
     ):
         self.data = data
         self.image_size = image_size
@@ -116,6 +164,7 @@ class TrainBatches:
         self.seed = seed
         self.exact_skip = exact_skip
         self.shard = tuple(shard)
+        self.augment = augment
         self._first = self._dataset(1)
 
     def _dataset(self, epoch: int, skip_images: int = 0):
@@ -123,7 +172,9 @@ class TrainBatches:
 
         # The shuffle is drawn from the seed when the dataset is made, the crops when it is iterated.
         ds.config.set_seed(self.seed + epoch - 1)
-        return train_dataset(self.data, self.image_size, self.batch_size, skip_images, self.shard)
+        return train_dataset(
+            self.data, self.image_size, self.batch_size, skip_images, self.shard, self.augment
+        )
 
     @property
     def steps_per_epoch(self) -> int:

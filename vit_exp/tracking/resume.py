@@ -61,20 +61,40 @@ _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 WORLD_SIZE = "parallel.world_size"
 # Keys added after runs were already recorded, compared only when not at the value that means "as
 # before", so the config digests (and resume=auto / resume=<run id>) of earlier runs still match.
-AS_BEFORE = {WORLD_SIZE: "1", "device.precision": "fp32"}
+AS_BEFORE = {
+    WORLD_SIZE: "1",
+    "device.precision": "fp32",
+    "augment._target_": "vit_exp.data.augment.AugmentSettings",
+}
 # The fine-tuning recipe's settings (augmentation, regularisation, EMA, early stopping), each turned off
 # by one key: ``{group prefix: (switch key, off value)}``. While off, the group's keys are neither
 # compared (runs recorded before the recipe still resume) nor params (a run's params show what it
 # turned on); on, they are both.
+# ``augment=basic`` (today's transforms: its name, crop and flip) and the full train split are "off".
 OFF = {
     "augment.randaug.": ("augment.randaug.num_ops", "0"),
+    "augment.random_erasing.": ("augment.random_erasing.prob", "0.0"),
+    "augment.mix.": ("augment.mix.prob", "0.0"),
+    "augment.name": ("augment.name", "basic"),
+    "augment.random_crop": ("augment.random_crop", "True"),
+    "augment.hflip": ("augment.hflip", "True"),
+    "data.train_fraction": ("data.train_fraction", "1.0"),
+    "data.per_class_limit": ("data.per_class_limit", "None"),
 }
 
 
 def recipe_settings_off(flat: dict[str, str]) -> dict[str, str]:
     """``flat`` without the keys of the recipe settings that are off (``OFF``)."""
-    off = tuple(prefix for prefix, (switch, value) in OFF.items() if flat.get(switch, value) == value)
+    off = tuple(prefix for prefix, (switch, value) in OFF.items() if _same(flat.get(switch, value), value))
     return {k: v for k, v in flat.items() if not k.startswith(off)}
+
+
+def _same(value: str, off: str) -> bool:
+    """``value`` is the off value, also as another spelling of the same number (``0`` for ``0.0``)."""
+    try:
+        return value == off or float(value) == float(off)
+    except ValueError:
+        return False
 
 
 def comparable_config(flat: dict[str, str], world_size: int = 1) -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""Cross-entropy with label smoothing, as in the reference recipe."""
+"""Cross-entropy with label smoothing, as in the reference recipe, and on soft (mixed) targets."""
 
 from __future__ import annotations
 
@@ -24,4 +24,16 @@ class CrossEntropySmooth(nn.LossBase):
 
     def construct(self, logits: Tensor, label: Tensor) -> Tensor:
         target = self.onehot(label, self.num_classes, self.on_value, self.off_value)
+        return self.ce(logits, target)
+
+
+class SoftTargetCrossEntropy(nn.LossBase):
+    """Softmax cross-entropy on soft targets [B, C] (mixup/CutMix, smoothed before mixing): the batch
+    mean of -sum_c target_c * log_softmax(logits)_c."""
+
+    def __init__(self):
+        super().__init__()
+        self.ce = nn.SoftmaxCrossEntropyWithLogits(sparse=False, reduction="mean")
+
+    def construct(self, logits: Tensor, target: Tensor) -> Tensor:
         return self.ce(logits, target)

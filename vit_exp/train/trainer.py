@@ -90,11 +90,13 @@ def fit(  # noqa: PLR0913 (keyword-only, as MindSpore's Model.fit)
     resume: ResumePoint | None = None,
     preemption: Preemption | None = None,
     world_size: int = 1,
+    eval_loss_fn=None,
 ) -> None:
     """Train ``net`` by ``plan`` over ``epoch_batches(epoch, skip)``, validating on ``val_ds`` after each
     of ``plan.validation_epochs``. ``resume`` starts from a full-state checkpoint; ``preemption`` turns
     SIGTERM/Ctrl-C into a checkpoint and a ``Preempted`` exit; ``world_size`` > 1 averages the loss
-    over the workers."""
+    over the workers. ``eval_loss_fn``: validation's loss on hard labels (default ``loss_fn``; training
+    on soft targets needs its own)."""
     from mindspore import amp, nn
 
     from vit_exp.data.unreadable import unreadable_image_error
@@ -104,7 +106,9 @@ def fit(  # noqa: PLR0913 (keyword-only, as MindSpore's Model.fit)
 
     validate = None
     if val_ds is not None:
-        eval_network = nn.WithEvalCell(net, loss_fn, add_cast_fp32=amp_level in ("O2", "O3", "auto"))
+        eval_network = nn.WithEvalCell(
+            net, eval_loss_fn or loss_fn, add_cast_fp32=amp_level in ("O2", "O3", "auto")
+        )
         validate = partial(validation_metrics, eval_network, val_ds, metrics)
     train_step = amp.build_train_network(net, optimizer, loss_fn, level=amp_level)
     if resume is not None:
