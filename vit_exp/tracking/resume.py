@@ -61,13 +61,21 @@ _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 WORLD_SIZE = "parallel.world_size"
 # Keys added after runs were already recorded, compared only when not at the value that means "as
 # before", so the config digests (and resume=auto / resume=<run id>) of earlier runs still match.
-AS_BEFORE = {WORLD_SIZE: "1", "device.precision": "fp32"}
+AS_BEFORE = {
+    WORLD_SIZE: "1",
+    "device.precision": "fp32",
+    "optim.no_weight_decay": "['bias', 'gamma', 'beta', 'cls', 'pos_embedding']",  # the rule before the key
+}
 # The fine-tuning recipe's settings (augmentation, regularisation, EMA, early stopping), each turned off
 # by one key: ``{group prefix: (switch key, off value)}``. While off, the group's keys are neither
 # compared (runs recorded before the recipe still resume) nor params (a run's params show what it
 # turned on); on, they are both.
 OFF = {
     "augment.randaug.": ("augment.randaug.num_ops", "0"),
+    "model.drop_path_rate": ("model.drop_path_rate", "0.0"),
+    "optim.clip_grad_norm": ("optim.clip_grad_norm", "None"),
+    "optim.layer_decay": ("optim.layer_decay", "None"),
+    "optim.no_weight_decay": ("optim.weight_decay", "0.0"),  # what weight decay skips: nothing to skip
 }
 
 
