@@ -75,6 +75,7 @@ def train(cfg: DictConfig) -> float | None:
             plan=plan,
             callbacks=session.callbacks.ordered,
             amp_level=job.device.amp_level,
+            clip_grad_norm=job.optim.clip_grad_norm,
             resume=start.point,
             preemption=session.preemption,
             world_size=workers.world_size,

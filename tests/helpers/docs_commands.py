@@ -57,6 +57,17 @@ RUN_LITERALLY: dict[str, Literal] = {
         holds=("name: vit_b16", "root: /data/vit_imagenet_dataset")
     ),
     "python -m vit_exp.run optim.lrate=1e-3": Literal(returncode=1),
+    "python -m vit_exp.run experiment=recipe_vit_b16 data.root=/data/vit_imagenet_dataset optim=adamw "
+    "model.drop_path_rate=0.1 optim.layer_decay=0.65 optim.clip_grad_norm=1.0 --cfg job": Literal(
+        holds=(
+            "name: vit_b16",
+            "name: adamw",
+            "drop_path_rate: 0.1",
+            "layer_decay: 0.65",
+            "clip_grad_norm: 1.0",
+        )
+    ),
+    "python -m vit_exp.run model.drop_path_rate=1.0": Literal(returncode=1),
     "python -m vit_exp.eval model_uri=models:/vit_tiny-digits@best": Literal(
         holds=("top1",), after_training=True
     ),
@@ -72,6 +83,16 @@ RUN_BY: dict[str, tuple[str, tuple[str, ...]]] = {
     "python -m vit_exp.run augment=deit augment.randaug.magnitude=7 data.train_fraction=0.1": (
         "tests/integration/test_augment_train.py::test_deit_trains_on_soft_targets_and_validates_on_hard_labels",
         ('"augment=deit"', '"augment.randaug.magnitude=7"', '"data.train_fraction='),
+    ),
+    "python -m vit_exp.run optim=adamw model.drop_path_rate=0.1 optim.clip_grad_norm=1.0 "
+    "optim.layer_decay=0.75 trainer.max_steps=20": (  # on the tiny model for 6 steps
+        "tests/integration/test_regularisation_cli.py::test_drop_path_clipping_and_layer_decay_train_and_are_params",
+        (
+            '"optim=adamw"',
+            '"model.drop_path_rate=0.1"',
+            '"optim.clip_grad_norm=1.0"',
+            '"optim.layer_decay=0.75"',
+        ),
     ),
     "python -m vit_exp.ui": (
         "tests/integration/test_ui.py::test_ui_prints_the_runs_page_and_serves_it",

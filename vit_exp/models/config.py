@@ -23,7 +23,8 @@ def check_precision(precision: str) -> str:
 @dataclass(frozen=True)
 class ViTConfig:
     """The ``model.*`` keys that shape the network (defaults: ViT-B/16 at 224). Dropout is given as
-    keep-probabilities (1.0 = off); ``patch_embed`` and ``fused_kernels`` change how, not what, is computed;
+    keep-probabilities (1.0 = off), stochastic depth as ``drop_path_rate`` (0 = off, the last block's rate);
+    ``patch_embed`` and ``fused_kernels`` change how, not what, is computed;
     ``precision`` (from ``device.precision``) is what the dense layers multiply in."""
 
     image_size: int = 224
@@ -36,6 +37,7 @@ class ViTConfig:
     input_channels: int = 3
     keep_prob: float = 1.0
     attention_keep_prob: float = 1.0
+    drop_path_rate: float = 0.0
     gelu_approximate: bool = True
     layer_norm_eps: float = 1e-7
     patch_embed: Annotated[str, SETUP] = "matmul"
@@ -55,6 +57,8 @@ class ViTConfig:
             value = getattr(self, key)
             if not 0.0 < value <= 1.0:
                 raise ConfigError(f"model.{key} must be in (0, 1] (1.0 = no dropout), got {value}")
+        if not 0.0 <= self.drop_path_rate < 1.0:
+            raise ConfigError(f"model.drop_path_rate must be in [0, 1) (0 = off), got {self.drop_path_rate}")
         check_precision(self.precision)
         if self.patch_embed not in PATCH_EMBED_IMPLS:
             raise ConfigError(
@@ -70,3 +74,9 @@ class ViTConfig:
     @property
     def num_patches(self) -> int:
         return (self.image_size // self.patch_size) ** 2
+
+    def drop_path_rates(self) -> list[float]:
+        """Block i's stochastic-depth rate: ``drop_path_rate * i / (num_layers - 1)``, as timm's
+        ``linspace(0, drop_path_rate, num_layers)`` (the first block never drops, the last at the rate)."""
+        last = max(self.num_layers - 1, 1)
+        return [self.drop_path_rate * i / last for i in range(self.num_layers)]

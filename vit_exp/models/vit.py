@@ -18,6 +18,22 @@ def dropout(keep_prob: float) -> nn.Cell:
     return nn.Dropout(p=1.0 - keep_prob) if keep_prob < 1.0 else nn.Identity()
 
 
+class DropPath(nn.Cell):
+    """Stochastic depth (timm's ``DropPath``): in training, each sample's residual branch is zeroed with
+    probability ``rate`` and kept ones scaled by 1 / (1 - rate), so its expectation is unchanged;
+    inference: identity. The per-sample mask is nn.Dropout of ones (the global seed drives it); no
+    parameters."""
+
+    def __init__(self, rate: float):
+        super().__init__()
+        self.dropout = nn.Dropout(p=rate)
+
+    def construct(self, x: Tensor) -> Tensor:
+        if not self.training:
+            return x
+        return x * self.dropout(ops.ones((x.shape[0], 1, 1), x.dtype))  # (B, 1, 1): one draw per sample
+
+
 class Attention(nn.Cell):
     """Multi-head self-attention: one fused ``qkv`` projection, softmax(q k^T / sqrt(d)) v, ``out``."""
 
@@ -91,35 +107,45 @@ class FeedForward(nn.Cell):
 
 class Residual(nn.Cell):
     """``x + cell(x)``, the cell stored as ``cell`` (checkpoint names depend on it). ``fuse``: ``cell``
-    is [LayerNorm, Attention | FeedForward], its last dense layer adds ``x`` (a pass and a kernel fewer)."""
+    is [LayerNorm, Attention | FeedForward], its last dense layer adds ``x`` (a pass and a kernel fewer).
+    ``drop_path`` > 0: ``x + DropPath(cell(x))`` (never fused); 0 adds no op."""
 
-    def __init__(self, cell: nn.SequentialCell, fuse: bool = False):
+    def __init__(self, cell: nn.SequentialCell, fuse: bool = False, drop_path: float = 0.0):
         super().__init__()
         self.cell = cell
-        self.fuse = fuse
+        self.fuse = fuse and drop_path == 0.0
+        self.use_drop_path = drop_path > 0.0
+        if self.use_drop_path:
+            self.drop_path = DropPath(drop_path)
 
     def construct(self, x: Tensor) -> Tensor:
         if self.fuse:
             return self.cell[1](self.cell[0](x), x)
+        if self.use_drop_path:
+            return x + self.drop_path(self.cell(x))
         return x + self.cell(x)
 
 
-def encoder_block(config: ViTConfig, plan: KernelPlan) -> nn.SequentialCell:
-    """One pre-norm block: ``0`` = x + Attention(LayerNorm(x)), ``1`` = x + FeedForward(LayerNorm(x))."""
+def encoder_block(config: ViTConfig, plan: KernelPlan, drop_path: float = 0.0) -> nn.SequentialCell:
+    """One pre-norm block: ``0`` = x + Attention(LayerNorm(x)), ``1`` = x + FeedForward(LayerNorm(x)),
+    each branch dropped per sample at rate ``drop_path`` in training."""
     eps, fused = config.layer_norm_eps, plan.fused
     bf16 = plan.dense == "bf16"  # inference hands LayerNorm's output to qkv / dense1 in bf16
     attention = nn.SequentialCell([LayerNorm(config.embed_dim, eps, fused, bf16), Attention(config, plan)])
     mlp = nn.SequentialCell([LayerNorm(config.embed_dim, eps, fused, bf16), FeedForward(config, plan)])
     fuse = plan.dense is not None and config.keep_prob == 1.0
-    return nn.SequentialCell([Residual(attention, fuse), Residual(mlp, fuse)])
+    return nn.SequentialCell([Residual(attention, fuse, drop_path), Residual(mlp, fuse, drop_path)])
 
 
 class Encoder(nn.Cell):
-    """``num_layers`` encoder blocks, stored as ``layers.{i}``."""
+    """``num_layers`` encoder blocks, stored as ``layers.{i}``; block i drops paths at
+    ``config.drop_path_rates()[i]``."""
 
     def __init__(self, config: ViTConfig, plan: KernelPlan):
         super().__init__()
-        self.layers = nn.SequentialCell([encoder_block(config, plan) for _ in range(config.num_layers)])
+        self.layers = nn.SequentialCell(
+            [encoder_block(config, plan, rate) for rate in config.drop_path_rates()]
+        )
 
     def construct(self, x: Tensor) -> Tensor:
         return self.layers(x)

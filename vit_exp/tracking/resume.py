@@ -65,6 +65,7 @@ AS_BEFORE = {
     WORLD_SIZE: "1",
     "device.precision": "fp32",
     "augment._target_": "vit_exp.data.augment.AugmentSettings",
+    "optim.no_weight_decay": "['bias', 'gamma', 'beta', 'cls', 'pos_embedding']",  # the rule before the key
 }
 # The fine-tuning recipe's settings (augmentation, regularisation, EMA, early stopping), each turned off
 # by one key: ``{group prefix: (switch key, off value)}``. While off, the group's keys are neither
@@ -80,6 +81,10 @@ OFF = {
     "augment.hflip": ("augment.hflip", "True"),
     "data.train_fraction": ("data.train_fraction", "1.0"),
     "data.per_class_limit": ("data.per_class_limit", "None"),
+    "model.drop_path_rate": ("model.drop_path_rate", "0.0"),
+    "optim.clip_grad_norm": ("optim.clip_grad_norm", "None"),
+    "optim.layer_decay": ("optim.layer_decay", "None"),
+    "optim.no_weight_decay": ("optim.weight_decay", "0.0"),  # what weight decay skips: nothing to skip
 }
 
 

@@ -87,6 +87,7 @@ def fit(  # noqa: PLR0913 (keyword-only, as MindSpore's Model.fit)
     plan: TrainPlan,
     callbacks: Sequence,
     amp_level: str = "O0",
+    clip_grad_norm: float | None = None,
     resume: ResumePoint | None = None,
     preemption: Preemption | None = None,
     world_size: int = 1,
@@ -95,14 +96,16 @@ def fit(  # noqa: PLR0913 (keyword-only, as MindSpore's Model.fit)
     """Train ``net`` by ``plan`` over ``epoch_batches(epoch, skip)``, validating on ``val_ds`` after each
     of ``plan.validation_epochs``. ``resume`` starts from a full-state checkpoint; ``preemption`` turns
     SIGTERM/Ctrl-C into a checkpoint and a ``Preempted`` exit; ``world_size`` > 1 averages the loss
-    over the workers. ``eval_loss_fn``: validation's loss on hard labels (default ``loss_fn``; training
-    on soft targets needs its own)."""
-    from mindspore import amp, nn
+    over the workers; ``clip_grad_norm`` clips the gradients' global norm (None: off).
+    ``eval_loss_fn``: validation's loss on hard labels (default ``loss_fn``; training on soft targets
+    needs its own)."""
+    from mindspore import nn
 
     from vit_exp.data.unreadable import unreadable_image_error
     from vit_exp.train.loop import gc_frozen, run_training, validation_metrics
     from vit_exp.train.parallel import mean_loss_step
     from vit_exp.train.state import load_training_network
+    from vit_exp.train.step import build_train_step
 
     validate = None
     if val_ds is not None:
@@ -110,7 +113,7 @@ def fit(  # noqa: PLR0913 (keyword-only, as MindSpore's Model.fit)
             net, eval_loss_fn or loss_fn, add_cast_fp32=amp_level in ("O2", "O3", "auto")
         )
         validate = partial(validation_metrics, eval_network, val_ds, metrics)
-    train_step = amp.build_train_network(net, optimizer, loss_fn, level=amp_level)
+    train_step = build_train_step(net, optimizer, loss_fn, amp_level, clip_grad_norm)
     if resume is not None:
         load_training_network(train_step, resume.entries, resume.path)
     train_step = mean_loss_step(train_step, world_size)
