@@ -84,9 +84,10 @@ def main() -> None:
         f"trainer.batch_size={args.batch}",
     ]
     print(
-        f"digits, data.train_fraction={args.fraction}, {args.epochs} epochs, batch {args.batch}, seeds {args.seeds}"
+        f"digits, data.train_fraction={args.fraction}, {args.epochs} epochs, batch {args.batch}, "
+        f"seeds {args.seeds}"
     )
-    print(f"| variant | best val top-1: mean ± std (min..max) | s/run |\n|---|---|---|")
+    print("| variant | best val top-1: mean ± std (min..max) | s/run |\n|---|---|---|")
     with tempfile.TemporaryDirectory(prefix="vit_exp_ablation_") as tmp:
         for name, overrides in VARIANTS.items():
             if args.only and name not in args.only:
