@@ -75,6 +75,7 @@ def train(cfg: DictConfig) -> float | None:
             resume=start.point,
             preemption=session.preemption,
             world_size=workers.world_size,
+            ema_decay=trainer.ema.decay,
         )
         return session.report(plan)
 

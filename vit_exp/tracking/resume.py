@@ -68,6 +68,8 @@ AS_BEFORE = {WORLD_SIZE: "1", "device.precision": "fp32"}
 # turned on); on, they are both.
 OFF = {
     "augment.randaug.": ("augment.randaug.num_ops", "0"),
+    "trainer.ema.": ("trainer.ema.decay", "None"),
+    "trainer.early_stopping.": ("trainer.early_stopping.patience", "None"),
 }
 
 
