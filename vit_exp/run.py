@@ -80,6 +80,7 @@ def train(cfg: DictConfig) -> float | None:
             preemption=session.preemption,
             world_size=workers.world_size,
             eval_loss_fn=hard_loss,  # validation stays on hard labels
+            ema_decay=trainer.ema.decay,
         )
         return session.report(plan)
 

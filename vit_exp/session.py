@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from vit_exp.train.callbacks import CheckpointSaver, ConsoleProgress, TrainHistory
     from vit_exp.train.plan import TrainPlan
     from vit_exp.train.preemption import Preemption
+    from vit_exp.train.stopping import EarlyStopping
 
 log = logging.getLogger("vit_exp.run")
 
@@ -34,12 +35,13 @@ class TrainingCallbacks:
     metric_logger: MlflowMetricLogger | None = None
     registration: CheckpointRegistration | None = None
     writes_checkpoints: bool = True  # false in a data-parallel worker other than the main one
+    early_stopping: EarlyStopping | None = None  # after the epoch's console line, before its checkpoint
 
     @property
     def ordered(self) -> list:
         checkpoints = self.checkpoints if self.writes_checkpoints else None
-        callbacks = [self.history, self.console, self.metric_logger, checkpoints, self.registration]
-        return [c for c in callbacks if c is not None]
+        first = (self.history, self.console, self.early_stopping, self.metric_logger)
+        return [c for c in (*first, checkpoints, self.registration) if c is not None]
 
     def load_state(self, state: dict, checkpoint: Path) -> None:
         """Continue from a full-state checkpoint's ``state`` (written at ``checkpoint``)."""
@@ -70,6 +72,9 @@ class Session:
         """Log the end-of-run summary; return the best value of the job's ``optimized_metric``."""
         from vit_exp.train.objective import best_value, epoch_values
 
+        stopping = self.callbacks.early_stopping
+        if self.run is not None and stopping is not None:
+            self.run.story.stopped_early = stopping.reason  # the run's end tells it
         _log_summary(self.callbacks, plan, self.run, self.job.mlflow.ui_url)
         return best_value(self.job.objective, epoch_values(self.job.objective, self.callbacks.history.epochs))
 
@@ -162,11 +167,36 @@ def assemble_callbacks(
         background=trainer.checkpoint_in_background,  # the training thread copies, a thread writes
         listeners=[c for c in (metric_logger, registration) if c is not None],
         run_state={"run_id": run.run_id if run else None, "config": job.comparable},
+        keep_by=trainer.keep_checkpoints_by,
+        objective=job.objective,
+        ema_weights=trainer.ema.shipped,
     )
     bar = ProgressBar(plan.total_steps) if wants_bar(trainer.progress_bar, job.workers.is_main) else None
     console = ConsoleProgress(history, plan, trainer.print_every_n_steps, bar)
     return TrainingCallbacks(
-        history, console, checkpoints, metric_logger, registration, writes_checkpoints=job.workers.is_main
+        history,
+        console,
+        checkpoints,
+        metric_logger,
+        registration,
+        writes_checkpoints=job.workers.is_main,
+        early_stopping=_early_stopping(job, history, plan),
+    )
+
+
+def _early_stopping(job: TrainJob, history: TrainHistory, plan: TrainPlan) -> EarlyStopping | None:
+    settings = job.trainer.early_stopping
+    if settings.patience is None:
+        return None
+    from vit_exp.train.stopping import EarlyStopping
+
+    return EarlyStopping(
+        history,
+        job.objective,
+        settings.patience,
+        settings.min_delta,
+        ema_weights=job.trainer.ema.shipped,
+        total_steps=plan.total_steps,
     )
 
 
@@ -251,6 +281,8 @@ def _log_summary(
     best, last = history.best("top1"), history.last_epoch
     log.info("=" * 72)
     stopped = " (stopped at trainer.max_steps)" if plan.stops_early else ""
+    if callbacks.early_stopping is not None and callbacks.early_stopping.reason:
+        stopped = f" (stopped early: {callbacks.early_stopping.reason})"
     log.info("finished %d step(s) in %.1fs%s", history.global_step, history.train_seconds, stopped)
     if last and last.val:
         val = last.val

@@ -85,6 +85,8 @@ OFF = {
     "optim.clip_grad_norm": ("optim.clip_grad_norm", "None"),
     "optim.layer_decay": ("optim.layer_decay", "None"),
     "optim.no_weight_decay": ("optim.weight_decay", "0.0"),  # what weight decay skips: nothing to skip
+    "trainer.ema.": ("trainer.ema.decay", "None"),
+    "trainer.early_stopping.": ("trainer.early_stopping.patience", "None"),
 }
 
 

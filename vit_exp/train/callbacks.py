@@ -26,7 +26,8 @@ log = logging.getLogger("vit_exp.train")
 
 @dataclass
 class EpochRecord:
-    """Results of one epoch: mean train loss, wall time, and validation metrics when it ran."""
+    """Results of one epoch: mean train loss, wall time, and validation metrics when it ran (of the
+    EMA weights too in ``val_ema``, with ``trainer.ema`` on)."""
 
     epoch: int
     step: int
@@ -34,18 +35,34 @@ class EpochRecord:
     seconds: float
     images_per_s: float
     val: dict[str, float] = field(default_factory=dict)
+    val_ema: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class SavedCheckpoint:
     """A checkpoint file, its step and epoch, and ``kind``: "epoch" (after validation, with its
-    ``record``), "step" (every ``checkpoint_every_n_steps``) or "preempt" (on SIGTERM/Ctrl-C)."""
+    ``record``), "step" (every ``checkpoint_every_n_steps``) or "preempt" (on SIGTERM/Ctrl-C);
+    ``weights``: what its network file holds, "raw" or "ema" (``trainer.ema.weights``)."""
 
     path: Path
     record: EpochRecord | None
     kind: str = "epoch"
     step: int = 0
     epoch: int = 0
+    weights: str = "raw"
+
+    def score(self, objective: str) -> float:
+        """``objective`` of the weights this checkpoint holds (NaN when its epoch did not measure it)."""
+        from vit_exp.train.objective import epoch_score
+
+        return epoch_score(objective, self.record, self.weights)
+
+    @property
+    def val(self) -> dict[str, float]:
+        """The val metrics of the weights this checkpoint holds."""
+        if self.record is None:
+            return {}
+        return self.record.val_ema if self.weights == "ema" else self.record.val
 
     def state_dict(self) -> dict:
         return {**asdict(self), "path": str(self.path)}
@@ -53,7 +70,8 @@ class SavedCheckpoint:
     @classmethod
     def from_state(cls, state: dict) -> SavedCheckpoint:
         record = EpochRecord(**state["record"]) if state.get("record") else None
-        return cls(Path(state["path"]), record, state["kind"], int(state["step"]), int(state["epoch"]))
+        kind, step, epoch = state["kind"], int(state["step"]), int(state["epoch"])
+        return cls(Path(state["path"]), record, kind, step, epoch, state.get("weights", "raw"))
 
 
 class TrainHistory(Callback):
@@ -142,9 +160,7 @@ class TrainHistory(Callback):
     def on_train_epoch_end(self, run_context) -> None:
         cb = run_context.original_args()
         results = dict(cb.get("eval_results") or {})
-        val = {key: float(value) for key, value in results.items() if key != "eval_loss"}
-        if results:
-            val["loss"] = float(results.get("eval_loss", math.nan))
+        ema = results.pop(EMA_RESULTS, None) or {}
         images = len(self._epoch_losses) * self.batch_size
         self.epochs.append(
             EpochRecord(
@@ -153,13 +169,25 @@ class TrainHistory(Callback):
                 train_loss=float(np.mean(self._epoch_losses)) if self._epoch_losses else math.nan,
                 seconds=time.perf_counter() - self._epoch_start,
                 images_per_s=images / self._epoch_step_seconds if self._epoch_step_seconds else math.nan,
-                val=val,
+                val=_val_metrics(results),
+                val_ema=_val_metrics(ema),
             )
         )
         self._epoch_losses, self._epoch_step_seconds = [], 0.0
 
     def on_train_end(self, run_context) -> None:
         self.train_seconds = self._seconds_before + time.perf_counter() - self._train_start
+
+
+EMA_RESULTS = "ema"  # the key of a validation's results that holds the EMA weights' (train.ema)
+
+
+def _val_metrics(results: Mapping[str, float]) -> dict[str, float]:
+    """``{"top1", "top5", "loss"}`` of a validation's results (MindSpore's ``eval_loss`` as ``loss``)."""
+    val = {key: float(value) for key, value in results.items() if key != "eval_loss"}
+    if results:
+        val["loss"] = float(results.get("eval_loss", math.nan))
+    return val
 
 
 class ConsoleProgress(Callback):
@@ -211,6 +239,9 @@ class ConsoleProgress(Callback):
                 f"  | val loss {record.val.get('loss', math.nan):.4f}  "
                 f"top1 {record.val.get('top1', math.nan):.4f}  top5 {record.val.get('top5', math.nan):.4f}"
             )
+        if record.val_ema:
+            ema = record.val_ema
+            line += f"  | ema loss {ema.get('loss', math.nan):.4f}  top1 {ema.get('top1', math.nan):.4f}"
         log.info(line)
 
     def on_train_end(self, run_context) -> None:
@@ -241,7 +272,9 @@ class CheckpointSaver(Callback):
     last, every ``every_n_steps`` steps (None: never) and on ``save_now``; keeps the newest ``keep``
     epoch and ``keep_steps`` step/preempt ones. ``written`` and ``on_disk`` (not pruned) list them once
     their files are whole. ``background``: a thread writes step and epoch-end checkpoints from host
-    copies (a B/16 one with Adam is ~1 GB), one write at a time."""
+    copies (a B/16 one with Adam is ~1 GB), one write at a time. ``keep_by="best"`` keeps the ``keep``
+    epoch checkpoints best by ``objective`` plus the last; ``ema_weights`` (``trainer.ema.weights``,
+    None: EMA off) picks what each network file holds (``objective.shipped_weights``)."""
 
     def __init__(  # noqa: PLR0913 (the trainer group's checkpoint keys)
         self,
@@ -256,6 +289,9 @@ class CheckpointSaver(Callback):
         background: bool = False,
         listeners: Sequence[CheckpointListener] = (),
         run_state: Mapping[str, object] | None = None,
+        keep_by: str = "newest",
+        objective: str = "val/top1",
+        ema_weights: str | None = None,
     ):
         super().__init__()
         self.directory = Path(directory)
@@ -269,6 +305,9 @@ class CheckpointSaver(Callback):
         self.background = background
         self.listeners = list(listeners)
         self.run_state = dict(run_state or {})
+        self.keep_by = keep_by
+        self.objective = objective
+        self.ema_weights = ema_weights
         self.written: list[SavedCheckpoint] = []
         self.on_disk: list[SavedCheckpoint] = []
         self._writing: _BackgroundWrite | None = None
@@ -285,6 +324,7 @@ class CheckpointSaver(Callback):
         return self._save(run_context, kind, epoch_done, wait=True)
 
     def _save(self, run_context, kind: str, epoch_done: bool, wait: bool) -> SavedCheckpoint:
+        from vit_exp.train.objective import shipped_weights
         from vit_exp.train.state import LoopPosition, checkpoint_name, save_training_checkpoint
 
         self.wait_for_write()  # one write at a time (and the host buffers are free again)
@@ -303,13 +343,16 @@ class CheckpointSaver(Callback):
             **{k: v for listener in self.listeners for k, v in listener.checkpoint_state().items()},
         }
         record = self.history.last_epoch if kind == "epoch" else None
-        saved = SavedCheckpoint(path, record, kind, step, epoch)
+        weights = shipped_weights(self.ema_weights, self.objective, record)
+        saved = SavedCheckpoint(path, record, kind, step, epoch, weights)
         if wait or not self.background:
-            save_training_checkpoint(cb.train_network, path, state)
+            save_training_checkpoint(cb.train_network, path, state, weights)
             self._take_in(saved)
         else:
             parameters = self._copy.of(cb.train_network)  # this step's state, whatever comes next
-            self._writing = _BackgroundWrite(saved, lambda: save_training_checkpoint(parameters, path, state))
+            self._writing = _BackgroundWrite(
+                saved, lambda: save_training_checkpoint(parameters, path, state, weights)
+            )
         return saved
 
     def wait_for_write(self) -> None:
@@ -335,10 +378,29 @@ class CheckpointSaver(Callback):
 
         for kinds, keep in ((("epoch",), self.keep), (("step", "preempt"), self.keep_steps)):
             mine = [c for c in self.on_disk if c.kind in kinds]
-            for old in mine[: max(0, len(mine) - keep)]:
+            if kinds == ("epoch",) and self.keep_by == "best":
+                pruned = self._not_best(mine)
+            else:
+                pruned = mine[: max(0, len(mine) - keep)]
+            for old in pruned:
                 self.on_disk.remove(old)
                 for path in checkpoint_files(old.path):  # a model version's hard link stays
                     path.unlink(missing_ok=True)
+
+    def _not_best(self, epochs: list[SavedCheckpoint]) -> list[SavedCheckpoint]:
+        """The epoch checkpoints neither among the ``keep`` best by ``objective`` (a tie: the earlier
+        wins; unmeasured: last) nor the last (kept for resume)."""
+        from vit_exp.train.objective import is_better
+
+        ranked: list[SavedCheckpoint] = []
+        for checkpoint in epochs:  # oldest first: an equal score ranks after the earlier one
+            score = checkpoint.score(self.objective)
+            beaten = (
+                i for i, c in enumerate(ranked) if is_better(self.objective, score, c.score(self.objective))
+            )
+            ranked.insert(next(beaten, len(ranked)), checkpoint)
+        kept = ranked[: self.keep] + epochs[-1:]
+        return [c for c in epochs if c not in kept]
 
     def on_train_begin(self, run_context) -> None:
         if self.background:  # the host buffers' page faults now, not at the first checkpoint

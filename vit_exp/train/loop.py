@@ -97,7 +97,9 @@ def run_training(  # noqa: C901 (66 lines: MindSpore's callback contract, step b
     for callback in callbacks:
         callback.on_train_begin(run_context)
     first = start.epoch + 1 if start.epoch_done else start.epoch
-    for epoch in range(first, plan.epochs + 1):
+    # a stop requested at the start (a run resumed after its early stop) trains nothing
+    epochs = () if run_context.get_stop_requested() else range(first, plan.epochs + 1)
+    for epoch in epochs:
         cb_params.cur_epoch_num = epoch
         cb_params.pop("eval_results", None)
         train_step.set_train(True)

@@ -43,3 +43,33 @@ def epoch_values(name: str, epochs) -> list[float]:
         return [e.train_loss for e in epochs]
     key = name.removeprefix("val/")
     return [e.val[key] for e in epochs if key in e.val]
+
+
+def epoch_score(name: str, record, weights: str = "raw") -> float:
+    """Metric ``name`` of one ``EpochRecord`` for its ``weights``: ``raw`` (``val/*``) or ``ema``
+    (``val_ema/*``); NaN when that epoch did not measure it (``train/epoch_loss`` is the raw weights')."""
+    if record is None:
+        return math.nan
+    if name == "train/epoch_loss":
+        return record.train_loss
+    values = record.val_ema if weights == "ema" else record.val
+    return values.get(name.removeprefix("val/"), math.nan)
+
+
+def is_better(name: str, value: float, than: float, by: float = 0.0) -> bool:
+    """Whether ``value`` of metric ``name`` beats ``than`` by more than ``by`` (NaN never does)."""
+    if math.isnan(value):
+        return False
+    if math.isnan(than):
+        return True
+    return value - than > by if HIGHER_IS_BETTER[name] else than - value > by
+
+
+def shipped_weights(setting: str | None, name: str, record) -> str:
+    """The weights a checkpoint ships under ``trainer.ema.weights`` = ``setting`` (None: EMA off, raw):
+    ``better`` takes EMA when it beats the raw weights on ``name`` at the checkpoint's validated epoch
+    (``record``; a step checkpoint or an epoch without validation: raw; a tie: raw)."""
+    if setting == "better":
+        raw, ema = epoch_score(name, record, "raw"), epoch_score(name, record, "ema")
+        return "ema" if record is not None and not math.isnan(raw) and is_better(name, ema, raw) else "raw"
+    return setting or "raw"

@@ -17,6 +17,8 @@ from vit_exp.models.checkpoint import STATE_SUFFIX, network_file
 
 STATE_ENTRY = "vit_exp.training_state"
 STATE_VERSION = 1
+EMA_PREFIX = "ema."  # the EMA of parameter p (train.ema), in the state file
+RAW_PREFIX = "raw."  # parameter p, in the state file when the network file holds the EMA weights
 
 
 def state_file(checkpoint: Path) -> Path:
@@ -73,17 +75,21 @@ def _write_atomically(path: Path, write) -> None:
     os.replace(partial, path)
 
 
-def save_training_checkpoint(train_network, path: Path, state: dict) -> Path:
-    """Write ``train_network``'s parameters and ``state`` (JSON-able) as ``path`` and ``state_file(path)``."""
+def save_training_checkpoint(train_network, path: Path, state: dict, weights: str = "raw") -> Path:
+    """Write ``train_network``'s parameters and ``state`` (JSON-able) as ``path`` and ``state_file(path)``.
+    ``weights="ema"``: the network file holds the EMA weights under the model's names, the state file
+    the raw ones as ``raw.<name>`` (what a resume loads)."""
     import mindspore as ms
 
     from vit_exp.models.checkpoint import is_network_entry
 
     path.parent.mkdir(parents=True, exist_ok=True)
+    if weights == "ema":
+        train_network = _ema_shipped(train_network)
     _write_atomically(
         path, lambda to: ms.save_checkpoint(train_network, to, choice_func=is_network_entry, crc_check=True)
     )
-    network = {"file": path.name, "bytes": path.stat().st_size}
+    network = {"file": path.name, "bytes": path.stat().st_size, "weights": weights}
     payload = json.dumps({"version": STATE_VERSION, **state, "network": network})
     _write_atomically(
         state_file(path),
@@ -96,6 +102,27 @@ def save_training_checkpoint(train_network, path: Path, state: dict) -> Path:
         ),
     )
     return path
+
+
+def _ema_shipped(train_network) -> list[dict]:
+    """``train_network``'s entries (a Cell or ``[{"name", "data"}]``) with each network parameter's EMA
+    under its name and the parameter itself as ``raw.<name>``."""
+    from vit_exp.models.checkpoint import is_network_entry
+
+    if isinstance(train_network, list):
+        entries = {entry["name"]: entry["data"] for entry in train_network}
+    else:  # as mindspore.save_checkpoint takes them: a name's last parameter
+        entries = {param.name: param for _, param in train_network.parameters_and_names()}
+    shipped = []
+    for name, data in entries.items():
+        if is_network_entry(name) and EMA_PREFIX + name in entries:
+            shipped += [
+                {"name": name, "data": entries[EMA_PREFIX + name]},
+                {"name": RAW_PREFIX + name, "data": data},
+            ]
+        else:
+            shipped.append({"name": name, "data": data})
+    return shipped
 
 
 def _load(path: Path, what: str, **kwargs) -> dict:
@@ -114,7 +141,10 @@ def read_checkpoint(path: Path, what: str = "resume") -> dict:
         return _load(path, what)
     entries = _load(states, what)
     _check_network_file(states, training_state(entries), what)
-    return {**_load(network_file(path), what), **entries}
+    entries = {**_load(network_file(path), what), **entries}
+    for name in [n for n in entries if n.startswith(RAW_PREFIX)]:  # the network file holds the EMA
+        entries[name.removeprefix(RAW_PREFIX)] = entries.pop(name)
+    return entries
 
 
 def training_state(entries: dict) -> dict | None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
 from functools import partial
 from typing import TYPE_CHECKING, Annotated
 
@@ -15,6 +15,61 @@ from vit_exp.train.plan import TrainPlan
 if TYPE_CHECKING:
     from vit_exp.train.preemption import Preemption
     from vit_exp.train.state import ResumePoint
+
+
+EMA_WEIGHTS = ("raw", "ema", "better")  # which weights a checkpoint's network file (a version) holds
+KEEP_BY = ("newest", "best")  # which epoch checkpoints trainer.keep_checkpoints keeps
+
+
+@dataclass(frozen=True)
+class EmaSettings:
+    """``trainer.ema``: an exponential moving average of the weights (``decay`` None: off) and the
+    weights a checkpoint ships: ``raw``, ``ema`` or ``better`` (of the two on optimized_metric)."""
+
+    decay: float | None
+    weights: str
+
+    def __post_init__(self) -> None:
+        check_field_types(self, "trainer.ema")
+        if self.decay is not None and not 0.0 < self.decay < 1.0:
+            raise ConfigError(f"trainer.ema.decay must be in (0, 1) (or null: off), got {self.decay}")
+        if self.weights not in EMA_WEIGHTS:
+            raise ConfigError(
+                f"trainer.ema.weights must be one of {', '.join(EMA_WEIGHTS)}, got {self.weights!r}"
+            )
+
+    @property
+    def shipped(self) -> str | None:
+        """The ``weights`` setting when EMA is on, else None (every checkpoint holds the raw weights)."""
+        return self.weights if self.decay is not None else None
+
+
+@dataclass(frozen=True)
+class EarlyStoppingSettings:
+    """``trainer.early_stopping``: stop when optimized_metric has not improved by more than ``min_delta``
+    for ``patience`` validated epochs (``patience`` None: off)."""
+
+    patience: int | None
+    min_delta: float
+
+    def __post_init__(self) -> None:
+        check_field_types(self, "trainer.early_stopping")
+        if self.patience is not None:
+            positive_int("trainer.early_stopping.patience", self.patience)
+        if not self.min_delta >= 0:
+            raise ConfigError(f"trainer.early_stopping.min_delta must be >= 0, got {self.min_delta}")
+
+
+def _group(settings_class, value, key: str):
+    """``value`` (a mapping from the config) as ``settings_class``; a ConfigError naming ``key`` else."""
+    if isinstance(value, settings_class):
+        return value
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key} must be a mapping of its settings, got {value!r}")
+    names = {f.name for f in fields(settings_class)}
+    if unknown := sorted(set(value) - names):
+        raise ConfigError(f"{key} has no setting {unknown[0]}; it has {', '.join(sorted(names))}")
+    return settings_class(**{name: value.get(name) for name in names})
 
 
 @dataclass
@@ -37,8 +92,13 @@ class TrainSettings:
     resume_fast_skip: Annotated[bool, NOT_COMPARED]
     preempt_grace_s: Annotated[float, NOT_COMPARED]
     checkpoint_in_background: Annotated[bool, NOT_COMPARED]
+    ema: EmaSettings
+    early_stopping: EarlyStoppingSettings
+    keep_checkpoints_by: Annotated[str, NOT_COMPARED]
 
     def __post_init__(self) -> None:
+        self.ema = _group(EmaSettings, self.ema, "trainer.ema")
+        self.early_stopping = _group(EarlyStoppingSettings, self.early_stopping, "trainer.early_stopping")
         check_field_types(self, "trainer")
         for key in (
             "epochs",
@@ -62,6 +122,9 @@ class TrainSettings:
             )
         if not self.preempt_grace_s > 0:
             raise ConfigError(f"trainer.preempt_grace_s must be seconds > 0, got {self.preempt_grace_s}")
+        if self.keep_checkpoints_by not in KEEP_BY:
+            choices, got = ", ".join(KEEP_BY), self.keep_checkpoints_by
+            raise ConfigError(f"trainer.keep_checkpoints_by must be one of {choices}, got {got!r}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"trainer.label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
@@ -92,11 +155,13 @@ def fit(  # noqa: PLR0913 (keyword-only, as MindSpore's Model.fit)
     preemption: Preemption | None = None,
     world_size: int = 1,
     eval_loss_fn=None,
+    ema_decay: float | None = None,
 ) -> None:
     """Train ``net`` by ``plan`` over ``epoch_batches(epoch, skip)``, validating on ``val_ds`` after each
     of ``plan.validation_epochs``. ``resume`` starts from a full-state checkpoint; ``preemption`` turns
     SIGTERM/Ctrl-C into a checkpoint and a ``Preempted`` exit; ``world_size`` > 1 averages the loss
-    over the workers; ``clip_grad_norm`` clips the gradients' global norm (None: off).
+    over the workers; ``clip_grad_norm`` clips the gradients' global norm (None: off);
+    ``ema_decay`` keeps an EMA of the weights (``trainer.ema``), validated too.
     ``eval_loss_fn``: validation's loss on hard labels (default ``loss_fn``; training on soft targets
     needs its own)."""
     from mindspore import nn
@@ -114,6 +179,12 @@ def fit(  # noqa: PLR0913 (keyword-only, as MindSpore's Model.fit)
         )
         validate = partial(validation_metrics, eval_network, val_ds, metrics)
     train_step = build_train_step(net, optimizer, loss_fn, amp_level, clip_grad_norm)
+    if ema_decay is not None:
+        from vit_exp.train.ema import EmaWeights
+
+        train_step.ema = ema = EmaWeights(net, ema_decay)  # in the train step's state: its checkpoints
+        validate = ema.validating(validate) if validate is not None else None
+        callbacks = [ema.updater(), *callbacks]  # updated before any callback saves the step
     if resume is not None:
         load_training_network(train_step, resume.entries, resume.path)
     train_step = mean_loss_step(train_step, world_size)

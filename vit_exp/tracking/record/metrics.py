@@ -1,7 +1,8 @@
 """A MindSpore ``Callback`` that logs a run's training metrics to MLflow (step = global optimizer step).
 
 ``train/loss`` every ``every_n_steps``; ``train/lr``, ``train/step_time_ms``, ``train/throughput_img_s``
-every ``details_every_n_steps`` and at epoch ends; ``train/epoch_*``, ``epoch`` and ``val/*`` per epoch."""
+every ``details_every_n_steps`` and at epoch ends; ``train/epoch_*``, ``epoch``, ``val/*`` and (EMA on)
+``val_ema/*`` per epoch."""
 
 from __future__ import annotations
 
@@ -102,6 +103,8 @@ class MlflowMetricLogger(Callback, CheckpointListener):
         self._add("epoch", record.epoch, record.step)
         for key, value in record.val.items():
             self._add(f"val/{key}", value, record.step)
+        for key, value in record.val_ema.items():  # trainer.ema on
+            self._add(f"val_ema/{key}", value, record.step)
         self._flush_if_due()
 
     def on_train_end(self, run_context) -> None:

@@ -82,6 +82,7 @@ class StoryRecord(Record):
 
     kind: ClassVar[str] = "story"
     lines: list[str]
+    tags: dict[str, str] = field(default_factory=dict)  # the run's tags that tell how it ended
 
 
 @dataclass(frozen=True)

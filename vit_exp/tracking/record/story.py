@@ -29,6 +29,7 @@ log = logging.getLogger("vit_exp.tracking")
 NOTE_TAG = "mlflow.note.content"  # what the MLflow UI shows as a run's Description
 MAX_ERROR = 300  # characters of a failed run's one-line error in the description
 MAX_VERSIONS = 6  # versions listed by link; more are counted
+STOPPED_EARLY_TAG = "vit_exp.stopped_early"  # why and when trainer.early_stopping ended the run
 
 
 @dataclass
@@ -46,6 +47,7 @@ class RunStory:
     history: TrainHistory | None = None
     started: float = field(default_factory=time.monotonic)  # this attempt's start (run opened)
     stopped_by: str | None = None  # an interrupted run's "SIGTERM at step 12, checkpoint saved"
+    stopped_early: str | None = None  # "epoch 12: val/top1 did not improve ..." (trainer.early_stopping)
 
     def begin(
         self,
@@ -82,7 +84,8 @@ class RunStory:
         if best := self._best():
             lines.append(f"- best: {best}")
         lines.append(f"- time: {_duration(time.monotonic() - self.started)}{self._attempt_note()}")
-        return StoryRecord(lines)
+        ended_early = status == "FINISHED" and self.stopped_early
+        return StoryRecord(lines, {STOPPED_EARLY_TAG: self.stopped_early} if ended_early else {})
 
     def _ending(self, status: str | None, error: str | None) -> str:
         attempt = ""
@@ -96,6 +99,8 @@ class RunStory:
             return f"**FAILED**{attempt}: {_code(error[:MAX_ERROR])}"
         if status == "KILLED":
             return f"**KILLED**{attempt} by {self.stopped_by or 'a signal'}"
+        if status == "FINISHED" and self.stopped_early:
+            return f"**FINISHED**{attempt}, stopped early by trainer.early_stopping: {self.stopped_early}"
         return f"**{status}**{attempt}"
 
     def _attempt_note(self) -> str:
@@ -126,6 +131,8 @@ def write_description(client, run_id: str, record: StoryRecord) -> None:
     run = client.get_run(run_id)
     ending, *facts = record.lines
     facts += [*_versions_line(client, run_id), *_software_line(run.data.tags)]
+    for key, value in record.tags.items():
+        client.set_tag(run_id, key, value)
     client.set_tag(run_id, NOTE_TAG, "\n".join([ending, "", *facts]))  # a paragraph, then a list
 
 

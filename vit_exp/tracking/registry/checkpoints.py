@@ -14,7 +14,7 @@ from vit_exp.tracking.record.records import VersionRecord
 from vit_exp.tracking.registry import RegistrationRule, RegistrySettings, registration_rule
 from vit_exp.tracking.registry.versions import version_record
 from vit_exp.train.callbacks import CheckpointListener, SavedCheckpoint
-from vit_exp.train.objective import HIGHER_IS_BETTER, epoch_values
+from vit_exp.train.objective import HIGHER_IS_BETTER
 
 # The data facts a version keeps as tags (the rest of its data identity is in its description).
 DATA_TAGS = ("data.name", "data.digest")
@@ -52,9 +52,8 @@ class CheckpointRegistration(Callback, CheckpointListener):
         self._last_epoch: SavedCheckpoint | None = None  # the newest epoch checkpoint written
 
     def score(self, checkpoint: SavedCheckpoint) -> float:
-        """``checkpoint``'s ``objective`` (NaN when its epoch did not measure it)."""
-        values = epoch_values(self.objective, [checkpoint.record] if checkpoint.record else [])
-        return values[0] if values else math.nan
+        """``objective`` of the weights ``checkpoint`` ships (NaN when its epoch did not measure it)."""
+        return checkpoint.score(self.objective)
 
     def improves(self, checkpoint: SavedCheckpoint) -> bool:
         """Whether ``checkpoint`` beats every version queued so far on ``objective`` (or there is none)."""
@@ -127,13 +126,16 @@ class CheckpointRegistration(Callback, CheckpointListener):
         )
 
     def tags(self, checkpoint: SavedCheckpoint) -> dict[str, object]:
-        """At most six: the rule, the epoch, the data, and the objective with its tie-breaker."""
+        """At most six: the rule, the epoch, the data, and the objective with its tie-breaker (of the
+        weights the checkpoint ships); with ``trainer.ema`` on a seventh, ``weights``: raw or ema."""
         tags: dict[str, object] = {
             "registered_by": self.rule.tag(),
             "epoch": checkpoint.epoch,
         }
         tags |= {k: self.data_tags[k] for k in DATA_TAGS if k in self.data_tags}
-        val = checkpoint.record.val if checkpoint.record else {}
+        if checkpoint.weights != "raw" or (checkpoint.record and checkpoint.record.val_ema):
+            tags["weights"] = checkpoint.weights
+        val = checkpoint.val
         tie_breaker = "val/top1" if self.objective == "val/loss" else "val/loss"
         for metric in (self.objective, tie_breaker):
             value = (
@@ -146,7 +148,9 @@ class CheckpointRegistration(Callback, CheckpointListener):
     def description(self, checkpoint: SavedCheckpoint) -> str:
         """The version's story in markdown: its checkpoint and run, val metrics, data, the rule. The
         first line is plain text: the registry's versions table shows it raw."""
-        val = checkpoint.record.val if checkpoint.record is not None else {}
+        record = checkpoint.record
+        val = {f"val/{k}": v for k, v in (record.val if record is not None else {}).items()}
+        val |= {f"val_ema/{k}": v for k, v in (record.val_ema if record is not None else {}).items()}
         where = f"epoch {checkpoint.epoch}, step {checkpoint.step} of run {self.run_id}"
         score = self.score(checkpoint)
         lines = [
@@ -154,10 +158,12 @@ class CheckpointRegistration(Callback, CheckpointListener):
             "",
             f"Checkpoint `{checkpoint.path.name}` ({checkpoint.kind} checkpoint).",
         ]
+        if checkpoint.weights == "ema":
+            lines[-1] += " It holds the EMA of the weights (`trainer.ema`); its metrics are the `val_ema/*`."
         if val:
             lines += [
                 "",
-                "| " + " | ".join(f"val/{k}" for k in val) + " |",
+                "| " + " | ".join(val) + " |",
                 "|" + "---|" * len(val),
                 "| " + " | ".join(f"{v:.6g}" for v in val.values()) + " |",
             ]

@@ -303,6 +303,7 @@ def version_record(
 
 MODEL_TYPE = "MindSpore ViT image classifier"
 VAL_METRICS = ("val/top1", "val/top5", "val/loss")
+EMA_VAL_METRICS = ("val_ema/top1", "val_ema/top5", "val_ema/loss")  # a run with trainer.ema on
 
 
 def register_version(
@@ -334,7 +335,8 @@ def register_version(
     if not _is_ready(model):
         writer.write(client, model, checkpoint, step, run.run_id, record.network_only)
         dataset = record.dataset or record.tags  # an older journal's record: its tags have the data
-        _link_to_run(client, run.run_id, model.model_id, step, dataset, completing)
+        keys = VAL_METRICS + (EMA_VAL_METRICS if "weights" in record.tags else ())  # the weights tag: EMA on
+        _link_to_run(client, run.run_id, model.model_id, step, dataset, completing, keys)
         client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)  # READY: whole and linked
     if not record.register:
         return None
@@ -402,10 +404,16 @@ def _existing_version(client, name: str, run_id: str, model_id: str):
 
 
 def _link_to_run(
-    client, run_id: str, model_id: str, step: int, data: Mapping[str, str], may_exist: bool = False
+    client,
+    run_id: str,
+    model_id: str,
+    step: int,
+    data: Mapping[str, str],
+    may_exist: bool = False,
+    keys: tuple[str, ...] = VAL_METRICS,
 ) -> None:
-    """Make the model an output of the run at ``step``, with the run's val metrics of that step (the
-    same points: the run's history gains none) on the val split of ``data`` (``data.name``,
+    """Make the model an output of the run at ``step``, with the run's val metrics ``keys`` of that step
+    (the same points: the run's history gains none) on the val split of ``data`` (``data.name``,
     ``data.val_digest``); ``may_exist``: it may be an output already."""
     from mlflow.entities import LoggedModelOutput, Metric
 
@@ -421,7 +429,7 @@ def _link_to_run(
         dataset = {"dataset_name": data["data.name"], "dataset_digest": data["data.val_digest"]}
     metrics = [
         Metric(m.key, m.value, m.timestamp, m.step, model_id=model_id, **dataset)
-        for key in VAL_METRICS
+        for key in keys
         for m in client.get_metric_history(run_id, key)
         if m.step == step
     ]
