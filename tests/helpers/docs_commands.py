@@ -53,6 +53,8 @@ class Literal:
 # (b) run as written, in a store of their own, by tests/integration/test_docs_commands.py
 RUN_LITERALLY: dict[str, Literal] = {
     "python -m vit_exp.run --help": Literal(holds=("vit-exp train:", "config groups", "examples")),
+    "python -m vit_exp.run experiment=finetune_vit_b16 data.root=/data/vit_imagenet_dataset "
+    "--cfg job": Literal(holds=("name: deit", "drop_path_rate: 0.1", "layer_decay: 0.65", "name: adamw")),
     "python -m vit_exp.run experiment=recipe_vit_b16 data.root=/data/vit_imagenet_dataset --cfg job": Literal(
         holds=("name: vit_b16", "root: /data/vit_imagenet_dataset")
     ),

@@ -150,6 +150,21 @@ def test_recipe_experiment_composes(compose):
     assert cfg.optim.name == "adam" and cfg.optim.lr == pytest.approx(5e-5)
     assert cfg.trainer.epochs == 10 and cfg.trainer.batch_size == 16
     assert cfg.model.pretrained.endswith("vit_b_16_224.ckpt")
+    assert cfg.augment.name == "basic" and cfg.model.drop_path_rate == 0.0  # RECIPE.md's plain run
+
+
+def test_finetune_experiment_is_the_published_fine_tuning_recipe(compose):
+    from hydra.utils import instantiate
+
+    from vit_exp.job import settings_groups
+
+    cfg = compose(["experiment=finetune_vit_b16", "data.root=/data/imagenet"])
+    assert cfg.model.pretrained.endswith("vit_b_16_224.ckpt") and cfg.model.drop_path_rate == 0.1
+    assert (cfg.optim.name, cfg.optim.weight_decay, cfg.optim.layer_decay) == ("adamw", 0.05, 0.65)
+    augment = instantiate(cfg.augment)
+    assert augment.name == "deit" and augment.mixes
+    assert cfg.augment.randaug.num_ops == 2 and cfg.augment.random_erasing.prob == 0.25
+    settings_groups(cfg)  # every group builds (so is checked)
 
 
 @pytest.mark.parametrize(

@@ -36,7 +36,8 @@ def commands() -> dict[str, str]:
             cases[name] = f"python -m {entry} --cfg job"
     for sweep in ("grid_lr_batch", "optuna_lr"):
         cases[sweep] = f"python -m vit_exp.run --config-dir sweeps --config-name {sweep} --cfg job"
-    cases["experiment=recipe_vit_b16"] = "python -m vit_exp.run experiment=recipe_vit_b16 --cfg job"
+    for experiment in ("recipe_vit_b16", "finetune_vit_b16"):
+        cases[f"experiment={experiment}"] = f"python -m vit_exp.run experiment={experiment} --cfg job"
     return cases
 
 
