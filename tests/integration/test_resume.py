@@ -331,3 +331,57 @@ def test_the_default_run_killed_at_a_random_step_resumes_within_the_noise_of_two
         noise = max(abs(x - y) for (_, x), (_, y) in zip(a, b, strict=True))
         worst = max(abs(x - y) for (_, x), (_, y) in zip(a, got, strict=True))
         assert worst <= noise + 1e-6, f"{key}: {worst} vs run-to-run {noise} (killed at {epoch}/{step})"
+
+
+# Issue 27's regularisation recipe, all on (one list: further options join it, e.g. trainer.ema.decay).
+RECIPE = [
+    "augment=deit",
+    "model.drop_path_rate=0.1",
+    "optim=adamw",
+    "optim.clip_grad_norm=1.0",
+    "optim.layer_decay=0.75",
+]
+
+
+def test_resume_with_the_regularisation_recipe_on_is_exact(tmp_path):
+    """Issue 27: kill -9 mid-epoch with the recipe on (mixing, drop path, AdamW, clipping, layer decay;
+    deterministic mode), then ``resume=auto``: every train and val metric equals the uninterrupted run's
+    exactly (drop path's masks are a function of the optimizer step, restored with the checkpoint)."""
+    uri, cache, epochs = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "cache", 2
+
+    def args(experiment: str, run_dir: str, *extra: str) -> list[str]:
+        return [
+            *TINY_MODEL,
+            *RECIPE,
+            f"trainer.epochs={epochs}",
+            "trainer.print_every_n_steps=1",
+            "trainer.checkpoint_every_n_steps=3",
+            "trainer.deterministic=true",
+            "registry.register=none",
+            f"mlflow.tracking_uri={uri}",
+            f"mlflow.experiment={experiment}",
+            f"paths.cache_dir={cache}",
+            f"hydra.run.dir={tmp_path / run_dir}",
+            *extra,
+        ]
+
+    reference = run_cli("vit_exp.run", *args("reference", "reference"))
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    step = random.Random().randint(1, STEPS_PER_EPOCH - 1)
+    code = train_until(
+        args("killed", "first"), tmp_path / "first.out", f"epoch 2/{epochs} step {step}/", signal.SIGKILL
+    )
+    assert code == -signal.SIGKILL
+    again = run_cli("vit_exp.run", *args("killed", "again", "resume=auto"))
+    assert again.returncode == 0, again.stderr[-3000:]
+    resumed, want = only_run(uri, "killed"), only_run(uri, "reference")
+    assert resumed.data.tags["vit_exp.resume.count"] == "1"
+    assert resumed.data.params["model.drop_path_rate"] == "0.1"
+    assert int(resumed.data.tags["vit_exp.attempt.2.from_step"]) >= STEPS_PER_EPOCH  # not from the start
+    keys = ["train/loss", "train/lr", *sorted(k for k in want.data.metrics if k.startswith("val/"))]
+    assert {"val/top1", "val/loss"} <= set(keys)
+    for key in keys:
+        got, expected = history(uri, resumed.info.run_id, key), history(uri, want.info.run_id, key)
+        assert [s for s, _ in got] == [s for s, _ in expected], f"{key}: steps differ (killed at 2/{step})"
+        worst = max(abs(a - b) for (_, a), (_, b) in zip(got, expected, strict=True))
+        assert worst == 0.0, f"{key}: differs from the uninterrupted run by {worst} (killed at 2/{step})"
