@@ -81,6 +81,8 @@ def train(cfg: DictConfig) -> float | None:
             world_size=workers.world_size,
             eval_loss_fn=hard_loss,  # validation stays on hard labels
             ema_decay=trainer.ema.decay,
+            seed=trainer.seed,  # with the step and the rank: drop path's masks
+            rank=workers.rank,
         )
         return session.report(plan)
 

@@ -1,6 +1,6 @@
-"""Resume with the fine-tuning recipe's settings on (issue 27: augmentation with mixup/CutMix, gradient
-clipping, layer decay, EMA of the weights, early stopping, best-k checkpoints) in deterministic mode is
-exact: issue 13's kill -9 test (test_resume.py), extended.
+"""Resume with the fine-tuning recipe's settings on (issue 27: augmentation with mixup/CutMix, drop
+path, gradient clipping, layer decay, EMA of the weights, early stopping, best-k checkpoints) in
+deterministic mode is exact: issue 13's kill -9 test (test_resume.py), extended.
 
 A run killed mid-epoch and continued with ``resume=auto`` logs the same ``train/loss`` at every step, the
 same ``val/*`` and ``val_ema/*`` per epoch and the same versions (their shipped weights and metric) as an
@@ -30,6 +30,7 @@ pytestmark = pytest.mark.integration  # real CLI processes: the integration tier
 # Each setting of the recipe on.
 RECIPE_ON = (
     "augment=deit",
+    "model.drop_path_rate=0.1",  # masks a function of the optimizer step: restored with the checkpoint
     "optim=adamw",
     "optim.clip_grad_norm=1.0",
     "optim.layer_decay=0.75",

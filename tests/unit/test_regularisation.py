@@ -13,26 +13,97 @@ def drop_paths(net) -> dict[str, float]:
     """``{cell name: rate}`` of every DropPath cell of ``net``."""
     from vit_exp.models.vit import DropPath
 
-    return {name: cell.dropout.p for name, cell in net.cells_and_names() if isinstance(cell, DropPath)}
+    return {name: cell.rate for name, cell in net.cells_and_names() if isinstance(cell, DropPath)}
 
 
-def test_drop_path_keeps_the_expectation_per_sample_and_is_identity_in_inference():
+def drop_path_factors(rate: float, index: int, keys: list[int], samples: int) -> np.ndarray:
+    """DropPath(rate, index)'s per-sample factor under each step key of ``keys`` (steps x samples)."""
     import mindspore as ms
 
     from vit_exp.models.vit import DropPath
 
-    rate, samples = 0.3, 20_000
-    drop = DropPath(rate)
-    x = ms.Tensor(np.ones((samples, 3, 4), np.float32))
+    drop = DropPath(rate, index)
     drop.set_train(True)
-    out = drop(x).asnumpy()
-    per_sample = out[:, 0, 0]
-    assert np.all(out == per_sample[:, None, None])  # one draw per sample, over all tokens and channels
-    np.testing.assert_allclose(np.unique(per_sample), [0.0, 1 / (1 - rate)], rtol=1e-6)
-    assert abs((per_sample == 0).mean() - rate) < 0.02  # 6 standard errors
-    assert abs(per_sample.mean() - 1.0) < 0.03  # the expectation is preserved (6 standard errors)
+    x = ms.Tensor(np.ones((samples, 2, 3), np.float32))
+    factors = []
+    for key in keys:
+        out = drop(x, ms.Tensor([key], ms.int64)).asnumpy()
+        assert np.all(out == out[:, :1, :1])  # one draw per sample, over all tokens and channels
+        factors.append(out[:, 0, 0])
+    return np.stack(factors)
+
+
+def test_drop_path_masks_are_a_function_of_the_step_and_keep_the_expectation(execution_mode):
+    """Counter-based masks (vit_exp/models/counter_rng.py): the graph's integer hash equals its Python
+    reference bit for bit; same step, same masks; other steps, branches and samples draw anew (they
+    agree as independent draws do: r^2 + (1 - r)^2); the keep rate is 1 - r and the expectation 1."""
+    import mindspore as ms
+
+    from vit_exp.models import counter_rng
+    from vit_exp.models.vit import DropPath
+
+    rate, samples, steps = 0.3, 4096, 8
+    run = counter_rng.run_key(seed=0, rank=0)
+    keys = [counter_rng.step_key_int(t, run) for t in range(steps)]
+    factors = drop_path_factors(rate, 5, keys, samples)
+    threshold = np.ceil(rate * 2**31)
+    reference = [np.array(counter_rng.uniform_bits_int(k, 5, samples)) >= threshold for k in keys]
+    np.testing.assert_array_equal(factors, np.stack(reference) / np.float32(1 - rate))
+    np.testing.assert_allclose(np.unique(factors), [0.0, 1 / (1 - rate)], rtol=1e-6)
+    np.testing.assert_array_equal(drop_path_factors(rate, 5, keys[:1], samples), factors[:1])  # same step
+    kept = factors > 0
+    independent = rate**2 + (1 - rate) ** 2  # P(two independent draws agree)
+    other_branch = drop_path_factors(rate, 6, keys[:1], samples)[0] > 0
+    for other in (kept[1], other_branch, kept[0, ::-1]):  # next step, next branch, other samples
+        assert abs((kept[0] == other).mean() - independent) < 0.05  # 6 standard errors
+    assert abs(kept.mean() - (1 - rate)) < 0.015  # 6 standard errors of 32768 draws
+    assert abs(factors.mean() - 1.0) < 0.022  # the expectation is preserved (6 standard errors)
+    drop = DropPath(rate, 5)
+    x = ms.Tensor(np.ones((8, 2, 3), np.float32))
+    drop.set_train(True)
+    np.testing.assert_array_equal(drop(x).asnumpy(), x.asnumpy())  # no step (validation's call): kept
     drop.set_train(False)
-    np.testing.assert_array_equal(drop(x).asnumpy(), x.asnumpy())
+    np.testing.assert_array_equal(drop(x, ms.Tensor([keys[0]], ms.int64)).asnumpy(), x.asnumpy())
+
+
+@pytest.mark.parametrize(
+    "execution_mode", ["pynative", pytest.param("graph", marks=pytest.mark.integration)], indirect=True
+)
+def test_the_train_step_draws_from_the_optimizer_step_so_a_restored_step_repeats_them(
+    execution_mode, tmp_path
+):
+    """The train step's masks are keyed by the optimizer's ``global_step`` (read before the update
+    increments it), ``seed`` and ``rank``: a train step restored from a full-state checkpoint after step
+    1 repeats steps 2 and 3 exactly; the step's parameters and names are those without drop path
+    (``global_step`` once)."""
+    import mindspore as ms
+
+    from vit_exp.train.losses import CrossEntropySmooth
+    from vit_exp.train.state import load_training_network, read_checkpoint, save_training_checkpoint
+    from vit_exp.train.step import build_train_step
+
+    rng = np.random.default_rng(0)
+    x = ms.Tensor(rng.normal(size=(8, 3, 32, 32)).astype(np.float32))
+    y = ms.Tensor(rng.integers(0, 5, 8).astype(np.int32))
+
+    def train_step(init: int, drop_path_rate: float = 0.5):
+        ms.set_seed(init)
+        net = tiny_vit(drop_path_rate=drop_path_rate, fused_kernels="off")
+        optimizer = ms.nn.Momentum(net.trainable_params(), learning_rate=0.1, momentum=0.9)
+        step = build_train_step(net, optimizer, CrossEntropySmooth(5, 0.0), "O0", 1.0, seed=3, rank=1)
+        step.set_train(True)
+        return step
+
+    step = train_step(init=7)
+    losses = [float(step(x, y).asnumpy())]
+    path = save_training_checkpoint(step, tmp_path / "t-e001-s000001.ckpt", {"position": {}})
+    losses += [float(step(x, y).asnumpy()) for _ in range(2)]
+    restored = train_step(init=8)  # other weights, until the checkpoint's are loaded
+    load_training_network(restored, read_checkpoint(path), path)
+    assert [float(restored(x, y).asnumpy()) for _ in range(2)] == losses[1:]
+    names = [p.name for p in step.get_parameters()]
+    assert names == [p.name for p in train_step(init=7, drop_path_rate=0.0).get_parameters()]
+    assert names.count("global_step") == 1
 
 
 def test_drop_path_rates_grow_linearly_over_the_blocks_as_timm():

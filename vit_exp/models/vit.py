@@ -5,10 +5,13 @@ Parameter names follow the reference recipe (``shared/RECIPE.md``); the layers r
 
 from __future__ import annotations
 
+import math
+
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import Normal, initializer
 
+from vit_exp.models import counter_rng
 from vit_exp.models.config import ViTConfig
 from vit_exp.models.kernels.plan import KernelPlan
 from vit_exp.models.layers import Dense, FusedAttention, LayerNorm, LinearGELU, PatchEmbedding, gelu
@@ -21,17 +24,24 @@ def dropout(keep_prob: float) -> nn.Cell:
 class DropPath(nn.Cell):
     """Stochastic depth (timm's ``DropPath``): in training, each sample's residual branch is zeroed with
     probability ``rate`` and kept ones scaled by 1 / (1 - rate), so its expectation is unchanged;
-    inference: identity. The per-sample mask is nn.Dropout of ones (the global seed drives it); no
-    parameters."""
+    inference: identity. The per-sample masks are counter-based (counter_rng.py): a pure function of
+    the train step's key ``step`` (optimizer step, seed, rank), this branch's ``index`` and the sample,
+    so a resumed run draws what the uninterrupted one drew. Without ``step`` (any caller but the train
+    step, e.g. validation) it is the identity too. No parameters, no random state."""
 
-    def __init__(self, rate: float):
+    def __init__(self, rate: float, index: int = 0):
         super().__init__()
-        self.dropout = nn.Dropout(p=rate)
+        self.rate = rate
+        self.index = index
+        self.threshold = math.ceil(rate * 2**counter_rng.BITS)  # P(bits >= threshold) = 1 - rate
+        self.scale = 1.0 / (1.0 - rate)
 
-    def construct(self, x: Tensor) -> Tensor:
-        if not self.training:
+    def construct(self, x: Tensor, step: Tensor | None = None) -> Tensor:
+        if not self.training or step is None:
             return x
-        return x * self.dropout(ops.ones((x.shape[0], 1, 1), x.dtype))  # (B, 1, 1): one draw per sample
+        b = x.shape[0]
+        keep = counter_rng.uniform_bits(step, self.index, b) >= self.threshold
+        return x * (keep.astype(x.dtype) * self.scale).reshape(b, 1, 1)  # (B, 1, 1): one draw per sample
 
 
 class Attention(nn.Cell):
@@ -108,47 +118,58 @@ class FeedForward(nn.Cell):
 class Residual(nn.Cell):
     """``x + cell(x)``, the cell stored as ``cell`` (checkpoint names depend on it). ``fuse``: ``cell``
     is [LayerNorm, Attention | FeedForward], its last dense layer adds ``x`` (a pass and a kernel fewer).
-    ``drop_path`` > 0: ``x + DropPath(cell(x))`` (never fused); 0 adds no op."""
+    ``drop_path`` > 0: ``x + DropPath(cell(x), step)`` (never fused), ``index`` the branch's number for
+    its draws; 0 adds no op."""
 
-    def __init__(self, cell: nn.SequentialCell, fuse: bool = False, drop_path: float = 0.0):
+    def __init__(self, cell: nn.SequentialCell, fuse: bool = False, drop_path: float = 0.0, index: int = 0):
         super().__init__()
         self.cell = cell
         self.fuse = fuse and drop_path == 0.0
         self.use_drop_path = drop_path > 0.0
         if self.use_drop_path:
-            self.drop_path = DropPath(drop_path)
+            self.drop_path = DropPath(drop_path, index)
 
-    def construct(self, x: Tensor) -> Tensor:
+    def construct(self, x: Tensor, step: Tensor | None = None) -> Tensor:
         if self.fuse:
             return self.cell[1](self.cell[0](x), x)
         if self.use_drop_path:
-            return x + self.drop_path(self.cell(x))
+            return x + self.drop_path(self.cell(x), step)
         return x + self.cell(x)
 
 
-def encoder_block(config: ViTConfig, plan: KernelPlan, drop_path: float = 0.0) -> nn.SequentialCell:
-    """One pre-norm block: ``0`` = x + Attention(LayerNorm(x)), ``1`` = x + FeedForward(LayerNorm(x)),
-    each branch dropped per sample at rate ``drop_path`` in training."""
+def encoder_block(
+    config: ViTConfig, plan: KernelPlan, drop_path: float = 0.0, block: int = 0
+) -> nn.SequentialCell:
+    """One pre-norm block (number ``block``): ``0`` = x + Attention(LayerNorm(x)), ``1`` = x +
+    FeedForward(LayerNorm(x)), each branch dropped per sample at rate ``drop_path`` in training."""
     eps, fused = config.layer_norm_eps, plan.fused
     bf16 = plan.dense == "bf16"  # inference hands LayerNorm's output to qkv / dense1 in bf16
     attention = nn.SequentialCell([LayerNorm(config.embed_dim, eps, fused, bf16), Attention(config, plan)])
     mlp = nn.SequentialCell([LayerNorm(config.embed_dim, eps, fused, bf16), FeedForward(config, plan)])
     fuse = plan.dense is not None and config.keep_prob == 1.0
-    return nn.SequentialCell([Residual(attention, fuse, drop_path), Residual(mlp, fuse, drop_path)])
+    return nn.SequentialCell(
+        [Residual(attention, fuse, drop_path, 2 * block), Residual(mlp, fuse, drop_path, 2 * block + 1)]
+    )
 
 
 class Encoder(nn.Cell):
     """``num_layers`` encoder blocks, stored as ``layers.{i}``; block i drops paths at
-    ``config.drop_path_rates()[i]``."""
+    ``config.drop_path_rates()[i]``, its branches drawing from the train step's key ``step``."""
 
     def __init__(self, config: ViTConfig, plan: KernelPlan):
         super().__init__()
+        rates = config.drop_path_rates()
         self.layers = nn.SequentialCell(
-            [encoder_block(config, plan, rate) for rate in config.drop_path_rates()]
+            [encoder_block(config, plan, rate, i) for i, rate in enumerate(rates)]
         )
+        self.use_drop_path = any(rate > 0.0 for rate in rates)
 
-    def construct(self, x: Tensor) -> Tensor:
-        return self.layers(x)
+    def construct(self, x: Tensor, step: Tensor | None = None) -> Tensor:
+        if step is None or not self.use_drop_path:
+            return self.layers(x)
+        for block in self.layers:  # unrolled when compiled: each branch gets the step
+            x = block[1](block[0](x, step), step)
+        return x
 
 
 class ViT(nn.Cell):
@@ -173,12 +194,15 @@ class ViT(nn.Cell):
         self.transformer = Encoder(config, plan)
         self.norm = LayerNorm(dim, config.layer_norm_eps, plan.fused)
         self.dense = nn.Dense(dim, config.num_classes)
+        self.uses_drop_path = self.transformer.use_drop_path  # train steps pass their ``step`` key
 
-    def construct(self, x: Tensor) -> Tensor:
+    def construct(self, x: Tensor, step: Tensor | None = None) -> Tensor:
+        """Logits of the images ``x``; ``step``: the train step's drop-path key (counter_rng.step_key;
+        None: no drop path, as in inference)."""
         x = self.patch_embedding(x)
         cls = ops.tile(self.cls, (x.shape[0], 1, 1))
         x = self.dropout(ops.concat((cls, x), axis=1) + self.pos_embedding)
-        x = self.transformer(x)
+        x = self.transformer(x) if step is None else self.transformer(x, step)
         return self.dense(self.norm(x[:, 0]))
 
 

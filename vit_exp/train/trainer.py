@@ -156,6 +156,8 @@ def fit(  # noqa: PLR0913 (keyword-only, as MindSpore's Model.fit)
     world_size: int = 1,
     eval_loss_fn=None,
     ema_decay: float | None = None,
+    seed: int = 0,
+    rank: int = 0,
 ) -> None:
     """Train ``net`` by ``plan`` over ``epoch_batches(epoch, skip)``, validating on ``val_ds`` after each
     of ``plan.validation_epochs``. ``resume`` starts from a full-state checkpoint; ``preemption`` turns
@@ -163,7 +165,8 @@ def fit(  # noqa: PLR0913 (keyword-only, as MindSpore's Model.fit)
     over the workers; ``clip_grad_norm`` clips the gradients' global norm (None: off);
     ``ema_decay`` keeps an EMA of the weights (``trainer.ema``), validated too.
     ``eval_loss_fn``: validation's loss on hard labels (default ``loss_fn``; training on soft targets
-    needs its own)."""
+    needs its own). ``seed`` and ``rank`` (the msrun worker's) key drop path's masks, with the optimizer
+    step (vit_exp/train/step.py)."""
     from mindspore import nn
 
     from vit_exp.data.unreadable import unreadable_image_error
@@ -178,7 +181,7 @@ def fit(  # noqa: PLR0913 (keyword-only, as MindSpore's Model.fit)
             net, eval_loss_fn or loss_fn, add_cast_fp32=amp_level in ("O2", "O3", "auto")
         )
         validate = partial(validation_metrics, eval_network, val_ds, metrics)
-    train_step = build_train_step(net, optimizer, loss_fn, amp_level, clip_grad_norm)
+    train_step = build_train_step(net, optimizer, loss_fn, amp_level, clip_grad_norm, seed, rank)
     if ema_decay is not None:
         from vit_exp.train.ema import EmaWeights
 
