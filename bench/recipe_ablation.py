@@ -13,6 +13,7 @@ whole val split every epoch. ``--full`` adds the full-data default run with the 
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import subprocess
 import sys
@@ -104,7 +105,7 @@ def main() -> None:
                 continue
             results = [
                 best_top1(
-                    Path(tmp) / f"{name}-{seed}".replace(" ", "_").replace("/", "_"),
+                    Path(tmp) / f"{re.sub(r'[^A-Za-z0-9]+', '_', name)}-{seed}",
                     [*common, *overrides, f"trainer.seed={seed}"],
                 )
                 for seed in args.seeds
