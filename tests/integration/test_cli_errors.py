@@ -130,6 +130,7 @@ def test_errors_come_from_the_config_hydra_composes(tmp_path):
     assert_one_line_error(run_main("vit_exp.run", *sweep, "model=vit_huge"), "model=vit_huge", "vit_tiny")
 
 
+@pytest.mark.integration  # make test stays under ~6 min; CI's integration tier runs it
 def test_a_tracking_server_that_is_down_fails_at_once_in_one_line(tmp_path):
     """No retries for minutes (252 s before): one error naming the URI (password masked) and what to do."""
     import time

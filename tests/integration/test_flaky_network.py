@@ -287,6 +287,7 @@ def test_a_start_up_that_meets_refusals_in_a_row_still_starts(server, proxy, cac
     assert proxy.counts()["refused"] >= 2
 
 
+@pytest.mark.integration  # make test stays under ~6 min; CI's integration tier runs it
 def test_a_server_that_refuses_every_request_at_start_fails_in_one_line_in_time(tmp_path):
     """A load balancer answering 503 to everything (no server behind it) is down, not flaky: one
     ``error:`` line within 15 s of the command's start (a closed port: test_cli_errors.py)."""

@@ -25,6 +25,9 @@ from tests.helpers.processes import free_port, stop_process, wait_for_http
 CLASSES = ["ant", "bee", "cat"]
 
 
+pytestmark = pytest.mark.integration  # make test stays under ~6 min; CI's integration tier runs it
+
+
 @pytest.fixture(scope="module")
 def registry(trained_store):
     """Model 'consumer-vit' versions 1 and 2: a tiny ViT trained for 2 epochs on 3 colour classes.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 
 import numpy as np
+import pytest
 import yaml
 
 from tests.helpers.data import write_image_folder
@@ -89,6 +90,7 @@ def test_cli_trains_validates_and_checkpoints(tmp_path):
     assert (tmp_path / "cache/datasets/digits/train/7").is_dir()
 
 
+@pytest.mark.integration  # make test stays under ~6 min; CI's integration tier runs it
 def test_cli_pretrained_checkpoint_round_trip(tmp_path):
     """A checkpoint written by one run loads into the next via model.pretrained (head kept)."""
     import mindspore as ms

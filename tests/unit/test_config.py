@@ -58,7 +58,13 @@ STANDARD_PARAMS = {
 }
 
 
-@pytest.mark.parametrize("option", options("model"))
+@pytest.mark.parametrize(
+    "option",
+    [
+        pytest.param(o, marks=pytest.mark.integration) if o.startswith("vit_l") else o
+        for o in options("model")
+    ],
+)  # the ViT-L ones take ~9 s each: CI's integration tier
 def test_model_options_instantiate(compose, option):
     from vit_exp.models.vit import ViT, count_parameters
 

@@ -47,7 +47,7 @@ def test_the_ema_equals_its_closed_form_after_n_steps_and_a_swap_round_trip_is_e
     assert all(np.array_equal(a.asnumpy(), averaged[a.name]) for a in ema.averages)
 
 
-@pytest.mark.parametrize("background", [False, True])
+@pytest.mark.parametrize("background", [pytest.param(False, marks=pytest.mark.integration), True])
 def test_a_checkpoint_shipping_the_ema_keeps_the_models_names_and_resumes_the_raw_weights(
     background, tmp_path
 ):
@@ -211,6 +211,7 @@ def test_recipe_switches_off_keep_the_default_runs_params_and_on_make_them_param
     assert params["trainer.ema.decay"] == "0.999"
 
 
+@pytest.mark.integration  # make test stays under ~6 min; CI's integration tier runs it
 def test_early_stopping_ends_the_run_finished_with_a_tag_a_console_line_and_the_best_k_kept(
     tmp_path, tracking_store
 ):

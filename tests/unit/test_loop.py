@@ -154,6 +154,7 @@ def test_plan_counts_steps_epochs_and_validation_epochs():
     assert capped.stops_early
 
 
+@pytest.mark.integration  # make test stays under ~6 min; CI's integration tier runs it
 def test_validation_metrics_match_mindspore_model_eval_and_the_per_image_mean_loss():
     from mindspore import nn
     from mindspore.train import Model

@@ -33,6 +33,9 @@ def drop_path_factors(rate: float, index: int, keys: list[int], samples: int) ->
     return np.stack(factors)
 
 
+@pytest.mark.parametrize(
+    "execution_mode", ["pynative", pytest.param("graph", marks=pytest.mark.integration)], indirect=True
+)
 def test_drop_path_masks_are_a_function_of_the_step_and_keep_the_expectation(execution_mode):
     """Counter-based masks (vit_exp/models/counter_rng.py): the graph's integer hash equals its Python
     reference bit for bit; same step, same masks; other steps, branches and samples draw anew (they
@@ -118,7 +121,9 @@ def test_drop_path_rates_grow_linearly_over_the_blocks_as_timm():
 @pytest.mark.parametrize(
     "fused_kernels",
     [
-        "auto",
+        pytest.param(
+            "auto", marks=pytest.mark.integration
+        ),  # make test stays under ~6 min; CI's integration tier runs it
         pytest.param("on", marks=[requires_fused_kernels, pytest.mark.integration]),
         pytest.param("off", marks=pytest.mark.integration),
     ],
