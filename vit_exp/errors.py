@@ -33,6 +33,10 @@ class RegistryError(VitExpError):
     """The tracking store or model registry cannot give what was asked for."""
 
 
+class ExportError(VitExpError):
+    """A model cannot be exported, or its export does not compute what the model does."""
+
+
 class KernelBuildError(RuntimeError):
     """The fused CPU kernel library cannot be built here (``model.fused_kernels=auto`` falls back)."""
 

@@ -10,26 +10,11 @@ could not be read; its other fields are then empty). k: ``params.top_k``, else `
 
 from __future__ import annotations
 
-import base64
-import binascii
-
 import mlflow
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
-TOP_K = 5
-INPUT_COLUMN = "image"
-
-
-def _as_bytes(value) -> bytes:
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value)
-    if isinstance(value, str):
-        try:
-            return base64.b64decode("".join(value.split()), validate=True)  # wrapped lines are fine
-        except (binascii.Error, ValueError):
-            raise ValueError("not valid base64 (send the image's bytes base64-encoded)") from None
-    raise ValueError(f"unsupported image value of type {type(value).__name__}")
+from vit_exp.serving import TOP_K, answer
 
 
 class ViTImageClassifier(PythonModel):
@@ -46,44 +31,12 @@ class ViTImageClassifier(PythonModel):
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         """One row per input row; an unreadable image's row gets ``error`` and empty predictions."""
-        from vit_exp.data.images import decode_rgb
-        from vit_exp.errors import DataError
 
-        if isinstance(model_input, pd.DataFrame):
-            if INPUT_COLUMN not in model_input.columns:
-                raise ValueError(f"input needs an '{INPUT_COLUMN}' column of image bytes")
-            values = list(model_input[INPUT_COLUMN])
-        else:
-            values = list(model_input)
-        k = int((params or {}).get("top_k", self.top_k))
-        images, errors = {}, {}
-        for i, value in enumerate(values):
-            try:
-                images[i] = decode_rgb(_as_bytes(value), source=f"row {i}")
-            except (DataError, ValueError) as exc:
-                errors[i] = str(exc) if str(exc).startswith(f"row {i}") else f"row {i}: {exc}"
-        rows = {i: None for i in range(len(values))}
-        if images:
-            top = self.predictor.top_k(list(images.values()), k=k)
-            names = self.predictor.class_names
-            for i, indices, probabilities in zip(images, top.indices, top.probabilities, strict=True):
-                rows[i] = {
-                    "class_index": int(indices[0]),
-                    "class_name": names[indices[0]],
-                    "probability": float(probabilities[0]),
-                    "top_k_indices": indices.tolist(),
-                    "top_k_names": [names[j] for j in indices],
-                    "top_k_probabilities": probabilities.astype(float).tolist(),
-                    "error": None,
-                }
-        failed = {"class_index": None, "class_name": None, "probability": None}
-        failed |= {"top_k_indices": [], "top_k_names": [], "top_k_probabilities": []}
-        records = [row if row is not None else {**failed, "error": errors[i]} for i, row in rows.items()]
-        columns = [*failed, "error"]
-        if not errors:
-            return pd.DataFrame.from_records(records, columns=columns)
-        # object columns keep None (JSON null) in the failed rows' fields, not NaN
-        return pd.DataFrame({c: pd.Series([r[c] for r in records], dtype=object) for c in columns})
+        def top_k(images, k):
+            found = self.predictor.top_k(images, k=k)
+            return found.indices, found.probabilities
+
+        return answer(model_input, params, self.top_k, self.predictor.class_names, top_k)
 
 
 mlflow.models.set_model(ViTImageClassifier())

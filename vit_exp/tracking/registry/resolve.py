@@ -104,6 +104,12 @@ def _latest(client, uri: str, name: str) -> ModelRef:
 def load_predictor(uri: str, precision: str = "fp32"):
     """The Predictor of the model at ``uri``, built with this vit_exp's code from its checkpoint, config
     and class names, so it loads the same whichever vit_exp wrote it. ``precision``: ``device.precision``."""
+    return download_version(uri, precision)[0]
+
+
+def download_version(uri: str, precision: str = "fp32"):
+    """The Predictor of the model at ``uri`` and its model config (``model``, ``data``,
+    ``class_names``, ``top_k``)."""
     import mlflow
     from mlflow.models import Model
 
@@ -119,7 +125,8 @@ def load_predictor(uri: str, precision: str = "fp32"):
     except Exception as exc:
         first = first_line(str(exc)) or type(exc).__name__
         raise RegistryError(f"model_uri={uri}: cannot load the model ({first[:300]})") from None
-    return Predictor.from_checkpoint(checkpoint, config, class_names, precision)
+    predictor = Predictor.from_checkpoint(checkpoint, config, class_names, precision)
+    return predictor, {**config, "class_names": class_names}
 
 
 def _version_config(local: Path, flavor: dict) -> tuple[dict, list[str]]:

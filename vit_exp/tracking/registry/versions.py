@@ -23,6 +23,7 @@ INFERENCE_CODE = (
     "__init__.py",
     "errors.py",
     "credentials.py",
+    "serving.py",
     "data/__init__.py",
     "data/images.py",
     "models",
@@ -98,6 +99,46 @@ def write_model_inputs(folder: Path, config: dict, class_names: list[str]) -> Pa
     return folder
 
 
+def save_pyfunc(
+    folder: Path,
+    model_file: Path,
+    artifacts: Mapping[str, Path],
+    code: tuple[str, ...],
+    signature,
+    requirements: list[str],
+    model_config: Mapping,
+):
+    """``mlflow.pyfunc.save_model`` of the models-from-code ``model_file`` into ``folder``, with ``code``
+    (vit_exp's files) as one zip, every path inside ``folder``; return its ``Model`` (its ``MLmodel``
+    is not written: the caller writes it last, when the folder is whole)."""
+    import mlflow
+    from mlflow.models import Model
+
+    archive = write_code_archive(folder.parent / f"{folder.name}-code" / CODE_ARCHIVE, code)
+    with warnings.catch_warnings():  # the signature says the input: no example is shipped
+        warnings.filterwarnings("ignore", message=".*An input example was not provided")
+        warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
+        mlflow.pyfunc.save_model(
+            path=str(folder),
+            python_model=str(model_file),
+            artifacts={name: str(path) for name, path in artifacts.items()},
+            code_paths=[str(archive)],
+            signature=signature,
+            pip_requirements=requirements,
+            model_config=dict(model_config),
+        )
+    model = Model.load(str(folder / "MLmodel"))
+    # Loading needs only paths inside the model directory: drop the writing machine's paths.
+    flavor = model.flavors["python_function"]
+    flavor["model_code_path"] = Path(flavor["model_code_path"]).name
+    flavor["code"] = f"{flavor['code']}/{CODE_ARCHIVE}"  # the archive itself goes on sys.path
+    for artifact in flavor["artifacts"].values():
+        artifact.pop("uri", None)
+    for name in ("MLmodel", *UNSHIPPED):
+        (folder / name).unlink(missing_ok=True)
+    return model
+
+
 class PyfuncModelWriter:
     """Writes a run's checkpoints as MLflow pyfunc models, each the artifacts of its own LoggedModel:
     ``mlflow.pyfunc.save_model`` (slow) runs once per writer, each version adds its checkpoint and
@@ -117,36 +158,21 @@ class PyfuncModelWriter:
             self._save_template()
 
     def _save_template(self) -> None:
-        import mlflow
-        from mlflow.models import Model
-
         self._workdir = tempfile.TemporaryDirectory(prefix="vit_exp_pyfunc_")  # removed with the writer
         work = Path(self._workdir.name)
-        archive = write_code_archive(work / "code" / CODE_ARCHIVE)
-        template = work / "model"
         placeholder = work / "placeholder" / "checkpoint.ckpt"  # each version adds its own checkpoint
         placeholder.parent.mkdir()
         placeholder.touch()
-        with warnings.catch_warnings():  # the signature says the input: no example is shipped
-            warnings.filterwarnings("ignore", message=".*An input example was not provided")
-            mlflow.pyfunc.save_model(
-                path=str(template),
-                python_model=str(PYFUNC_MODEL_FILE),
-                artifacts={"checkpoint": str(placeholder)},
-                code_paths=[str(archive)],
-                signature=pyfunc_signature(int(self.model_config["top_k"])),
-                pip_requirements=pip_requirements(),
-                model_config=self.model_config,
-            )
-        self._model = Model.load(str(template / "MLmodel"))
-        # Loading needs only paths inside the model directory: drop the training machine's paths.
-        flavor = self._model.flavors["python_function"]
-        flavor["model_code_path"] = Path(flavor["model_code_path"]).name
-        flavor["code"] = f"{flavor['code']}/{CODE_ARCHIVE}"  # the archive itself goes on sys.path
-        for artifact in flavor["artifacts"].values():
-            artifact.pop("uri", None)
-        for name in ("MLmodel", *UNSHIPPED):
-            (template / name).unlink(missing_ok=True)
+        template = work / "model"
+        self._model = save_pyfunc(
+            template,
+            PYFUNC_MODEL_FILE,
+            {"checkpoint": placeholder},
+            INFERENCE_CODE,
+            pyfunc_signature(int(self.model_config["top_k"])),
+            pip_requirements(),
+            self.model_config,
+        )
         (template / "artifacts" / placeholder.name).unlink()
         self._template_bytes = sum(f.stat().st_size for f in template.rglob("*") if f.is_file())
 
@@ -225,13 +251,13 @@ def upload_files(client, model_id: str, folder: Path) -> None:
 UPLOADS = 4  # files uploaded at once (a version is 5 small files and its checkpoint)
 
 
-def write_code_archive(target: Path) -> Path:
-    """Zip ``INFERENCE_CODE`` (sources only) into ``target``, its files under ``vit_exp/``; the same
-    code gives the same bytes."""
+def write_code_archive(target: Path, code: tuple[str, ...] = INFERENCE_CODE) -> Path:
+    """Zip ``code`` (vit_exp's files and folders, sources only) into ``target``, its files under
+    ``vit_exp/``; the same code gives the same bytes."""
     import zipfile
 
     files = []
-    for name in INFERENCE_CODE:
+    for name in code:
         source = PACKAGE_DIR / name
         found = source.rglob("*") if source.is_dir() else [source]
         files += [f for f in found if f.is_file() and f.suffix in CODE_SUFFIXES]
@@ -332,11 +358,11 @@ def register_version(
     model = _existing_model(client, run, checkpoint) if check_existing or record.model_logged else None
     completing = model is not None  # a PENDING one may be an output of the run already
     model = model or _create_model(client, run, checkpoint, step)
-    if not _is_ready(model):
+    if not is_ready(model):
         writer.write(client, model, checkpoint, step, run.run_id, record.network_only)
         dataset = record.dataset or record.tags  # an older journal's record: its tags have the data
         keys = VAL_METRICS + (EMA_VAL_METRICS if "weights" in record.tags else ())  # the weights tag: EMA on
-        _link_to_run(client, run.run_id, model.model_id, step, dataset, completing, keys)
+        link_to_run(client, run.run_id, model.model_id, step, dataset, completing, keys)
         client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)  # READY: whole and linked
     if not record.register:
         return None
@@ -355,7 +381,7 @@ def register_version(
             lambda: _existing_version(client, name, run.run_id, model.model_id),
             f"the version of {checkpoint.name}",
         )
-    _list_version_on_model(client, model.model_id, name, str(version.version))
+    list_version_on_model(client, model.model_id, name, str(version.version))
     return str(version.version)
 
 
@@ -378,7 +404,7 @@ def _model_name(checkpoint: Path) -> str:
     return checkpoint.name[: -len(".ckpt")].replace(".", "_")
 
 
-def _is_ready(model) -> bool:
+def is_ready(model) -> bool:
     from mlflow.entities import LoggedModelStatus
 
     return str(model.status) in ("READY", str(LoggedModelStatus.READY))
@@ -390,7 +416,7 @@ def _existing_model(client, run, checkpoint: Path):
         [run.experiment_id],
         filter_string=f"source_run_id = '{run.run_id}' AND name = '{_model_name(checkpoint)}'",
     )
-    ready = [m for m in found if _is_ready(m)]
+    ready = [m for m in found if is_ready(m)]
     pending = [m for m in found if str(m.status).endswith("PENDING")]
     return (ready or pending or [None])[0]
 
@@ -403,7 +429,7 @@ def _existing_version(client, name: str, run_id: str, model_id: str):
     return None
 
 
-def _link_to_run(
+def link_to_run(
     client,
     run_id: str,
     model_id: str,
@@ -442,7 +468,7 @@ def _is_output(client, run_id: str, model_id: str) -> bool:
     return any(o.model_id == model_id for o in (outputs.model_outputs if outputs else []))
 
 
-def _list_version_on_model(client, model_id: str, name: str, version: str) -> None:
+def list_version_on_model(client, model_id: str, name: str, version: str) -> None:
     """The ``mlflow.modelVersions`` tag the UI reads (a tracking server sets it; a database store not)."""
     key = "mlflow.modelVersions"
     listed = json.loads(client.get_logged_model(model_id).tags.get(key) or "[]")
@@ -460,7 +486,9 @@ def model_writer(inputs: Path, top_k: int) -> PyfuncModelWriter:
     return PyfuncModelWriter({"top_k": int(top_k), **config, "class_names": class_names})
 
 
-def ensure_registered_model(client, name: str) -> None:
+def ensure_registered_model(
+    client, name: str, description: str = "MindSpore ViT checkpoints registered by vit-exp"
+) -> None:
     """Create the registered model ``name`` unless it exists (parallel sweep jobs may race)."""
     from mlflow.exceptions import MlflowException
 
@@ -468,9 +496,7 @@ def ensure_registered_model(client, name: str) -> None:
         client.get_registered_model(name)
     except MlflowException:
         try:
-            client.create_registered_model(
-                name, description="MindSpore ViT checkpoints registered by vit-exp"
-            )
+            client.create_registered_model(name, description=description)
         except MlflowException as exc:
             if not already_exists(exc):
                 raise
