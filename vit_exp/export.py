@@ -18,7 +18,7 @@ def export(cfg: DictConfig) -> dict:
     already registered is reported, not made again."""
     from vit_exp.errors import ExportError, RegistryError
     from vit_exp.models.export import check_export, check_format, write_export
-    from vit_exp.tracking.registry.exports import find_export, register_export, source_of
+    from vit_exp.tracking.registry.exports import EXPORTED_FROM, find_export, register_export, source_of
     from vit_exp.tracking.registry.resolve import download_version, resolve
     from vit_exp.tracking.store import use_store
 
@@ -27,6 +27,9 @@ def export(cfg: DictConfig) -> dict:
     ref = resolve(client, cfg.model_uri)
     if ref.version is None:
         raise RegistryError(f"model_uri={cfg.model_uri}: export a registered version (models:/NAME/VERSION)")
+    if origin := ref.tags.get(EXPORTED_FROM):
+        kind = ref.tags.get("format", "an")
+        raise RegistryError(f"{ref.pinned_uri} is the {kind} export of {origin}; export that version instead")
     source = source_of(client, ref)
     if (found := find_export(client, source, fmt)) is not None:
         log.info(f"{ref.pinned_uri} is already exported to {fmt}: {found.uri}")
