@@ -41,6 +41,14 @@ COMMANDS: dict[str, tuple[str, str, list[str]]] = {
             "python -m vit_exp.promote name=vit_tiny-digits alias=stable min_delta=0.01 dry_run=true",
         ],
     ),
+    "export": (
+        "export a registered version to ONNX or MindIR and register the export beside it",
+        "python -m vit_exp.export model_uri=URI [format=onnx|mindir] [key=value ...]",
+        [
+            "python -m vit_exp.export model_uri=models:/vit_tiny-digits@best format=onnx",
+            "python -m vit_exp.export model_uri=models:/vit_tiny-digits@best format=mindir",
+        ],
+    ),
     "sync": (
         "send what a training run could not store into the same run",
         "python -m vit_exp.sync outbox=RUN_DIR/mlflow_outbox [key=value ...]",

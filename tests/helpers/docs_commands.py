@@ -96,6 +96,10 @@ RUN_BY: dict[str, tuple[str, tuple[str, ...]]] = {
             '"optim.layer_decay=0.75"',
         ),
     ),
+    "mlflow models serve -m models:/vit_tiny-digits-onnx/1 --env-manager local -h 127.0.0.1 -p 5002": (
+        "tests/integration/test_export.py::test_onnx_export_is_served_without_mindspore_and_answers_as_the_version",
+        ('"models", "serve", "-m"', '-onnx/1"', '"--env-manager", "local"'),
+    ),
     "python -m vit_exp.ui": (
         "tests/integration/test_ui.py::test_ui_prints_the_runs_page_and_serves_it",
         ('"vit_exp.ui"',),

@@ -33,6 +33,7 @@ GROUPS = {  # what each command's config composes (conf/<command>.yaml's default
     "eval": ["data", "device", "mlflow", "paths"],
     "predict": ["device", "mlflow", "paths"],
     "promote": ["mlflow", "paths"],
+    "export": ["device", "mlflow", "paths"],
     "sync": ["paths"],
     "ui": ["mlflow", "paths"],
 }
