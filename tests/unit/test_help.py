@@ -13,6 +13,7 @@ MODULES = {
     "eval": "eval",
     "predict": "predict",
     "promote": "promote",
+    "export": "export",
     "sync": "sync",
     "ui": "ui",
 }
