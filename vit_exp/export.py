@@ -13,17 +13,27 @@ from vit_exp.cli import hydra_run_dir, make_main
 log = logging.getLogger("vit_exp.export")
 
 
-def export(cfg: DictConfig) -> dict:
-    """Write ``cfg.model_uri`` as ``cfg.format``, check it against the model, register it; an export
-    already registered is reported, not made again."""
-    from vit_exp.errors import ExportError, RegistryError
-    from vit_exp.models.export import check_export, check_format, write_export
-    from vit_exp.tracking.registry.exports import EXPORTED_FROM, find_export, register_export, source_of
-    from vit_exp.tracking.registry.resolve import download_version, resolve
+def export(cfg: DictConfig) -> list[dict]:
+    """Write ``cfg.model_uri`` as ``cfg.format`` (one format or a list), check each export against the
+    model, register it; an export already registered is reported, not made again."""
+    from omegaconf import ListConfig
+
+    from vit_exp.models.export import check_format
     from vit_exp.tracking.store import use_store
 
-    fmt = check_format(str(cfg.format))
+    formats = list(cfg.format) if isinstance(cfg.format, ListConfig) else [cfg.format]
+    formats = [check_format(str(f)) for f in formats]
     client = use_store(cfg.mlflow.tracking_uri)
+    return [export_one(client, cfg, fmt) for fmt in formats]
+
+
+def export_one(client, cfg: DictConfig, fmt: str) -> dict:
+    """Export ``cfg.model_uri`` to ``fmt``: see :func:`export`."""
+    from vit_exp.errors import ExportError, RegistryError
+    from vit_exp.models.export import check_export, write_export
+    from vit_exp.tracking.registry.exports import EXPORTED_FROM, find_export, register_export, source_of
+    from vit_exp.tracking.registry.resolve import download_version, resolve
+
     ref = resolve(client, cfg.model_uri)
     if ref.version is None:
         raise RegistryError(f"model_uri={cfg.model_uri}: export a registered version (models:/NAME/VERSION)")
@@ -35,7 +45,7 @@ def export(cfg: DictConfig) -> dict:
         log.info(f"{ref.pinned_uri} is already exported to {fmt}: {found.uri}")
         return {"uri": found.uri, "created": False}
     predictor, config = download_version(ref.pinned_uri)
-    folder = (hydra_run_dir() or Path.cwd()) / "export"
+    folder = (hydra_run_dir() or Path.cwd()) / f"export-{fmt}"
     log.info(f"exporting {ref.pinned_uri} to {fmt} ...")
     file = write_export(predictor.net, fmt, folder)
     check = check_export(predictor.net, file, fmt, float(cfg.tolerance))

@@ -261,6 +261,15 @@ class RunSender:
 
                     digest = record.tags.get("data.digest")
                     follow_new_version(self.client, record.name, version, record.objective, digest)
+                if record.export:  # in a process of its own: this thread and training go on
+                    from vit_exp.tracking.registry import background_export
+
+                    folder = Path(record.model_inputs).parent / "exports"
+                    background_export.start(f"models:/{record.name}/{version}", record.export, folder)
+                    log.info(
+                        f"mlflow: exporting models:/{record.name}/{version} to {', '.join(record.export)} "
+                        f"in the background (log: {folder})"
+                    )
             case ArtifactRecord():
                 if Path(record.path).is_file():  # gone (a sync long after): nothing to store
                     self.client.log_artifact(self.run_id, record.path, record.artifact_path)

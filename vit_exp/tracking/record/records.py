@@ -61,6 +61,7 @@ class VersionRecord(Record):
     model_logged: bool = False  # its LoggedModel was queued by an earlier record: look it up
     objective: str = ""  # the metric @best follows ("": no @best/@last update, an older journal)
     description: str = ""  # the version's markdown description
+    export: tuple[str, ...] = ()  # formats the version is exported to in the background (registry.export)
     dataset: dict[str, str] = field(
         default_factory=dict
     )  # data.name, data.val_digest: the val metrics' dataset

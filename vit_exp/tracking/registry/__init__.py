@@ -56,9 +56,17 @@ class RegistrySettings:
     name: str
     top_k: int
     step_checkpoints: bool
+    export: list[str]
 
     def __post_init__(self) -> None:
+        from vit_exp.models.export import FORMATS
+
         check_field_types(self, "registry")
+        for fmt in self.export:
+            if fmt not in FORMATS:
+                raise ConfigError(
+                    f"registry.export: {fmt!r} is not an export format; choose from: {', '.join(FORMATS)}"
+                )
         if self.register not in POLICIES:
             raise ConfigError(f"registry.register must be one of {POLICIES}, got {self.register!r}")
         if not self.name:

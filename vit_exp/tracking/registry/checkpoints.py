@@ -118,6 +118,7 @@ class CheckpointRegistration(Callback, CheckpointListener):
                 register=register,
                 model_logged=model_logged,
                 objective=self.objective,
+                export=tuple(self.settings.export) if register else (),
                 description=self.description(checkpoint),
                 dataset={
                     k: self.data_tags[k] for k in ("data.name", "data.val_digest") if k in self.data_tags

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import mlflow
 import numpy as np
+import pandas as pd
 from mlflow.pyfunc import PythonModel
 
 from vit_exp.serving import TOP_K, answer, preprocess, softmax_top_k
@@ -49,7 +50,7 @@ class ExportedImageClassifier(PythonModel):
         ]
         return np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found])
 
-    def predict(self, context, model_input, params: dict | None = None):
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         """One row per input row; an unreadable image's row gets ``error`` and empty predictions."""
         return answer(model_input, params, self.top_k, self.class_names, self.classify)
 

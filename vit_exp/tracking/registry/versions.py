@@ -117,7 +117,6 @@ def save_pyfunc(
     archive = write_code_archive(folder.parent / f"{folder.name}-code" / CODE_ARCHIVE, code)
     with warnings.catch_warnings():  # the signature says the input: no example is shipped
         warnings.filterwarnings("ignore", message=".*An input example was not provided")
-        warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
         mlflow.pyfunc.save_model(
             path=str(folder),
             python_model=str(model_file),
