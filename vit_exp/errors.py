@@ -33,6 +33,10 @@ class RegistryError(VitExpError):
     """The tracking store or model registry cannot give what was asked for."""
 
 
+class ReproductionError(VitExpError):
+    """A recorded run cannot be reproduced here (other code, a record without what the check needs)."""
+
+
 class KernelBuildError(RuntimeError):
     """The fused CPU kernel library cannot be built here (``model.fused_kernels=auto`` falls back)."""
 

@@ -13,6 +13,7 @@ MODULES = {
     "eval": "eval",
     "predict": "predict",
     "promote": "promote",
+    "reproduce": "reproduce",
     "sync": "sync",
     "ui": "ui",
 }
@@ -33,6 +34,7 @@ GROUPS = {  # what each command's config composes (conf/<command>.yaml's default
     "eval": ["data", "device", "mlflow", "paths"],
     "predict": ["device", "mlflow", "paths"],
     "promote": ["mlflow", "paths"],
+    "reproduce": ["mlflow", "paths"],
     "sync": ["paths"],
     "ui": ["mlflow", "paths"],
 }
