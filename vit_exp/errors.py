@@ -37,6 +37,10 @@ class ExportError(VitExpError):
     """A model cannot be exported, or its export does not compute what the model does."""
 
 
+class ReproductionError(VitExpError):
+    """A recorded run cannot be reproduced here (other code, a record without what the check needs)."""
+
+
 class KernelBuildError(RuntimeError):
     """The fused CPU kernel library cannot be built here (``model.fused_kernels=auto`` falls back)."""
 

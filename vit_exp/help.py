@@ -49,6 +49,11 @@ COMMANDS: dict[str, tuple[str, str, list[str]]] = {
             "python -m vit_exp.export model_uri=models:/vit_tiny-digits@best format=mindir",
         ],
     ),
+    "reproduce": (
+        "train a recorded run again (same code, config and data) as a new run; compare their metrics",
+        "python -m vit_exp.reproduce RUN_ID|models:/NAME/VERSION|models:/NAME@ALIAS [key=value ...]",
+        ["python -m vit_exp.reproduce models:/vit_tiny-digits@best   # the default run, again"],
+    ),
     "sync": (
         "send what a training run could not store into the same run",
         "python -m vit_exp.sync outbox=RUN_DIR/mlflow_outbox [key=value ...]",

@@ -13,9 +13,10 @@ from tests.helpers.examples import example_args
 from tests.helpers.processes import free_port, run_cli, start_cli
 from vit_exp.help import COMMANDS
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]  # ~3 min: the default run and a sweep
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # ~4 min: two default runs (reproduce) and a sweep
 
-ORDER = ("train", "promote", "eval", "predict", "sync", "ui")  # promote before the eval of @champion
+# promote before the eval of @champion
+ORDER = ("train", "promote", "eval", "predict", "export", "sync", "reproduce", "ui")
 
 
 def test_every_help_example_runs_after_the_default_run(tmp_path, tracking_store):
@@ -27,6 +28,8 @@ def test_every_help_example_runs_after_the_default_run(tmp_path, tracking_store)
         args = [a.replace(".cache/", f"{cache}/").replace("RUN_DIR", str(default_run_dir)) for a in args]
         where = "hydra.sweep.dir" if "--multirun" in args else "hydra.run.dir"
         args.append(f"{where}={tmp_path / 'runs' / str(number)}")
+        if module == "vit_exp.reproduce":  # the training it starts: its directory too
+            args.append(f"run_dir={tmp_path / 'runs' / f'{number}-training'}")
         if module == "vit_exp.ui":
             _serves(module, [a for a in args if not a.startswith("port=")], tmp_path, env)
             continue

@@ -14,6 +14,7 @@ MODULES = {
     "predict": "predict",
     "promote": "promote",
     "export": "export",
+    "reproduce": "reproduce",
     "sync": "sync",
     "ui": "ui",
 }
@@ -35,6 +36,7 @@ GROUPS = {  # what each command's config composes (conf/<command>.yaml's default
     "predict": ["device", "mlflow", "paths"],
     "promote": ["mlflow", "paths"],
     "export": ["device", "mlflow", "paths"],
+    "reproduce": ["mlflow", "paths"],
     "sync": ["paths"],
     "ui": ["mlflow", "paths"],
 }

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from vit_exp.errors import ConfigError, check_field_types, positive_int
 
@@ -24,6 +24,7 @@ class MlflowSettings:
     drain_timeout_s: float
     system_metrics: bool
     system_metrics_interval_s: float
+    tags: dict = field(default_factory=dict)  # more tags of each run created: {"team": "vision"}
 
     def __post_init__(self) -> None:
         check_field_types(self, "mlflow")

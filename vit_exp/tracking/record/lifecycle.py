@@ -171,7 +171,7 @@ def _create_run(client, settings: MlflowSettings, run_name: str, tags, sweep_dir
 
     experiment = experiment_id(settings)
     name = settings.run_name or run_name
-    all_tags = resolve_tags({**tags, MLFLOW_RUN_NAME: name})
+    all_tags = resolve_tags({**flatten(settings.tags or {}), **tags, MLFLOW_RUN_NAME: name})
     if parent := sweep_parent_run_id(sweep_dir, run_dir):
         all_tags[MLFLOW_PARENT_RUN_ID] = parent
     return create_run_once(client, experiment, name, all_tags)
