@@ -100,6 +100,10 @@ RUN_BY: dict[str, tuple[str, tuple[str, ...]]] = {
         "tests/integration/test_export.py::test_onnx_export_is_served_without_mindspore_and_answers_as_the_version",
         ('"models", "serve", "-m"', '-onnx/1"', '"--env-manager", "local"'),
     ),
+    "python -m vit_exp.run registry.export=[onnx]": (  # on the tiny model, 2 versions
+        "tests/integration/test_export.py::test_registry_export_exports_each_new_version_in_the_background",
+        ('"vit_exp.run"', '"registry.export=[onnx]"'),
+    ),
     "python -m vit_exp.ui": (
         "tests/integration/test_ui.py::test_ui_prints_the_runs_page_and_serves_it",
         ('"vit_exp.ui"',),

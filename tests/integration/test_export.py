@@ -157,6 +157,15 @@ def test_onnx_export_is_served_without_mindspore_and_answers_as_the_version(stor
     np.testing.assert_allclose([row["probability"] for row in served[:3]], version["probability"], atol=1e-5)
     assert served[3]["class_name"] is None and served[3]["error"].startswith("row 3: not valid base64")
 
+    # the MindIR export, loaded as a pyfunc (it runs on MindSpore's GraphCell), answers the same
+    if export(store, f"model_uri=models:/{NAME}/2", "format=mindir").returncode:
+        pytest.fail("export failed")
+    mindir = mlflow.pyfunc.load_model(f"models:/{NAME}-mindir/1").predict(
+        pd.DataFrame({"image": images(store)})
+    )
+    assert list(mindir["class_name"]) == list(version["class_name"])
+    np.testing.assert_allclose(mindir["probability"], version["probability"], atol=1e-5)
+
 
 @pytest.mark.parametrize("fmt", ["onnx", "mindir"])
 def test_vit_b16_export_gives_the_models_logits(tmp_path, fmt):
@@ -211,4 +220,24 @@ def test_bad_input_is_one_line_and_registers_nothing(store):
     client.delete_run(run.info.run_id)
     deleted = f"its run {run.info.run_id} is deleted; restore it to export this version"
     assert error("model_uri=models:/orphan-vit/1") == f"error: version 1 of orphan-vit: {deleted}"
+    assert not client.search_registered_models("name='orphan-vit-onnx'")
+
+    # ... and one whose run is gone from the store (mlflow gc removes a deleted run for good)
+    gc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "gc",
+            "--backend-store-uri",
+            store["uri"],
+            "--run-ids",
+            run.info.run_id,
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert gc.returncode == 0, gc.stderr
+    gone = f"its run {run.info.run_id} is gone from this store; nothing to export from"
+    assert error("model_uri=models:/orphan-vit/1") == f"error: version 1 of orphan-vit: {gone}"
     assert not client.search_registered_models("name='orphan-vit-onnx'")

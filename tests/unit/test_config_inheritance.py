@@ -21,7 +21,7 @@ from vit_exp.config import CONFIG_DIR, PROJECT_ROOT
 
 GOLDEN = PROJECT_ROOT / "tests" / "golden" / "composed_configs.yaml"
 ENTRY_CONFIGS = {"vit_exp.run": "train", "vit_exp.eval": "eval", "vit_exp.predict": "predict"}
-ENTRY_CONFIGS["vit_exp.promote"] = "promote"
+ENTRY_CONFIGS |= {"vit_exp.promote": "promote", "vit_exp.export": "export", "vit_exp.reproduce": "reproduce"}
 OPTION_GROUPS = ("model", "data", "augment", "optim", "sched", "device", "trainer")
 
 
