@@ -241,3 +241,48 @@ def test_bad_input_is_one_line_and_registers_nothing(store):
     gone = f"its run {run.info.run_id} is gone from this store; nothing to export from"
     assert error("model_uri=models:/orphan-vit/1") == f"error: version 1 of orphan-vit: {gone}"
     assert not client.search_registered_models("name='orphan-vit-onnx'")
+
+
+def test_registry_export_exports_each_new_version_in_the_background(tmp_path):
+    """``registry.export=[onnx]``: each version is exported by a detached process after it is
+    registered, one at a time; the training command does not wait for them."""
+    import time
+
+    import mlflow
+
+    from tests.helpers.data import write_image_folder
+
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    root = write_image_folder(tmp_path / "ds", CLASSES, per_class=8, size=16)
+    proc = run_cli(
+        "vit_exp.run",
+        *TINY_MODEL,
+        "data=image_folder",
+        f"data.root={root}",
+        "trainer.epochs=2",
+        "trainer.batch_size=8",
+        "registry.name=auto-vit",
+        "registry.register=every",
+        "registry.export=[onnx]",
+        f"mlflow.tracking_uri={uri}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "exporting models:/auto-vit/2 to onnx in the background" in proc.stdout + proc.stderr
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        tags = [client.get_model_version("auto-vit", v).tags for v in ("1", "2")]
+        if all("vit_exp.export.onnx" in t for t in tags):
+            break
+        time.sleep(2)
+    logs = "\n".join(p.read_text() for p in sorted((tmp_path / "run" / "exports").glob("*.log")))
+    assert [t.get("vit_exp.export.onnx") for t in tags] == [f"models:/auto-vit-onnx/{v}" for v in (1, 2)], (
+        logs
+    )
+    exports = {
+        v.version: v.tags["vit_exp.exported_from"]
+        for v in client.search_model_versions("name='auto-vit-onnx'")
+    }
+    assert sorted(exports.values()) == ["models:/auto-vit/1", "models:/auto-vit/2"]
