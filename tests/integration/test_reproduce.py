@@ -118,8 +118,10 @@ def differences(proc) -> dict[str, str]:
 
 def test_a_short_deterministic_run_reproduces_exactly(original, tmp_path):
     client, run = original["client"], original["run"]
+    versions = len(client.search_model_versions(f"name='{MODEL}'"))
     proc = reproduce(original, tmp_path, f"models:/{MODEL}@best", *code_allowance())
     reproduction = new_run(original, proc)
+    assert len(client.search_model_versions(f"name='{MODEL}'")) == versions  # no versions of its own
     shown = differences(proc)
     assert shown["train/loss"] == "0.0" and shown["val/top1"] == "0.0", proc.stdout
     assert reproduction.data.tags["vit_exp.reproduce.exact"] == "true"

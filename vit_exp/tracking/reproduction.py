@@ -45,7 +45,14 @@ TIMING = ("train/step_time_ms", "train/throughput_img_s", "train/epoch_time_s") 
 NOT_COMPARED_PREFIX = "system/"  # the machine's load while it trained
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 # Overrides the new run sets itself (its store, experiment, a new run, its own tags).
-_REPLACED = ("resume=", "mlflow.tracking_uri=", "mlflow.experiment=", "mlflow.tags.vit_exp.reproduce")
+_REPLACED = (
+    "resume=",
+    "mlflow.tracking_uri=",
+    "mlflow.experiment=",
+    "mlflow.tags.vit_exp.reproduce",
+    "registry.register=",
+    "registry.export=",
+)
 
 
 @dataclass(frozen=True)
@@ -205,6 +212,8 @@ def training_overrides(record: Record, code_changed: bool) -> list[str]:
     added = [
         *(["resume=null"] if resumed else []),  # a new run (null is train.yaml's default)
         f"mlflow.experiment={_quoted(record.experiment)}",
+        "registry.register=none",  # no versions: the registry holds what was trained once
+        "registry.export=[]",
         f"+mlflow.tags.{REPRODUCES_TAG}={record.run_id}",
     ]
     if code_changed:
