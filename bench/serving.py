@@ -14,7 +14,9 @@ version's ``vit_exp.export.onnx`` tag; ``python -m vit_exp.export ... format=onn
    wheel bytes), then ``pip install --no-index`` from it (install time); the venv's site-packages
    ``du``, and its largest packages. Venvs are kept in ``--work`` and reused (``--reinstall``: build
    again). The ONNX venv must not import ``mindspore`` (asserted), the MindSpore one must.
-2. cold start: ``<venv>/bin/python -m mlflow models serve -m models:/NAME/V --env-manager local`` (the
+2. cold start: ``<venv>/bin/python -m mlflow models serve -m <the model's folder> --env-manager local``
+   (the folder downloaded once from ``models:/NAME/V``: resolving ``models:/`` from a SQLite store needs
+   the full ``mlflow`` with SQLAlchemy, which the ONNX export's ``mlflow-skinny`` has not; the
    venv's ``bin`` first on ``PATH``: MLflow starts ``uvicorn`` by name) on a free port, a fresh process
    each time, ``--starts`` times, one server at a time: seconds from launch until ``/ping`` answers 200,
    and until the first 1-image request is answered. The median of the starts is reported. vit_exp's C++
@@ -142,6 +144,7 @@ def served_models(store: str, specs: list[str]) -> list[dict]:
             {
                 "name": name,
                 "uris": uris,
+                "folders": {r: str(f) for r, f in folders.items()},
                 "requirements": {r: (f / "requirements.txt").read_text() for r, f in folders.items()},
                 "image_size": int(config["image_size"]),
                 "artifact_mb": {
@@ -419,16 +422,22 @@ def percentile(values: list[float], q: float) -> float:
 
 def measure(model: dict, runtime: str, venv: Path, store: str, work: Path, args) -> dict:
     """Cold starts, then latency on the last server; every server stopped before returning."""
-    uri = model["uris"][runtime]
+    # Each server loads the model's folder, downloaded once: resolving models:/ from a SQLite store
+    # needs the full mlflow (SQLAlchemy), and a deployment fetches its model once anyway.
+    folder = model["folders"][runtime]
     images = images_for(model["image_size"])
     one = [body([images[i]]) for i in range(len(images))]
     sixteen = body(images)
-    result = {"uri": uri, "starts": [], "request_kb": {1: len(one[0]) / 1e3, 16: len(sixteen) / 1e3}}
+    result = {
+        "uri": model["uris"][runtime],
+        "starts": [],
+        "request_kb": {1: len(one[0]) / 1e3, 16: len(sixteen) / 1e3},
+    }
     result["loadavg_before"] = os.getloadavg()[0]
     label = f"{model['name']}-{runtime}"
     if runtime == "mindspore":  # a first deployment: vit_exp's kernels are built with g++
         shutil.rmtree(work / "kernel-cache", ignore_errors=True)
-        server = Server(venv, uri, store, work, f"{label}-first")
+        server = Server(venv, folder, store, work, f"{label}-first")
         try:
             ping = server.wait_ping()
             post(f"{server.url}/invocations", one[0])
@@ -443,7 +452,7 @@ def measure(model: dict, runtime: str, venv: Path, store: str, work: Path, args)
     server = None
     try:
         for start in range(args.starts):
-            server = Server(venv, uri, store, work, f"{label}-start{start}")
+            server = Server(venv, folder, store, work, f"{label}-start{start}")
             others = OtherCpu(server.process.pid)
             ping = server.wait_ping()
             post(f"{server.url}/invocations", one[0])

@@ -121,6 +121,7 @@ def test_onnx_export_is_served_without_mindspore_and_answers_as_the_version(stor
     local = Path(mlflow.artifacts.download_artifacts(f"models:/{NAME}-onnx/1"))
     requirements = (local / "requirements.txt").read_text()
     assert "onnxruntime==" in requirements and "mindspore" not in requirements
+    assert "mlflow-skinny==" in requirements  # MLflow without its server's dependencies
 
     blocked = tmp_path / "blocked" / "mindspore"
     blocked.mkdir(parents=True)

@@ -55,13 +55,15 @@ def export_tag(fmt: str) -> str:
 
 
 def serving_requirements(fmt: str) -> list[str]:
-    """What a fresh environment needs to serve a ``fmt`` export (vit_exp's few files travel as code)."""
+    """What a fresh environment needs to serve a ``fmt`` export (vit_exp's few files travel as code):
+    its runtime and ``mlflow-skinny``, MLflow without its tracking server's dependencies (it loads and
+    serves a model: 406 MB of environment instead of 987 MB with ``mlflow``, bench/RESULTS.md)."""
     runtime = (
         f"onnxruntime=={installed('onnxruntime')}"
         if fmt == "onnx"
         else f"mindspore=={installed('mindspore')}"
     )
-    return [runtime, f"mlflow=={installed('mlflow')}", "numpy<2", "pandas<3", "pillow"]
+    return [runtime, f"mlflow-skinny=={installed('mlflow-skinny')}", "numpy<2", "pandas<3", "pillow"]
 
 
 @dataclass(frozen=True)
