@@ -102,7 +102,7 @@ RUN_BY: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
     "python -m vit_exp.run registry.export=[onnx]": (  # on the tiny model, 2 versions
         "tests/integration/test_export.py::test_registry_export_exports_each_new_version_in_the_background",
-        ('"vit_exp.run"', '"registry.export=[onnx]"'),
+        ("train_tiny(", '"registry.export=[onnx]"'),  # train_tiny: python -m vit_exp.run
     ),
     "python -m vit_exp.ui": (
         "tests/integration/test_ui.py::test_ui_prints_the_runs_page_and_serves_it",

@@ -28,11 +28,16 @@ NAME = "export-vit"
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> dict:
     """A tiny ViT trained 2 epochs on 3 colour classes, versions 1 and 2 of ``export-vit``."""
+    return train_tiny(tmp_path_factory.mktemp("export"), NAME)
+
+
+def train_tiny(tmp: Path, name: str, *overrides: str) -> dict:
+    """``python -m vit_exp.run``: a tiny ViT, 2 epochs on 3 colour classes, a version of ``name`` per
+    epoch, in its own SQLite store under ``tmp``; its store, data, folder, client and output."""
     import mlflow
 
     from tests.helpers.data import write_image_folder
 
-    tmp = tmp_path_factory.mktemp("export")
     uri = f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}"
     root = write_image_folder(tmp / "ds", CLASSES, per_class=8, size=16)
     proc = run_cli(
@@ -42,15 +47,16 @@ def store(tmp_path_factory) -> dict:
         f"data.root={root}",
         "trainer.epochs=2",
         "trainer.batch_size=8",
-        f"registry.name={NAME}",
+        f"registry.name={name}",
         "registry.register=every",
+        *overrides,
         f"mlflow.tracking_uri={uri}",
         f"paths.cache_dir={tmp / 'cache'}",
         f"hydra.run.dir={tmp / 'run'}",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
-    return {"uri": uri, "root": root, "tmp": tmp, "client": client}
+    return {"uri": uri, "root": root, "tmp": tmp, "client": client, "output": proc.stdout + proc.stderr}
 
 
 def export(store, *args: str):
@@ -249,29 +255,9 @@ def test_registry_export_exports_each_new_version_in_the_background(tmp_path):
     registered, one at a time; the training command does not wait for them."""
     import time
 
-    import mlflow
-
-    from tests.helpers.data import write_image_folder
-
-    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
-    root = write_image_folder(tmp_path / "ds", CLASSES, per_class=8, size=16)
-    proc = run_cli(
-        "vit_exp.run",
-        *TINY_MODEL,
-        "data=image_folder",
-        f"data.root={root}",
-        "trainer.epochs=2",
-        "trainer.batch_size=8",
-        "registry.name=auto-vit",
-        "registry.register=every",
-        "registry.export=[onnx]",
-        f"mlflow.tracking_uri={uri}",
-        f"paths.cache_dir={tmp_path / 'cache'}",
-        f"hydra.run.dir={tmp_path / 'run'}",
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "exporting models:/auto-vit/2 to onnx in the background" in proc.stdout + proc.stderr
-    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    trained = train_tiny(tmp_path, "auto-vit", "registry.export=[onnx]")
+    assert "exporting models:/auto-vit/2 to onnx in the background" in trained["output"]
+    client = trained["client"]
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         tags = [client.get_model_version("auto-vit", v).tags for v in ("1", "2")]

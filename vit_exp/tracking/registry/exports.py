@@ -21,6 +21,7 @@ from vit_exp.models.export import FORMATS, ExportCheck
 from vit_exp.tracking.registry.resolve import ModelRef
 from vit_exp.tracking.registry.versions import (
     ensure_registered_model,
+    existing_version,
     is_ready,
     list_version_on_model,
     local_folder,
@@ -115,7 +116,7 @@ def find_export(client, source: Source, fmt: str) -> Exported | None:
     model = _existing_model(client, source, fmt)
     if model is None or not is_ready(model):
         return None
-    found = _existing_version(
+    found = existing_version(
         client, export_name(source.ref.name, fmt), source.run.info.run_id, model.model_id
     )
     return Exported(found.name, str(found.version), False) if found else None
@@ -153,7 +154,7 @@ def register_export(
         "format": fmt,
         "export.max_abs_diff": f"{check.max_abs_diff:.3g}",
     }
-    version = _existing_version(client, name, run_id, model.model_id) or create_once(
+    version = existing_version(client, name, run_id, model.model_id) or create_once(
         client,
         lambda: client.create_model_version(
             name,
@@ -163,7 +164,7 @@ def register_export(
             description=f"{fmt} export of {source.ref.pinned_uri} ({check.describe()})",
             model_id=model.model_id,
         ),
-        lambda: _existing_version(client, name, run_id, model.model_id),
+        lambda: existing_version(client, name, run_id, model.model_id),
         f"the version of the {fmt} export",
     )
     list_version_on_model(client, model.model_id, name, str(version.version))
@@ -186,13 +187,6 @@ def _existing_model(client, source: Source, fmt: str):
     ready = [m for m in mine if is_ready(m)]
     pending = [m for m in mine if str(m.status).endswith("PENDING")]
     return (ready or pending or [None])[0]
-
-
-def _existing_version(client, name: str, run_id: str, model_id: str):
-    for found in client.search_model_versions(f"name='{name}' and run_id='{run_id}'"):
-        if found.source == f"models:/{model_id}":
-            return found
-    return None
 
 
 def _write_model(client, model, source: Source, fmt: str, file: Path, config: dict) -> None:

@@ -365,7 +365,7 @@ def register_version(
         client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)  # READY: whole and linked
     if not record.register:
         return None
-    version = _existing_version(client, name, run.run_id, model.model_id) if check_existing else None
+    version = existing_version(client, name, run.run_id, model.model_id) if check_existing else None
     if version is None:
         version = create_once(
             client,
@@ -377,7 +377,7 @@ def register_version(
                 description=record.description or None,
                 model_id=model.model_id,
             ),
-            lambda: _existing_version(client, name, run.run_id, model.model_id),
+            lambda: existing_version(client, name, run.run_id, model.model_id),
             f"the version of {checkpoint.name}",
         )
     list_version_on_model(client, model.model_id, name, str(version.version))
@@ -420,7 +420,7 @@ def _existing_model(client, run, checkpoint: Path):
     return (ready or pending or [None])[0]
 
 
-def _existing_version(client, name: str, run_id: str, model_id: str):
+def existing_version(client, name: str, run_id: str, model_id: str):
     """The version of registered model ``name`` made from LoggedModel ``model_id`` (None when none)."""
     for version in client.search_model_versions(f"name='{name}' and run_id='{run_id}'"):
         if version.source == f"models:/{model_id}":
